@@ -1,0 +1,98 @@
+"""The one place hpcbinder starts programs.
+
+Every external program (Slurm's commands, apptainer, git, munge) is run from
+an argv list through :func:`run`, never through a shell, so no value from a
+user, a URL or a repository can become a command. Running as another account
+(the build account, a researcher) goes through ``sudo -n -u USER --``: the
+same mechanism batchspawner's ``exec_prefix`` uses, and sites already
+configure sudoers for it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+#: How much of a failing program's output an error message carries.
+ERROR_TAIL_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a finished program left: its exit code and both output streams."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+class CommandError(RuntimeError):
+    """A program could not be started, timed out, or exited non-zero."""
+
+    def __init__(self, argv: Sequence[str], reason: str, output: str = "") -> None:
+        self.argv = tuple(argv)
+        self.reason = reason
+        self.output = output[-ERROR_TAIL_CHARS:]
+        detail = f": {self.output.strip()}" if self.output.strip() else ""
+        super().__init__(f"{self.argv[0]} {reason}{detail}")
+
+
+def current_user() -> str:
+    """The account this process runs as."""
+    return getpass.getuser()
+
+
+def as_user(argv: Sequence[str], user: str | None) -> list[str]:
+    """argv prefixed so that it runs as ``user`` (unchanged for ourselves)."""
+    if user is None or user == current_user():
+        return list(argv)
+    return ["sudo", "-n", "-u", user, "--", *argv]
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    user: str | None = None,
+    input_text: str | None = None,
+    timeout: float = 60.0,
+    cwd: str | os.PathLike[str] | None = None,
+) -> CommandResult:
+    """Run ``argv`` (as ``user``) and return its result, whatever its exit code.
+
+    Raises :class:`CommandError` only when the program cannot be started or
+    does not finish within ``timeout`` seconds; callers decide what a
+    non-zero exit means (see :func:`check`).
+    """
+    full = as_user(argv, user)
+    try:
+        done = subprocess.run(
+            full,
+            input=input_text,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=cwd,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise CommandError(full, "is not installed (not found on PATH)") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise CommandError(full, f"did not finish within {timeout:g} s") from exc
+    return CommandResult(tuple(full), done.returncode, done.stdout, done.stderr)
+
+
+def check(result: CommandResult) -> CommandResult:
+    """``result`` itself if it succeeded, else a :class:`CommandError`."""
+    if not result.ok:
+        raise CommandError(
+            result.argv, f"exited with status {result.returncode}", result.stderr or result.stdout
+        )
+    return result

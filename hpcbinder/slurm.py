@@ -1,0 +1,241 @@
+"""The seam around Slurm's command-line tools.
+
+Works with every Slurm a site may run, because it only calls the commands a
+user would (``sbatch``, ``scontrol``, ``sinfo``, ``scancel``) with argv lists
+and parses their plain-text answers. The commands and the patterns that read
+their output are data (:class:`SlurmDialect`), so a site with wrappers or an
+unusual version changes data, not code.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hpcbinder import proc
+
+#: States after which a job will never run again.
+TERMINAL_STATES = frozenset(
+    {
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "OUT_OF_MEMORY",
+        "NODE_FAIL",
+        "PREEMPTED",
+        "BOOT_FAIL",
+        "DEADLINE",
+    }
+)
+
+#: Node states in which a node can take new jobs.
+USABLE_NODE_STATES = frozenset({"idle", "mixed", "allocated", "completing"})
+
+
+#: A job id as sbatch prints it, or one task of an array.
+JOB_ID = re.compile(r"\d+(?:_\d+)?")
+
+
+class SlurmError(RuntimeError):
+    """Slurm refused or could not answer a request."""
+
+
+def _checked_job_id(job_id: str) -> str:
+    if not JOB_ID.fullmatch(job_id):
+        raise ValueError(f"not a Slurm job id: {job_id!r}")
+    return job_id
+
+
+@dataclass(frozen=True)
+class SlurmDialect:
+    """Commands and output patterns: the parts that differ between sites."""
+
+    sbatch: tuple[str, ...] = ("sbatch",)
+    scontrol: tuple[str, ...] = ("scontrol",)
+    sinfo: tuple[str, ...] = ("sinfo",)
+    scancel: tuple[str, ...] = ("scancel",)
+    ping_up: re.Pattern[str] = re.compile(r"Slurmctld\((?:primary|backup)\) at (\S+) is UP")
+    job_id: re.Pattern[str] = re.compile(r"(\d+)(?:;\S+)?")
+    job_gone: re.Pattern[str] = re.compile(r"Invalid job id specified")
+    job_fields: dict[str, re.Pattern[str]] = field(
+        default_factory=lambda: {
+            name: re.compile(rf"(?:^|\s){name}=(\S*)")
+            for name in (
+                "JobId",
+                "JobName",
+                "JobState",
+                "Reason",
+                "ExitCode",
+                "NodeList",
+                "Partition",
+                "UserId",
+                "StdOut",
+            )
+        }
+    )
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """One job as ``scontrol show job`` reports it."""
+
+    job_id: str
+    state: str
+    exit_code: int | None
+    signal: int | None
+    node_list: str
+    reason: str
+    partition: str
+    stdout_path: str
+
+    @property
+    def finished(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+@dataclass(frozen=True)
+class PartitionState:
+    """A partition's availability and the states its nodes are in."""
+
+    name: str
+    available: bool
+    node_states: frozenset[str]
+    is_default: bool
+
+    @property
+    def usable(self) -> bool:
+        return self.available and bool(self.node_states & USABLE_NODE_STATES)
+
+
+@dataclass(frozen=True)
+class SubmitOptions:
+    """sbatch options. Each is passed as one ``--name=value`` argument, so a
+    value can never be read as another option."""
+
+    partition: str | None = None
+    time: str | None = None
+    cpus: int | None = None
+    mem: str | None = None
+    job_name: str | None = None
+    output: str | None = None
+    chdir: str | None = None
+
+    def argv(self) -> list[str]:
+        pairs = {
+            "partition": self.partition,
+            "time": self.time,
+            "cpus-per-task": None if self.cpus is None else str(self.cpus),
+            "mem": self.mem,
+            "job-name": self.job_name,
+            "output": self.output,
+            "chdir": self.chdir,
+        }
+        return [f"--{name}={value}" for name, value in pairs.items() if value is not None]
+
+
+def _parse_exit_code(text: str) -> tuple[int | None, int | None]:
+    match = re.fullmatch(r"(\d+):(\d+)", text)
+    if not match:
+        return None, None
+    return int(match.group(1)), int(match.group(2))
+
+
+class SlurmCLI:
+    """Slurm through its command-line tools, as a given account or ourselves."""
+
+    def __init__(self, dialect: SlurmDialect | None = None, timeout: float = 30.0) -> None:
+        self.dialect = dialect or SlurmDialect()
+        self.timeout = timeout
+
+    def _run(
+        self, argv: list[str], user: str | None = None, input_text: str | None = None
+    ) -> proc.CommandResult:
+        return proc.run(argv, user=user, input_text=input_text, timeout=self.timeout)
+
+    def ping(self) -> str:
+        """The controller's host if slurmctld answers, else :class:`SlurmError`."""
+        result = self._run([*self.dialect.scontrol, "ping"])
+        match = self.dialect.ping_up.search(result.stdout)
+        if not match:
+            answer = (result.stdout + result.stderr).strip() or f"exit status {result.returncode}"
+            raise SlurmError(f"slurmctld is not reachable: {answer}")
+        return match.group(1)
+
+    def partitions(self) -> dict[str, PartitionState]:
+        """Every partition with its availability and node states."""
+        result = proc.check(self._run([*self.dialect.sinfo, "-h", "-o", "%P|%a|%T"]))
+        states: dict[str, set[str]] = {}
+        available: dict[str, bool] = {}
+        defaults: set[str] = set()
+        for line in result.stdout.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) != 3:
+                continue
+            name, avail, node_state = parts
+            if name.endswith("*"):
+                name = name[:-1]
+                defaults.add(name)
+            available[name] = avail == "up"
+            states.setdefault(name, set()).add(node_state.rstrip("*~#!%$@^-"))
+        return {
+            name: PartitionState(name, available[name], frozenset(states[name]), name in defaults)
+            for name in states
+        }
+
+    def submit(self, script: str, options: SubmitOptions, *, user: str | None = None) -> str:
+        """Submit ``script`` (read by sbatch from stdin) and return the job id."""
+        result = self._run(
+            [*self.dialect.sbatch, "--parsable", *options.argv()], user=user, input_text=script
+        )
+        match = self.dialect.job_id.fullmatch(result.stdout.strip())
+        if not result.ok or not match:
+            raise SlurmError(f"sbatch refused the job: {(result.stderr or result.stdout).strip()}")
+        return match.group(1)
+
+    def job(self, job_id: str) -> JobInfo | None:
+        """The job's current record, or None once Slurm has forgotten it."""
+        result = self._run([*self.dialect.scontrol, "-o", "show", "job", _checked_job_id(job_id)])
+        if self.dialect.job_gone.search(result.stderr + result.stdout):
+            return None
+        proc.check(result)
+        values = {
+            name: (m.group(1) if (m := pattern.search(result.stdout)) else "")
+            for name, pattern in self.dialect.job_fields.items()
+        }
+        exit_code, signal = _parse_exit_code(values["ExitCode"])
+        return JobInfo(
+            job_id=values["JobId"] or job_id,
+            state=values["JobState"],
+            exit_code=exit_code,
+            signal=signal,
+            node_list=values["NodeList"],
+            reason=values["Reason"],
+            partition=values["Partition"],
+            stdout_path=values["StdOut"],
+        )
+
+    def wait(
+        self,
+        job_id: str,
+        timeout: float,
+        poll: float = 0.2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> JobInfo:
+        """Poll until the job has finished; :class:`SlurmError` if it takes
+        longer than ``timeout`` seconds or Slurm forgets it first."""
+        deadline = clock() + timeout
+        while True:
+            info = self.job(job_id)
+            if info is None:
+                raise SlurmError(f"job {job_id} is no longer known to Slurm")
+            if info.finished:
+                return info
+            if clock() >= deadline:
+                raise SlurmError(f"job {job_id} still {info.state} after {timeout:g} s")
+            time.sleep(poll)
+
+    def cancel(self, job_id: str, *, user: str | None = None) -> None:
+        proc.check(self._run([*self.dialect.scancel, _checked_job_id(job_id)], user=user))
