@@ -44,7 +44,8 @@ class CheckResult:
     hint: str = ""
 
     def line(self) -> str:
-        text = f"{self.status.value} {self.name}: {self.detail}"
+        """One line: a program's multi-line error is folded into it."""
+        text = f"{self.status.value} {self.name}: {' '.join(self.detail.split())}"
         return f"{text} — fix: {self.hint}" if self.hint and self.status != Status.OK else text
 
 

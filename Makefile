@@ -1,0 +1,35 @@
+# `make demo` and `make test` each do all their set-up on a fresh Debian 12
+# machine: the dev cluster (slurm/devcluster, as root), then .venv with
+# hpcbinder installed editable and its test tools.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+DEMO_USER ?= alice
+
+.PHONY: demo test cluster cluster-down venv lint
+
+$(BIN)/hpcbinder: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/hpcbinder
+
+cluster:
+	$(SUDO) slurm/devcluster up
+
+cluster-down:
+	$(SUDO) slurm/devcluster down
+
+lint: venv
+	$(BIN)/ruff check hpcbinder tests
+	$(BIN)/ruff format --check hpcbinder tests
+	$(BIN)/mypy
+
+test: cluster venv lint
+	$(SUDO) $(BIN)/pytest
+
+demo: cluster venv
+	$(SUDO) $(BIN)/hpcbinder doctor --user $(DEMO_USER)

@@ -1,0 +1,88 @@
+"""Shared fixtures: the dev cluster, its accounts, and scratch space they share.
+
+Tests marked ``slurm``, ``apptainer`` or ``e2e`` need the dev cluster
+(``slurm/devcluster up``; ``make test`` starts it). Without it they are
+skipped with the reason on a developer's machine and fail loudly in CI
+(``CI`` set), so a CI run can never pass by skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hpcbinder import proc
+from hpcbinder.slurm import SlurmCLI, SlurmError
+
+REPO = Path(__file__).resolve().parent.parent
+DEVCLUSTER = REPO / "slurm" / "devcluster"
+CLUSTER_MARKERS = ("slurm", "apptainer", "e2e")
+SHARED_SCRATCH = Path("/var/tmp/hpcbinder-tests")
+
+
+@dataclass(frozen=True)
+class DevCluster:
+    """The running dev cluster and the accounts ``slurm/devcluster`` made."""
+
+    slurm: SlurmCLI
+    build_user: str = "hpcbuild"
+    users: tuple[str, str] = ("alice", "bob")
+
+    def up(self) -> None:
+        """(Re)start whatever daemon is not running and wait for the node."""
+        subprocess.run([str(DEVCLUSTER), "up"], check=True, capture_output=True, timeout=300)
+
+
+def _cluster_problem(slurm: SlurmCLI) -> str | None:
+    if os.geteuid() != 0:
+        return "tests drive the dev cluster as root (sudo to its accounts)"
+    try:
+        slurm.ping()
+        proc.check(proc.run(["apptainer", "--version"], user="hpcbuild", timeout=30))
+    except (SlurmError, proc.CommandError) as exc:
+        return str(exc)
+    return None
+
+
+@pytest.fixture(scope="session")
+def devcluster() -> DevCluster:
+    slurm = SlurmCLI()
+    problem = _cluster_problem(slurm)
+    if problem is not None:
+        message = f"dev cluster not usable: {problem} (start it: slurm/devcluster up)"
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return DevCluster(slurm)
+
+
+@pytest.fixture(autouse=True)
+def _cluster_for_marked_tests(request: pytest.FixtureRequest) -> None:
+    if any(request.node.get_closest_marker(name) for name in CLUSTER_MARKERS):
+        request.getfixturevalue("devcluster")
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory every dev cluster account can write (sticky, like /tmp)
+    and that jobs on the node see at the same path."""
+    path = SHARED_SCRATCH / uuid.uuid4().hex[:12]
+    path.mkdir(parents=True)
+    SHARED_SCRATCH.chmod(0o755)
+    path.chmod(0o1777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def hpcbinder_cli() -> list[str]:
+    """argv prefix that runs the installed ``hpcbinder`` console script."""
+    return [str(Path(sys.executable).parent / "hpcbinder")]
