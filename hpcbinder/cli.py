@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import click
 
-from hpcbinder import __version__, doctor, proc
+from hpcbinder import __version__, doctor, pipeline, proc
 from hpcbinder.config import Site, SiteConfigError, load_site
+from hpcbinder.errors import UserError
 from hpcbinder.slurm import SlurmCLI
 
 EXIT_CONFIG = 2
@@ -89,3 +92,40 @@ def config_check(ctx: click.Context, path: Path | None) -> None:
         f"site file is valid: {len(site.partitions)} partitions, "
         f"{len(site.bases)} base images, image store {site.image_store}"
     )
+
+
+@main.command("render")
+@click.argument("spec")
+@click.option("--ref", help="Ref to use, when SPEC does not end with one.")
+@click.option(
+    "--plan",
+    "show_plan",
+    is_flag=True,
+    help="Print the BuildPlan as JSON (with the env key) instead of the definition.",
+)
+@click.pass_context
+def render_command(ctx: click.Context, spec: str, ref: str | None, show_plan: bool) -> None:
+    """Print the Apptainer definition for SPEC (e.g. gh/org/repo/HEAD); builds nothing."""
+    site = _site(ctx)
+    if ref is not None:
+        spec = f"{spec.rstrip('/')}/{quote(ref, safe='')}"
+    try:
+        prepared = pipeline.prepare(spec, site)
+    except UserError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    for warning in prepared.rendered.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if show_plan:
+        document = {
+            "spec": prepared.repo.spec,
+            "url": prepared.repo.url,
+            "ref": prepared.repo.ref,
+            "commit": prepared.repo.commit,
+            "env_key": prepared.rendered.env_key,
+            "base": prepared.rendered.base.name,
+            "plan": prepared.plan.to_json(),
+        }
+        click.echo(json.dumps(document, indent=2))
+    else:
+        click.echo(prepared.rendered.definition, nl=False)

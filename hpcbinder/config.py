@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import (
@@ -51,7 +51,33 @@ def _account(value: str) -> str:
     return value
 
 
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression ({exc})") from exc
+    return value
+
+
+_URL = re.compile(r"(https?|file)://[A-Za-z0-9._~:/?#\[\]@!$&*+,;=%-]+")
+
+
+def _url(value: str) -> str:
+    if not _URL.fullmatch(value):
+        raise ValueError("expected an http(s):// or file:// URL without spaces or quotes")
+    return value
+
+
+def _hostname(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9.-]+(:\d+)?", value):
+        raise ValueError("expected a host name")
+    return value
+
+
 SlurmTime = Annotated[str, AfterValidator(_slurm_time)]
+Regex = Annotated[str, AfterValidator(_regex)]
+Url = Annotated[str, AfterValidator(_url)]
+Hostname = Annotated[str, AfterValidator(_hostname)]
 Name = Annotated[str, AfterValidator(_name)]
 Account = Annotated[str, AfterValidator(_account)]
 
@@ -79,6 +105,59 @@ class BaseImage(_Strict):
     python: Annotated[str, Field(pattern=r"^3\.\d{1,2}$")] = "3.11"
 
 
+class RepoPolicy(_Strict):
+    """Which repositories may be launched, and how they are fetched.
+
+    ``allow`` and ``ban`` are regular expressions matched (in full) against
+    the clone URL, e.g. ``https://github\\.com/our-org/.*``. An empty
+    ``allow`` allows everything not banned. ``local/`` specs are allowed
+    only below ``local_roots``.
+    """
+
+    protocols: list[Literal["https", "http", "git", "ssh", "file"]] = ["https", "git"]
+    allow: list[Regex] = []
+    ban: list[Regex] = []
+    local_roots: list[Path] = []
+    cache_dir: Path | None = None
+    github_host: Hostname = "github.com"
+    gitlab_host: Hostname = "gitlab.com"
+
+
+class Mirrors(_Strict):
+    """Package sources the builds use; sites point them at local mirrors."""
+
+    pypi_index: Url | None = None
+    conda_channels: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9._:/-]+$")]] = ["conda-forge"]
+    micromamba_url: Url = "https://micro.mamba.pm/api/micromamba/linux-64/latest"
+    cran: Url = "https://packagemanager.posit.co/cran"
+    julia_downloads: Url = "https://julialang-s3.julialang.org/bin/linux/x64"
+    julia_pkg_server: Url = "https://pkg.julialang.org"
+    nix_installer: Url = "https://nixos.org/nix/install"
+
+
+class Network(_Strict):
+    """What every build needs to reach the outside through the site's network."""
+
+    ca_bundle: Path | None = None
+    http_proxy: Url | None = None
+    https_proxy: Url | None = None
+    no_proxy: Annotated[str, Field(pattern=r"^[A-Za-z0-9.,*:/-]*$")] | None = None
+    mirrors: Mirrors = Mirrors()
+
+
+class Dockerfiles(_Strict):
+    """How a repository's Dockerfile FROM line becomes an Apptainer bootstrap.
+
+    ``from_map`` maps a FROM image (as written) to a site base name
+    (``base:NAME``), a local SIF path, or another ``docker://`` reference.
+    Unmapped images are pulled from their registry only when
+    ``allow_unmapped`` is true.
+    """
+
+    from_map: dict[str, str] = {}
+    allow_unmapped: bool = False
+
+
 def _default_partitions() -> dict[str, Partition]:
     return {
         "interactive": Partition(max_time="08:00:00"),
@@ -96,6 +175,10 @@ class Site(_Strict):
     default_partition: Name = "interactive"
     bases: dict[Name, BaseImage] = Field(default_factory=lambda: {"default": BaseImage()})
     default_base: Name = "default"
+    python_policy: Literal["exact", "nearest"] = "nearest"
+    repos: RepoPolicy = RepoPolicy()
+    network: Network = Network()
+    dockerfiles: Dockerfiles = Dockerfiles()
 
     def base_image_path(self, name: str) -> Path:
         """Where the store keeps the built base image ``name``."""

@@ -64,12 +64,14 @@ def run(
     input_text: str | None = None,
     timeout: float = 60.0,
     cwd: str | os.PathLike[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> CommandResult:
     """Run ``argv`` (as ``user``) and return its result, whatever its exit code.
 
     Raises :class:`CommandError` only when the program cannot be started or
     does not finish within ``timeout`` seconds; callers decide what a
-    non-zero exit means (see :func:`check`).
+    non-zero exit means (see :func:`check`). ``env`` adds to (never
+    replaces) this process's environment.
     """
     full = as_user(argv, user)
     try:
@@ -80,6 +82,7 @@ def run(
             text=True,
             timeout=timeout,
             cwd=cwd,
+            env=None if env is None else {**os.environ, **env},
             check=False,
         )
     except FileNotFoundError as exc:
