@@ -39,6 +39,7 @@ CA_IN_IMAGE = "/etc/hpcbinder/ca-bundle.crt"
 JULIA_VERSION = "1.10.5"
 
 _SAFE_PATH = re.compile(r"/?[A-Za-z0-9_.+-]+(?:/[A-Za-z0-9_.+-]+)*/?")
+_DOCKER_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*")
 _SECTION = re.compile(r"^\s*%(\w+)")
 
 
@@ -223,9 +224,10 @@ def map_from_image(site: Site, image: str, relative: str) -> BaseChoice:
         path = _safe_path(str(site.base_image_path(name)), "site: image_store")
         return BaseChoice(name, site.bases[name].python, "localimage", path)
     if target.startswith("docker://"):
-        return BaseChoice(
-            target, "", "docker", _safe_path(target.removeprefix("docker://"), relative)
-        )
+        reference = target.removeprefix("docker://")
+        if not _DOCKER_REF.fullmatch(reference):
+            raise RepoConfigError(relative, f"FROM {image}: invalid image reference {reference!r}")
+        return BaseChoice(target, "", "docker", reference)
     return BaseChoice(target, "", "localimage", _safe_path(target, "site: dockerfiles.from_map"))
 
 
