@@ -32,7 +32,11 @@ from hpcbinder.errors import RepoNotAllowed, RepoUnreachable, SpecError, Unknown
 _REF = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/+@-]{0,254}")
 _GH_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 _GL_PATH = re.compile(r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*")
-_URL_SAFE = re.compile(r"[A-Za-z0-9._~:/?#@!$&*+,;=%-]+")
+_PATH_SAFE = re.compile(r"[A-Za-z0-9._~/+=@%-]+")
+_CLONE_URL = re.compile(
+    r"(?:https?|git|ssh|file)://[A-Za-z0-9._~:/?#@+=%-]+"  # scheme://...
+    r"|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[A-Za-z0-9._~/+=%-]+"  # scp-like user@host:path
+)
 _SHORT_SHA = re.compile(r"[0-9a-f]{7,39}")
 
 
@@ -171,7 +175,7 @@ class GitUrlRepoProvider(GitRepoProvider):
     def parse(self, body: str) -> tuple[str, str]:
         quoted_url, ref = self._split_last(body, "git/<url-escaped clone url>")
         url = unquote(quoted_url)
-        if not _URL_SAFE.fullmatch(url) or url.startswith("-"):
+        if not _CLONE_URL.fullmatch(url):
             raise SpecError(f"invalid repository URL {url!r}")
         return url, ref
 
@@ -184,7 +188,7 @@ class LocalRepoProvider(GitRepoProvider):
     def parse(self, body: str) -> tuple[str, str]:
         quoted_path, ref = self._split_last(body, "local/<url-escaped path>")
         path = Path(os.path.realpath(unquote(quoted_path)))
-        if not path.is_absolute() or not _URL_SAFE.fullmatch(str(path)):
+        if not path.is_absolute() or not _PATH_SAFE.fullmatch(str(path)):
             raise SpecError(f"invalid local repository path {unquote(quoted_path)!r}")
         roots = [Path(os.path.realpath(root)) for root in self.policy.local_roots]
         if not any(path.is_relative_to(root) for root in roots):

@@ -37,8 +37,9 @@ def expected(case: str) -> dict[str, Any]:
 
 
 def git(repo: Path, *args: str) -> str:
-    done = subprocess.run(["git", *GIT_IDENTITY, *args], cwd=repo, check=True,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["git", *GIT_IDENTITY, *args], cwd=repo, check=True, capture_output=True, text=True
+    )
     return done.stdout.strip()
 
 
@@ -60,10 +61,16 @@ def site_for_tests(root: Path, **overrides: Any) -> Site:
     Dockerfile FROM table, as tests need."""
     settings: dict[str, Any] = {
         "image_store": "/images",
-        "bases": {"default": {"python": "3.11"}, "py310": {"python": "3.10"},
-                  "py312": {"python": "3.12"}},
-        "repos": {"local_roots": [str(root)], "cache_dir": str(root / "cache"),
-                  "protocols": ["https", "git", "file"]},
+        "bases": {
+            "default": {"python": "3.11"},
+            "py310": {"python": "3.10"},
+            "py312": {"python": "3.12"},
+        },
+        "repos": {
+            "local_roots": [str(root)],
+            "cache_dir": str(root / "cache"),
+            "protocols": ["https", "git", "file"],
+        },
         "dockerfiles": {"from_map": {"python:3.11-slim": "base:default"}},
     }
     for key, value in overrides.items():

@@ -22,7 +22,12 @@ ENV_FILES_DIR = "/opt/hpcbinder/env"
 REPO_DIR = "/srv/repo"
 
 _APT_PACKAGE = re.compile(r"[a-z0-9][a-z0-9.+-]*(?:=[A-Za-z0-9.+:~-]+)?")
-_REPO_PATH = re.compile(r"(?!.*(?:^|/)\.\.(?:/|$))[A-Za-z0-9_.][A-Za-z0-9_.+-]*(?:/[A-Za-z0-9_.][A-Za-z0-9_.+-]*)*")
+# Repository-relative paths that may appear in a definition: no '..' part,
+# no spaces, quotes or shell syntax.
+_REPO_PATH = re.compile(
+    r"(?!.*(?:^|/)\.\.(?:/|$))"
+    r"[A-Za-z0-9_.][A-Za-z0-9_.+-]*(?:/[A-Za-z0-9_.][A-Za-z0-9_.+-]*)*"
+)
 _PYTHON_RUNTIME = re.compile(r"python-(\d+)(?:\.(\d+))?(?:\.(\d+))?")
 _R_RUNTIME = re.compile(r"r-(?:(\d+\.\d+(?:\.\d+)?)-)?(\d{4}-\d{2}-\d{2})")
 

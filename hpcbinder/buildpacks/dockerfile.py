@@ -174,7 +174,8 @@ class DockerfileBuildPack(BuildPack):
 
     def dockerfile(self) -> dict[str, Any]:
         image = self.from_image  # first: a bad FROM is the error to report
-        return {"from": image, "file": self.relative, **convert(self.cleaned_dockerfile())}
+        cleaned = self.cleaned_dockerfile()
+        return {"from": image, "file": self.relative, **convert(cleaned, self.relative)}
 
 
 def _words(value: object) -> list[str]:
@@ -183,13 +184,16 @@ def _words(value: object) -> list[str]:
     return [] if not value else [str(value)]
 
 
-def convert(dockerfile_text: str) -> dict[str, Any]:
+def convert(dockerfile_text: str, relative: str) -> dict[str, Any]:
     """spython's reading of a (cleaned) Dockerfile, as plain data."""
     with tempfile.TemporaryDirectory(prefix="hpcbinder-dockerfile-") as tmp:
         path = Path(tmp) / "Dockerfile"
         path.write_text(dockerfile_text, encoding="utf-8")
-        with contextlib.redirect_stderr(io.StringIO()):  # spython's own chatter
-            recipes = DockerParser(str(path)).recipe
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):  # spython's own chatter
+                recipes = DockerParser(str(path)).recipe
+        except Exception as exc:  # spython raises whatever its parsing hits
+            raise RepoConfigError(relative, f"spython cannot convert it ({exc!r})") from exc
     (recipe,) = recipes.values()
     post = [line.rstrip("\n") for line in recipe.install if line.strip()]
     return {

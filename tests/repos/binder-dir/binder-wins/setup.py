@@ -1,1 +1,1 @@
-raise SystemExit('top-level setup.py must be ignored')
+raise SystemExit("top-level setup.py must be ignored")

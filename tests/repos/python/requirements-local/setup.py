@@ -1,2 +1,3 @@
 from setuptools import setup
-setup(name='demo', version='0.1')
+
+setup(name="demo", version="0.1")

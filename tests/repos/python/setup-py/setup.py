@@ -1,2 +1,3 @@
 from setuptools import setup
-setup(name='demo', version='0.1', py_modules=['demo'])
+
+setup(name="demo", version="0.1", py_modules=["demo"])

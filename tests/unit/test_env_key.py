@@ -1,0 +1,70 @@
+"""The env key changes exactly when what the build reads changes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hpcbinder import pipeline
+from hpcbinder.config import Site
+from tests.repohelpers import git, local_spec, make_repo, site_for_tests
+
+
+def key_at(repo: Path, site: Site) -> str:
+    return pipeline.prepare(local_spec(repo, git(repo, "rev-parse", "HEAD")), site).rendered.env_key
+
+
+def commit(repo: Path, name: str, text: str) -> None:
+    (repo / name).write_text(text)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", f"change {name}")
+
+
+def test_notebook_only_commit_keeps_the_key(tmp_path: Path) -> None:
+    repo = make_repo("python/requirements", tmp_path / "repo")
+    site = site_for_tests(tmp_path)
+    before = key_at(repo, site)
+    commit(repo, "index.ipynb", '{"cells": ["new analysis"]}\n')
+    commit(repo, "notes.md", "# more\n")
+    assert key_at(repo, site) == before
+
+
+def test_requirements_change_changes_the_key(tmp_path: Path) -> None:
+    repo = make_repo("python/requirements", tmp_path / "repo")
+    site = site_for_tests(tmp_path)
+    before = key_at(repo, site)
+    commit(repo, "requirements.txt", "six==1.17.0\n")
+    assert key_at(repo, site) != before
+
+
+def test_line_endings_and_trailing_space_do_not_matter(tmp_path: Path) -> None:
+    repo = make_repo("python/requirements", tmp_path / "repo")
+    site = site_for_tests(tmp_path)
+    before = key_at(repo, site)
+    commit(repo, "requirements.txt", "six==1.16.0   \r\n\r\n")
+    assert key_at(repo, site) == before
+
+
+def test_whole_repo_builds_key_on_every_file(tmp_path: Path) -> None:
+    repo = make_repo("base/postbuild", tmp_path / "repo")
+    site = site_for_tests(tmp_path)
+    before = key_at(repo, site)
+    commit(repo, "data.csv", "x\n1\n")  # postBuild may read it
+    assert key_at(repo, site) != before
+
+
+def test_same_environment_in_two_repositories_shares_the_key(tmp_path: Path) -> None:
+    site = site_for_tests(tmp_path)
+    one = make_repo("python/requirements", tmp_path / "one")
+    two = make_repo("python/requirements", tmp_path / "two")
+    commit(two, "other.ipynb", "{}\n")
+    assert key_at(one, site) == key_at(two, site)
+
+
+def test_site_settings_that_reach_the_build_change_the_key(tmp_path: Path) -> None:
+    repo = make_repo("python/requirements", tmp_path / "repo")
+    plain = key_at(repo, site_for_tests(tmp_path))
+    mirrored = site_for_tests(
+        tmp_path, network={"mirrors": {"pypi_index": "https://pypi.example.edu/simple"}}
+    )
+    other_base = site_for_tests(tmp_path, bases={"default": {"python": "3.12"}})
+    assert len({plain, key_at(repo, mirrored), key_at(repo, other_base)}) == 3

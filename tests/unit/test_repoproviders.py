@@ -1,0 +1,194 @@
+"""Specs and refs, resolved against real git repositories (file:// and a
+git daemon on loopback)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from hpcbinder import repoproviders
+from hpcbinder.config import RepoPolicy
+from hpcbinder.errors import RepoNotAllowed, RepoUnreachable, SpecError, UnknownRef
+from hpcbinder.repoproviders import parse_spec
+from tests.repohelpers import git
+
+POLICY = RepoPolicy(protocols=["https", "git", "file"])
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """main with two commits, an annotated tag on the first, a feature/x branch."""
+    path = tmp_path / "src"
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    (path / "a.txt").write_text("one\n")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "one")
+    git(path, "tag", "-a", "v1.0", "-m", "release")
+    (path / "a.txt").write_text("two\n")
+    git(path, "commit", "-q", "-am", "two")
+    git(path, "branch", "feature/x", "HEAD~1")
+    return path
+
+
+def file_spec(repo: Path, ref: str) -> str:
+    return f"git/{quote('file://' + str(repo), safe='')}/{quote(ref, safe='')}"
+
+
+@pytest.mark.parametrize(
+    ("spec", "url", "ref"),
+    [
+        ("gh/jupyterhub/binderhub/HEAD", "https://github.com/jupyterhub/binderhub", "HEAD"),
+        ("gh/org/repo.git/feature/x", "https://github.com/org/repo", "feature/x"),
+        ("gh/org/repo/feature%2Fx", "https://github.com/org/repo", "feature/x"),
+        ("gl/group%2Fsub%2Fproject/v1.0", "https://gitlab.com/group/sub/project", "v1.0"),
+        ("git/https%3A%2F%2Fexample.org%2Fa%2Fb.git/main", "https://example.org/a/b.git", "main"),
+    ],
+)
+def test_binderhub_specs(spec: str, url: str, ref: str) -> None:
+    provider = parse_spec(spec, POLICY)
+    assert (provider.url, provider.ref) == (url, ref)
+
+
+def test_site_hosts_replace_public_ones() -> None:
+    policy = RepoPolicy(github_host="github.example.edu")
+    assert parse_spec("gh/o/r/main", policy).url == "https://github.example.edu/o/r"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("zz/org/repo/main", "unknown provider 'zz' (this site knows: gh, git, gl, local)"),
+        ("gh/org/repo", "malformed spec: expected gh/<org>/<repo>/<ref>"),
+        ("gh", "malformed spec 'gh'"),
+        ("gh/org/re po/main", "invalid GitHub repository org/re po"),
+        ("gh/org/repo/main;reboot", "invalid ref 'main;reboot'"),
+        ("gh/org/repo/a..b", "invalid ref 'a..b'"),
+        ("gh/org/repo/-upload-pack=x", "invalid ref '-upload-pack=x'"),
+        ("gh/org/repo/x%0Ay", "invalid ref 'x\\ny'"),
+        ("git/--upload-pack%3Dtouch%20x/main", "invalid repository URL"),
+        ("gl/..%2Fsecret/main", "invalid GitLab project path"),
+    ],
+)
+def test_malformed_specs(spec: str, message: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_spec(spec, POLICY)
+    assert message in str(caught.value)
+
+
+def test_refs_resolve_like_binderhub(repo: Path) -> None:
+    head = git(repo, "rev-parse", "HEAD")
+    first = git(repo, "rev-parse", "HEAD~1")
+
+    def resolve(ref: str) -> str:
+        return parse_spec(file_spec(repo, ref), POLICY).resolve().commit
+
+    assert resolve("HEAD") == head
+    assert resolve("main") == head
+    assert resolve("v1.0") == first  # the annotated tag, peeled to its commit
+    assert resolve("feature/x") == first
+    assert resolve(first) == first  # a full SHA passes through
+    assert resolve(first[:8]) == first  # a short SHA is looked up
+    with pytest.raises(UnknownRef, match="has no branch, tag or commit 'nope'"):
+        resolve("nope")
+    with pytest.raises(UnknownRef):
+        resolve("abcdef12")
+
+
+def test_unreachable_repository(tmp_path: Path) -> None:
+    with pytest.raises(RepoUnreachable, match="cannot list refs"):
+        parse_spec(file_spec(tmp_path / "missing", "main"), POLICY).resolve()
+
+
+def test_site_allow_ban_and_protocols(repo: Path) -> None:
+    url = f"file://{repo}"
+    banned = RepoPolicy(protocols=["file"], ban=[f"file://{repo.parent}/.*"])
+    with pytest.raises(RepoNotAllowed, match="is banned"):
+        parse_spec(file_spec(repo, "main"), banned).resolve()
+    allow_other = RepoPolicy(protocols=["file"], allow=[r"https://github\.com/ours/.*"])
+    with pytest.raises(RepoNotAllowed, match="not on this site's allow list"):
+        parse_spec(file_spec(repo, "main"), allow_other).resolve()
+    no_file = RepoPolicy(protocols=["https"])
+    with pytest.raises(RepoNotAllowed, match="protocol 'file' is not allowed"):
+        parse_spec(file_spec(repo, "main"), no_file).resolve()
+    allowed = RepoPolicy(protocols=["file"], allow=[f"{url}"])
+    assert parse_spec(file_spec(repo, "main"), allowed).resolve().url == url
+
+
+def test_local_specs_only_below_site_roots(repo: Path, tmp_path: Path) -> None:
+    spec = f"local/{quote(str(repo), safe='')}/main"
+    with pytest.raises(RepoNotAllowed, match="not below this site's local repository roots"):
+        parse_spec(spec, RepoPolicy())
+    escape = f"local/{quote(str(tmp_path / 'root' / '..' / 'src'), safe='')}/main"
+    with pytest.raises(RepoNotAllowed):
+        parse_spec(escape, RepoPolicy(local_roots=[tmp_path / "root"]))
+    provider = parse_spec(spec, RepoPolicy(local_roots=[tmp_path]))
+    assert provider.resolve().commit == git(repo, "rev-parse", "main")
+
+
+def test_checkout_is_exactly_the_commit_and_cached(repo: Path, tmp_path: Path) -> None:
+    provider = parse_spec(file_spec(repo, "v1.0"), POLICY)
+    resolved = provider.resolve()
+    first = repoproviders.checkout(provider, resolved, tmp_path / "cache")
+    assert (first / "a.txt").read_text() == "one\n"
+    assert git(first, "rev-parse", "HEAD") == resolved.commit
+    (first / "marker").write_text("kept")
+    again = repoproviders.checkout(provider, resolved, tmp_path / "cache")
+    assert again == first and (again / "marker").exists()  # no second fetch
+    leftovers = [p.name for p in first.parent.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def git_daemon(repo: Path) -> Iterator[str]:
+    """``git daemon`` serving ``repo``'s folder on loopback; yields the git:// URL."""
+    port = _free_port()
+    daemon = subprocess.Popen(
+        [
+            "git",
+            "daemon",
+            "--export-all",
+            "--reuseaddr",
+            "--listen=127.0.0.1",
+            f"--port={port}",
+            f"--base-path={repo.parent}",
+            str(repo.parent),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):  # at most 10 s for the daemon to listen
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        else:
+            pytest.fail("git daemon did not start listening")
+        yield f"git://127.0.0.1:{port}/{repo.name}"
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=10)
+
+
+def test_git_protocol_over_loopback(git_daemon: str, repo: Path, tmp_path: Path) -> None:
+    spec = f"git/{quote(git_daemon, safe='')}/feature%2Fx"
+    provider = parse_spec(spec, POLICY)
+    resolved = provider.resolve()
+    assert resolved.commit == git(repo, "rev-parse", "feature/x")
+    checkout = repoproviders.checkout(provider, resolved, tmp_path / "cache")
+    assert (checkout / "a.txt").read_text() == "one\n"
+    with pytest.raises(RepoNotAllowed, match="protocol 'git' is not allowed"):
+        parse_spec(spec, RepoPolicy(protocols=["https"])).resolve()
