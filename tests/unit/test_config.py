@@ -85,3 +85,12 @@ def test_config_check_command(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["config", "check", str(bad)])
     assert result.exit_code == 0, result.output
     assert "site file is valid: 1 partitions" in result.output
+
+
+def test_example_site_file_is_valid() -> None:
+    from tests.conftest import REPO
+
+    site = load_site(REPO / "configs" / "site.example.yaml")
+    assert site.python_policy == "nearest"
+    assert site.dockerfiles.from_map["python:3.11-slim"] == "base:default"
+    assert site.network.mirrors.pypi_index == "https://pypi-mirror.example.edu/simple"
