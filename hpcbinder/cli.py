@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import re
+import shlex
 import sys
 from pathlib import Path
 from urllib.parse import quote
 
 import click
 
-from hpcbinder import __version__, doctor, pipeline, proc
+from hpcbinder import __version__, build, doctor, pipeline, proc
 from hpcbinder.config import Site, SiteConfigError, load_site
 from hpcbinder.errors import UserError
 from hpcbinder.slurm import SlurmCLI
@@ -94,6 +97,19 @@ def config_check(ctx: click.Context, path: Path | None) -> None:
     )
 
 
+def _full_spec(spec: str, ref: str | None) -> str:
+    return spec if ref is None else f"{spec.rstrip('/')}/{quote(ref, safe='')}"
+
+
+def _prepare(site: Site, spec: str) -> pipeline.Prepared:
+    """Resolve, fetch, detect and render, or end with the one-line reason."""
+    try:
+        return pipeline.prepare(spec, site)
+    except UserError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+
+
 @main.command("render")
 @click.argument("spec")
 @click.option("--ref", help="Ref to use, when SPEC does not end with one.")
@@ -107,13 +123,7 @@ def config_check(ctx: click.Context, path: Path | None) -> None:
 def render_command(ctx: click.Context, spec: str, ref: str | None, show_plan: bool) -> None:
     """Print the Apptainer definition for SPEC (e.g. gh/org/repo/HEAD); builds nothing."""
     site = _site(ctx)
-    if ref is not None:
-        spec = f"{spec.rstrip('/')}/{quote(ref, safe='')}"
-    try:
-        prepared = pipeline.prepare(spec, site)
-    except UserError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_CONFIG)
+    prepared = _prepare(site, _full_spec(spec, ref))
     for warning in prepared.rendered.warnings:
         click.echo(f"warning: {warning}", err=True)
     if show_plan:
@@ -129,3 +139,155 @@ def render_command(ctx: click.Context, spec: str, ref: str | None, show_plan: bo
         click.echo(json.dumps(document, indent=2))
     else:
         click.echo(prepared.rendered.definition, nl=False)
+
+
+class ProgressDisplay:
+    """Build events on stderr: each phase with its elapsed time; on a
+    terminal, the latest log line too; on failure, the last log lines."""
+
+    def __init__(self, verbose: bool) -> None:
+        self.verbose = verbose
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, event: build.BuildEvent) -> None:
+        stamp = f"[{event.elapsed:6.1f}s]"
+        if event.phase == "log":
+            if self.verbose:
+                click.echo(f"{stamp}   {event.message}", err=True)
+            elif self.tty:
+                click.echo(f"\r\033[K{stamp}   {event.message[:100]}", err=True, nl=False)
+            return
+        if self.tty and not self.verbose:
+            click.echo("\r\033[K", err=True, nl=False)
+        click.echo(f"{stamp} {event.phase}: {event.message}", err=True)
+
+
+def _report_build_error(exc: build.ImageBuildError) -> None:
+    click.echo(f"error: {exc}", err=True)
+    for line in exc.tail[-15:]:
+        click.echo(f"  | {line}", err=True)
+
+
+@main.command("build")
+@click.argument("spec")
+@click.option("--ref", help="Ref to use, when SPEC does not end with one.")
+@click.option("-v", "--verbose", is_flag=True, help="Print every line of the build log.")
+@click.pass_context
+def build_command(ctx: click.Context, spec: str, ref: str | None, verbose: bool) -> None:
+    """Build (or find) the image for SPEC and print its path."""
+    site = _site(ctx)
+    prepared = _prepare(site, _full_spec(spec, ref))
+    for warning in prepared.rendered.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    try:
+        record = build.Builder(site).build_image(prepared, ProgressDisplay(verbose))
+    except build.ImageBuildError as exc:
+        _report_build_error(exc)
+        sys.exit(1)
+    click.echo(f"run it with: {shlex.join(build.launch_argv(record))} COMMAND", err=True)
+    click.echo(record.path)
+
+
+@main.group("base")
+def base_group() -> None:
+    """Site base images."""
+
+
+@base_group.command("build")
+@click.argument("names", nargs=-1)
+@click.option("-v", "--verbose", is_flag=True, help="Print every line of the build log.")
+@click.pass_context
+def base_build(ctx: click.Context, names: tuple[str, ...], verbose: bool) -> None:
+    """Build the site's base images (all of them, or NAMES)."""
+    site = _site(ctx)
+    unknown = [name for name in names if name not in site.bases]
+    if unknown:
+        raise click.UsageError(
+            f"no base named {', '.join(unknown)} in the site file "
+            f"(it has {', '.join(sorted(site.bases))})"
+        )
+    hub_major = int(importlib.metadata.version("jupyterhub").split(".")[0])
+    builder = build.Builder(site)
+    for name in names or tuple(site.bases):
+        try:
+            path = builder.build_base(name, hub_major, ProgressDisplay(verbose))
+        except UserError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_CONFIG)
+        except build.ImageBuildError as exc:
+            _report_build_error(exc)
+            sys.exit(1)
+        click.echo(path)
+
+
+@main.group("images")
+def images_group() -> None:
+    """The image store."""
+
+
+@images_group.command("ls")
+@click.pass_context
+def images_ls(ctx: click.Context) -> None:
+    """Every published image: key, size, build time, spec."""
+    store = build.image_store(_site(ctx))
+    for record in store.records():
+        meta = record.meta
+        click.echo(
+            f"{record.key}  {meta.get('size_bytes', 0) / 2**20:8.1f} MB  "
+            f"{meta.get('created', '?')}  {meta.get('buildpack', '?'):10}  "
+            f"{meta.get('spec', '?')}"
+        )
+
+
+@images_group.command("show")
+@click.argument("key")
+@click.pass_context
+def images_show(ctx: click.Context, key: str) -> None:
+    """An image's metadata as JSON."""
+    record = build.image_store(_site(ctx)).lookup(_checked_key(key))
+    if record is None:
+        click.echo(f"error: no image with key {key}", err=True)
+        sys.exit(1)
+    click.echo(json.dumps({"path": str(record.path), **record.meta}, indent=2))
+
+
+@images_group.command("rm")
+@click.argument("key")
+@click.pass_context
+def images_rm(ctx: click.Context, key: str) -> None:
+    """Remove an image (running containers keep working)."""
+    if not build.image_store(_site(ctx)).remove(_checked_key(key)):
+        click.echo(f"error: no image with key {key}", err=True)
+        sys.exit(1)
+    click.echo(f"removed {key}")
+
+
+@images_group.command("gc")
+@click.option(
+    "--older-than",
+    "days",
+    type=click.FloatRange(min=0),
+    required=True,
+    metavar="DAYS",
+    help="Remove images not used for this many days...",
+)
+@click.option(
+    "--keep",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="...but always keep this many of the most recently used.",
+)
+@click.pass_context
+def images_gc(ctx: click.Context, days: float, keep: int) -> None:
+    """Remove images nobody has used for a while."""
+    removed = build.image_store(_site(ctx)).gc(days, keep)
+    for key in removed:
+        click.echo(f"removed {key}")
+    click.echo(f"{len(removed)} images removed")
+
+
+def _checked_key(key: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{32}", key):
+        raise click.BadParameter(f"{key!r} is not an env key (32 hex digits)")
+    return key

@@ -92,17 +92,53 @@ class Partition(_Strict):
     max_time: SlurmTime = "08:00:00"
 
 
+class SSHBuildHost(_Strict):
+    """A build host reached over SSH (key authentication, known host keys only)."""
+
+    host: Hostname
+    port: int = Field(default=22, ge=1, le=65535)
+    user: Account = "hpcbuild"
+    key_file: Path
+    known_hosts: Path
+
+
 class BuildSettings(_Strict):
-    """Where and as whom images are built."""
+    """Where, as whom and within which limits images are built.
+
+    ``backend``: ``local`` runs builds on this host as ``account``;
+    ``slurm`` submits them as jobs to ``partition``; ``ssh`` runs them on
+    ``ssh.host``. The image store and the checkouts must be visible at the
+    same paths wherever builds run (a shared filesystem at a site).
+    """
 
     account: Account = "hpcbuild"
+    backend: Literal["local", "slurm", "ssh"] = "local"
     partition: Name = "build"
+    cpus: int = Field(default=2, ge=1, le=256)
+    mem: Annotated[str, Field(pattern=r"^\d+[KMGT]?$")] = "4G"
+    timeout_minutes: int = Field(default=60, ge=1, le=24 * 60)
+    max_repo_mb: int = Field(default=1024, ge=1)
+    max_image_mb: int = Field(default=20480, ge=1)
+    ssh: SSHBuildHost | None = None
+    #: Download cache on the build node, bound into every build (None: no cache).
+    cache_dir: Path | None = Path("/var/cache/hpcbinder/build")
 
 
 class BaseImage(_Strict):
-    """A site base image: OS + Python + Jupyter, shared by every repo image."""
+    """A site base image: OS + Python + Jupyter, shared by every repo image.
+
+    ``source`` is what the bootstrap starts from: a Debian release for
+    ``debootstrap`` (with ``mirror``), an image reference for ``docker`` and
+    ``oras``, a SIF path for ``localimage``. The image must provide
+    ``python{python}`` with its venv module; hpcbinder installs Jupyter and
+    batchspawner into /opt/hpcbinder/python.
+    """
 
     python: Annotated[str, Field(pattern=r"^3\.\d{1,2}$")] = "3.11"
+    bootstrap: Literal["debootstrap", "docker", "oras", "localimage"] = "debootstrap"
+    source: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")] = "bookworm"
+    mirror: Url | None = None
+    apt_packages: list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.+-]*$")]] = []
 
 
 class RepoPolicy(_Strict):
@@ -193,6 +229,8 @@ class Site(_Strict):
             )
         if self.default_base not in self.bases:
             raise ValueError(f"default_base: {self.default_base!r} is not one of bases")
+        if self.build.backend == "ssh" and self.build.ssh is None:
+            raise ValueError("build.ssh: required when build.backend is ssh")
         return self
 
 

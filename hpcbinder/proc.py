@@ -10,10 +10,13 @@ configure sudoers for it.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
+import signal
 import subprocess
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 #: How much of a failing program's output an error message carries.
@@ -99,3 +102,59 @@ def check(result: CommandResult) -> CommandResult:
             result.argv, f"exited with status {result.returncode}", result.stderr or result.stdout
         )
     return result
+
+
+def stream(
+    argv: Sequence[str],
+    *,
+    on_line: Callable[[str], None],
+    user: str | None = None,
+    timeout: float,
+    cwd: str | os.PathLike[str] | None = None,
+) -> int:
+    """Run ``argv`` (as ``user``), passing each output line (stdout and
+    stderr merged) to ``on_line`` as it comes; return the exit status.
+
+    The program runs in its own session; past ``timeout`` seconds the whole
+    session is killed and :class:`CommandError` raised, so no build outlives
+    its limit.
+    """
+    full = as_user(argv, user)
+    try:
+        child = subprocess.Popen(
+            full,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+            cwd=cwd,
+            start_new_session=True,
+        )
+    except FileNotFoundError as exc:
+        raise CommandError(full, "is not installed (not found on PATH)") from exc
+    timed_out = threading.Event()
+
+    def expire() -> None:
+        timed_out.set()
+        _kill_session(child)
+
+    timer = threading.Timer(timeout, expire)
+    timer.start()
+    try:
+        for line in child.stdout or ():
+            on_line(line.rstrip("\n"))
+        status = child.wait()
+    finally:
+        timer.cancel()
+        if child.poll() is None:
+            _kill_session(child)
+            child.wait()
+    if timed_out.is_set():
+        raise CommandError(full, f"did not finish within {timeout:g} s")
+    return status
+
+
+def _kill_session(child: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, signal.SIGKILL)

@@ -35,7 +35,15 @@ from hpcbinder.errors import RepoConfigError
 RENDERER_VERSION = "1"
 #: The Python environment of every site base: Jupyter server and default kernel.
 KERNEL_PREFIX = "/opt/hpcbinder/python"
+#: A repository's own Python packages (a venv that sees the base's packages).
+KERNEL_ENV = "/opt/hpcbinder/kernel"
 CA_IN_IMAGE = "/etc/hpcbinder/ca-bundle.crt"
+#: Where builders bind the build node's download cache (site: build.cache_dir).
+BUILD_CACHE_IN_IMAGE = "/opt/hpcbinder/build-cache"
+#: Where an overlay build sees the checkout, the host's files (CA bundle) and its script.
+CONTEXT_IN_IMAGE = "/mnt/hpcbinder-context"
+HOST_FILES_IN_IMAGE = "/mnt/hpcbinder-files"
+OVERLAY_SCRIPT_IN_IMAGE = "/mnt/hpcbinder-build.sh"
 JULIA_VERSION = "1.10.5"
 
 _SAFE_PATH = re.compile(r"/?[A-Za-z0-9_.+-]+(?:/[A-Za-z0-9_.+-]+)*/?")
@@ -56,12 +64,17 @@ class BaseChoice:
 
 @dataclass(frozen=True)
 class Rendered:
-    """A definition ready to build, and the key its image is stored under."""
+    """A definition ready to build, and the key its image is stored under.
+
+    ``overlay_script`` is the same build as a script for an overlay on the
+    base (None where the image cannot be an overlay: Dockerfiles).
+    """
 
     definition: str
     env_key: str
     base: BaseChoice
     warnings: list[str]
+    overlay_script: str | None = None
 
 
 def _minor(version: str) -> int:
@@ -183,8 +196,10 @@ def _build_context(site: Site) -> dict[str, object]:
     return {
         "ca_bundle": _safe_path(str(ca_bundle), "site: network.ca_bundle") if ca_bundle else None,
         "ca_in_image": CA_IN_IMAGE,
+        "build_cache": BUILD_CACHE_IN_IMAGE if site.build.cache_dir else None,
         "network": network,
         "kernel_prefix": KERNEL_PREFIX,
+        "kernel_env": KERNEL_ENV,
         "repo_dir": REPO_DIR,
         "env_dir": ENV_FILES_DIR,
         "conda_env": CONDA_ENV,
@@ -192,19 +207,55 @@ def _build_context(site: Site) -> dict[str, object]:
     }
 
 
-def _sections(has_files: bool) -> list[str]:
-    return ["labels", *(["files"] if has_files else []), "environment", "post", "runscript"]
+def _sections(has_files: bool, build_cache: bool) -> list[str]:
+    """The sections the definition templates write, in order."""
+    return [
+        "labels",
+        *(["files"] if has_files else []),
+        *(["setup"] if build_cache else []),
+        "environment",
+        "post",
+        "runscript",
+    ]
 
 
-def _repo_definition(plan: BuildPlan, site: Site, base: BaseChoice) -> tuple[str, list[str]]:
+def _repo_files(plan: BuildPlan) -> list[tuple[str, str]]:
+    """(checkout-relative source, target in the image) for the build."""
     files = [(_safe_path(f, f), f"{ENV_FILES_DIR}/{f}") for f in plan.env_files]
     if plan.reads_whole_repo:
         files.append((".", REPO_DIR))
+    return files
+
+
+def overlay_host_binds(site: Site) -> list[str]:
+    """``--bind`` arguments for the host files an overlay build copies in,
+    in the order overlay.sh.j2 numbers them."""
+    ca_bundle = site.network.ca_bundle
+    return ["--bind", f"{ca_bundle}:{HOST_FILES_IN_IMAGE}/0:ro"] if ca_bundle else []
+
+
+def _overlay_script(plan: BuildPlan, site: Site, base: BaseChoice) -> str:
+    context = _build_context(site)
+    return templating.render(
+        "templates",
+        "overlay.sh.j2",
+        plan=plan,
+        base=base,
+        files=_repo_files(plan),
+        host_files=[CA_IN_IMAGE] if context["ca_bundle"] else [],
+        context_dir=CONTEXT_IN_IMAGE,
+        host_files_dir=HOST_FILES_IN_IMAGE,
+        **context,
+    )
+
+
+def _repo_definition(plan: BuildPlan, site: Site, base: BaseChoice) -> tuple[str, list[str]]:
+    files = _repo_files(plan)
     context = _build_context(site)
     text = templating.render(
         "templates", "repo.def.j2", plan=plan, base=base, files=files, **context
     )
-    return text, _sections(bool(files or context["ca_bundle"]))
+    return text, _sections(bool(files or context["ca_bundle"]), bool(context["build_cache"]))
 
 
 def map_from_image(site: Site, image: str, relative: str) -> BaseChoice:
@@ -247,7 +298,38 @@ def _dockerfile_definition(
         recipe=recipe,
         **context,
     )
-    return text, _sections(bool(files or context["ca_bundle"])), base
+    return text, _sections(bool(files or context["ca_bundle"]), bool(context["build_cache"])), base
+
+
+def base_packages(hub_major: int) -> list[str]:
+    """What every base installs into its Python: the single-user server that
+    matches the hub's major version, and what batchspawner needs in the job."""
+    return [
+        f"jupyterhub>={hub_major},<{hub_major + 1}",
+        "batchspawner>=1.3,<2",
+        "jupyterlab>=4,<5",
+        "notebook>=7,<8",
+        "ipykernel>=6",
+    ]
+
+
+def render_base(site: Site, name: str, hub_major: int) -> str:
+    """The definition of site base image ``name``."""
+    base = site.bases[name]
+    if base.bootstrap == "debootstrap" and base.mirror is None:
+        raise RepoConfigError("site", f"bases.{name}.mirror: required for debootstrap")
+    context = _build_context(site)
+    text = templating.render(
+        "templates",
+        "base.def.j2",
+        base=base,
+        base_name=name,
+        packages=base_packages(hub_major),
+        **context,
+    )
+    expected = [*_sections(bool(context["ca_bundle"]), bool(context["build_cache"])), "test"]
+    _check_sections(text, expected)
+    return text
 
 
 def render(plan: BuildPlan, site: Site, checkout: Path, tree_id: str | None = None) -> Rendered:
@@ -259,4 +341,8 @@ def render(plan: BuildPlan, site: Site, checkout: Path, tree_id: str | None = No
         text, sections = _repo_definition(plan, site, base)
     _check_sections(text, sections)
     key = env_key(text, plan, checkout, tree_id, base_identity(site, base))
-    return Rendered(text, key, base, [*plan.warnings, *base.warnings])
+    overlay = None
+    if plan.dockerfile is None:
+        overlay = _overlay_script(plan, site, base)
+        _check_sections(overlay, [])
+    return Rendered(text, key, base, [*plan.warnings, *base.warnings], overlay)

@@ -217,10 +217,18 @@ def parse_spec(spec: str, policy: RepoPolicy) -> RepoProvider:
     return cls(body, policy)
 
 
+#: The shared checkout cache builds read from. Only trusted accounts may write
+#: it (a planted checkout would poison others' builds); others use their own.
+SHARED_CACHE = Path("/var/cache/hpcbinder/repos")
+
+
 def cache_root(policy: RepoPolicy) -> Path:
-    """Where checkouts are kept: the site's cache_dir, else the user's cache."""
+    """Where checkouts are kept: the site's cache_dir, else the shared cache
+    if this account may write it, else the user's own cache."""
     if policy.cache_dir is not None:
         return policy.cache_dir
+    if os.access(SHARED_CACHE, os.W_OK):
+        return SHARED_CACHE
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "hpcbinder" / "repos"
 

@@ -1,0 +1,425 @@
+"""Definition to published image, once per env key.
+
+:func:`build_image` is the one entry point: it returns the image for a
+prepared repository, building it only if no image has the same env key.
+Concurrent calls for one key (any process, any host sharing the store)
+build once: the first takes the key's lock, the others follow its progress
+events and get its image or its failure. Every outcome is a stream of
+:class:`BuildEvent`s for the CLI and the web service.
+
+Two ways to build, chosen per image:
+
+- **overlay** (repositories on a site base): the environment is installed
+  into a writable overlay on the base SIF under ``--fakeroot`` and squashed
+  into ``env.sqfs``. The image is the pair (base SIF, overlay). This avoids
+  unpacking and re-squashing the whole base for every repository.
+- **sif** (Dockerfile repositories and site bases): a full
+  ``apptainer build --fakeroot`` of the definition.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from hpcbinder import render
+from hpcbinder.builders import Backend, BuildCommands, BuildFailed, BuildStep, backend_for
+from hpcbinder.config import Site
+from hpcbinder.images import IMAGE, LOG, BuildLock, ImageRecord, ImageStore, follow_events
+from hpcbinder.pipeline import Prepared
+
+OVERLAY = "env.sqfs"
+DEFINITION = "definition.def"
+OVERLAY_SCRIPT = "overlay-build.sh"
+
+
+@dataclass(frozen=True)
+class BuildEvent:
+    """One step of progress: ``phase`` is waiting, building, log, smoke,
+    publishing, ready or failed."""
+
+    phase: str
+    message: str
+    elapsed: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Emit = Callable[[BuildEvent], None]
+
+
+class ImageBuildError(RuntimeError):
+    """The build of an image failed: where, why, and the last log lines."""
+
+    def __init__(self, key: str, step: str, message: str, tail: list[str]) -> None:
+        self.key = key
+        self.step = step
+        self.tail = tail
+        super().__init__(f"build of {key} failed at {step}: {message}")
+
+
+def image_store(site: Site) -> ImageStore:
+    return ImageStore(site.image_store, owner=site.build.account)
+
+
+def _binds(site: Site) -> list[str]:
+    cache = site.build.cache_dir
+    return ["--bind", f"{cache}:{render.BUILD_CACHE_IN_IMAGE}"] if cache else []
+
+
+def launch_argv(record: ImageRecord) -> list[str]:
+    """``apptainer exec`` and what follows it up to the command, for an image."""
+    meta = record.meta
+    if meta.get("strategy") == "overlay":
+        return [
+            "apptainer",
+            "exec",
+            "--overlay",
+            f"{record.path.parent / OVERLAY}:ro",
+            meta["base_image"],
+        ]
+    return ["apptainer", "exec", str(record.path)]
+
+
+def _relay(lock: BuildLock, emit: Emit) -> Emit:
+    """``emit`` that also records each event for processes following the build."""
+
+    def relay(event: BuildEvent) -> None:
+        lock.emit(event.to_json())
+        emit(event)
+
+    return relay
+
+
+class Builder:
+    """Builds images for one site, into its store, with its backend."""
+
+    def __init__(
+        self, site: Site, store: ImageStore | None = None, backend: Backend | None = None
+    ) -> None:
+        self.site = site
+        self.store = store or image_store(site)
+        self.backend = backend or backend_for(site)
+
+    # --- the entry point -----------------------------------------------------
+
+    def build_image(self, prepared: Prepared, emit: Emit) -> ImageRecord:
+        key = prepared.rendered.env_key
+        started = time.monotonic()
+        while True:
+            record = self.store.lookup(key)
+            if record is not None:
+                self.store.touch(record)
+                emit(BuildEvent("ready", str(record.path), time.monotonic() - started))
+                return record
+            lock = self.store.try_lock(key)
+            if lock is None:
+                record = self._follow(key, started, emit)
+                if record is not None:
+                    return record
+                continue  # the holder vanished: try to take the build over
+            with lock:
+                if self.store.lookup(key) is None:
+                    return self._build_locked(prepared, _relay(lock, emit), started)
+
+    def _follow(self, key: str, started: float, emit: Emit) -> ImageRecord | None:
+        holder = self.store.lock_holder(key) or {}
+        emit(
+            BuildEvent(
+                "waiting",
+                f"another build of {key} is running on "
+                f"{holder.get('host', '?')} (pid {holder.get('pid', '?')}); following it",
+                time.monotonic() - started,
+            )
+        )
+        waited_since = time.time()
+        for event in follow_events(self.store, key):
+            emit(
+                BuildEvent(
+                    event.get("phase", "log"), event.get("message", ""), time.monotonic() - started
+                )
+            )
+        record = self.store.lookup(key)
+        if record is not None:
+            return record
+        failure = self.store.failure(key)
+        if failure is not None and failure.get("finished", 0) >= waited_since - 1:
+            raise ImageBuildError(key, failure["step"], failure["message"], failure["tail"])
+        return None
+
+    # --- building, lock held ---------------------------------------------------
+
+    def _build_locked(self, prepared: Prepared, emit: Emit, started: float) -> ImageRecord:
+        key = prepared.rendered.env_key
+        staging = self.store.new_staging(key)
+        try:
+            self._check_repo_size(prepared)
+            commands, strategy = self._commands(prepared, staging)
+            emit(
+                BuildEvent(
+                    "building",
+                    f"building {key} ({strategy}, {self.backend.name} backend)",
+                    time.monotonic() - started,
+                )
+            )
+            self.backend.run(
+                commands, lambda line: emit(BuildEvent("log", line, time.monotonic() - started))
+            )
+            artifact = staging / (OVERLAY if strategy == "overlay" else IMAGE)
+            self._check_image_size(artifact)
+            emit(BuildEvent("publishing", "publishing", time.monotonic() - started))
+            meta = self._meta(prepared, strategy, staging, time.monotonic() - started)
+            record = self.store.publish(key, staging, meta)
+        except BuildFailed as exc:
+            self._fail(key, exc.step, str(exc).split(": ", 1)[-1], exc.tail, staging, emit, started)
+            raise ImageBuildError(key, exc.step, str(exc), exc.tail) from exc
+        except OSError as exc:
+            self._fail(key, "store", str(exc), [], staging, emit, started)
+            raise ImageBuildError(key, "store", str(exc), []) from exc
+        emit(BuildEvent("ready", str(record.path), time.monotonic() - started))
+        return record
+
+    def _fail(
+        self,
+        key: str,
+        step: str,
+        message: str,
+        tail: list[str],
+        staging: Path,
+        emit: Emit,
+        started: float,
+    ) -> None:
+        log = staging / LOG
+        if log.is_file() and not tail:
+            tail = log.read_text(errors="replace").splitlines()[-30:]
+        self.store.record_failure(
+            key, {"step": step, "message": message, "tail": tail, "finished": time.time()}
+        )
+        shutil.rmtree(staging, ignore_errors=True)
+        emit(BuildEvent("failed", f"{step}: {message}", time.monotonic() - started))
+
+    def _check_repo_size(self, prepared: Prepared) -> None:
+        if not prepared.plan.reads_whole_repo:
+            return
+        size = sum(p.stat().st_size for p in prepared.checkout.rglob("*") if p.is_file())
+        limit = self.site.build.max_repo_mb * 1024 * 1024
+        if size > limit:
+            raise BuildFailed(
+                "check repository size",
+                f"the repository is {size >> 20} MB, "
+                f"over this site's limit of {self.site.build.max_repo_mb} MB",
+                [],
+            )
+
+    def _check_image_size(self, artifact: Path) -> None:
+        size = artifact.stat().st_size if artifact.exists() else 0
+        if size > self.site.build.max_image_mb * 1024 * 1024:
+            raise BuildFailed(
+                "check image size",
+                f"the image is {size >> 20} MB, over this "
+                f"site's limit of {self.site.build.max_image_mb} MB",
+                [],
+            )
+
+    def _commands(self, prepared: Prepared, staging: Path) -> tuple[BuildCommands, str]:
+        timeout = self.site.build.timeout_minutes * 60.0
+        rendered = prepared.rendered
+        if rendered.overlay_script is not None:
+            return self._overlay_commands(prepared, staging, timeout), "overlay"
+        definition = staging / DEFINITION
+        definition.write_text(rendered.definition)
+        self.store.own(definition)
+        image = staging / IMAGE
+        steps = [
+            BuildStep(
+                "build image",
+                [
+                    "apptainer",
+                    "build",
+                    "--fakeroot",
+                    *_binds(self.site),
+                    str(image),
+                    str(definition),
+                ],
+            ),
+            BuildStep("smoke test", ["apptainer", "exec", str(image), "true"]),
+        ]
+        return BuildCommands(steps, prepared.checkout, staging / LOG, timeout), "sif"
+
+    # --- site base images --------------------------------------------------------
+
+    def build_base(self, name: str, hub_major: int, emit: Emit) -> Path:
+        """Build site base ``name`` and make it current.
+
+        Each build is kept under its own name (``bases/NAME-<time>.sif``) and
+        ``bases/NAME.sif`` is switched to it atomically, so images built on
+        the previous base keep working until they are rebuilt.
+        """
+        definition_text = render.render_base(self.site, name, hub_major)
+        key = f"base-{name}"
+        started = time.monotonic()
+        lock = self.store.try_lock(key)
+        if lock is None:
+            raise ImageBuildError(key, "lock", "another build of this base is running", [])
+        with lock:
+            emit = _relay(lock, emit)
+            staging = self.store.new_staging(key)
+            definition = staging / DEFINITION
+            definition.write_text(definition_text)
+            self.store.own(definition)
+            image = staging / IMAGE
+            steps = [
+                BuildStep(
+                    "build base image",
+                    [
+                        "apptainer",
+                        "build",
+                        "--fakeroot",
+                        *_binds(self.site),
+                        str(image),
+                        str(definition),
+                    ],
+                ),
+                BuildStep(
+                    "smoke test",
+                    [
+                        "apptainer",
+                        "exec",
+                        str(image),
+                        "python3",
+                        "-c",
+                        "import jupyterhub, batchspawner",
+                    ],
+                ),
+            ]
+            commands = BuildCommands(
+                steps, staging, staging / LOG, self.site.build.timeout_minutes * 60.0
+            )
+            emit(BuildEvent("building", f"building base {name} ({self.backend.name} backend)"))
+            try:
+                self.backend.run(
+                    commands, lambda line: emit(BuildEvent("log", line, time.monotonic() - started))
+                )
+            except BuildFailed as exc:
+                self._fail(key, exc.step, str(exc), exc.tail, staging, emit, started)
+                raise ImageBuildError(key, exc.step, str(exc), exc.tail) from exc
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+            current = self.site.base_image_path(name)
+            kept = current.with_name(f"{name}-{stamp}.sif")
+            current.parent.mkdir(parents=True, exist_ok=True)
+            self.store.own(current.parent)
+            meta = {
+                "name": name,
+                "python": self.site.bases[name].python,
+                "image": str(kept),
+                "definition": definition_text,
+                "created": stamp,
+                "build_seconds": round(time.monotonic() - started, 2),
+                "size_bytes": image.stat().st_size,
+            }
+            kept.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+            self.store.own(kept.with_suffix(".json"))
+            image.rename(kept)
+            link = current.with_name(f".{name}.sif.{stamp}")
+            link.symlink_to(kept.name)
+            self.store.own(link)
+            link.replace(current)
+            shutil.rmtree(staging, ignore_errors=True)
+            emit(BuildEvent("ready", str(kept), time.monotonic() - started))
+            return kept
+
+    def _overlay_commands(self, prepared: Prepared, staging: Path, timeout: float) -> BuildCommands:
+        """Install the environment into an overlay on the base, then squash it."""
+        rendered = prepared.rendered
+        script = staging / OVERLAY_SCRIPT
+        script.write_text(rendered.overlay_script or "")
+        self.store.own(script)
+        base = rendered.base.source
+        overlay = staging / "overlay"
+        steps = [
+            BuildStep(
+                "prepare overlay", ["mkdir", "-p", str(overlay / "upper"), str(overlay / "work")]
+            ),
+            BuildStep(
+                "install environment",
+                [
+                    "apptainer",
+                    "exec",
+                    "--fakeroot",
+                    "--cleanenv",
+                    "--overlay",
+                    str(overlay),
+                    "--bind",
+                    f"{prepared.checkout}:{render.CONTEXT_IN_IMAGE}:ro",
+                    "--bind",
+                    f"{script}:{render.OVERLAY_SCRIPT_IN_IMAGE}:ro",
+                    *_binds(self.site),
+                    *render.overlay_host_binds(self.site),
+                    base,
+                    "/bin/sh",
+                    render.OVERLAY_SCRIPT_IN_IMAGE,
+                ],
+            ),
+            BuildStep(
+                "squash environment",
+                [
+                    "mksquashfs",
+                    str(overlay / "upper"),
+                    str(staging / OVERLAY),
+                    "-noappend",
+                    "-all-root",
+                    "-no-progress",
+                    "-quiet",
+                ],
+            ),
+            # Files the build's fakeroot created belong to subordinate ids: remove them there.
+            BuildStep(
+                "remove overlay",
+                [
+                    "apptainer",
+                    "exec",
+                    "--fakeroot",
+                    "--bind",
+                    f"{staging}:/mnt/hpcbinder-staging",
+                    base,
+                    "rm",
+                    "-rf",
+                    "/mnt/hpcbinder-staging/overlay",
+                ],
+            ),
+            BuildStep(
+                "smoke test",
+                ["apptainer", "exec", "--overlay", f"{staging / OVERLAY}:ro", base, "true"],
+            ),
+        ]
+        return BuildCommands(steps, prepared.checkout, staging / LOG, timeout)
+
+    def _meta(
+        self, prepared: Prepared, strategy: str, staging: Path, seconds: float
+    ) -> dict[str, Any]:
+        artifact = staging / (OVERLAY if strategy == "overlay" else IMAGE)
+        return {
+            "key": prepared.rendered.env_key,
+            "spec": prepared.repo.spec,
+            "url": prepared.repo.url,
+            "commit": prepared.repo.commit,
+            "buildpack": prepared.plan.buildpack,
+            "base": prepared.rendered.base.name,
+            "base_image": os.path.realpath(prepared.rendered.base.source),
+            "strategy": strategy,
+            "artifact": artifact.name,
+            "definition": prepared.rendered.definition,
+            "build_seconds": round(seconds, 2),
+            "size_bytes": artifact.stat().st_size,
+            "build_log": str(self.store.image_dir(prepared.rendered.env_key) / LOG),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "backend": self.backend.name,
+        }

@@ -1,0 +1,77 @@
+"""Builds on a build host reached over SSH (paramiko).
+
+SSH runs a command string through the remote user's shell, so this is the
+one place a build's argv lists become shell text: every word goes through
+``shlex.quote``. Each step runs under ``timeout`` on the remote side too, so
+a dropped connection cannot leave a build running past its limit.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import time
+from collections import deque
+from collections.abc import Callable
+
+import paramiko
+
+from hpcbinder.builders import BuildCommands, BuildFailed
+from hpcbinder.builders.local import TAIL_LINES
+from hpcbinder.config import Site
+
+
+class SSHBackend:
+    name = "ssh"
+
+    def __init__(self, site: Site) -> None:
+        if site.build.ssh is None:
+            raise ValueError("build.ssh is not configured")
+        self.host = site.build.ssh
+
+    def _connect(self) -> paramiko.SSHClient:
+        client = paramiko.SSHClient()
+        client.load_host_keys(str(self.host.known_hosts))
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        client.connect(
+            self.host.host,
+            port=self.host.port,
+            username=self.host.user,
+            key_filename=str(self.host.key_file),
+            look_for_keys=False,
+            allow_agent=False,
+            timeout=30,
+        )
+        return client
+
+    def run(self, build: BuildCommands, on_line: Callable[[str], None]) -> None:
+        tail: deque[str] = deque(maxlen=TAIL_LINES)
+        deadline = time.monotonic() + build.timeout
+        try:
+            client = self._connect()
+        except (OSError, paramiko.SSHException) as exc:
+            raise BuildFailed(
+                "connect to build host", f"{self.host.user}@{self.host.host}: {exc}", []
+            ) from exc
+        with client, build.log.open("a") as log:
+            for step in build.steps:
+                remaining = math.floor(deadline - time.monotonic())
+                if remaining <= 0:
+                    raise BuildFailed(step.name, "the build ran past its time limit", list(tail))
+                command = (
+                    shlex.join(["cd", str(build.cwd)])
+                    + " && "
+                    + shlex.join(["timeout", "--signal=KILL", str(remaining), *step.argv])
+                    + " 2>&1"
+                )
+                _, stdout, _ = client.exec_command(command, timeout=remaining + 30)
+                for raw in stdout:
+                    text = raw.rstrip("\n")
+                    log.write(text + "\n")
+                    tail.append(text)
+                    on_line(text)
+                status = stdout.channel.recv_exit_status()
+                if status == 137 or status == 124:
+                    raise BuildFailed(step.name, "the build ran past its time limit", list(tail))
+                if status != 0:
+                    raise BuildFailed(step.name, f"exited with status {status}", list(tail))
