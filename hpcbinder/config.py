@@ -116,7 +116,7 @@ class BuildSettings(_Strict):
     partition: Name = "build"
     cpus: int = Field(default=2, ge=1, le=256)
     mem: Annotated[str, Field(pattern=r"^\d+[KMGT]?$")] = "4G"
-    timeout_minutes: int = Field(default=60, ge=1, le=24 * 60)
+    timeout_minutes: float = Field(default=60, gt=0, le=24 * 60)
     max_repo_mb: int = Field(default=1024, ge=1)
     max_image_mb: int = Field(default=20480, ge=1)
     ssh: SSHBuildHost | None = None

@@ -38,17 +38,24 @@ def post_section(definition: str) -> str:
     return definition.split("\n%post\n", 1)[1].split("\n%runscript\n", 1)[0]
 
 
+TEMPLATE_SECTIONS = (
+    ["labels", "setup", "environment", "post", "runscript"],
+    ["labels", "files", "setup", "environment", "post", "runscript"],
+)
+
+
+def assert_parses(script: str) -> None:
+    checked = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)
+    assert checked.returncode == 0, (checked.stderr, script)
+
+
 def assert_well_formed(definition: str) -> None:
     sections = SECTION_LINE.findall(definition)
-    assert sections in (
-        ["labels", "environment", "post", "runscript"],
-        ["labels", "files", "environment", "post", "runscript"],
-    ), sections
+    assert sections in TEMPLATE_SECTIONS, sections
     for line in definition.splitlines():
         assert not line.lstrip().startswith("%") or line.startswith("%"), line
     for part in (post_section(definition), definition.split("\n%runscript\n", 1)[1]):
-        checked = subprocess.run(["bash", "-n"], input=part, capture_output=True, text=True)
-        assert checked.returncode == 0, (checked.stderr, part)
+        assert_parses(part)
 
 
 @given(ref=HOSTILE)
@@ -103,6 +110,7 @@ def test_apt_lines_become_exactly_their_packages(lines: list[str]) -> None:
             return
         definition = prepared.rendered.definition
         assert_well_formed(definition)
+        assert_parses(prepared.rendered.overlay_script or "")
         accepted = sorted({line.partition("#")[0].strip() for line in text.splitlines()} - {""})
         install = [ln for ln in definition.splitlines() if "apt-get install" in ln]
         if accepted:
@@ -123,10 +131,7 @@ def test_dockerfile_lines_cannot_open_sections(run: str, env: str) -> None:
         except UserError:
             return
         sections = SECTION_LINE.findall(prepared.rendered.definition)
-        assert sections in (
-            ["labels", "environment", "post", "runscript"],
-            ["labels", "files", "environment", "post", "runscript"],
-        ), sections
+        assert sections in TEMPLATE_SECTIONS, sections
 
 
 @given(name=HOSTILE)
