@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 DEMO_USER ?= alice
 
-.PHONY: demo test cluster cluster-down venv lint
+.PHONY: demo test cluster cluster-down venv lint base
 
 $(BIN)/hpcbinder: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,11 @@ lint: venv
 	$(BIN)/ruff format --check hpcbinder tests
 	$(BIN)/mypy
 
-test: cluster venv lint
+# The site base image every repository image builds on (a few minutes, once).
+base: cluster venv
+	$(SUDO) $(BIN)/hpcbinder base build --missing
+
+test: cluster venv lint base
 	$(SUDO) $(BIN)/pytest
 
 demo: cluster venv

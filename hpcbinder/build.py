@@ -128,7 +128,7 @@ class Builder:
                 continue  # the holder vanished: try to take the build over
             with lock:
                 if self.store.lookup(key) is None:
-                    return self._build_locked(prepared, _relay(lock, emit), started)
+                    return self._build_locked(prepared, lock, _relay(lock, emit), started)
 
     def _follow(self, key: str, started: float, emit: Emit) -> ImageRecord | None:
         holder = self.store.lock_holder(key) or {}
@@ -157,7 +157,9 @@ class Builder:
 
     # --- building, lock held ---------------------------------------------------
 
-    def _build_locked(self, prepared: Prepared, emit: Emit, started: float) -> ImageRecord:
+    def _build_locked(
+        self, prepared: Prepared, lock: BuildLock, emit: Emit, started: float
+    ) -> ImageRecord:
         key = prepared.rendered.env_key
         staging = self.store.new_staging(key)
         try:
@@ -171,7 +173,9 @@ class Builder:
                 )
             )
             self.backend.run(
-                commands, lambda line: emit(BuildEvent("log", line, time.monotonic() - started))
+                commands,
+                lambda line: emit(BuildEvent("log", line, time.monotonic() - started)),
+                lock.note_started,
             )
             artifact = staging / (OVERLAY if strategy == "overlay" else IMAGE)
             self._check_image_size(artifact)
@@ -306,7 +310,9 @@ class Builder:
             emit(BuildEvent("building", f"building base {name} ({self.backend.name} backend)"))
             try:
                 self.backend.run(
-                    commands, lambda line: emit(BuildEvent("log", line, time.monotonic() - started))
+                    commands,
+                    lambda line: emit(BuildEvent("log", line, time.monotonic() - started)),
+                    lock.note_started,
                 )
             except BuildFailed as exc:
                 self._fail(key, exc.step, str(exc), exc.tail, staging, emit, started)

@@ -100,6 +100,9 @@ class ImageStore:
     def events_path(self, key: str) -> Path:
         return self.root / "locks" / f"{key}.events"
 
+    def started_path(self, key: str) -> Path:
+        return self.root / "locks" / f"{key}.started"
+
     def failure_path(self, key: str) -> Path:
         return self.root / "failures" / f"{key}.json"
 
@@ -180,6 +183,7 @@ class ImageStore:
             judged = json.loads(path.read_text()).get("token")
         except (FileNotFoundError, json.JSONDecodeError):
             judged = None
+        self._stop_leftovers(path)
         tombstone = locks / f".{path.name}.stale-{uuid.uuid4().hex}"
         try:
             path.rename(tombstone)
@@ -196,10 +200,36 @@ class ImageStore:
         tombstone.unlink(missing_ok=True)
         return True
 
+    def _stop_leftovers(self, lock: Path) -> None:
+        """End what a dead build started: its process sessions (same host)
+        and its Slurm jobs, as recorded next to its lock."""
+        from hpcbinder import proc
+        from hpcbinder.slurm import SlurmCLI, SlurmError
+
+        started = lock.with_suffix(".started")
+        try:
+            holder = json.loads(lock.read_text())
+            lines = started.read_text().splitlines()
+        except (FileNotFoundError, json.JSONDecodeError):
+            return
+        for line in lines:
+            kind, _, ident = line.partition(" ")
+            if kind == "session" and ident.isdigit() and holder.get("host") == socket.gethostname():
+                proc.kill_session(int(ident))
+            elif kind == "slurm-job":
+                with contextlib.suppress(SlurmError, ValueError, proc.CommandError):
+                    SlurmCLI().cancel(ident, user=self.owner)
+        started.unlink(missing_ok=True)
+
     # --- writing ---------------------------------------------------------------
 
     def new_staging(self, key: str) -> Path:
-        staging = Path(tempfile.mkdtemp(prefix=f"{key}-", dir=self._dir("staging")))
+        """A fresh folder to build ``key`` in. Call with the key's lock held:
+        older folders of the key are a dead build's leftovers and go."""
+        root = self._dir("staging")
+        for leftover in root.glob(f"{key}-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=f"{key}-", dir=root))
         staging.chmod(0o755)
         self.own(staging)
         return staging
@@ -301,6 +331,12 @@ class BuildLock:
         holder = self.store.lock_holder(self.key)
         return holder is not None and holder.get("token") == self.token
 
+    def note_started(self, what: str) -> None:
+        """Record a process session or job this build started (see _stop_leftovers)."""
+        path = self.store.started_path(self.key)
+        with path.open("a") as handle:
+            handle.write(what + "\n")
+
     def emit(self, event: dict[str, Any]) -> None:
         """Append ``event`` to the key's events file for followers."""
         with self.store.events_path(self.key).open("a") as handle:
@@ -311,6 +347,7 @@ class BuildLock:
         self._thread.join()
         if self.held():
             self.store.events_path(self.key).unlink(missing_ok=True)
+            self.store.started_path(self.key).unlink(missing_ok=True)
             self.store.lock_path(self.key).unlink(missing_ok=True)
 
     def __enter__(self) -> BuildLock:

@@ -111,13 +111,15 @@ def stream(
     user: str | None = None,
     timeout: float,
     cwd: str | os.PathLike[str] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> int:
     """Run ``argv`` (as ``user``), passing each output line (stdout and
     stderr merged) to ``on_line`` as it comes; return the exit status.
 
     The program runs in its own session; past ``timeout`` seconds the whole
     session is killed and :class:`CommandError` raised, so no build outlives
-    its limit.
+    its limit. ``on_start`` learns the session id (so that whoever takes
+    over after this process dies can end what it started).
     """
     full = as_user(argv, user)
     try:
@@ -133,6 +135,8 @@ def stream(
         )
     except FileNotFoundError as exc:
         raise CommandError(full, "is not installed (not found on PATH)") from exc
+    if on_start is not None:
+        on_start(child.pid)
     timed_out = threading.Event()
 
     def expire() -> None:
@@ -156,5 +160,10 @@ def stream(
 
 
 def _kill_session(child: subprocess.Popen[str]) -> None:
+    kill_session(child.pid)
+
+
+def kill_session(session: int) -> None:
+    """SIGKILL every process of ``session`` (a process group id), if any remain."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(child.pid, signal.SIGKILL)
+        os.killpg(session, signal.SIGKILL)

@@ -44,10 +44,15 @@ class BuildFailed(RuntimeError):
         super().__init__(f"{step}: {message}")
 
 
+#: Told what a backend started ("session 1234" or "slurm-job 56"), so that a
+#: build taking over from a dead one can stop it.
+OnStart = Callable[[str], None]
+
+
 class Backend(Protocol):
     name: str
 
-    def run(self, build: BuildCommands, on_line: Callable[[str], None]) -> None:
+    def run(self, build: BuildCommands, on_line: Callable[[str], None], on_start: OnStart) -> None:
         """Run every command; :class:`BuildFailed` at the first that fails."""
 
 

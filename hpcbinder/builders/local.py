@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Callable
 
 from hpcbinder import proc
-from hpcbinder.builders import BuildCommands, BuildFailed
+from hpcbinder.builders import BuildCommands, BuildFailed, OnStart
 from hpcbinder.config import Site
 
 TAIL_LINES = 30
@@ -19,7 +19,7 @@ class LocalBackend:
     def __init__(self, site: Site) -> None:
         self.account = site.build.account
 
-    def run(self, build: BuildCommands, on_line: Callable[[str], None]) -> None:
+    def run(self, build: BuildCommands, on_line: Callable[[str], None], on_start: OnStart) -> None:
         deadline = time.monotonic() + build.timeout
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         with build.log.open("a") as log:

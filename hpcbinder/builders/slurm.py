@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 
 from hpcbinder import templating
-from hpcbinder.builders import BuildCommands, BuildFailed
+from hpcbinder.builders import BuildCommands, BuildFailed, OnStart
 from hpcbinder.builders.local import TAIL_LINES
 from hpcbinder.config import Site
 from hpcbinder.slurm import SlurmCLI, SlurmError, SubmitOptions
@@ -35,7 +35,7 @@ class SlurmBackend:
         self.site = site
         self.slurm = slurm or SlurmCLI()
 
-    def run(self, build: BuildCommands, on_line: Callable[[str], None]) -> None:
+    def run(self, build: BuildCommands, on_line: Callable[[str], None], on_start: OnStart) -> None:
         settings = self.site.build
         script = templating.render(
             "slurm", "build.sbatch.j2", steps=build.steps, cwd=str(build.cwd), marker=STEP_MARKER
@@ -53,6 +53,7 @@ class SlurmBackend:
             job_id = self.slurm.submit(script, options, user=settings.account)
         except SlurmError as exc:
             raise BuildFailed("submit build job", str(exc), []) from exc
+        on_start(f"slurm-job {job_id}")
         on_line(f"build job {job_id} submitted to partition {settings.partition}")
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         step = "build job"

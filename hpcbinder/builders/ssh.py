@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import paramiko
 
-from hpcbinder.builders import BuildCommands, BuildFailed
+from hpcbinder.builders import BuildCommands, BuildFailed, OnStart
 from hpcbinder.builders.local import TAIL_LINES
 from hpcbinder.config import Site
 
@@ -44,7 +44,9 @@ class SSHBackend:
         )
         return client
 
-    def run(self, build: BuildCommands, on_line: Callable[[str], None]) -> None:
+    def run(self, build: BuildCommands, on_line: Callable[[str], None], on_start: OnStart) -> None:
+        # Remote steps end by themselves (timeout on the build host): nothing to record.
+        del on_start
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         deadline = time.monotonic() + build.timeout
         try:
@@ -71,7 +73,7 @@ class SSHBackend:
                     tail.append(text)
                     on_line(text)
                 status = stdout.channel.recv_exit_status()
-                if status == 137 or status == 124:
+                if status in (124, 137) and time.monotonic() >= deadline - 2:
                     raise BuildFailed(step.name, "the build ran past its time limit", list(tail))
                 if status != 0:
                     raise BuildFailed(step.name, f"exited with status {status}", list(tail))

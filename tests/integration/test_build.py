@@ -1,0 +1,214 @@
+"""Images built for real: fixture repositories through every backend with
+their verify scripts run inside the image; one build per env key however
+many ask; faults end in a failed event with no image and no lock left."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hpcbinder import pipeline
+from hpcbinder.build import BuildEvent, Builder, ImageBuildError, launch_argv
+from hpcbinder.config import Site
+from hpcbinder.images import ImageRecord
+from tests.conftest import SHARED_SCRATCH, DevCluster
+from tests.repohelpers import git, local_spec, make_repo, site_for_tests
+
+DEV_BASE = Path("/var/lib/hpcbinder/images/bases/default.sif")
+BUILDABLE = ["python/requirements", "python/setup-py", "base/apt", "base/postbuild", "base/start"]
+
+pytestmark = [pytest.mark.slurm, pytest.mark.apptainer]
+
+
+@pytest.fixture(scope="session")
+def dev_base(devcluster: DevCluster) -> Path:
+    if not DEV_BASE.is_file():
+        message = f"no base image at {DEV_BASE} (make base builds it)"
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return DEV_BASE.resolve()
+
+
+@pytest.fixture
+def workspace(dev_base: Path) -> Iterator[Path]:
+    """A store, checkout cache and repos folder the build account can use,
+    whose default base is the dev cluster's."""
+    root = SHARED_SCRATCH / f"build-{uuid.uuid4().hex[:10]}"
+    (root / "store" / "bases").mkdir(parents=True)
+    (root / "store" / "bases" / "default.sif").symlink_to(dev_base)
+    (root / "repos").mkdir()
+    subprocess.run(["chown", "-R", "hpcbuild:hpcbuild", str(root / "store")], check=True)
+    root.chmod(0o755)
+    yield root
+    subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+def make_site(workspace: Path, **build: Any) -> Site:
+    site = site_for_tests(workspace / "repos", network={"ca_bundle": "/etc/ssl/certs/ca-certificates.crt"})
+    settings = site.model_dump()
+    settings["image_store"] = str(workspace / "store")
+    settings["bases"] = {"default": {"python": "3.11"}}
+    settings["repos"]["cache_dir"] = str(workspace / "checkouts")
+    settings["build"].update(build)
+    return Site.model_validate(settings)
+
+
+def build(site: Site, repo: Path, ref: str = "HEAD") -> tuple[ImageRecord, list[BuildEvent]]:
+    events: list[BuildEvent] = []
+    prepared = pipeline.prepare(local_spec(repo, ref), site)
+    return Builder(site).build_image(prepared, events.append), events
+
+
+def run_verify(record: ImageRecord, repo: Path, user: str = "alice") -> subprocess.CompletedProcess[str]:
+    """The fixture's verify script, inside the image, as a researcher."""
+    argv = launch_argv(record)
+    command = [*argv[:-1], "--bind", f"{repo}:/mnt/verify:ro", argv[-1],
+               "sh", "-c", "cd /mnt/verify && sh ./verify"]
+    return subprocess.run(["sudo", "-n", "-u", user, "--", *command], capture_output=True,
+                          text=True, timeout=300)
+
+
+def no_leftovers(site: Site, key: str) -> None:
+    store = site.image_store
+    assert not (store / "locks" / f"{key}.lock").exists()
+    assert list((store / "staging").glob(f"{key}-*")) == []
+
+
+@pytest.mark.parametrize("backend", ["local", "slurm"])
+@pytest.mark.parametrize("case", BUILDABLE)
+def test_fixture_builds_and_verifies(workspace: Path, case: str, backend: str) -> None:
+    repo = make_repo(case, workspace / "repos" / "repo")
+    repo.chmod(0o755)
+    site = make_site(workspace, backend=backend)
+    record, events = build(site, repo)
+    phases = [e.phase for e in events]
+    assert phases[0] == "building" and phases[-1] == "ready"
+    assert record.meta["strategy"] == "overlay" and record.meta["backend"] == backend
+    verified = run_verify(record, repo)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    no_leftovers(site, record.key)
+
+
+def test_code_only_commit_builds_nothing(workspace: Path) -> None:
+    repo = make_repo("python/requirements", workspace / "repos" / "repo")
+    site = make_site(workspace)
+    first, _ = build(site, repo)
+    (repo / "index.ipynb").write_text('{"cells": []}\n')
+    git(repo, "commit", "-q", "-am", "notebook only")
+    second, events = build(site, repo)
+    assert second.path == first.path
+    assert [e.phase for e in events] == ["ready"]
+
+
+def test_concurrent_requests_build_once(workspace: Path, hpcbinder_cli: list[str]) -> None:
+    repo = make_repo("python/requirements", workspace / "repos" / "repo")
+    site_file = workspace / "site.yaml"
+    site_file.write_text(make_site(workspace).model_dump_json())
+    argv = [*hpcbinder_cli, "--site", str(site_file), "build", local_spec(repo)]
+    runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(4)]
+    outputs = [run.communicate(timeout=600) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0, 0], outputs
+    assert len({out for out, _ in outputs}) == 1
+    building = sum(err.count(" building: ") for _, err in outputs)
+    waiting = sum(err.count(" waiting: ") for _, err in outputs)
+    assert building == 1, outputs
+    assert waiting >= 1
+
+
+FAULTS = {
+    "bad-requirement": ({"requirements.txt": "hpcbinder-no-such-package==0.0.1\n"}, {},
+                        "install environment", "hpcbinder-no-such-package"),
+    "postbuild-fails": ({"postBuild": "#!/bin/sh\necho postbuild-broke\nexit 3\n"}, {},
+                        "install environment", "postbuild-broke"),
+    "apt-missing": ({"apt.txt": "hpcbinder-no-such-debian-package\n"}, {},
+                    "install environment", "hpcbinder-no-such-debian-package"),
+    "timeout": ({"postBuild": "#!/bin/sh\necho sleeping\nsleep 120\n"}, {"timeout_minutes": 0.5},
+                "install environment", "time limit"),
+    "repo-too-big": ({"postBuild": "#!/bin/sh\ntrue\n", "data.bin": "x" * (2 << 20)},
+                     {"max_repo_mb": 1}, "check repository size", "over this site's limit"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_faults_fail_cleanly(workspace: Path, fault: str) -> None:
+    files, settings, step, expected = FAULTS[fault]
+    repo = workspace / "repos" / "repo"
+    repo.mkdir()
+    for name, text in files.items():
+        (repo / name).write_text(text)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", fault)
+    site = make_site(workspace, **settings)
+    events: list[BuildEvent] = []
+    prepared = pipeline.prepare(local_spec(repo), site)
+    with pytest.raises(ImageBuildError) as caught:
+        Builder(site).build_image(prepared, events.append)
+    assert caught.value.step == step
+    assert expected in str(caught.value) + "\n".join(caught.value.tail)
+    assert events[-1].phase == "failed" and step in events[-1].message
+    key = prepared.rendered.env_key
+    assert Builder(site).store.lookup(key) is None
+    no_leftovers(site, key)
+    failure = Builder(site).store.failure(key)
+    assert failure is not None and failure["step"] == step
+
+
+def test_full_store_fails_cleanly(workspace: Path) -> None:
+    store = workspace / "store"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=755", "tmpfs", str(store)],
+                   check=True)
+    try:
+        (store / "bases").mkdir()
+        (store / "bases" / "default.sif").symlink_to(DEV_BASE.resolve())
+        subprocess.run(["chown", "-R", "hpcbuild:hpcbuild", str(store)], check=True)
+        repo = make_repo("base/postbuild", workspace / "repos" / "repo")
+        (repo / "postBuild").write_text("#!/bin/sh\nhead -c 8000000 /dev/urandom > big.bin\n")
+        git(repo, "commit", "-q", "-am", "big output")
+        site = make_site(workspace)
+        events: list[BuildEvent] = []
+        prepared = pipeline.prepare(local_spec(repo), site)
+        with pytest.raises(ImageBuildError):
+            Builder(site).build_image(prepared, events.append)
+        assert events[-1].phase == "failed"
+        assert Builder(site).store.lookup(prepared.rendered.env_key) is None
+        assert not (store / "locks" / f"{prepared.rendered.env_key}.lock").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(store)], check=False)
+
+
+def test_killed_build_is_rebuilt_cleanly(workspace: Path, hpcbinder_cli: list[str]) -> None:
+    repo = make_repo("base/postbuild", workspace / "repos" / "repo")
+    (repo / "postBuild").write_text("#!/bin/sh\nsleep 15\necho made-by-postbuild > generated.txt\n")
+    git(repo, "commit", "-q", "-am", "slow postBuild")
+    site = make_site(workspace)
+    site_file = workspace / "site.yaml"
+    site_file.write_text(site.model_dump_json())
+    key = pipeline.prepare(local_spec(repo), site).rendered.env_key
+    victim = subprocess.Popen([*hpcbinder_cli, "--site", str(site_file), "build",
+                               local_spec(repo), "-v"], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    started = workspace / "store" / "locks" / f"{key}.started"
+    for _ in range(600):  # up to 60 s for the build to start its container
+        if started.exists() and "install environment" not in started.read_text():
+            break
+        time.sleep(0.1)
+    time.sleep(3)
+    os.kill(victim.pid, signal.SIGKILL)  # the orchestrator only: its build is orphaned
+    victim.wait(timeout=30)
+    record, events = build(site, repo)
+    assert events[-1].phase == "ready"
+    assert any(e.phase == "building" for e in events)
+    verified = run_verify(record, repo)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    no_leftovers(site, key)
