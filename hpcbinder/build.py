@@ -19,6 +19,7 @@ Two ways to build, chosen per image:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -161,8 +162,9 @@ class Builder:
         self, prepared: Prepared, lock: BuildLock, emit: Emit, started: float
     ) -> ImageRecord:
         key = prepared.rendered.env_key
-        staging = self.store.new_staging(key)
+        staging: Path | None = None
         try:
+            staging = self.store.new_staging(key)
             self._check_repo_size(prepared)
             commands, strategy = self._commands(prepared, staging)
             emit(
@@ -197,17 +199,21 @@ class Builder:
         step: str,
         message: str,
         tail: list[str],
-        staging: Path,
+        staging: Path | None,
         emit: Emit,
         started: float,
     ) -> None:
-        log = staging / LOG
-        if log.is_file() and not tail:
-            tail = log.read_text(errors="replace").splitlines()[-30:]
-        self.store.record_failure(
-            key, {"step": step, "message": message, "tail": tail, "finished": time.time()}
-        )
-        shutil.rmtree(staging, ignore_errors=True)
+        """Record the failure for followers (best effort: the store may be
+        full) and remove the partial build."""
+        if staging is not None:
+            log = staging / LOG
+            if log.is_file() and not tail:
+                tail = log.read_text(errors="replace").splitlines()[-30:]
+            shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.store.record_failure(
+                key, {"step": step, "message": message, "tail": tail, "finished": time.time()}
+            )
         emit(BuildEvent("failed", f"{step}: {message}", time.monotonic() - started))
 
     def _check_repo_size(self, prepared: Prepared) -> None:

@@ -48,6 +48,10 @@ class CommandError(RuntimeError):
         super().__init__(f"{self.argv[0]} {reason}{detail}")
 
 
+class CommandTimeout(CommandError):
+    """A program ran past its time limit and was killed."""
+
+
 def current_user() -> str:
     """The account this process runs as."""
     return getpass.getuser()
@@ -155,7 +159,7 @@ def stream(
             _kill_session(child)
             child.wait()
     if timed_out.is_set():
-        raise CommandError(full, f"did not finish within {timeout:g} s")
+        raise CommandTimeout(full, f"did not finish within {timeout:g} s")
     return status
 
 

@@ -332,6 +332,16 @@ def render_base(site: Site, name: str, hub_major: int) -> str:
     return text
 
 
+#: Steps that install Debian packages. dpkg renames directories, which a kernel
+#: overlay in a user namespace refuses (EXDEV): such builds are full SIF builds.
+_DPKG_STEPS = frozenset({"r-setup"})
+
+
+def _runs_dpkg(plan: BuildPlan) -> bool:
+    steps = [*plan.env_steps, *plan.repo_steps]
+    return bool(plan.apt_packages) or any(step.kind in _DPKG_STEPS for step in steps)
+
+
 def render(plan: BuildPlan, site: Site, checkout: Path, tree_id: str | None = None) -> Rendered:
     """The definition for ``plan`` on this site, and its env key."""
     if plan.dockerfile is not None:
@@ -342,7 +352,7 @@ def render(plan: BuildPlan, site: Site, checkout: Path, tree_id: str | None = No
     _check_sections(text, sections)
     key = env_key(text, plan, checkout, tree_id, base_identity(site, base))
     overlay = None
-    if plan.dockerfile is None:
+    if plan.dockerfile is None and not _runs_dpkg(plan):
         overlay = _overlay_script(plan, site, base)
         _check_sections(overlay, [])
     return Rendered(text, key, base, [*plan.warnings, *base.warnings], overlay)

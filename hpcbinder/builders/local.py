@@ -36,8 +36,17 @@ class LocalBackend:
                     raise BuildFailed(step.name, "the build ran past its time limit", list(tail))
                 try:
                     status = proc.stream(
-                        step.argv, user=self.account, cwd=build.cwd, timeout=remaining, on_line=line
+                        step.argv,
+                        user=self.account,
+                        cwd=build.cwd,
+                        timeout=remaining,
+                        on_line=line,
+                        on_start=lambda pid: on_start(f"session {pid}"),
                     )
+                except proc.CommandTimeout as exc:
+                    raise BuildFailed(
+                        step.name, "the build ran past its time limit", list(tail)
+                    ) from exc
                 except proc.CommandError as exc:
                     raise BuildFailed(step.name, exc.reason, list(tail)) from exc
                 if status != 0:
