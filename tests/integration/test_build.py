@@ -251,3 +251,85 @@ def test_killed_build_is_rebuilt_cleanly(workspace: Path, hpcbinder_cli: list[st
     verified = run_verify(record, repo)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     no_leftovers(site, key)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def sshd() -> Iterator[dict[str, Any]]:
+    """A real OpenSSH server on loopback that lets the build account in with
+    a key generated here; yields the site's build.ssh settings. (sshd reads
+    authorized_keys as that account, so the folder is world-readable.)"""
+    keys = SHARED_SCRATCH / f"ssh-{uuid.uuid4().hex[:10]}"
+    keys.mkdir(parents=True)
+    keys.chmod(0o755)
+    for name in ("host", "client"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True
+        )
+    (keys / "authorized_keys").write_text((keys / "client.pub").read_text())
+    port = _free_port()
+    host_key = (keys / "host.pub").read_text().split()
+    (keys / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+    config = keys / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host'}\n"
+        f"AuthorizedKeysFile {keys / 'authorized_keys'}\nStrictModes no\nUsePAM no\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nAllowUsers hpcbuild\n"
+        f"PidFile {keys / 'sshd.pid'}\n"
+    )
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    server = subprocess.Popen(
+        ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        import socket
+
+        for _ in range(100):  # at most 10 s to listen
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        else:
+            pytest.fail("sshd did not start listening")
+        yield {
+            "host": "127.0.0.1",
+            "port": port,
+            "user": "hpcbuild",
+            "key_file": str(keys / "client"),
+            "known_hosts": str(keys / "known_hosts"),
+        }
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        subprocess.run(["rm", "-rf", str(keys)], check=False)
+
+
+@pytest.mark.parametrize("case", BUILDABLE)
+def test_fixture_builds_over_ssh(workspace: Path, sshd: dict[str, Any], case: str) -> None:
+    repo = make_repo(case, workspace / "repos" / "repo")
+    site = make_site(workspace, backend="ssh", ssh=sshd)
+    record, events = build(site, repo)
+    assert events[-1].phase == "ready" and record.meta["backend"] == "ssh"
+    assert any(e.phase == "log" for e in events)
+    verified = run_verify(record, repo)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    no_leftovers(site, record.key)
+
+
+def test_ssh_backend_refuses_an_unknown_host_key(workspace: Path, sshd: dict[str, Any]) -> None:
+    Path(sshd["known_hosts"]).write_text("")
+    repo = make_repo("python/requirements", workspace / "repos" / "repo")
+    site = make_site(workspace, backend="ssh", ssh=sshd)
+    with pytest.raises(ImageBuildError) as caught:
+        build(site, repo)
+    assert caught.value.step == "connect to build host"
