@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 DEMO_USER ?= alice
 
-.PHONY: demo test cluster cluster-down venv lint base
+.PHONY: demo test cluster cluster-down venv lint base bench
 
 $(BIN)/hpcbinder: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ base: cluster venv
 
 test: cluster venv lint base
 	$(SUDO) $(BIN)/pytest
+
+# Benchmarks: each prints one JSON line with its figure and the floor it is
+# compared against, measured in the same run. Not part of `make test`.
+bench: base
+	$(SUDO) $(BIN)/python -m tests.bench.rebuild_code_only
+	$(SUDO) $(BIN)/python -m tests.bench.dedup
+	$(SUDO) $(BIN)/python -m tests.bench.env_build
 
 demo: cluster venv
 	$(SUDO) $(BIN)/hpcbinder doctor --user $(DEMO_USER)
