@@ -196,7 +196,9 @@ def base_group() -> None:
 @base_group.command("build")
 @click.argument("names", nargs=-1)
 @click.option("-v", "--verbose", is_flag=True, help="Print every line of the build log.")
-@click.option("--missing", is_flag=True, help="Only those not built yet.")
+@click.option(
+    "--missing", is_flag=True, help="Only those not built yet, or built from another definition."
+)
 @click.pass_context
 def base_build(ctx: click.Context, names: tuple[str, ...], verbose: bool, missing: bool) -> None:
     """Build the site's base images (all of them, or NAMES)."""
@@ -210,8 +212,8 @@ def base_build(ctx: click.Context, names: tuple[str, ...], verbose: bool, missin
     hub_major = int(importlib.metadata.version("jupyterhub").split(".")[0])
     builder = build.Builder(site)
     for name in names or tuple(site.bases):
-        if missing and site.base_image_path(name).is_file():
-            click.echo(f"{site.base_image_path(name)} (exists)")
+        if missing and builder.base_is_current(name, hub_major):
+            click.echo(f"{site.base_image_path(name)} (up to date)")
             continue
         try:
             path = builder.build_base(name, hub_major, ProgressDisplay(verbose))

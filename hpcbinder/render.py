@@ -310,6 +310,8 @@ def base_packages(hub_major: int) -> list[str]:
         "jupyterlab>=4,<5",
         "notebook>=7,<8",
         "ipykernel>=6",
+        # Installs a repository's requirements several times faster than pip.
+        "uv>=0.5",
     ]
 
 

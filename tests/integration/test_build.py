@@ -4,6 +4,7 @@ many ask; faults end in a failed event with no image and no lock left."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -333,3 +334,41 @@ def test_ssh_backend_refuses_an_unknown_host_key(workspace: Path, sshd: dict[str
     with pytest.raises(ImageBuildError) as caught:
         build(site, repo)
     assert caught.value.step == "connect to build host"
+
+
+def test_images_commands(workspace: Path, hpcbinder_cli: list[str]) -> None:
+    repo = make_repo("python/requirements", workspace / "repos" / "repo")
+    site = make_site(workspace)
+    site_file = workspace / "site.yaml"
+    site_file.write_text(site.model_dump_json())
+    record, _ = build(site, repo)
+
+    def images(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*hpcbinder_cli, "--site", str(site_file), "images", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    listing = images("ls")
+    assert record.key in listing.stdout and "python" in listing.stdout
+    shown = json.loads(images("show", record.key).stdout)
+    assert shown["commit"] == git(repo, "rev-parse", "HEAD")
+    for field in (
+        "spec",
+        "key",
+        "definition",
+        "base",
+        "build_seconds",
+        "size_bytes",
+        "build_log",
+        "created",
+    ):
+        assert field in shown, field
+    assert Path(shown["build_log"]).is_file()
+    assert images("show", "not-a-key").returncode == 2
+    assert images("gc", "--older-than", "1").stdout.strip().endswith("0 images removed")
+    assert images("rm", record.key).stdout.strip() == f"removed {record.key}"
+    assert images("show", record.key).returncode == 1
+    assert images("ls").stdout == ""
