@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -255,8 +257,6 @@ def test_killed_build_is_rebuilt_cleanly(workspace: Path, hpcbinder_cli: list[st
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -293,8 +293,6 @@ def sshd() -> Iterator[dict[str, Any]]:
         text=True,
     )
     try:
-        import socket
-
         for _ in range(100):  # at most 10 s to listen
             with socket.socket() as sock:
                 if sock.connect_ex(("127.0.0.1", port)) == 0:
@@ -372,3 +370,31 @@ def test_images_commands(workspace: Path, hpcbinder_cli: list[str]) -> None:
     assert images("rm", record.key).stdout.strip() == f"removed {record.key}"
     assert images("show", record.key).returncode == 1
     assert images("ls").stdout == ""
+
+
+def test_cancelled_build_job_fails_then_rebuilds(workspace: Path, devcluster: DevCluster) -> None:
+    repo = make_repo("base/postbuild", workspace / "repos" / "repo")
+    (repo / "postBuild").write_text("#!/bin/sh\nsleep 20\necho made-by-postbuild > generated.txt\n")
+    git(repo, "commit", "-q", "-am", "slow postBuild")
+    site = make_site(workspace, backend="slurm")
+    prepared = pipeline.prepare(local_spec(repo), site)
+    started = workspace / "store" / "locks" / f"{prepared.rendered.env_key}.started"
+
+    def cancel_when_running() -> None:
+        for _ in range(600):
+            text = started.read_text() if started.exists() else ""
+            if text.startswith("slurm-job "):
+                time.sleep(3)
+                devcluster.slurm.cancel(text.split()[1].strip(), user="hpcbuild")
+                return
+            time.sleep(0.1)
+
+    canceller = threading.Thread(target=cancel_when_running)
+    canceller.start()
+    with pytest.raises(ImageBuildError) as caught:
+        Builder(site).build_image(prepared, lambda event: None)
+    canceller.join()
+    assert "CANCELLED" in str(caught.value)
+    no_leftovers(site, prepared.rendered.env_key)
+    record, _ = build(site, repo)
+    assert run_verify(record, repo).returncode == 0
