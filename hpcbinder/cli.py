@@ -102,12 +102,16 @@ def _full_spec(spec: str, ref: str | None) -> str:
 
 
 def _prepare(site: Site, spec: str) -> pipeline.Prepared:
-    """Resolve, fetch, detect and render, or end with the one-line reason."""
+    """Resolve, fetch, detect and render (warnings to stderr), or end with
+    the one-line reason."""
     try:
-        return pipeline.prepare(spec, site)
+        prepared = pipeline.prepare(spec, site)
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
+    for warning in prepared.rendered.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    return prepared
 
 
 @main.command("render")
@@ -124,8 +128,6 @@ def render_command(ctx: click.Context, spec: str, ref: str | None, show_plan: bo
     """Print the Apptainer definition for SPEC (e.g. gh/org/repo/HEAD); builds nothing."""
     site = _site(ctx)
     prepared = _prepare(site, _full_spec(spec, ref))
-    for warning in prepared.rendered.warnings:
-        click.echo(f"warning: {warning}", err=True)
     if show_plan:
         document = {
             "spec": prepared.repo.spec,
@@ -177,8 +179,6 @@ def build_command(ctx: click.Context, spec: str, ref: str | None, verbose: bool)
     """Build (or find) the image for SPEC and print its path."""
     site = _site(ctx)
     prepared = _prepare(site, _full_spec(spec, ref))
-    for warning in prepared.rendered.warnings:
-        click.echo(f"warning: {warning}", err=True)
     try:
         record = build.Builder(site).build_image(prepared, ProgressDisplay(verbose))
     except build.ImageBuildError as exc:

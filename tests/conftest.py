@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -86,3 +88,21 @@ def shared_dir() -> Iterator[Path]:
 def hpcbinder_cli() -> list[str]:
     """argv prefix that runs the installed ``hpcbinder`` console script."""
     return [str(Path(sys.executable).parent / "hpcbinder")]
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, what: str, seconds: float = 10.0) -> None:
+    """Return once something listens on loopback ``port``; fail the test
+    after ``seconds``."""
+    for _ in range(int(seconds * 10)):
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    pytest.fail(f"{what} did not start listening on port {port}")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -22,7 +21,7 @@ from hpcbinder import pipeline
 from hpcbinder.build import Builder, BuildEvent, ImageBuildError, launch_argv
 from hpcbinder.config import Site
 from hpcbinder.images import ImageRecord
-from tests.conftest import SHARED_SCRATCH, DevCluster
+from tests.conftest import SHARED_SCRATCH, DevCluster, free_port, wait_for_port
 from tests.repohelpers import git, local_spec, make_repo, site_for_tests
 
 DEV_BASE = Path("/var/lib/hpcbinder/images/bases/default.sif")
@@ -256,12 +255,6 @@ def test_killed_build_is_rebuilt_cleanly(workspace: Path, hpcbinder_cli: list[st
     no_leftovers(site, key)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def sshd() -> Iterator[dict[str, Any]]:
     """A real OpenSSH server on loopback that lets the build account in with
@@ -275,7 +268,7 @@ def sshd() -> Iterator[dict[str, Any]]:
             ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True
         )
     (keys / "authorized_keys").write_text((keys / "client.pub").read_text())
-    port = _free_port()
+    port = free_port()
     host_key = (keys / "host.pub").read_text().split()
     (keys / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
     config = keys / "sshd_config"
@@ -293,13 +286,7 @@ def sshd() -> Iterator[dict[str, Any]]:
         text=True,
     )
     try:
-        for _ in range(100):  # at most 10 s to listen
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.1)
-        else:
-            pytest.fail("sshd did not start listening")
+        wait_for_port(port, "sshd")
         yield {
             "host": "127.0.0.1",
             "port": port,

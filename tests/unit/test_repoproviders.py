@@ -3,9 +3,7 @@ git daemon on loopback)."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -16,6 +14,7 @@ from hpcbinder import repoproviders
 from hpcbinder.config import RepoPolicy
 from hpcbinder.errors import RepoNotAllowed, RepoUnreachable, SpecError, UnknownRef
 from hpcbinder.repoproviders import parse_spec
+from tests.conftest import free_port, wait_for_port
 from tests.repohelpers import git
 
 POLICY = RepoPolicy(protocols=["https", "git", "file"])
@@ -145,16 +144,10 @@ def test_checkout_is_exactly_the_commit_and_cached(repo: Path, tmp_path: Path) -
     assert leftovers == []
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def git_daemon(repo: Path) -> Iterator[str]:
     """``git daemon`` serving ``repo``'s folder on loopback; yields the git:// URL."""
-    port = _free_port()
+    port = free_port()
     daemon = subprocess.Popen(
         [
             "git",
@@ -170,13 +163,7 @@ def git_daemon(repo: Path) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        for _ in range(100):  # at most 10 s for the daemon to listen
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.1)
-        else:
-            pytest.fail("git daemon did not start listening")
+        wait_for_port(port, "git daemon")
         yield f"git://127.0.0.1:{port}/{repo.name}"
     finally:
         daemon.terminate()
