@@ -86,10 +86,82 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_MEMORY = re.compile(r"(\d+)([KMGT]?)")
+_MEMORY_MB = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}
+
+
+def _memory(value: str) -> str:
+    if not _MEMORY.fullmatch(value):
+        raise ValueError("expected a size such as 512M, 8G or 1T")
+    return value
+
+
+Memory = Annotated[str, AfterValidator(_memory)]
+
+
+def memory_mb(value: str) -> int:
+    """Megabytes in a Slurm-style size (``8G`` → 8192; no unit means MB)."""
+    match = _MEMORY.fullmatch(value)
+    if match is None:
+        raise ValueError(f"not a size: {value!r}")
+    return int(int(match.group(1)) * _MEMORY_MB[match.group(2)])
+
+
+def slurm_seconds(value: str) -> int:
+    """Seconds in a ``[D-]HH:MM:SS`` time."""
+    match = _SLURM_TIME.fullmatch(value)
+    if match is None:
+        raise ValueError(f"not a time: {value!r}")
+    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
 class Partition(_Strict):
-    """A Slurm partition hpcbinder may submit to, with the site's limits."""
+    """A Slurm partition hpcbinder may submit to, with the site's limits.
+
+    Empty ``accounts`` / ``qos`` lists allow any (Slurm still checks).
+    """
 
     max_time: SlurmTime = "08:00:00"
+    max_cpus: int = Field(default=4, ge=1)
+    max_mem: Memory = "8G"
+    max_gpus: int = Field(default=0, ge=0)
+    accounts: list[Name] = []
+    qos: list[Name] = []
+
+
+class Profile(_Strict):
+    """A named resource request researchers pick from (e.g. small, gpu)."""
+
+    description: str = ""
+    partition: Name = "interactive"
+    time: SlurmTime = "02:00:00"
+    cpus: int = Field(default=1, ge=1)
+    mem: Memory = "2G"
+    gpus: int = Field(default=0, ge=0)
+    account: Name | None = None
+    qos: Name | None = None
+
+
+class BindPath(_Strict):
+    """A host path bound into every container (scratch, project space)."""
+
+    source: Annotated[str, Field(pattern=r"^/[A-Za-z0-9_./{}-]*$")]
+    target: Annotated[str, Field(pattern=r"^/[A-Za-z0-9_./-]*$")] | None = None
+    read_only: bool = False
+
+
+class WorkspacePolicy(_Strict):
+    """Where a launch's copy of the repository lives. ``root`` may use
+    ``{user}`` and ``{home}``; ``persistent`` keeps it across launches of the
+    same repository, ``ephemeral`` starts fresh each time."""
+
+    root: Annotated[str, Field(pattern=r"^(/|\{home\}/)[A-Za-z0-9_./{}-]*$")] = "{home}/binder"
+    mode: Literal["persistent", "ephemeral"] = "persistent"
+
+
+class Quotas(_Strict):
+    max_servers_per_user: int = Field(default=4, ge=1)
 
 
 class SSHBuildHost(_Strict):
@@ -197,9 +269,45 @@ class Dockerfiles(_Strict):
 def _default_partitions() -> dict[str, Partition]:
     return {
         "interactive": Partition(max_time="08:00:00"),
-        "batch": Partition(max_time="2-00:00:00"),
+        "batch": Partition(max_time="2-00:00:00", max_cpus=8, max_mem="16G"),
         "build": Partition(max_time="04:00:00"),
     }
+
+
+def _default_profiles() -> dict[str, Profile]:
+    return {
+        "small": Profile(description="1 CPU, 2 GB, 2 hours"),
+        "medium": Profile(description="4 CPUs, 8 GB, 8 hours", time="08:00:00", cpus=4, mem="8G"),
+    }
+
+
+def over_limits(where: str, profile: Profile, partition: Partition, name: str) -> list[str]:
+    """Each way ``profile`` asks for more than ``partition`` allows."""
+    problems = []
+    if slurm_seconds(profile.time) > slurm_seconds(partition.max_time):
+        problems.append(
+            f"{where}.time: {profile.time} is over partition {name}'s max_time "
+            f"({partition.max_time})"
+        )
+    if profile.cpus > partition.max_cpus:
+        problems.append(
+            f"{where}.cpus: {profile.cpus} is over partition {name}'s max_cpus "
+            f"({partition.max_cpus})"
+        )
+    if memory_mb(profile.mem) > memory_mb(partition.max_mem):
+        problems.append(
+            f"{where}.mem: {profile.mem} is over partition {name}'s max_mem ({partition.max_mem})"
+        )
+    if profile.gpus > partition.max_gpus:
+        problems.append(
+            f"{where}.gpus: {profile.gpus} is over partition {name}'s max_gpus "
+            f"({partition.max_gpus})"
+        )
+    if profile.account and partition.accounts and profile.account not in partition.accounts:
+        problems.append(f"{where}.account: {profile.account!r} may not use partition {name}")
+    if profile.qos and partition.qos and profile.qos not in partition.qos:
+        problems.append(f"{where}.qos: {profile.qos!r} may not be used on partition {name}")
+    return problems
 
 
 class Site(_Strict):
@@ -215,6 +323,11 @@ class Site(_Strict):
     repos: RepoPolicy = RepoPolicy()
     network: Network = Network()
     dockerfiles: Dockerfiles = Dockerfiles()
+    profiles: dict[Name, Profile] = Field(default_factory=_default_profiles)
+    default_profile: Name = "small"
+    binds: list[BindPath] = []
+    workspace: WorkspacePolicy = WorkspacePolicy()
+    quotas: Quotas = Quotas()
 
     def base_image_path(self, name: str) -> Path:
         """Where the store keeps the built base image ``name``."""
@@ -231,6 +344,19 @@ class Site(_Strict):
             raise ValueError(f"default_base: {self.default_base!r} is not one of bases")
         if self.build.backend == "ssh" and self.build.ssh is None:
             raise ValueError("build.ssh: required when build.backend is ssh")
+        if self.default_profile not in self.profiles:
+            raise ValueError(f"default_profile: {self.default_profile!r} is not one of profiles")
+        problems = []
+        for name, profile in self.profiles.items():
+            partition = self.partitions.get(profile.partition)
+            if partition is None:
+                problems.append(
+                    f"profiles.{name}.partition: {profile.partition!r} is not one of partitions"
+                )
+            else:
+                problems += over_limits(f"profiles.{name}", profile, partition, profile.partition)
+        if problems:
+            raise ValueError("\n".join(problems))  # one problem a line: see _problems
         return self
 
 
@@ -250,7 +376,8 @@ def _problems(error: ValidationError) -> list[str]:
         if item["type"] == "extra_forbidden":
             message = "unknown setting"
         location = ".".join(str(part) for part in item["loc"])
-        problems.append(f"{location}: {message}" if location else message)
+        for line in message.splitlines():
+            problems.append(f"{location}: {line}" if location else line)
     return problems
 
 

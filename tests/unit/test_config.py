@@ -81,7 +81,10 @@ def test_config_check_command(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "partitions.gpu.max_time: expected [D-]HH:MM:SS" in result.output
 
-    bad.write_text("partitions:\n  gpu: {max_time: '1-01:00:00'}\ndefault_partition: gpu\n")
+    bad.write_text(
+        "partitions:\n  gpu: {max_time: '1-01:00:00'}\ndefault_partition: gpu\n"
+        "profiles: {g: {partition: gpu}}\ndefault_profile: g\n"
+    )
     result = CliRunner().invoke(main, ["config", "check", str(bad)])
     assert result.exit_code == 0, result.output
     assert "site file is valid: 1 partitions" in result.output
@@ -94,3 +97,4 @@ def test_example_site_file_is_valid() -> None:
     assert site.python_policy == "nearest"
     assert site.dockerfiles.from_map["python:3.11-slim"] == "base:default"
     assert site.network.mirrors.pypi_index == "https://pypi-mirror.example.edu/simple"
+    assert site.profiles["gpu"].gpus == 1 and site.default_profile == "small"

@@ -1,0 +1,94 @@
+"""A researcher's resource request, checked against the site's limits.
+
+The spawner (interactive servers) and batch mode both start from a profile
+and the options a researcher sent, and both must refuse, on the server side,
+anything over the partition's limits before a job is submitted. The result
+holds only validated values, ready for a template's #SBATCH lines.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from hpcbinder.config import Profile, Site, over_limits
+from hpcbinder.errors import UserError
+
+#: What a researcher may override in a profile.
+OVERRIDABLE = ("partition", "time", "cpus", "mem", "gpus", "account", "qos")
+
+
+class ResourceError(UserError):
+    """A request the site's limits or syntax refuse."""
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """Validated Slurm resources for one job."""
+
+    partition: str
+    time: str
+    cpus: int
+    mem: str
+    gpus: int
+    account: str | None
+    qos: str | None
+
+    def sbatch_options(self) -> list[str]:
+        """``--name=value`` options (each one argument, or one #SBATCH line)."""
+        options = [
+            f"--partition={self.partition}",
+            f"--time={self.time}",
+            f"--cpus-per-task={self.cpus}",
+            f"--mem={self.mem}",
+        ]
+        if self.gpus:
+            options.append(f"--gres=gpu:{self.gpus}")
+        if self.account:
+            options.append(f"--account={self.account}")
+        if self.qos:
+            options.append(f"--qos={self.qos}")
+        return options
+
+
+def request_for(
+    site: Site, profile_name: str | None, overrides: Mapping[str, str | int | None]
+) -> JobRequest:
+    """The job ``profile_name`` (default: the site's) with ``overrides``."""
+    name = profile_name or site.default_profile
+    base = site.profiles.get(name)
+    if base is None:
+        raise ResourceError(
+            f"profile: no profile {name!r} (this site has {', '.join(sorted(site.profiles))})"
+        )
+    unknown = sorted(set(overrides) - set(OVERRIDABLE))
+    if unknown:
+        raise ResourceError(
+            f"{unknown[0]}: not a resource that can be requested "
+            f"(choose from {', '.join(OVERRIDABLE)})"
+        )
+    values = {key: value for key, value in overrides.items() if value not in (None, "")}
+    try:
+        profile = Profile.model_validate({**base.model_dump(), **values})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ResourceError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from exc
+    partition = site.partitions.get(profile.partition)
+    if partition is None:
+        raise ResourceError(f"partition: {profile.partition!r} is not a partition of this site")
+    problems = over_limits("", profile, partition, profile.partition)
+    if problems:
+        raise ResourceError(re.sub(r"^\.", "", problems[0]))
+    return JobRequest(
+        profile.partition,
+        profile.time,
+        profile.cpus,
+        profile.mem,
+        profile.gpus,
+        profile.account,
+        profile.qos,
+    )
