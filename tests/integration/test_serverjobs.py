@@ -1,0 +1,106 @@
+"""Server jobs on the real dev cluster: transient Slurm failures do not end a
+server, and a job that dies while starting is reported at once with its
+output."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hpcbinder.serverjobs import JobDied, ServerJobDialect, ServerJobs, ServerJobState
+from tests.conftest import DevCluster
+
+pytestmark = pytest.mark.slurm
+
+
+def flaky_squeue(folder: Path, failures: int) -> Path:
+    """A squeue that fails like an unreachable controller ``failures`` times,
+    then answers for real (the count lives in a file, so it is per test)."""
+    counter = folder / "squeue-calls"
+    counter.write_text("0")
+    counter.chmod(0o666)
+    script = folder / "squeue"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"n=$(cat {counter}); echo $((n + 1)) > {counter}\n"
+        f'if [ "$n" -lt {failures} ]; then\n'
+        '  echo "squeue: error: Unable to contact slurm controller (connect failure)" >&2\n'
+        "  exit 1\nfi\n"
+        'exec squeue "$@"\n'
+    )
+    script.chmod(0o755)
+    return script
+
+
+def job_script(body: str) -> str:
+    return f"#!/bin/sh\n{body}\n"
+
+
+def test_transient_query_failures_are_retried(devcluster: DevCluster, shared_dir: Path) -> None:
+    jobs = ServerJobs("alice", backoff=0.1)
+    script = job_script(
+        f"#SBATCH --output={shared_dir}/sleep.out\n#SBATCH --chdir={shared_dir}\nsleep 60"
+    )
+    job_id = asyncio.run(jobs.submit(script, {"PATH": "/usr/bin:/bin"}))
+    try:
+        asyncio.run(jobs.wait_started(job_id, shared_dir / "none.out", 0.2, lambda: True))
+        flaky = ServerJobs(
+            "alice",
+            backoff=0.1,
+            retries=3,
+            dialect=ServerJobDialect(
+                squeue=(str(flaky_squeue(shared_dir, failures=2)), "-h", "-o", "%T %B", "-j")
+            ),
+        )
+        state, host = asyncio.run(flaky.state(job_id))
+        assert state is ServerJobState.RUNNING and host
+        down = ServerJobs(
+            "alice",
+            backoff=0.05,
+            retries=2,
+            dialect=ServerJobDialect(
+                squeue=(str(flaky_squeue(shared_dir, failures=99)), "-h", "-o", "%T %B", "-j")
+            ),
+        )
+        assert asyncio.run(down.state(job_id)) == (ServerJobState.UNKNOWN, "")
+    finally:
+        asyncio.run(jobs.cancel(job_id))
+    for _ in range(100):
+        if asyncio.run(jobs.state(job_id))[0] is ServerJobState.GONE:
+            break
+        asyncio.run(asyncio.sleep(0.2))
+    assert asyncio.run(jobs.state(job_id))[0] is ServerJobState.GONE
+
+
+def test_job_dying_while_starting_fails_with_its_output(
+    devcluster: DevCluster, shared_dir: Path
+) -> None:
+    output = shared_dir / "server.out"
+    script = job_script(f"#SBATCH --output={output}\necho 'FATAL: image not found' >&2\nexit 1")
+    jobs = ServerJobs("alice", backoff=0.1)
+    job_id = asyncio.run(jobs.submit(script, {"PATH": "/usr/bin:/bin"}))
+    with pytest.raises(JobDied) as caught:
+        asyncio.run(jobs.wait_started(job_id, output, 0.2, lambda: False))
+    assert caught.value.job_id == job_id
+    assert "FATAL: image not found" in caught.value.tail
+
+
+def test_secrets_travel_in_the_environment_not_argv(
+    devcluster: DevCluster, shared_dir: Path
+) -> None:
+    output = shared_dir / "env.out"
+    script = job_script(f'#SBATCH --output={output}\necho "token=$JUPYTERHUB_API_TOKEN"')
+    jobs = ServerJobs("alice")
+    job_id = asyncio.run(
+        jobs.submit(script, {"PATH": "/usr/bin:/bin", "JUPYTERHUB_API_TOKEN": "s3cret-token"})
+    )
+    info = devcluster.slurm.wait(job_id, timeout=120)
+    assert info.state == "COMPLETED"
+    assert output.read_text().strip() == "token=s3cret-token"
+    record = subprocess.run(
+        ["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, check=True
+    ).stdout
+    assert job_id in record and "s3cret-token" not in record
