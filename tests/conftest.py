@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcbinder import proc
+from hpcbinder import apptainer, proc
 from hpcbinder.slurm import SlurmCLI, SlurmError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,6 +70,31 @@ def devcluster() -> DevCluster:
 def _cluster_for_marked_tests(request: pytest.FixtureRequest) -> None:
     if any(request.node.get_closest_marker(name) for name in CLUSTER_MARKERS):
         request.getfixturevalue("devcluster")
+
+
+BUSYBOX_DEFINITION = """\
+Bootstrap: scratch
+
+%files
+    /bin/busybox /bin/busybox
+    /bin/busybox /bin/sh
+"""
+
+
+@pytest.fixture(scope="session")
+def busybox_image(devcluster: DevCluster) -> Iterator[Path]:
+    """A tiny SIF built in the test by the build account: static busybox only."""
+    folder = SHARED_SCRATCH / f"busybox-{os.getpid()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o1777)
+    definition = folder / "busybox.def"
+    definition.write_text(BUSYBOX_DEFINITION)
+    definition.chmod(0o644)
+    image = folder / "busybox.sif"
+    image.unlink(missing_ok=True)
+    apptainer.build(definition, image, user=devcluster.build_user, timeout=300)
+    yield image
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -4,41 +4,16 @@ what `up` started."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from hpcbinder import apptainer
 from hpcbinder.slurm import SubmitOptions
-from tests.conftest import DEVCLUSTER, SHARED_SCRATCH, DevCluster
+from tests.conftest import DEVCLUSTER, DevCluster
 
 PID_DIR = Path("/run/hpcbinder-devcluster")
 DAEMONS = ("munged", "slurmctld", "slurmd")
-
-BUSYBOX_DEFINITION = """\
-Bootstrap: scratch
-
-%files
-    /bin/busybox /bin/busybox
-    /bin/busybox /bin/sh
-"""
-
-
-@pytest.fixture(scope="module")
-def busybox_image(devcluster: DevCluster) -> Path:
-    """A tiny SIF built in the test by the build account: static busybox only."""
-    folder = SHARED_SCRATCH / f"busybox-{os.getpid()}"
-    folder.mkdir(parents=True, exist_ok=True)
-    folder.chmod(0o1777)
-    definition = folder / "busybox.def"
-    definition.write_text(BUSYBOX_DEFINITION)
-    definition.chmod(0o644)
-    image = folder / "busybox.sif"
-    image.unlink(missing_ok=True)
-    apptainer.build(definition, image, user=devcluster.build_user, timeout=300)
-    return image
 
 
 @pytest.mark.slurm

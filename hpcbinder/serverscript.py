@@ -1,0 +1,97 @@
+"""The sbatch script of a notebook server (slurm/server.sbatch.j2).
+
+Puts together what the spawner decided: validated resources, the image's
+``apptainer exec`` with the site's binds (and ``--nv`` for GPUs), the
+researcher's workspace seeded from the checkout (or, where postBuild wrote
+into the repository, from the repository as built into the image), and the
+command to run.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpcbinder import templating
+from hpcbinder.buildpacks.base import REPO_DIR
+from hpcbinder.config import Site
+from hpcbinder.errors import UserError
+from hpcbinder.jobrequest import JobRequest
+
+_SAFE_PATH = re.compile(r"/[A-Za-z0-9_.+/-]*")
+_SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+@dataclass(frozen=True)
+class Seed:
+    """Where a workspace's first files come from."""
+
+    checkout: Path  # the repository at ``commit``, readable by the researcher
+    commit: str
+    from_image: bool  # postBuild ran: copy the repository as built into the image
+
+
+@dataclass(frozen=True)
+class ServerJob:
+    user: str
+    home: Path
+    request: JobRequest
+    image_argv: list[str]  # ["apptainer", "exec", ..., IMAGE] (see build.launch_argv)
+    command: list[str]
+    workspace: Path | None = None
+    seed: Seed | None = None
+    job_name: str = "hpcbinder-server"
+
+
+def _safe(path: Path | str, what: str) -> str:
+    text = str(path)
+    if not _SAFE_PATH.fullmatch(text) or ".." in text.split("/"):
+        raise UserError(f"{what}: {text!r} is not a path this site accepts")
+    return text
+
+
+def workspace_for(site: Site, user: str, home: Path, slug: str) -> Path:
+    """The researcher's workspace for one repository (``slug``), by site policy."""
+    if not _SLUG.fullmatch(slug):
+        raise UserError(f"workspace name {slug!r} has characters this site does not accept")
+    root = site.workspace.root.replace("{home}", str(home)).replace("{user}", user)
+    return Path(_safe(root, "workspace.root")) / slug
+
+
+def apptainer_options(site: Site, user: str, gpus: int) -> list[str]:
+    """Options before the image: the site's binds, and --nv for GPU jobs."""
+    options = ["--nv"] if gpus else []
+    for bind in site.binds:
+        source = _safe(bind.source.replace("{user}", user), "binds.source")
+        spec = f"{source}:{bind.target or source}" + (":ro" if bind.read_only else "")
+        options += ["--bind", spec]
+    return options
+
+
+def render_server_script(site: Site, job: ServerJob) -> str:
+    if job.seed is not None and not _COMMIT.fullmatch(job.seed.commit):
+        raise UserError(f"not a commit id: {job.seed.commit!r}")
+    launch = [
+        *job.image_argv[:-1],
+        *apptainer_options(site, job.user, job.request.gpus),
+        job.image_argv[-1],
+    ]
+    return templating.render(
+        "slurm",
+        "server.sbatch.j2",
+        job_name=job.job_name if _SLUG.fullmatch(job.job_name) else "hpcbinder-server",
+        request=job.request,
+        output=f"{_safe(job.home, 'home')}/.hpcbinder-server-%j.log",  # %j: sbatch's job id
+        home=_safe(job.home, "home"),
+        workspace=str(job.workspace) if job.workspace else None,
+        ephemeral=site.workspace.mode == "ephemeral",
+        seed=job.seed is not None,
+        seed_from_image=bool(job.seed and job.seed.from_image),
+        checkout=str(job.seed.checkout) if job.seed else "",
+        commit=job.seed.commit if job.seed else "",
+        repo_dir=REPO_DIR,
+        launch=launch,
+        command=job.command,
+    )
