@@ -15,7 +15,12 @@ $(BIN)/hpcbinder: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-venv: $(BIN)/hpcbinder
+# JupyterHub's proxy, from the npm registry, kept inside the venv.
+$(VENV)/chp/node_modules/.bin/configurable-http-proxy: | $(BIN)/hpcbinder
+	command -v npm >/dev/null || $(SUDO) apt-get install -y -q nodejs npm
+	npm install --silent --no-audit --no-fund --prefix $(VENV)/chp configurable-http-proxy@5
+
+venv: $(BIN)/hpcbinder $(VENV)/chp/node_modules/.bin/configurable-http-proxy
 
 cluster:
 	$(SUDO) slurm/devcluster up

@@ -76,6 +76,24 @@ def _binds(site: Site) -> list[str]:
     return ["--bind", f"{cache}:{render.BUILD_CACHE_IN_IMAGE}"] if cache else []
 
 
+#: zstd at a low level: about as small as mksquashfs's default gzip, ten times
+#: faster to write (1.5 s instead of 17.6 s for 231 MB here); squashfuse reads it.
+SQUASH_OPTIONS = ["-comp", "zstd", "-Xcompression-level", "3"]
+
+
+def _sif_build_argv(site: Site, image: Path, definition: Path) -> list[str]:
+    return [
+        "apptainer",
+        "build",
+        "--fakeroot",
+        "--mksquashfs-args",
+        " ".join(SQUASH_OPTIONS),
+        *_binds(site),
+        str(image),
+        str(definition),
+    ]
+
+
 def launch_argv(record: ImageRecord) -> list[str]:
     """``apptainer exec`` and what follows it up to the command, for an image."""
     meta = record.meta
@@ -251,14 +269,7 @@ class Builder:
         steps = [
             BuildStep(
                 "build image",
-                [
-                    "apptainer",
-                    "build",
-                    "--fakeroot",
-                    *_binds(self.site),
-                    str(image),
-                    str(definition),
-                ],
+                _sif_build_argv(self.site, image, definition),
             ),
             BuildStep("smoke test", ["apptainer", "exec", str(image), "true"]),
         ]
@@ -298,14 +309,7 @@ class Builder:
             steps = [
                 BuildStep(
                     "build base image",
-                    [
-                        "apptainer",
-                        "build",
-                        "--fakeroot",
-                        *_binds(self.site),
-                        str(image),
-                        str(definition),
-                    ],
+                    _sif_build_argv(self.site, image, definition),
                 ),
                 BuildStep(
                     "smoke test",
@@ -399,11 +403,7 @@ class Builder:
                     "-all-root",
                     "-no-progress",
                     "-quiet",
-                    # zstd at a low level: as small as gzip's default, ten times faster.
-                    "-comp",
-                    "zstd",
-                    "-Xcompression-level",
-                    "3",
+                    *SQUASH_OPTIONS,
                 ],
             ),
             # Files the build's fakeroot created belong to subordinate ids: remove them there.

@@ -1,0 +1,62 @@
+"""JupyterHub for the dev cluster (slurm/devcluster): servers run in Slurm
+jobs inside Apptainer images through hpcbinder's ApptainerSlurmSpawner.
+
+The DummyAuthenticator is for the demo and tests only: a site uses PAM,
+LDAP or its OAuth provider. Settings come from the environment so that tests
+can run several hubs side by side:
+
+  HPCBINDER_HUB_PORT     public port (default 8000), on 127.0.0.1
+  HPCBINDER_HUB_STATE    folder for the database and cookie secret
+  HPCBINDER_CHP          configurable-http-proxy executable
+  HPCBINDER_DEMO_PASSWORD  the demo users' password
+  HPCBINDER_ADMIN_TOKEN  (tests) a token for an admin service
+"""
+
+import os
+import sys
+from pathlib import Path
+
+c = get_config()  # type: ignore[name-defined]  # noqa: F821 - JupyterHub's config loader
+
+state = Path(os.environ.get("HPCBINDER_HUB_STATE", "/var/lib/hpcbinder/hub"))
+state.mkdir(parents=True, exist_ok=True)
+port = int(os.environ.get("HPCBINDER_HUB_PORT", "8000"))
+
+c.JupyterHub.ip = "127.0.0.1"
+c.JupyterHub.port = port
+c.JupyterHub.hub_ip = "127.0.0.1"  # the dev cluster's compute node is this host
+c.JupyterHub.hub_port = port + 1
+c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{port + 2}"
+c.ConfigurableHTTPProxy.command = [os.environ.get(
+    "HPCBINDER_CHP", str(Path(sys.prefix) / "chp" / "node_modules" / ".bin" / "configurable-http-proxy")
+)]
+c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
+c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
+c.JupyterHub.pid_file = str(state / "jupyterhub.pid")
+c.JupyterHub.cleanup_servers = False  # a hub restart keeps running servers
+
+c.JupyterHub.authenticator_class = "dummy"
+c.DummyAuthenticator.password = os.environ.get("HPCBINDER_DEMO_PASSWORD", "hpcbinder-demo")
+c.Authenticator.allowed_users = {"alice", "bob"}
+
+c.JupyterHub.allow_named_servers = True
+c.JupyterHub.spawner_class = "hpcbinder.spawner.ApptainerSlurmSpawner"
+c.Spawner.default_url = "/lab"
+c.Spawner.start_timeout = 180
+c.Spawner.http_timeout = 120
+c.BatchSpawnerBase.startup_poll_interval = 0.5
+
+services = [{
+    "name": "idle-culler",
+    "command": [sys.executable, "-m", "jupyterhub_idle_culler", "--timeout=3600"],
+}]
+roles = [{
+    "name": "idle-culler",
+    "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+    "services": ["idle-culler"],
+}]
+if os.environ.get("HPCBINDER_ADMIN_TOKEN"):
+    services.append({"name": "hpcbinder-tests", "api_token": os.environ["HPCBINDER_ADMIN_TOKEN"]})
+    roles.append({"name": "admin", "services": ["hpcbinder-tests"]})
+c.JupyterHub.services = services
+c.JupyterHub.load_roles = roles

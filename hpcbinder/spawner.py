@@ -1,0 +1,205 @@
+"""ApptainerSlurmSpawner: JupyterHub servers in Slurm jobs, inside a
+repository's Apptainer image, as the researcher.
+
+It keeps batchspawner's SlurmSpawner interface (so hub configs and the
+``batchspawner-singleuser`` port callback work as before) and replaces
+what batchspawner does unsafely: shell strings (argv lists here, via
+:mod:`hpcbinder.serverjobs`), a hand-written script format (the Jinja2
+template slurm/server.sbatch.j2), a callback that sets any attribute (only
+``port`` is accepted here), a transient squeue failure ending the server,
+and a dead job going unnoticed until the start timeout.
+
+``user_options`` (the Binder service sets them; the options form sets
+``profile``): ``image`` (an env key of the store, or ``base:NAME``),
+``profile`` and the overrides of :data:`hpcbinder.jobrequest.OVERRIDABLE`,
+and ``workspace`` = {``slug``, ``checkout``, ``commit``, ``from_image``}.
+"""
+
+from __future__ import annotations
+
+import html
+import pwd
+import re
+from pathlib import Path
+from typing import Any
+
+from batchspawner import JobStatus, SlurmSpawner
+from jupyterhub.apihandlers import APIHandler, default_handlers
+from tornado import web
+from traitlets import Float, Integer, Unicode, default
+
+from hpcbinder.build import image_store, launch_argv
+from hpcbinder.config import Site, load_site
+from hpcbinder.jobrequest import OVERRIDABLE, request_for
+from hpcbinder.serverjobs import ServerJobs, ServerJobState
+from hpcbinder.serverscript import Seed, ServerJob, render_server_script, workspace_for
+
+_ENV_KEY = re.compile(r"[0-9a-f]{32}")
+_BASE = re.compile(r"base:([A-Za-z0-9][A-Za-z0-9_.-]{0,63})")
+_STATES = {
+    ServerJobState.PENDING: JobStatus.PENDING,
+    ServerJobState.RUNNING: JobStatus.RUNNING,
+    ServerJobState.UNKNOWN: JobStatus.UNKNOWN,
+    ServerJobState.GONE: JobStatus.NOTFOUND,
+}
+
+
+class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
+    site_file = Unicode(
+        "", help="The hpcbinder site file (default: $HPCBINDER_SITE or /etc/hpcbinder/site.yaml)."
+    ).tag(config=True)
+    query_retries = Integer(
+        4, help="Times a failing squeue is retried (with backoff) before the state is UNKNOWN."
+    ).tag(config=True)
+    query_backoff = Float(0.5, help="First retry delay in seconds; doubles each retry.").tag(
+        config=True
+    )
+
+    @property
+    def site(self) -> Site:
+        cached: Site | None = getattr(self, "_hpcbinder_site", None)
+        if cached is None:
+            cached = load_site(Path(self.site_file) if self.site_file else None)
+            self._hpcbinder_site = cached
+        return cached
+
+    # --- the options form -------------------------------------------------
+
+    @default("options_form")
+    def _profiles_form(self) -> str:
+        choices = "\n".join(
+            f'<option value="{html.escape(name)}"'
+            f"{' selected' if name == self.site.default_profile else ''}>"
+            f"{html.escape(name)}{' — ' + html.escape(p.description) if p.description else ''}"
+            "</option>"
+            for name, p in self.site.profiles.items()
+        )
+        return f'<label for="profile">Resources</label>\n<select name="profile">{choices}</select>'
+
+    def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
+        return {"profile": formdata.get("profile", [""])[0]}
+
+    # --- what the job is made of --------------------------------------------
+
+    def _jobs(self) -> ServerJobs:
+        return ServerJobs(self.user.name, retries=self.query_retries, backoff=self.query_backoff)
+
+    def _image_argv(self) -> list[str]:
+        image = str(self.user_options.get("image") or f"base:{self.site.default_base}")
+        if _ENV_KEY.fullmatch(image):
+            record = image_store(self.site).lookup(image)
+            if record is None:
+                raise ValueError(f"image {image} is not in this site's store")
+            return launch_argv(record)
+        match = _BASE.fullmatch(image)
+        if match is None or match.group(1) not in self.site.bases:
+            raise ValueError(f"image must be an env key or base:NAME, not {image!r}")
+        return ["apptainer", "exec", str(self.site.base_image_path(match.group(1)).resolve())]
+
+    def server_job(self) -> ServerJob:
+        """The job for the current user_options, every value checked."""
+        options = self.user_options or {}
+        overrides = {key: options[key] for key in OVERRIDABLE if key in options}
+        request = request_for(self.site, options.get("profile"), overrides)
+        home = Path(pwd.getpwnam(self.user.name).pw_dir)
+        command = [self.batchspawner_singleuser_cmd, *self.cmd, *self.get_args()]
+        workspace = seed = None
+        spec = options.get("workspace")
+        if isinstance(spec, dict):
+            workspace = workspace_for(self.site, self.user.name, home, str(spec.get("slug", "")))
+            seed = Seed(
+                Path(str(spec.get("checkout", ""))),
+                str(spec.get("commit", "")),
+                bool(spec.get("from_image", False)),
+            )
+        return ServerJob(
+            self.user.name,
+            home,
+            request,
+            self._image_argv(),
+            command,
+            workspace=workspace,
+            seed=seed,
+            job_name=f"hpcbinder-{self.user.name}-{self.name or 'default'}",
+        )
+
+    def _output(self) -> Path:
+        home = Path(pwd.getpwnam(self.user.name).pw_dir)
+        return home / f".hpcbinder-server-{self.job_id}.log"
+
+    # --- batchspawner's hooks, without shell strings ------------------------------
+
+    async def submit_batch_script(self) -> str:
+        script = render_server_script(self.site, self.server_job())
+        self.job_id = await self._jobs().submit(script, self.get_env())
+        self.log.info("Submitted server job %s for %s", self.job_id, self.user.name)
+        return str(self.job_id)
+
+    async def query_job_status(self) -> JobStatus:
+        if not self.job_id:
+            self.job_status = ""
+            return JobStatus.NOTFOUND
+        state, host = await self._jobs().state(self.job_id)
+        self.job_status = f"{state.value} {host}".strip()
+        if state is ServerJobState.UNKNOWN:
+            self.log.warning("Slurm did not answer about job %s; keeping it", self.job_id)
+        return _STATES[state]
+
+    def state_ispending(self) -> bool:
+        return str(self.job_status).startswith(ServerJobState.PENDING.value)
+
+    def state_isrunning(self) -> bool:
+        return str(self.job_status).startswith(ServerJobState.RUNNING.value)
+
+    def state_isunknown(self) -> bool:
+        return str(self.job_status).startswith(ServerJobState.UNKNOWN.value)
+
+    def state_gethost(self) -> str:
+        parts = str(self.job_status).split()
+        return parts[1] if len(parts) > 1 else ""
+
+    async def cancel_batch_job(self) -> None:
+        self.log.info("Cancelling server job %s", self.job_id)
+        await self._jobs().cancel(self.job_id)
+
+    async def start(self) -> tuple[str, int]:
+        self.ip = self.traits()["ip"].default_value
+        self.port = 0
+        await self.submit_batch_script()
+        host = await self._jobs().wait_started(
+            self.job_id, self._output(), self.startup_poll_interval, lambda: self.port != 0
+        )
+        self.ip = host
+        self.db.commit()
+        self.log.info(
+            "Server job %s of %s is up at %s:%s", self.job_id, self.user.name, self.ip, self.port
+        )
+        return self.ip, self.port
+
+
+class PortOnlyAPIHandler(APIHandler):  # type: ignore[misc]
+    """The job's callback (batchspawner-singleuser): it may set its port, nothing else."""
+
+    @web.authenticated
+    def post(self) -> None:
+        user = self.current_user
+        token = self.get_auth_token()
+        spawner = next((s for s in user.spawners.values() if s.api_token == token), None)
+        if spawner is None:
+            raise web.HTTPError(403, "not a server's token")
+        data = self.get_json_body() or {}
+        extra = sorted(set(data) - {"port"})
+        if extra:
+            self.log.warning("Rejected %s from the server job of %s", extra, user.name)
+            raise web.HTTPError(400, f"only 'port' may be set, not {', '.join(extra)}")
+        port = data.get("port")
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            raise web.HTTPError(400, "port must be an integer from 1 to 65535")
+        spawner.port = port
+        self.set_status(201)
+        self.finish({"message": "port set"})
+
+
+# Take batchspawner's route: its handler sets any attribute the job posts.
+default_handlers[:] = [h for h in default_handlers if h[0] != r"/api/batchspawner"]
+default_handlers.append((r"/api/batchspawner", PortOnlyAPIHandler))

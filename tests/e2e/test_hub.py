@@ -1,0 +1,250 @@
+"""End to end: JupyterHub 6 + configurable-http-proxy + ApptainerSlurmSpawner
+on the dev cluster. A researcher's named server runs in a Slurm job inside
+the base image, the hub proxies to it, a kernel executes code, and stopping
+the server ends the job."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tornado.httpclient import HTTPClient, HTTPClientError, HTTPRequest
+from tornado.ioloop import IOLoop
+from tornado.websocket import websocket_connect
+
+from tests.conftest import REPO, SHARED_SCRATCH, DevCluster, free_port, wait_for_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slurm, pytest.mark.apptainer]
+CHP = Path(sys.prefix) / "chp" / "node_modules" / ".bin" / "configurable-http-proxy"
+READY_SECONDS = 240
+
+
+@dataclass
+class Hub:
+    url: str
+    token: str
+    process: subprocess.Popen[str]
+    log: Path
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        request = HTTPRequest(
+            f"{self.url}/hub/api{path}",
+            method=method,
+            headers={"Authorization": f"token {self.token}"},
+            body=None if body is None else json.dumps(body),
+            allow_nonstandard_methods=True,
+            request_timeout=60,
+        )
+        response = HTTPClient().fetch(request)
+        return json.loads(response.body) if response.body else None
+
+
+@pytest.fixture
+def hub(devcluster: DevCluster) -> Iterator[Hub]:
+    if not CHP.exists():
+        pytest.fail(f"configurable-http-proxy missing at {CHP} (make venv installs it)")
+    port = free_port()
+    while free_port() in (port + 1, port + 2):
+        port = free_port()
+    state = SHARED_SCRATCH / f"hub-{uuid.uuid4().hex[:8]}"
+    state.mkdir(parents=True)
+    token = secrets.token_hex(16)
+    log = state / "hub.log"
+    env = {
+        **os.environ,
+        "HPCBINDER_HUB_PORT": str(port),
+        "HPCBINDER_HUB_STATE": str(state),
+        "HPCBINDER_ADMIN_TOKEN": token,
+        "HPCBINDER_CHP": str(CHP),
+    }
+    with log.open("w") as handle:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jupyterhub",
+                "-f",
+                str(REPO / "configs" / "jupyterhub_config.py"),
+            ],
+            cwd=state,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    try:
+        wait_for_port(port, "JupyterHub's proxy", seconds=60)
+        hub = Hub(f"http://127.0.0.1:{port}", token, process, log)
+        for _ in range(120):  # the proxy listens before the hub has added its route
+            try:
+                hub.api("GET", "/")
+                break
+            except (HTTPClientError, OSError):
+                time.sleep(0.5)
+        else:
+            pytest.fail(f"the hub API did not answer; log:\n{log.read_text()[-3000:]}")
+        yield hub
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        subprocess.run(["pkill", "-f", f"configurable-http-proxy.*{port}"], check=False)
+        subprocess.run(["scancel", "--user=alice", "--name=hpcbinder-alice-e2e"], check=False)
+
+
+def wait_ready(hub: Hub, user: str, name: str) -> dict[str, Any]:
+    """The server's model once ready; fails early if the spawn failed."""
+    deadline = time.monotonic() + READY_SECONDS
+    seen = False
+    while time.monotonic() < deadline:
+        server = hub.api("GET", f"/users/{user}")["servers"].get(name)
+        if server and server["ready"]:
+            return dict(server)
+        if server:
+            seen = True
+        elif seen:
+            break  # the spawn failed and the hub dropped the server
+        time.sleep(1)
+    pytest.fail(f"server {user}/{name} not ready; hub log:\n{hub.log.read_text()[-4000:]}")
+
+
+def execute(hub: Hub, server_url: str, code: str) -> str:
+    """Run ``code`` in a new kernel through the proxy; its stdout."""
+    headers = {"Authorization": f"token {hub.token}"}
+    kernel = json.loads(
+        HTTPClient()
+        .fetch(
+            HTTPRequest(
+                f"{hub.url}{server_url}api/kernels",
+                method="POST",
+                body="{}",
+                headers=headers,
+                request_timeout=60,
+            )
+        )
+        .body
+    )
+
+    async def run() -> str:
+        connection = await websocket_connect(
+            HTTPRequest(
+                f"{hub.url.replace('http', 'ws')}{server_url}api/kernels/{kernel['id']}/channels",
+                headers=headers,
+                request_timeout=60,
+            )
+        )
+        msg_id = uuid.uuid4().hex
+        connection.write_message(
+            json.dumps(
+                {
+                    "header": {
+                        "msg_id": msg_id,
+                        "msg_type": "execute_request",
+                        "username": "test",
+                        "session": uuid.uuid4().hex,
+                        "version": "5.3",
+                    },
+                    "parent_header": {},
+                    "metadata": {},
+                    "channel": "shell",
+                    "content": {
+                        "code": code,
+                        "silent": False,
+                        "store_history": False,
+                        "user_expressions": {},
+                        "allow_stdin": False,
+                    },
+                }
+            )
+        )
+        output = []
+        for _ in range(200):
+            message = await connection.read_message()
+            if message is None:
+                break
+            data = json.loads(message)
+            if data.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            if data["msg_type"] == "stream":
+                output.append(data["content"]["text"])
+            if data["msg_type"] == "status" and data["content"]["execution_state"] == "idle":
+                break
+        connection.close()
+        return "".join(output)
+
+    return IOLoop.current().run_sync(run, timeout=120)
+
+
+def test_named_server_runs_in_slurm_and_executes_code(hub: Hub, devcluster: DevCluster) -> None:
+    hub.api("POST", "/users/alice/servers/e2e", {"image": "base:default", "profile": "small"})
+    server = wait_ready(hub, "alice", "e2e")
+    status = HTTPClient().fetch(
+        HTTPRequest(
+            f"{hub.url}{server['url']}api/status", headers={"Authorization": f"token {hub.token}"}
+        )
+    )
+    assert status.code == 200
+    out = execute(hub, server["url"], "import os, getpass; print(getpass.getuser(), 6 * 7)")
+    assert out.split() == ["alice", "42"]
+    # The job's callback may set its port and nothing else; the server keeps working.
+    server_token = singleuser_token("alice")
+    for body in ({"port": 1234, "cmd": ["/bin/sh", "-c", "id"]}, {"ip": "192.0.2.1"}):
+        with pytest.raises(HTTPClientError) as caught:
+            HTTPClient().fetch(
+                HTTPRequest(
+                    f"{hub.url}/hub/api/batchspawner",
+                    method="POST",
+                    body=json.dumps(body),
+                    headers={"Authorization": f"token {server_token}"},
+                )
+            )
+        assert caught.value.code == 400
+    assert "Rejected ['cmd'] from the server job of alice" in hub.log.read_text()
+    assert execute(hub, server["url"], "print('still', 'here')").split() == ["still", "here"]
+    assert server_token not in hub.log.read_text()
+
+    jobs = subprocess.run(
+        ["squeue", "-h", "-u", "alice", "-n", "hpcbinder-alice-e2e", "-o", "%i"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert len(jobs) == 1
+
+    hub.api("DELETE", "/users/alice/servers/e2e")
+    for _ in range(60):
+        left = subprocess.run(["squeue", "-h", "-j", jobs[0]], capture_output=True, text=True)
+        if not left.stdout.strip():
+            break
+        time.sleep(1)
+    assert not left.stdout.strip(), left.stdout
+
+
+def singleuser_token(user: str) -> str:
+    """The hub token of ``user``'s running server, read from its process."""
+    uid = int(subprocess.run(["id", "-u", user], capture_output=True, text=True).stdout)
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or proc.stat().st_uid != uid:
+                continue
+            if b"jupyterhub-singleuser" not in (proc / "cmdline").read_bytes():
+                continue
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for item in environ:
+            if item.startswith(b"JUPYTERHUB_API_TOKEN="):
+                return item.split(b"=", 1)[1].decode()
+    pytest.fail(f"no running jupyterhub-singleuser of {user}")
