@@ -5,6 +5,7 @@ the server ends the job."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -27,14 +28,45 @@ from tests.conftest import REPO, SHARED_SCRATCH, DevCluster, free_port, wait_for
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm, pytest.mark.apptainer]
 CHP = Path(sys.prefix) / "chp" / "node_modules" / ".bin" / "configurable-http-proxy"
 READY_SECONDS = 240
+HUB_CONFIG = REPO / "configs" / "jupyterhub_config.py"
 
 
 @dataclass
 class Hub:
     url: str
     token: str
-    process: subprocess.Popen[str]
     log: Path
+    env: dict[str, str]
+    state: Path
+    process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        with self.log.open("a") as handle:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "jupyterhub", "-f", str(HUB_CONFIG)],
+                cwd=self.state,
+                env=self.env,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        wait_for_port(int(self.url.rsplit(":", 1)[1]), "JupyterHub's proxy", seconds=60)
+        for _ in range(120):  # the proxy listens before the hub has added its route
+            try:
+                self.api("GET", "/")
+                return
+            except (HTTPClientError, OSError):
+                time.sleep(0.5)
+        pytest.fail(f"the hub API did not answer; log:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
 
     def api(self, method: str, path: str, body: Any = None) -> Any:
         request = HTTPRequest(
@@ -59,7 +91,6 @@ def hub(devcluster: DevCluster) -> Iterator[Hub]:
     state = SHARED_SCRATCH / f"hub-{uuid.uuid4().hex[:8]}"
     state.mkdir(parents=True)
     token = secrets.token_hex(16)
-    log = state / "hub.log"
     env = {
         **os.environ,
         "HPCBINDER_HUB_PORT": str(port),
@@ -67,41 +98,19 @@ def hub(devcluster: DevCluster) -> Iterator[Hub]:
         "HPCBINDER_ADMIN_TOKEN": token,
         "HPCBINDER_CHP": str(CHP),
     }
-    with log.open("w") as handle:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "jupyterhub",
-                "-f",
-                str(REPO / "configs" / "jupyterhub_config.py"),
-            ],
-            cwd=state,
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+    hub = Hub(f"http://127.0.0.1:{port}", token, state / "hub.log", env, state)
+    hub.start()
     try:
-        wait_for_port(port, "JupyterHub's proxy", seconds=60)
-        hub = Hub(f"http://127.0.0.1:{port}", token, process, log)
-        for _ in range(120):  # the proxy listens before the hub has added its route
-            try:
-                hub.api("GET", "/")
-                break
-            except (HTTPClientError, OSError):
-                time.sleep(0.5)
-        else:
-            pytest.fail(f"the hub API did not answer; log:\n{log.read_text()[-3000:]}")
         yield hub
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        for user in ("alice", "bob"):
+            with contextlib.suppress(HTTPClientError, OSError):
+                for name in hub.api("GET", f"/users/{user}")["servers"]:
+                    hub.api("DELETE", f"/users/{user}/servers/{name}")
+        hub.stop()
         subprocess.run(["pkill", "-f", f"configurable-http-proxy.*{port}"], check=False)
-        subprocess.run(["scancel", "--user=alice", "--name=hpcbinder-alice-e2e"], check=False)
+        for user in ("alice", "bob"):
+            subprocess.run(["scancel", f"--user={user}"], check=False)
 
 
 def wait_ready(hub: Hub, user: str, name: str) -> dict[str, Any]:
@@ -179,6 +188,8 @@ def execute(hub: Hub, server_url: str, code: str) -> str:
                 continue
             if data["msg_type"] == "stream":
                 output.append(data["content"]["text"])
+            if data["msg_type"] == "error":
+                output.append(f"{data['content']['ename']}: {data['content']['evalue']}\n")
             if data["msg_type"] == "status" and data["content"]["execution_state"] == "idle":
                 break
         connection.close()
@@ -248,3 +259,66 @@ def singleuser_token(user: str) -> str:
             if item.startswith(b"JUPYTERHUB_API_TOKEN="):
                 return item.split(b"=", 1)[1].decode()
     pytest.fail(f"no running jupyterhub-singleuser of {user}")
+
+
+def start_server(hub: Hub, user: str, name: str, options: dict[str, Any]) -> dict[str, Any]:
+    hub.api("POST", f"/users/{user}/servers/{name}", options)
+    return wait_ready(hub, user, name)
+
+
+def stop_server(hub: Hub, user: str, name: str) -> None:
+    hub.api("DELETE", f"/users/{user}/servers/{name}")
+    for _ in range(60):
+        if name not in hub.api("GET", f"/users/{user}")["servers"]:
+            return
+        time.sleep(1)
+    pytest.fail(f"server {user}/{name} did not stop")
+
+
+def test_workspace_persists_and_is_private(hub: Hub) -> None:
+    checkout = SHARED_SCRATCH / f"checkout-{uuid.uuid4().hex[:8]}"
+    checkout.mkdir(parents=True)
+    (checkout / "analysis.ipynb").write_text("{}\n")
+    checkout.chmod(0o755)
+    slug = f"demo-{uuid.uuid4().hex[:6]}"
+    options = {
+        "image": "base:default",
+        "workspace": {"slug": slug, "checkout": str(checkout), "commit": "b" * 40},
+    }
+    server = start_server(hub, "alice", "ws", options)
+    out = execute(
+        hub,
+        server["url"],
+        "import os; open('result.txt', 'w').write('kept'); "
+        "print(os.getcwd(), sorted(os.listdir('.')))",
+    )
+    assert out.startswith(f"/home/alice/binder/{slug} ")
+    assert "analysis.ipynb" in out and "result.txt" in out
+    stop_server(hub, "alice", "ws")
+
+    server = start_server(hub, "alice", "ws", options)
+    assert execute(hub, server["url"], "print(open('result.txt').read())").strip() == "kept"
+
+    other = start_server(hub, "bob", "peek", {"image": "base:default"})
+    peek = execute(
+        hub,
+        other["url"],
+        f"try:\n    open('/home/alice/binder/{slug}/result.txt').read()\n"
+        "    print('READ')\nexcept OSError as exc:\n    print('DENIED', exc.errno)",
+    )
+    assert peek.split()[0] == "DENIED", peek
+    # Nor from the cluster's own shell (a login node), where homes are readable by all.
+    host = subprocess.run(
+        ["sudo", "-n", "-u", "bob", "cat", f"/home/alice/binder/{slug}/result.txt"],
+        capture_output=True,
+        text=True,
+    )
+    assert host.returncode != 0 and "Permission denied" in host.stderr
+
+
+def test_hub_restart_keeps_servers_reachable(hub: Hub) -> None:
+    server = start_server(hub, "alice", "restart", {"image": "base:default"})
+    hub.stop()
+    hub.start()
+    server = wait_ready(hub, "alice", "restart")
+    assert execute(hub, server["url"], "print(1 + 1)").strip() == "2"
