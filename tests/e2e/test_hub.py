@@ -5,197 +5,37 @@ the server ends the job."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import secrets
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import pytest
 from tornado.httpclient import HTTPClient, HTTPClientError, HTTPRequest
-from tornado.ioloop import IOLoop
-from tornado.websocket import websocket_connect
 
-from tests.conftest import REPO, SHARED_SCRATCH, DevCluster, free_port, wait_for_port
+from tests.conftest import SHARED_SCRATCH, DevCluster
+from tests.hubhelpers import (
+    Hub,
+    close_hub,
+    execute,
+    new_hub,
+    singleuser_token,
+    start_server,
+    stop_server,
+    wait_ready,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm, pytest.mark.apptainer]
-CHP = Path(sys.prefix) / "chp" / "node_modules" / ".bin" / "configurable-http-proxy"
-READY_SECONDS = 240
-HUB_CONFIG = REPO / "configs" / "jupyterhub_config.py"
-
-
-@dataclass
-class Hub:
-    url: str
-    token: str
-    log: Path
-    env: dict[str, str]
-    state: Path
-    process: subprocess.Popen[str] | None = None
-
-    def start(self) -> None:
-        with self.log.open("a") as handle:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "jupyterhub", "-f", str(HUB_CONFIG)],
-                cwd=self.state,
-                env=self.env,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        wait_for_port(int(self.url.rsplit(":", 1)[1]), "JupyterHub's proxy", seconds=60)
-        for _ in range(120):  # the proxy listens before the hub has added its route
-            try:
-                self.api("GET", "/")
-                return
-            except (HTTPClientError, OSError):
-                time.sleep(0.5)
-        pytest.fail(f"the hub API did not answer; log:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-
-    def api(self, method: str, path: str, body: Any = None) -> Any:
-        request = HTTPRequest(
-            f"{self.url}/hub/api{path}",
-            method=method,
-            headers={"Authorization": f"token {self.token}"},
-            body=None if body is None else json.dumps(body),
-            allow_nonstandard_methods=True,
-            request_timeout=60,
-        )
-        response = HTTPClient().fetch(request)
-        return json.loads(response.body) if response.body else None
 
 
 @pytest.fixture
 def hub(devcluster: DevCluster) -> Iterator[Hub]:
-    if not CHP.exists():
-        pytest.fail(f"configurable-http-proxy missing at {CHP} (make venv installs it)")
-    port = free_port()
-    while free_port() in (port + 1, port + 2):
-        port = free_port()
-    state = SHARED_SCRATCH / f"hub-{uuid.uuid4().hex[:8]}"
-    state.mkdir(parents=True)
-    token = secrets.token_hex(16)
-    env = {
-        **os.environ,
-        "HPCBINDER_HUB_PORT": str(port),
-        "HPCBINDER_HUB_STATE": str(state),
-        "HPCBINDER_ADMIN_TOKEN": token,
-        "HPCBINDER_CHP": str(CHP),
-    }
-    hub = Hub(f"http://127.0.0.1:{port}", token, state / "hub.log", env, state)
-    hub.start()
+    hub = new_hub()
     try:
         yield hub
     finally:
-        for user in ("alice", "bob"):
-            with contextlib.suppress(HTTPClientError, OSError):
-                for name in hub.api("GET", f"/users/{user}")["servers"]:
-                    hub.api("DELETE", f"/users/{user}/servers/{name}")
-        hub.stop()
-        subprocess.run(["pkill", "-f", f"configurable-http-proxy.*{port}"], check=False)
-        for user in ("alice", "bob"):
-            subprocess.run(["scancel", f"--user={user}"], check=False)
-
-
-def wait_ready(hub: Hub, user: str, name: str) -> dict[str, Any]:
-    """The server's model once ready; fails early if the spawn failed."""
-    deadline = time.monotonic() + READY_SECONDS
-    seen = False
-    while time.monotonic() < deadline:
-        server = hub.api("GET", f"/users/{user}")["servers"].get(name)
-        if server and server["ready"]:
-            return dict(server)
-        if server:
-            seen = True
-        elif seen:
-            break  # the spawn failed and the hub dropped the server
-        time.sleep(1)
-    pytest.fail(f"server {user}/{name} not ready; hub log:\n{hub.log.read_text()[-4000:]}")
-
-
-def execute(hub: Hub, server_url: str, code: str) -> str:
-    """Run ``code`` in a new kernel through the proxy; its stdout."""
-    headers = {"Authorization": f"token {hub.token}"}
-    kernel = json.loads(
-        HTTPClient()
-        .fetch(
-            HTTPRequest(
-                f"{hub.url}{server_url}api/kernels",
-                method="POST",
-                body="{}",
-                headers=headers,
-                request_timeout=60,
-            )
-        )
-        .body
-    )
-
-    async def run() -> str:
-        connection = await websocket_connect(
-            HTTPRequest(
-                f"{hub.url.replace('http', 'ws')}{server_url}api/kernels/{kernel['id']}/channels",
-                headers=headers,
-                request_timeout=60,
-            )
-        )
-        msg_id = uuid.uuid4().hex
-        connection.write_message(
-            json.dumps(
-                {
-                    "header": {
-                        "msg_id": msg_id,
-                        "msg_type": "execute_request",
-                        "username": "test",
-                        "session": uuid.uuid4().hex,
-                        "version": "5.3",
-                    },
-                    "parent_header": {},
-                    "metadata": {},
-                    "channel": "shell",
-                    "content": {
-                        "code": code,
-                        "silent": False,
-                        "store_history": False,
-                        "user_expressions": {},
-                        "allow_stdin": False,
-                    },
-                }
-            )
-        )
-        output = []
-        for _ in range(200):
-            message = await connection.read_message()
-            if message is None:
-                break
-            data = json.loads(message)
-            if data.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            if data["msg_type"] == "stream":
-                output.append(data["content"]["text"])
-            if data["msg_type"] == "error":
-                output.append(f"{data['content']['ename']}: {data['content']['evalue']}\n")
-            if data["msg_type"] == "status" and data["content"]["execution_state"] == "idle":
-                break
-        connection.close()
-        return "".join(output)
-
-    return IOLoop.current().run_sync(run, timeout=120)
+        close_hub(hub)
 
 
 def test_named_server_runs_in_slurm_and_executes_code(hub: Hub, devcluster: DevCluster) -> None:
@@ -241,38 +81,6 @@ def test_named_server_runs_in_slurm_and_executes_code(hub: Hub, devcluster: DevC
             break
         time.sleep(1)
     assert not left.stdout.strip(), left.stdout
-
-
-def singleuser_token(user: str) -> str:
-    """The hub token of ``user``'s running server, read from its process."""
-    uid = int(subprocess.run(["id", "-u", user], capture_output=True, text=True).stdout)
-    for proc in Path("/proc").iterdir():
-        try:
-            if not proc.name.isdigit() or proc.stat().st_uid != uid:
-                continue
-            if b"jupyterhub-singleuser" not in (proc / "cmdline").read_bytes():
-                continue
-            environ = (proc / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        for item in environ:
-            if item.startswith(b"JUPYTERHUB_API_TOKEN="):
-                return item.split(b"=", 1)[1].decode()
-    pytest.fail(f"no running jupyterhub-singleuser of {user}")
-
-
-def start_server(hub: Hub, user: str, name: str, options: dict[str, Any]) -> dict[str, Any]:
-    hub.api("POST", f"/users/{user}/servers/{name}", options)
-    return wait_ready(hub, user, name)
-
-
-def stop_server(hub: Hub, user: str, name: str) -> None:
-    hub.api("DELETE", f"/users/{user}/servers/{name}")
-    for _ in range(60):
-        if name not in hub.api("GET", f"/users/{user}")["servers"]:
-            return
-        time.sleep(1)
-    pytest.fail(f"server {user}/{name} did not stop")
 
 
 def test_workspace_persists_and_is_private(hub: Hub) -> None:
@@ -322,3 +130,43 @@ def test_hub_restart_keeps_servers_reachable(hub: Hub) -> None:
     hub.start()
     server = wait_ready(hub, "alice", "restart")
     assert execute(hub, server["url"], "print(1 + 1)").strip() == "2"
+
+
+def test_requests_over_the_partition_limits_fail_the_spawn(hub: Hub) -> None:
+    with pytest.raises(HTTPClientError) as caught:
+        hub.api("POST", "/users/alice/servers/toobig", {"image": "base:default", "cpus": "64"})
+        wait_ready(hub, "alice", "toobig")
+    assert caught.value.code == 500
+    assert "cpus: 64 is over partition interactive's max_cpus (4)" in hub.log.read_text()
+    jobs = subprocess.run(
+        ["squeue", "-h", "-u", "alice", "-n", "hpcbinder-alice-toobig"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert jobs.stdout.strip() == ""
+
+
+def test_spawn_page_offers_the_site_profiles(hub: Hub) -> None:
+    session = HTTPClient()
+    login = session.fetch(f"{hub.url}/hub/login", follow_redirects=False)
+    cookies = "; ".join(c.split(";", 1)[0] for c in login.headers.get_list("Set-Cookie"))
+    xsrf = next(c.split("=", 1)[1] for c in cookies.split("; ") if c.startswith("_xsrf="))
+    body = f"username=alice&password=hpcbinder-demo&_xsrf={xsrf}"
+    with pytest.raises(HTTPClientError) as redirect:  # a successful login redirects
+        session.fetch(
+            f"{hub.url}/hub/login",
+            method="POST",
+            body=body,
+            headers={"Cookie": cookies},
+            follow_redirects=False,
+        )
+    assert redirect.value.code == 302 and redirect.value.response is not None
+    cookies += "; " + "; ".join(
+        c.split(";", 1)[0] for c in redirect.value.response.headers.get_list("Set-Cookie")
+    )
+    page = session.fetch(f"{hub.url}/hub/spawn/alice/formtest", headers={"Cookie": cookies})
+    html = page.body.decode()
+    assert '<select name="profile">' in html
+    assert '<option value="small" selected>small — 1 CPU, 2 GB, 2 hours</option>' in html
+    assert '<option value="medium">' in html

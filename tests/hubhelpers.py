@@ -1,0 +1,231 @@
+"""A JupyterHub on the dev cluster for tests and benchmarks: started from
+configs/jupyterhub_config.py with an admin service token, driven through
+its REST API, with kernels run through the proxy over WebSocket."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tornado.httpclient import HTTPClient, HTTPClientError, HTTPRequest
+from tornado.ioloop import IOLoop
+from tornado.websocket import websocket_connect
+
+from tests.conftest import REPO, SHARED_SCRATCH, free_port, wait_for_port
+
+CHP = Path(sys.prefix) / "chp" / "node_modules" / ".bin" / "configurable-http-proxy"
+HUB_CONFIG = REPO / "configs" / "jupyterhub_config.py"
+READY_SECONDS = 240
+
+
+@dataclass
+class Hub:
+    url: str
+    token: str
+    log: Path
+    env: dict[str, str]
+    state: Path
+    process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        with self.log.open("a") as handle:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "jupyterhub", "-f", str(HUB_CONFIG)],
+                cwd=self.state,
+                env=self.env,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        wait_for_port(int(self.url.rsplit(":", 1)[1]), "JupyterHub's proxy", seconds=60)
+        for _ in range(120):  # the proxy listens before the hub has added its route
+            try:
+                self.api("GET", "/")
+                return
+            except (HTTPClientError, OSError):
+                time.sleep(0.5)
+        pytest.fail(f"the hub API did not answer; log:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        request = HTTPRequest(
+            f"{self.url}/hub/api{path}",
+            method=method,
+            headers={"Authorization": f"token {self.token}"},
+            body=None if body is None else json.dumps(body),
+            allow_nonstandard_methods=True,
+            request_timeout=60,
+        )
+        response = HTTPClient().fetch(request)
+        return json.loads(response.body) if response.body else None
+
+
+def new_hub() -> Hub:
+    """A hub on free loopback ports with its own state folder, started."""
+    if not CHP.exists():
+        pytest.fail(f"configurable-http-proxy missing at {CHP} (make venv installs it)")
+    port = free_port()
+    while free_port() in (port + 1, port + 2):
+        port = free_port()
+    state = SHARED_SCRATCH / f"hub-{uuid.uuid4().hex[:8]}"
+    state.mkdir(parents=True)
+    token = secrets.token_hex(16)
+    env = {
+        **os.environ,
+        "HPCBINDER_HUB_PORT": str(port),
+        "HPCBINDER_HUB_STATE": str(state),
+        "HPCBINDER_ADMIN_TOKEN": token,
+        "HPCBINDER_CHP": str(CHP),
+    }
+    hub = Hub(f"http://127.0.0.1:{port}", token, state / "hub.log", env, state)
+    hub.start()
+    return hub
+
+
+def close_hub(hub: Hub) -> None:
+    """Stop every server, the hub and its proxy."""
+    for user in ("alice", "bob"):
+        try:
+            for name in hub.api("GET", f"/users/{user}")["servers"]:
+                hub.api("DELETE", f"/users/{user}/servers/{name}")
+        except (HTTPClientError, OSError):
+            pass
+    hub.stop()
+    port = hub.url.rsplit(":", 1)[1]
+    subprocess.run(["pkill", "-f", f"configurable-http-proxy.*{port}"], check=False)
+    for user in ("alice", "bob"):
+        subprocess.run(["scancel", f"--user={user}"], check=False)
+
+
+def wait_ready(hub: Hub, user: str, name: str) -> dict[str, Any]:
+    """The server's model once ready; fails early if the spawn failed."""
+    deadline = time.monotonic() + READY_SECONDS
+    seen = False
+    while time.monotonic() < deadline:
+        server = hub.api("GET", f"/users/{user}")["servers"].get(name)
+        if server and server["ready"]:
+            return dict(server)
+        if server:
+            seen = True
+        elif seen:
+            break  # the spawn failed and the hub dropped the server
+        time.sleep(1)
+    pytest.fail(f"server {user}/{name} not ready; hub log:\n{hub.log.read_text()[-4000:]}")
+
+
+def execute(hub: Hub, server_url: str, code: str) -> str:
+    """Run ``code`` in a new kernel through the proxy; its stdout."""
+    headers = {"Authorization": f"token {hub.token}"}
+    kernel = json.loads(
+        HTTPClient()
+        .fetch(
+            HTTPRequest(
+                f"{hub.url}{server_url}api/kernels",
+                method="POST",
+                body="{}",
+                headers=headers,
+                request_timeout=60,
+            )
+        )
+        .body
+    )
+
+    async def run() -> str:
+        connection = await websocket_connect(
+            HTTPRequest(
+                f"{hub.url.replace('http', 'ws')}{server_url}api/kernels/{kernel['id']}/channels",
+                headers=headers,
+                request_timeout=60,
+            )
+        )
+        msg_id = uuid.uuid4().hex
+        connection.write_message(
+            json.dumps(
+                {
+                    "header": {
+                        "msg_id": msg_id,
+                        "msg_type": "execute_request",
+                        "username": "test",
+                        "session": uuid.uuid4().hex,
+                        "version": "5.3",
+                    },
+                    "parent_header": {},
+                    "metadata": {},
+                    "channel": "shell",
+                    "content": {
+                        "code": code,
+                        "silent": False,
+                        "store_history": False,
+                        "user_expressions": {},
+                        "allow_stdin": False,
+                    },
+                }
+            )
+        )
+        output = []
+        for _ in range(200):
+            message = await connection.read_message()
+            if message is None:
+                break
+            data = json.loads(message)
+            if data.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            if data["msg_type"] == "stream":
+                output.append(data["content"]["text"])
+            if data["msg_type"] == "error":
+                output.append(f"{data['content']['ename']}: {data['content']['evalue']}\n")
+            if data["msg_type"] == "status" and data["content"]["execution_state"] == "idle":
+                break
+        connection.close()
+        return "".join(output)
+
+    return IOLoop.current().run_sync(run, timeout=120)
+
+
+def start_server(hub: Hub, user: str, name: str, options: dict[str, Any]) -> dict[str, Any]:
+    hub.api("POST", f"/users/{user}/servers/{name}", options)
+    return wait_ready(hub, user, name)
+
+
+def stop_server(hub: Hub, user: str, name: str) -> None:
+    hub.api("DELETE", f"/users/{user}/servers/{name}")
+    for _ in range(60):
+        if name not in hub.api("GET", f"/users/{user}")["servers"]:
+            return
+        time.sleep(1)
+    pytest.fail(f"server {user}/{name} did not stop")
+
+
+def singleuser_token(user: str) -> str:
+    """The hub token of ``user``'s running server, read from its process."""
+    uid = int(subprocess.run(["id", "-u", user], capture_output=True, text=True).stdout)
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or proc.stat().st_uid != uid:
+                continue
+            if b"jupyterhub-singleuser" not in (proc / "cmdline").read_bytes():
+                continue
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for item in environ:
+            if item.startswith(b"JUPYTERHUB_API_TOKEN="):
+                return item.split(b"=", 1)[1].decode()
+    pytest.fail(f"no running jupyterhub-singleuser of {user}")
