@@ -46,6 +46,7 @@ bench: base
 	$(SUDO) $(BIN)/python -m tests.bench.rebuild_code_only
 	$(SUDO) $(BIN)/python -m tests.bench.dedup
 	$(SUDO) $(BIN)/python -m tests.bench.env_build
+	$(SUDO) $(BIN)/python -m tests.bench.launch
 
 demo: cluster venv
 	$(SUDO) $(BIN)/hpcbinder doctor --user $(DEMO_USER)

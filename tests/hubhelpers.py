@@ -114,7 +114,7 @@ def close_hub(hub: Hub) -> None:
         subprocess.run(["scancel", f"--user={user}"], check=False)
 
 
-def wait_ready(hub: Hub, user: str, name: str) -> dict[str, Any]:
+def wait_ready(hub: Hub, user: str, name: str, poll: float = 1.0) -> dict[str, Any]:
     """The server's model once ready; fails early if the spawn failed."""
     deadline = time.monotonic() + READY_SECONDS
     seen = False
@@ -126,7 +126,7 @@ def wait_ready(hub: Hub, user: str, name: str) -> dict[str, Any]:
             seen = True
         elif seen:
             break  # the spawn failed and the hub dropped the server
-        time.sleep(1)
+        time.sleep(poll)
     pytest.fail(f"server {user}/{name} not ready; hub log:\n{hub.log.read_text()[-4000:]}")
 
 
