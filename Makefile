@@ -48,5 +48,8 @@ bench: base
 	$(SUDO) $(BIN)/python -m tests.bench.env_build
 	$(SUDO) $(BIN)/python -m tests.bench.launch
 
-demo: cluster venv
+# The doctor's report with a real job, then JupyterHub in the foreground.
+demo: cluster venv base
 	$(SUDO) $(BIN)/hpcbinder doctor --user $(DEMO_USER)
+	@echo "JupyterHub at http://127.0.0.1:8000 — log in as alice or bob, password hpcbinder-demo"
+	$(SUDO) $(BIN)/jupyterhub -f configs/jupyterhub_config.py
