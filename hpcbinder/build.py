@@ -262,9 +262,7 @@ class Builder:
         rendered = prepared.rendered
         if rendered.overlay_script is not None:
             return self._overlay_commands(prepared, staging, timeout), "overlay"
-        definition = staging / DEFINITION
-        definition.write_text(rendered.definition)
-        self.store.own(definition)
+        definition = self.store.write(staging / DEFINITION, rendered.definition)
         image = staging / IMAGE
         steps = [
             BuildStep(
@@ -302,9 +300,7 @@ class Builder:
         with lock:
             emit = _relay(lock, emit)
             staging = self.store.new_staging(key)
-            definition = staging / DEFINITION
-            definition.write_text(definition_text)
-            self.store.own(definition)
+            definition = self.store.write(staging / DEFINITION, definition_text)
             image = staging / IMAGE
             steps = [
                 BuildStep(
@@ -350,8 +346,7 @@ class Builder:
                 "build_seconds": round(time.monotonic() - started, 2),
                 "size_bytes": image.stat().st_size,
             }
-            kept.with_suffix(".json").write_text(json.dumps(meta, indent=2))
-            self.store.own(kept.with_suffix(".json"))
+            self.store.write(kept.with_suffix(".json"), json.dumps(meta, indent=2))
             image.rename(kept)
             link = current.with_name(f".{name}.sif.{stamp}")
             link.symlink_to(kept.name)
@@ -365,8 +360,7 @@ class Builder:
         """Install the environment into an overlay on the base, then squash it."""
         rendered = prepared.rendered
         script = staging / OVERLAY_SCRIPT
-        script.write_text(rendered.overlay_script or "")
-        self.store.own(script)
+        self.store.write(script, rendered.overlay_script or "")
         base = rendered.base.source
         overlay = staging / "overlay"
         steps = [

@@ -85,6 +85,12 @@ class ImageStore:
         entry = pwd.getpwnam(self.owner)
         os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
 
+    def write(self, path: Path, text: str) -> Path:
+        """Write a file into the store, owned by the build account."""
+        path.write_text(text)
+        self.own(path)
+        return path
+
     def own_tree(self, path: Path) -> None:
         self.own(path)
         for parent, dirs, files in os.walk(path):
