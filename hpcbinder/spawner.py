@@ -55,6 +55,11 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
         config=True
     )
 
+    @default("batchspawner_singleuser_cmd")
+    def _singleuser_default(self) -> str:
+        # In every site base: reports the port without importing JupyterHub first.
+        return "hpcbinder-singleuser"
+
     @property
     def site(self) -> Site:
         cached: Site | None = getattr(self, "_hpcbinder_site", None)
