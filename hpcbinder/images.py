@@ -42,6 +42,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpcbinder import proc
+from hpcbinder.slurm import SlurmCLI, SlurmError
+
 STALE_AFTER = 60.0  # seconds without a heartbeat before a lock is taken over
 HEARTBEAT = 5.0
 IMAGE = "image.sif"
@@ -56,10 +59,6 @@ class ImageRecord:
     key: str
     path: Path
     meta: dict[str, Any]
-
-
-class LockLost(RuntimeError):
-    """Another process took over this build's lock (it looked stale)."""
 
 
 class ImageStore:
@@ -209,9 +208,6 @@ class ImageStore:
     def _stop_leftovers(self, lock: Path) -> None:
         """End what a dead build started: its process sessions (same host)
         and its Slurm jobs, as recorded next to its lock."""
-        from hpcbinder import proc
-        from hpcbinder.slurm import SlurmCLI, SlurmError
-
         started = lock.with_suffix(".started")
         try:
             holder = json.loads(lock.read_text())
