@@ -164,14 +164,51 @@ class Quotas(_Strict):
     max_servers_per_user: int = Field(default=4, ge=1)
 
 
-class SSHBuildHost(_Strict):
-    """A build host reached over SSH (key authentication, known host keys only)."""
+class SSHHost(_Strict):
+    """A host reached over SSH (key authentication, known host keys only)."""
 
     host: Hostname
     port: int = Field(default=22, ge=1, le=65535)
     user: Account = "hpcbuild"
     key_file: Path
     known_hosts: Path
+
+
+LOGIN_AS_USER = "{user}"
+
+
+def _login_account(value: str) -> str:
+    return value if value == LOGIN_AS_USER else _account(value)
+
+
+class LoginNode(SSHHost):
+    """A Slurm submit host reached over SSH, for a hub that is not one.
+
+    ``user: "{user}"`` logs in as each researcher (the site lets the hub's
+    key in for them, e.g. with an AuthorizedKeysCommand); any other account
+    is a service account that runs Slurm commands through ``sudo -n -u
+    USER`` and needs a sudoers rule letting it run ``/bin/sh`` as users.
+    """
+
+    user: Annotated[str, AfterValidator(_login_account)] = LOGIN_AS_USER
+
+
+class Cluster(_Strict):
+    """How the hub reaches Slurm and the notebook servers.
+
+    Without ``login`` this host submits jobs itself. ``tunnel``: compute
+    nodes are not routable from the hub, which then reaches each server
+    through an SSH tunnel via the login node.
+    """
+
+    login: LoginNode | None = None
+    tunnel: bool = False
+
+    @model_validator(mode="after")
+    def _tunnel_needs_login(self) -> Cluster:
+        if self.tunnel and self.login is None:
+            raise ValueError("tunnel: needs cluster.login (the tunnel goes through it)")
+        return self
 
 
 class BuildSettings(_Strict):
@@ -191,7 +228,7 @@ class BuildSettings(_Strict):
     timeout_minutes: float = Field(default=60, gt=0, le=24 * 60)
     max_repo_mb: int = Field(default=1024, ge=1)
     max_image_mb: int = Field(default=20480, ge=1)
-    ssh: SSHBuildHost | None = None
+    ssh: SSHHost | None = None
     #: Download cache on the build node, bound into every build (None: no cache).
     cache_dir: Path | None = Path("/var/cache/hpcbinder/build")
 
@@ -328,6 +365,7 @@ class Site(_Strict):
     binds: list[BindPath] = []
     workspace: WorkspacePolicy = WorkspacePolicy()
     quotas: Quotas = Quotas()
+    cluster: Cluster = Cluster()
 
     def base_image_path(self, name: str) -> Path:
         """Where the store keeps the built base image ``name``."""

@@ -303,7 +303,8 @@ def _dockerfile_definition(
 
 def base_packages(hub_major: int) -> list[str]:
     """What every base installs into its Python: the single-user server that
-    matches the hub's major version, and what batchspawner needs in the job."""
+    matches the hub's major version, what batchspawner needs in the job, and
+    what batch jobs run notebooks with."""
     return [
         f"jupyterhub>={hub_major},<{hub_major + 1}",
         "batchspawner>=1.3,<2",
@@ -312,6 +313,8 @@ def base_packages(hub_major: int) -> list[str]:
         "ipykernel>=6",
         # Installs a repository's requirements several times faster than pip.
         "uv>=0.5",
+        # Batch mode executes notebooks with parameters (hpcbinder sbatch).
+        "papermill>=2.6,<3",
     ]
 
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import enum
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from hpcbinder.slurm import JOB_ID
 
@@ -58,24 +59,34 @@ class ServerJobDialect:
     host: re.Pattern[str] = re.compile(r"\S+\s+(\S+)\s*$")
 
 
-@dataclass
-class ServerJobs:
-    """Submit, query and cancel one user's server jobs."""
+class CommandRunner(Protocol):
+    """Runs a command as a user where Slurm is: this host or a login node."""
 
-    user: str
+    async def run(
+        self,
+        user: str,
+        argv: Sequence[str],
+        stdin: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> tuple[int, str, str]: ...
+
+
+@dataclass(frozen=True)
+class LocalCommands:
+    """Commands on this host (a Slurm submit host), as the user through sudo."""
+
     prefix: Sequence[str] = ("sudo", "-n", "-E", "-u", "{user}", "--")
-    dialect: ServerJobDialect = field(default_factory=ServerJobDialect)
-    retries: int = 4
-    backoff: float = 0.5
 
-    def _argv(self, command: Sequence[str], *args: str) -> list[str]:
-        prefix = [part.replace("{user}", self.user) for part in self.prefix]
-        return [*prefix, *command, *args]
-
-    async def _run(
-        self, argv: list[str], stdin: str | None = None, env: Mapping[str, str] | None = None
+    async def run(
+        self,
+        user: str,
+        argv: Sequence[str],
+        stdin: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> tuple[int, str, str]:
+        prefix = [part.replace("{user}", user) for part in self.prefix]
         process = await asyncio.create_subprocess_exec(
+            *prefix,
             *argv,
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -85,9 +96,25 @@ class ServerJobs:
         out, err = await process.communicate(stdin.encode() if stdin is not None else None)
         return process.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
 
+
+@dataclass
+class ServerJobs:
+    """Submit, query and cancel one user's server jobs."""
+
+    user: str
+    runner: CommandRunner = field(default_factory=LocalCommands)
+    dialect: ServerJobDialect = field(default_factory=ServerJobDialect)
+    retries: int = 4
+    backoff: float = 0.5
+
+    async def _run(
+        self, argv: list[str], stdin: str | None = None, env: Mapping[str, str] | None = None
+    ) -> tuple[int, str, str]:
+        return await self.runner.run(self.user, argv, stdin, env)
+
     async def submit(self, script: str, env: Mapping[str, str]) -> str:
         """Submit ``script`` as the user; its environment is ``env``."""
-        status, out, err = await self._run(self._argv(self.dialect.sbatch), script, env)
+        status, out, err = await self._run([*self.dialect.sbatch], script, env)
         job_id = out.strip().split(";", 1)[0]
         if status != 0 or not JOB_ID.fullmatch(job_id):
             raise RuntimeError(f"sbatch refused the server job: {(err or out).strip()}")
@@ -98,7 +125,7 @@ class ServerJobs:
         if not JOB_ID.fullmatch(job_id):
             return ServerJobState.GONE, ""
         for attempt in range(self.retries + 1):
-            status, out, err = await self._run(self._argv(self.dialect.squeue, job_id))
+            status, out, err = await self._run([*self.dialect.squeue, job_id])
             if self.dialect.gone.search(err + out):
                 return ServerJobState.GONE, ""
             if status == 0:
@@ -120,7 +147,12 @@ class ServerJobs:
 
     async def cancel(self, job_id: str) -> None:
         if JOB_ID.fullmatch(job_id):
-            await self._run(self._argv(self.dialect.scancel, job_id))
+            await self._run([*self.dialect.scancel, job_id])
+
+    async def output_tail(self, path: Path, lines: int = OUTPUT_TAIL_LINES) -> list[str]:
+        """The last lines of a job's output file, read as the user where it ran."""
+        status, out, _ = await self._run(["tail", "-n", str(lines), "--", str(path)])
+        return out.splitlines() if status == 0 else []
 
     async def wait_started(
         self, job_id: str, output: Path, poll: float, ready: Callable[[], bool]
@@ -132,17 +164,40 @@ class ServerJobs:
         while True:
             state, node = await self.state(job_id)
             if state is ServerJobState.GONE:
-                raise JobDied(job_id, output_tail(output))
+                raise JobDied(job_id, await self.output_tail(output))
             if state is ServerJobState.RUNNING:
                 host = node or host
                 if ready():
                     return host
             await asyncio.sleep(poll)
 
+    async def wait_listening(
+        self,
+        job_id: str,
+        output: Path,
+        poll: float,
+        listening: Callable[[], Awaitable[bool]],
+        attempt_every: float = 0.05,
+    ) -> None:
+        """Wait until the server accepts connections, trying every
+        ``attempt_every`` seconds: the hub's own check backs off
+        exponentially and would find it seconds late. :class:`JobDied` if
+        the job ends meanwhile (checked every ``poll`` seconds)."""
+        loop = asyncio.get_running_loop()
+        next_query = loop.time() + poll
+        while not await listening():
+            if loop.time() >= next_query:
+                if (await self.state(job_id))[0] is ServerJobState.GONE:
+                    raise JobDied(job_id, await self.output_tail(output))
+                next_query = loop.time() + poll
+            await asyncio.sleep(attempt_every)
 
-def output_tail(path: Path, lines: int = OUTPUT_TAIL_LINES) -> list[str]:
-    """The last lines of a job's output file, if the hub can read it."""
+
+async def accepts_connections(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether ``host:port`` accepts a TCP connection now."""
     try:
-        return path.read_text(errors="replace").splitlines()[-lines:]
-    except OSError:
-        return []
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (TimeoutError, OSError):
+        return False
+    writer.close()
+    return True

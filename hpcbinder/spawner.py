@@ -17,9 +17,11 @@ and ``workspace`` = {``slug``, ``checkout``, ``commit``, ``from_image``}.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import pwd
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +33,21 @@ from traitlets import Float, Integer, Unicode, default
 from hpcbinder.build import image_store, launch_argv
 from hpcbinder.config import Site, load_site
 from hpcbinder.jobrequest import OVERRIDABLE, request_for
-from hpcbinder.serverjobs import ServerJobs, ServerJobState
+from hpcbinder.remote import LoginNodeCommands, Tunnel
+from hpcbinder.serverjobs import (
+    CommandRunner,
+    LocalCommands,
+    ServerJobs,
+    ServerJobState,
+    accepts_connections,
+)
 from hpcbinder.serverscript import Seed, ServerJob, render_server_script, workspace_for
 
 _ENV_KEY = re.compile(r"[0-9a-f]{32}")
 _BASE = re.compile(r"base:([A-Za-z0-9][A-Za-z0-9_.-]{0,63})")
+#: Login-node connections and open tunnels, shared by this hub's spawners.
+_LOGIN_NODES: dict[str, LoginNodeCommands] = {}
+_TUNNELS: dict[tuple[str, str], Tunnel] = {}
 _STATES = {
     ServerJobState.PENDING: JobStatus.PENDING,
     ServerJobState.RUNNING: JobStatus.RUNNING,
@@ -54,6 +66,11 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
     query_backoff = Float(0.5, help="First retry delay in seconds; doubles each retry.").tag(
         config=True
     )
+
+    @default("startup_poll_interval")
+    def _poll_default(self) -> float:
+        # One squeue as the user costs ~20 ms; batchspawner's 0.5 s is most of a launch.
+        return 0.2
 
     @default("batchspawner_singleuser_cmd")
     def _singleuser_default(self) -> str:
@@ -86,8 +103,22 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
 
     # --- what the job is made of --------------------------------------------
 
+    def _runner(self) -> CommandRunner:
+        login = self.site.cluster.login
+        if login is None:
+            return LocalCommands()
+        key = login.model_dump_json()
+        if key not in _LOGIN_NODES:
+            _LOGIN_NODES[key] = LoginNodeCommands(login)
+        return _LOGIN_NODES[key]
+
     def _jobs(self) -> ServerJobs:
-        return ServerJobs(self.user.name, retries=self.query_retries, backoff=self.query_backoff)
+        return ServerJobs(
+            self.user.name,
+            runner=self._runner(),
+            retries=self.query_retries,
+            backoff=self.query_backoff,
+        )
 
     def _image_argv(self) -> list[str]:
         image = str(self.user_options.get("image") or f"base:{self.site.default_base}")
@@ -167,19 +198,96 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
         self.log.info("Cancelling server job %s", self.job_id)
         await self._jobs().cancel(self.job_id)
 
+    def _check_quota(self) -> None:
+        limit = self.site.quotas.max_servers_per_user
+        others = [s for s in self.user.spawners.values() if s is not self and s.active]
+        if len(others) >= limit:
+            raise web.HTTPError(
+                403, f"{self.user.name} already runs {len(others)} servers, this site's limit"
+            )
+
     async def start(self) -> tuple[str, int]:
+        self._check_quota()
         self.ip = self.traits()["ip"].default_value
         self.port = 0
         await self.submit_batch_script()
-        host = await self._jobs().wait_started(
+        jobs = self._jobs()
+        host = await jobs.wait_started(
             self.job_id, self._output(), self.startup_poll_interval, lambda: self.port != 0
         )
-        self.ip = host
-        self.db.commit()
-        self.log.info(
-            "Server job %s of %s is up at %s:%s", self.job_id, self.user.name, self.ip, self.port
+        self.log.info("Server job %s of %s runs on %s", self.job_id, self.user.name, host)
+        if self.site.cluster.tunnel:
+            tunnel = self._open_tunnel(host, self.port)
+            self.ip, self.port = "127.0.0.1", tunnel.local_port
+            listening = partial(asyncio.to_thread, tunnel.reaches_target)
+        else:
+            self.ip = host
+            listening = partial(accepts_connections, host, self.port)
+        await jobs.wait_listening(
+            self.job_id, self._output(), self.startup_poll_interval, listening
         )
+        self.db.commit()
+        self.log.info("Server of %s is up at %s:%s", self.user.name, self.ip, self.port)
         return self.ip, self.port
+
+    async def stop(self, now: bool = False) -> None:
+        self._close_tunnel()
+        await self.cancel_batch_job()
+        if now:
+            return
+        for _ in range(50):
+            if await self.query_job_status() not in (JobStatus.RUNNING, JobStatus.UNKNOWN):
+                return
+            await asyncio.sleep(0.2)
+        self.log.warning("Server job %s still runs after scancel", self.job_id)
+
+    async def poll(self) -> int | None:
+        status: int | None = await super().poll()
+        if status is None and self._tunnel_state and self._tunnel_key() not in _TUNNELS:
+            # A restarted hub: the proxy still routes to the tunnel's old port.
+            host, port, local_port = self._tunnel_state
+            self._open_tunnel(str(host), int(port), int(local_port))
+        return status
+
+    # --- the SSH tunnel to a compute node (cluster.tunnel) ------------------
+
+    _tunnel_state: list[Any] | None = None
+
+    def _tunnel_key(self) -> tuple[str, str]:
+        return self.user.name, self.name
+
+    def _open_tunnel(self, host: str, port: int, local_port: int = 0) -> Tunnel:
+        self._close_tunnel()
+        runner = self._runner()
+        if not isinstance(runner, LoginNodeCommands):
+            raise ValueError("cluster.tunnel needs cluster.login")
+        tunnel = Tunnel(partial(runner.transport, self.user.name), (host, port), local_port)
+        _TUNNELS[self._tunnel_key()] = tunnel
+        self._tunnel_state = [host, port, tunnel.local_port]
+        self.log.info(
+            "Tunnel 127.0.0.1:%s -> %s:%s for %s", tunnel.local_port, host, port, self.user.name
+        )
+        return tunnel
+
+    def _close_tunnel(self) -> None:
+        tunnel = _TUNNELS.pop(self._tunnel_key(), None)
+        if tunnel is not None:
+            tunnel.close()
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        self._tunnel_state = state.get("tunnel")
+
+    def get_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = super().get_state()
+        if self._tunnel_state:
+            state["tunnel"] = self._tunnel_state
+        return state
+
+    def clear_state(self) -> None:
+        super().clear_state()
+        self._close_tunnel()
+        self._tunnel_state = None
 
 
 class PortOnlyAPIHandler(APIHandler):  # type: ignore[misc]

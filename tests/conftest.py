@@ -122,12 +122,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, what: str, seconds: float = 10.0) -> None:
-    """Return once something listens on loopback ``port``; fail the test
-    after ``seconds``."""
+def wait_for_port(port: int, what: str, seconds: float = 10.0, host: str = "127.0.0.1") -> None:
+    """Return once something listens on ``host:port``; fail the test after
+    ``seconds``."""
     for _ in range(int(seconds * 10)):
         with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
+            if sock.connect_ex((host, port)) == 0:
                 return
         time.sleep(0.1)
     pytest.fail(f"{what} did not start listening on port {port}")

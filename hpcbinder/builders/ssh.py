@@ -19,6 +19,7 @@ import paramiko
 from hpcbinder.builders import BuildCommands, BuildFailed, OnStart
 from hpcbinder.builders.local import TAIL_LINES
 from hpcbinder.config import Site
+from hpcbinder.remote import ssh_client
 
 
 class SSHBackend:
@@ -29,28 +30,13 @@ class SSHBackend:
             raise ValueError("build.ssh is not configured")
         self.host = site.build.ssh
 
-    def _connect(self) -> paramiko.SSHClient:
-        client = paramiko.SSHClient()
-        client.load_host_keys(str(self.host.known_hosts))
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        client.connect(
-            self.host.host,
-            port=self.host.port,
-            username=self.host.user,
-            key_filename=str(self.host.key_file),
-            look_for_keys=False,
-            allow_agent=False,
-            timeout=30,
-        )
-        return client
-
     def run(self, build: BuildCommands, on_line: Callable[[str], None], on_start: OnStart) -> None:
         # Remote steps end by themselves (timeout on the build host): nothing to record.
         del on_start
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         deadline = time.monotonic() + build.timeout
         try:
-            client = self._connect()
+            client = ssh_client(self.host, self.host.user)
         except (OSError, paramiko.SSHException) as exc:
             raise BuildFailed(
                 "connect to build host", f"{self.host.user}@{self.host.host}: {exc}", []

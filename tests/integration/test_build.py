@@ -21,8 +21,9 @@ from hpcbinder import pipeline
 from hpcbinder.build import Builder, BuildEvent, ImageBuildError, launch_argv
 from hpcbinder.config import Site
 from hpcbinder.images import ImageRecord
-from tests.conftest import SHARED_SCRATCH, DevCluster, free_port, wait_for_port
+from tests.conftest import SHARED_SCRATCH, DevCluster
 from tests.repohelpers import git, local_spec, make_repo, site_for_tests
+from tests.sshhelpers import running_sshd
 
 DEV_BASE = Path("/var/lib/hpcbinder/images/bases/default.sif")
 BUILDABLE = ["python/requirements", "python/setup-py", "base/apt", "base/postbuild", "base/start"]
@@ -257,47 +258,9 @@ def test_killed_build_is_rebuilt_cleanly(workspace: Path, hpcbinder_cli: list[st
 
 @pytest.fixture
 def sshd() -> Iterator[dict[str, Any]]:
-    """A real OpenSSH server on loopback that lets the build account in with
-    a key generated here; yields the site's build.ssh settings. (sshd reads
-    authorized_keys as that account, so the folder is world-readable.)"""
-    keys = SHARED_SCRATCH / f"ssh-{uuid.uuid4().hex[:10]}"
-    keys.mkdir(parents=True)
-    keys.chmod(0o755)
-    for name in ("host", "client"):
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True
-        )
-    (keys / "authorized_keys").write_text((keys / "client.pub").read_text())
-    port = free_port()
-    host_key = (keys / "host.pub").read_text().split()
-    (keys / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
-    config = keys / "sshd_config"
-    config.write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host'}\n"
-        f"AuthorizedKeysFile {keys / 'authorized_keys'}\nStrictModes no\nUsePAM no\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nAllowUsers hpcbuild\n"
-        f"PidFile {keys / 'sshd.pid'}\n"
-    )
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    server = subprocess.Popen(
-        ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for_port(port, "sshd")
-        yield {
-            "host": "127.0.0.1",
-            "port": port,
-            "user": "hpcbuild",
-            "key_file": str(keys / "client"),
-            "known_hosts": str(keys / "known_hosts"),
-        }
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-        subprocess.run(["rm", "-rf", str(keys)], check=False)
+    """A real sshd on loopback letting the build account in; the site's build.ssh."""
+    with running_sshd(["hpcbuild"]) as host:
+        yield {**host, "user": "hpcbuild"}
 
 
 @pytest.mark.parametrize("case", BUILDABLE)

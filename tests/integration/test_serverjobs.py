@@ -1,19 +1,43 @@
 """Server jobs on the real dev cluster: transient Slurm failures do not end a
 server, and a job that dies while starting is reported at once with its
-output."""
+output. Each runs three ways: on this host (a submit host), and through a
+login node over SSH (a real sshd on loopback), logging in as the user or
+as a service account that sudoes to the user."""
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from hpcbinder.serverjobs import JobDied, ServerJobDialect, ServerJobs, ServerJobState
+from hpcbinder.config import LoginNode
+from hpcbinder.remote import LoginNodeCommands
+from hpcbinder.serverjobs import (
+    CommandRunner,
+    JobDied,
+    LocalCommands,
+    ServerJobDialect,
+    ServerJobs,
+    ServerJobState,
+)
 from tests.conftest import DevCluster
+from tests.sshhelpers import running_sshd
 
 pytestmark = pytest.mark.slurm
+
+
+@pytest.fixture(params=["local", "ssh-as-user", "ssh-sudo"])
+def runner(request: pytest.FixtureRequest) -> Iterator[CommandRunner]:
+    if request.param == "local":
+        yield LocalCommands()
+        return
+    with running_sshd(["alice", "root"]) as host:
+        # root stands in for a service account with a sudoers rule.
+        user = "{user}" if request.param == "ssh-as-user" else "root"
+        yield LoginNodeCommands(LoginNode.model_validate({**host, "user": user}))
 
 
 def flaky_squeue(folder: Path, failures: int) -> Path:
@@ -39,8 +63,10 @@ def job_script(body: str) -> str:
     return f"#!/bin/sh\n{body}\n"
 
 
-def test_transient_query_failures_are_retried(devcluster: DevCluster, shared_dir: Path) -> None:
-    jobs = ServerJobs("alice", backoff=0.1)
+def test_transient_query_failures_are_retried(
+    devcluster: DevCluster, shared_dir: Path, runner: CommandRunner
+) -> None:
+    jobs = ServerJobs("alice", runner, backoff=0.1)
     script = job_script(
         f"#SBATCH --output={shared_dir}/sleep.out\n#SBATCH --chdir={shared_dir}\nsleep 60"
     )
@@ -49,6 +75,7 @@ def test_transient_query_failures_are_retried(devcluster: DevCluster, shared_dir
         asyncio.run(jobs.wait_started(job_id, shared_dir / "none.out", 0.2, lambda: True))
         flaky = ServerJobs(
             "alice",
+            runner,
             backoff=0.1,
             retries=3,
             dialect=ServerJobDialect(
@@ -59,6 +86,7 @@ def test_transient_query_failures_are_retried(devcluster: DevCluster, shared_dir
         assert state is ServerJobState.RUNNING and host
         down = ServerJobs(
             "alice",
+            runner,
             backoff=0.05,
             retries=2,
             dialect=ServerJobDialect(
@@ -76,11 +104,11 @@ def test_transient_query_failures_are_retried(devcluster: DevCluster, shared_dir
 
 
 def test_job_dying_while_starting_fails_with_its_output(
-    devcluster: DevCluster, shared_dir: Path
+    devcluster: DevCluster, shared_dir: Path, runner: CommandRunner
 ) -> None:
     output = shared_dir / "server.out"
     script = job_script(f"#SBATCH --output={output}\necho 'FATAL: image not found' >&2\nexit 1")
-    jobs = ServerJobs("alice", backoff=0.1)
+    jobs = ServerJobs("alice", runner, backoff=0.1)
     job_id = asyncio.run(jobs.submit(script, {"PATH": "/usr/bin:/bin"}))
     with pytest.raises(JobDied) as caught:
         asyncio.run(jobs.wait_started(job_id, output, 0.2, lambda: False))
@@ -89,11 +117,11 @@ def test_job_dying_while_starting_fails_with_its_output(
 
 
 def test_secrets_travel_in_the_environment_not_argv(
-    devcluster: DevCluster, shared_dir: Path
+    devcluster: DevCluster, shared_dir: Path, runner: CommandRunner
 ) -> None:
     output = shared_dir / "env.out"
     script = job_script(f'#SBATCH --output={output}\necho "token=$JUPYTERHUB_API_TOKEN"')
-    jobs = ServerJobs("alice")
+    jobs = ServerJobs("alice", runner)
     job_id = asyncio.run(
         jobs.submit(script, {"PATH": "/usr/bin:/bin", "JUPYTERHUB_API_TOKEN": "s3cret-token"})
     )
