@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from tornado.httpclient import HTTPClient, HTTPClientError, HTTPRequest
 from tornado.ioloop import IOLoop
 from tornado.websocket import websocket_connect
@@ -25,6 +26,7 @@ from tests.conftest import REPO, SHARED_SCRATCH, free_port, wait_for_port
 CHP = Path(sys.prefix) / "chp" / "node_modules" / ".bin" / "configurable-http-proxy"
 HUB_CONFIG = REPO / "configs" / "jupyterhub_config.py"
 READY_SECONDS = 240
+DEV_SITE = Path("/etc/hpcbinder/site.yaml")
 
 
 @dataclass
@@ -77,8 +79,9 @@ class Hub:
         return json.loads(response.body) if response.body else None
 
 
-def new_hub() -> Hub:
-    """A hub on free loopback ports with its own state folder, started."""
+def new_hub(site: Path | None = None) -> Hub:
+    """A hub on free loopback ports with its own state folder, started;
+    its spawners read ``site`` (default: the dev cluster's site file)."""
     if not CHP.exists():
         pytest.fail(f"configurable-http-proxy missing at {CHP} (make venv installs it)")
     port = free_port()
@@ -94,6 +97,8 @@ def new_hub() -> Hub:
         "HPCBINDER_ADMIN_TOKEN": token,
         "HPCBINDER_CHP": str(CHP),
     }
+    if site is not None:
+        env["HPCBINDER_SITE"] = str(site)
     hub = Hub(f"http://127.0.0.1:{port}", token, state / "hub.log", env, state)
     hub.start()
     return hub
@@ -202,6 +207,17 @@ def execute(hub: Hub, server_url: str, code: str) -> str:
 def start_server(hub: Hub, user: str, name: str, options: dict[str, Any]) -> dict[str, Any]:
     hub.api("POST", f"/users/{user}/servers/{name}", options)
     return wait_ready(hub, user, name)
+
+
+def site_with(changes: dict[str, Any]) -> Path:
+    """The dev cluster's site file with ``changes`` at its top level, written
+    where the hub can read it."""
+    site = yaml.safe_load(DEV_SITE.read_text())
+    site.update(changes)
+    path = SHARED_SCRATCH / f"site-{uuid.uuid4().hex[:8]}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(site))
+    return path
 
 
 def stop_server(hub: Hub, user: str, name: str) -> None:
