@@ -8,32 +8,22 @@ import re
 import shlex
 import sys
 from pathlib import Path
-from urllib.parse import quote
 
 import click
 
-from hpcbinder import __version__, build, doctor, pipeline, proc
-from hpcbinder.config import Site, SiteConfigError, load_site
+from hpcbinder import __version__, build, doctor, proc
+from hpcbinder.cliutil import (
+    EXIT_CONFIG,
+    ProgressDisplay,
+    full_spec,
+    prepare,
+    report_build_error,
+    report_config_error,
+    site_in_force,
+)
+from hpcbinder.config import SiteConfigError, load_site
 from hpcbinder.errors import UserError
 from hpcbinder.slurm import SlurmCLI
-
-EXIT_CONFIG = 2
-
-
-def _site(ctx: click.Context) -> Site:
-    """The site file in force; a bad one ends the command with each problem."""
-    path: Path | None = ctx.find_root().params.get("site")
-    try:
-        return load_site(path)
-    except SiteConfigError as exc:
-        _report_config_error(exc)
-        sys.exit(EXIT_CONFIG)
-
-
-def _report_config_error(exc: SiteConfigError) -> None:
-    click.echo(f"{exc.source}: invalid site file", err=True)
-    for problem in exc.problems:
-        click.echo(f"  {problem}", err=True)
 
 
 @click.group()
@@ -64,7 +54,7 @@ def main(site: Path | None) -> None:
 @click.pass_context
 def doctor_command(ctx: click.Context, job: bool, job_user: str | None) -> None:
     """Check that this host can build images and launch them; exit 1 if not."""
-    site = _site(ctx)
+    site = site_in_force(ctx)
     job = job or job_user is not None
     if job and job_user is None:
         if proc.current_user() == "root":
@@ -89,29 +79,12 @@ def config_check(ctx: click.Context, path: Path | None) -> None:
     try:
         site = load_site(path or ctx.find_root().params.get("site"))
     except SiteConfigError as exc:
-        _report_config_error(exc)
+        report_config_error(exc)
         sys.exit(EXIT_CONFIG)
     click.echo(
         f"site file is valid: {len(site.partitions)} partitions, "
         f"{len(site.bases)} base images, image store {site.image_store}"
     )
-
-
-def _full_spec(spec: str, ref: str | None) -> str:
-    return spec if ref is None else f"{spec.rstrip('/')}/{quote(ref, safe='')}"
-
-
-def _prepare(site: Site, spec: str) -> pipeline.Prepared:
-    """Resolve, fetch, detect and render (warnings to stderr), or end with
-    the one-line reason."""
-    try:
-        prepared = pipeline.prepare(spec, site)
-    except UserError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_CONFIG)
-    for warning in prepared.rendered.warnings:
-        click.echo(f"warning: {warning}", err=True)
-    return prepared
 
 
 @main.command("render")
@@ -126,8 +99,8 @@ def _prepare(site: Site, spec: str) -> pipeline.Prepared:
 @click.pass_context
 def render_command(ctx: click.Context, spec: str, ref: str | None, show_plan: bool) -> None:
     """Print the Apptainer definition for SPEC (e.g. gh/org/repo/HEAD); builds nothing."""
-    site = _site(ctx)
-    prepared = _prepare(site, _full_spec(spec, ref))
+    site = site_in_force(ctx)
+    prepared = prepare(site, full_spec(spec, ref))
     if show_plan:
         document = {
             "spec": prepared.repo.spec,
@@ -143,33 +116,6 @@ def render_command(ctx: click.Context, spec: str, ref: str | None, show_plan: bo
         click.echo(prepared.rendered.definition, nl=False)
 
 
-class ProgressDisplay:
-    """Build events on stderr: each phase with its elapsed time; on a
-    terminal, the latest log line too; on failure, the last log lines."""
-
-    def __init__(self, verbose: bool) -> None:
-        self.verbose = verbose
-        self.tty = sys.stderr.isatty()
-
-    def __call__(self, event: build.BuildEvent) -> None:
-        stamp = f"[{event.elapsed:6.1f}s]"
-        if event.phase == "log":
-            if self.verbose:
-                click.echo(f"{stamp}   {event.message}", err=True)
-            elif self.tty:
-                click.echo(f"\r\033[K{stamp}   {event.message[:100]}", err=True, nl=False)
-            return
-        if self.tty and not self.verbose:
-            click.echo("\r\033[K", err=True, nl=False)
-        click.echo(f"{stamp} {event.phase}: {event.message}", err=True)
-
-
-def _report_build_error(exc: build.ImageBuildError) -> None:
-    click.echo(f"error: {exc}", err=True)
-    for line in exc.tail[-15:]:
-        click.echo(f"  | {line}", err=True)
-
-
 @main.command("build")
 @click.argument("spec")
 @click.option("--ref", help="Ref to use, when SPEC does not end with one.")
@@ -177,12 +123,12 @@ def _report_build_error(exc: build.ImageBuildError) -> None:
 @click.pass_context
 def build_command(ctx: click.Context, spec: str, ref: str | None, verbose: bool) -> None:
     """Build (or find) the image for SPEC and print its path."""
-    site = _site(ctx)
-    prepared = _prepare(site, _full_spec(spec, ref))
+    site = site_in_force(ctx)
+    prepared = prepare(site, full_spec(spec, ref))
     try:
         record = build.Builder(site).build_image(prepared, ProgressDisplay(verbose))
     except build.ImageBuildError as exc:
-        _report_build_error(exc)
+        report_build_error(exc)
         sys.exit(1)
     click.echo(f"run it with: {shlex.join(build.launch_argv(record))} COMMAND", err=True)
     click.echo(record.path)
@@ -202,7 +148,7 @@ def base_group() -> None:
 @click.pass_context
 def base_build(ctx: click.Context, names: tuple[str, ...], verbose: bool, missing: bool) -> None:
     """Build the site's base images (all of them, or NAMES)."""
-    site = _site(ctx)
+    site = site_in_force(ctx)
     unknown = [name for name in names if name not in site.bases]
     if unknown:
         raise click.UsageError(
@@ -221,7 +167,7 @@ def base_build(ctx: click.Context, names: tuple[str, ...], verbose: bool, missin
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_CONFIG)
         except build.ImageBuildError as exc:
-            _report_build_error(exc)
+            report_build_error(exc)
             sys.exit(1)
         click.echo(path)
 
@@ -235,7 +181,7 @@ def images_group() -> None:
 @click.pass_context
 def images_ls(ctx: click.Context) -> None:
     """Every published image: key, size, build time, spec."""
-    store = build.image_store(_site(ctx))
+    store = build.image_store(site_in_force(ctx))
     for record in store.records():
         meta = record.meta
         click.echo(
@@ -250,7 +196,7 @@ def images_ls(ctx: click.Context) -> None:
 @click.pass_context
 def images_show(ctx: click.Context, key: str) -> None:
     """An image's metadata as JSON."""
-    record = build.image_store(_site(ctx)).lookup(_checked_key(key))
+    record = build.image_store(site_in_force(ctx)).lookup(_checked_key(key))
     if record is None:
         click.echo(f"error: no image with key {key}", err=True)
         sys.exit(1)
@@ -262,7 +208,7 @@ def images_show(ctx: click.Context, key: str) -> None:
 @click.pass_context
 def images_rm(ctx: click.Context, key: str) -> None:
     """Remove an image (running containers keep working)."""
-    if not build.image_store(_site(ctx)).remove(_checked_key(key)):
+    if not build.image_store(site_in_force(ctx)).remove(_checked_key(key)):
         click.echo(f"error: no image with key {key}", err=True)
         sys.exit(1)
     click.echo(f"removed {key}")
@@ -287,7 +233,7 @@ def images_rm(ctx: click.Context, key: str) -> None:
 @click.pass_context
 def images_gc(ctx: click.Context, days: float, keep: int) -> None:
     """Remove images nobody has used for a while."""
-    removed = build.image_store(_site(ctx)).gc(days, keep)
+    removed = build.image_store(site_in_force(ctx)).gc(days, keep)
     for key in removed:
         click.echo(f"removed {key}")
     click.echo(f"{len(removed)} images removed")
