@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from hpcbinder import __version__, build, doctor, proc
+from hpcbinder.batchcli import jobs_group, sbatch_command
 from hpcbinder.cliutil import (
     EXIT_CONFIG,
     ProgressDisplay,
@@ -243,3 +244,7 @@ def _checked_key(key: str) -> str:
     if not re.fullmatch(r"[0-9a-f]{32}", key):
         raise click.BadParameter(f"{key!r} is not an env key (32 hex digits)")
     return key
+
+
+main.add_command(sbatch_command)
+main.add_command(jobs_group)

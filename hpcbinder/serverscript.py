@@ -45,7 +45,7 @@ class ServerJob:
     job_name: str = "hpcbinder-server"
 
 
-def _safe(path: Path | str, what: str) -> str:
+def safe_path(path: Path | str, what: str) -> str:
     text = str(path)
     if not _SAFE_PATH.fullmatch(text) or ".." in text.split("/"):
         raise UserError(f"{what}: {text!r} is not a path this site accepts")
@@ -57,14 +57,14 @@ def workspace_for(site: Site, user: str, home: Path, slug: str) -> Path:
     if not _SLUG.fullmatch(slug):
         raise UserError(f"workspace name {slug!r} has characters this site does not accept")
     root = site.workspace.root.replace("{home}", str(home)).replace("{user}", user)
-    return Path(_safe(root, "workspace.root")) / slug
+    return Path(safe_path(root, "workspace.root")) / slug
 
 
 def apptainer_options(site: Site, user: str, gpus: int) -> list[str]:
     """Options before the image: the site's binds, and --nv for GPU jobs."""
     options = ["--nv"] if gpus else []
     for bind in site.binds:
-        source = _safe(bind.source.replace("{user}", user), "binds.source")
+        source = safe_path(bind.source.replace("{user}", user), "binds.source")
         spec = f"{source}:{bind.target or source}" + (":ro" if bind.read_only else "")
         options += ["--bind", spec]
     return options
@@ -83,8 +83,8 @@ def render_server_script(site: Site, job: ServerJob) -> str:
         "server.sbatch.j2",
         job_name=job.job_name if _SLUG.fullmatch(job.job_name) else "hpcbinder-server",
         request=job.request,
-        output=f"{_safe(job.home, 'home')}/.hpcbinder-server-%j.log",  # %j: sbatch's job id
-        home=_safe(job.home, "home"),
+        output=f"{safe_path(job.home, 'home')}/.hpcbinder-server-%j.log",  # %j: sbatch's job id
+        home=safe_path(job.home, "home"),
         workspace=str(job.workspace) if job.workspace else None,
         ephemeral=site.workspace.mode == "ephemeral",
         seed=job.seed is not None,

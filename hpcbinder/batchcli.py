@@ -1,0 +1,257 @@
+"""``hpcbinder sbatch`` and ``hpcbinder jobs``: batch runs from the command line.
+
+Exit statuses: 0 done (or submitted), 2 bad input (nothing submitted), 1 a
+build or Slurm failure; with ``--wait``, the job's: its own exit code when
+it failed, 124 for a time limit, 130 when cancelled, 137 out of memory.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from hpcbinder import batch, build, proc
+from hpcbinder.batchjobs import BatchJob, BatchJobs, exit_status, make_user_dirs, submit_run
+from hpcbinder.cliutil import (
+    EXIT_CONFIG,
+    ProgressDisplay,
+    full_spec,
+    prepare,
+    report_build_error,
+    site_in_force,
+)
+from hpcbinder.errors import UserError
+from hpcbinder.jobrequest import request_for
+from hpcbinder.slurm import JobInfo, SlurmCLI, SlurmError
+
+EXIT_FAILED = 1
+
+
+def _user(requested: str | None) -> str:
+    """Whose job this is: ourselves, or (root only, for services) ``requested``."""
+    me = proc.current_user()
+    if requested is None or requested == me:
+        return me
+    if os.geteuid() != 0:
+        raise click.UsageError("--user: only root may act for another user")
+    return requested
+
+
+def _fail(exc: Exception, status: int = EXIT_CONFIG) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(status)
+
+
+@click.command("sbatch", context_settings={"show_default": True})
+@click.argument("spec")
+@click.argument("args", nargs=-1)
+@click.option("--ref", help="Ref to use, when SPEC does not end with one.")
+@click.option("--run", "path", required=True, help="Notebook or script in the repository.")
+@click.option(
+    "-p", "--param", "params", nargs=2, multiple=True, metavar="NAME VALUE", help="A parameter."
+)
+@click.option("--profile", help="Resource profile of the site file (default: its default).")
+@click.option("--partition")
+@click.option("--time", "time_limit", help="HH:MM:SS or D-HH:MM:SS.")
+@click.option("--cpus", type=int)
+@click.option("--mem", help="e.g. 4G")
+@click.option("--gpus", type=int)
+@click.option("--account")
+@click.option("--qos")
+@click.option("--array", help="Slurm array spec, e.g. 0-3 or 0-9%2.")
+@click.option(
+    "--param-grid",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="CSV, JSON or YAML rows of parameters: one array task per row.",
+)
+@click.option("--output-dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--wait", is_flag=True, help="Stream the output; exit with the job's status.")
+@click.option("--emit-script", is_flag=True, help="Print the standalone script, submit nothing.")
+@click.option("--user", "as_user", help="(root) Submit as this user.")
+@click.option("-v", "--verbose", is_flag=True, help="Print every line of a build's log.")
+@click.pass_context
+def sbatch_command(
+    ctx: click.Context,
+    spec: str,
+    args: tuple[str, ...],
+    ref: str | None,
+    path: str,
+    params: tuple[tuple[str, str], ...],
+    profile: str | None,
+    partition: str | None,
+    time_limit: str | None,
+    cpus: int | None,
+    mem: str | None,
+    gpus: int | None,
+    account: str | None,
+    qos: str | None,
+    array: str | None,
+    param_grid: Path | None,
+    output_dir: Path | None,
+    wait: bool,
+    emit_script: bool,
+    as_user: str | None,
+    verbose: bool,
+) -> None:
+    """Run PATH of repository SPEC in its image as a Slurm job (script
+    arguments after --)."""
+    site = site_in_force(ctx)
+    user = _user(as_user)
+    overrides = {
+        "partition": partition,
+        "time": time_limit,
+        "cpus": cpus,
+        "mem": mem,
+        "gpus": gpus,
+        "account": account,
+        "qos": qos,
+    }
+    try:
+        request = request_for(site, profile, overrides)
+        grid = batch.read_grid(param_grid) if param_grid else None
+    except UserError as exc:
+        _fail(exc)
+    prepared = prepare(site, full_spec(spec, ref))
+    try:
+        plan = batch.plan_tasks(prepared, path, dict(params), grid, array, list(args))
+    except UserError as exc:
+        _fail(exc)
+    try:
+        record = build.Builder(site).build_image(prepared, ProgressDisplay(verbose))
+    except build.ImageBuildError as exc:
+        report_build_error(exc)
+        sys.exit(EXIT_FAILED)
+    try:
+        run = batch.plan_run(
+            site,
+            prepared,
+            record,
+            build.launch_argv(record),
+            user=user,
+            request=request,
+            plan=plan,
+            output_dir=output_dir,
+        )
+        script = batch.render_batch_script(run)
+    except UserError as exc:
+        _fail(exc)
+    if emit_script:
+        make_user_dirs(run.run_dir, user)  # sbatch opens the log there
+        click.echo(script, nl=False)
+        return
+    slurm = SlurmCLI()
+    try:
+        job_id = submit_run(run, script, slurm)
+    except SlurmError as exc:
+        _fail(exc, EXIT_FAILED)
+    click.echo(f"submitted job {job_id}: outputs in {run.run_dir}/job-{job_id}", err=True)
+    click.echo(job_id)
+    if wait:
+        jobs = BatchJobs(user, slurm)
+        indices = [task.index for task in run.tasks] if run.per_task else None
+        if run.array and not run.per_task:
+            indices = batch.expand_array(run.array)
+        finals = jobs.follow(jobs.get(job_id), indices, click.echo)
+        sys.exit(_report_finals(jobs, job_id, finals))
+
+
+def _report_finals(jobs: BatchJobs, job_id: str, finals: list[JobInfo]) -> int:
+    """One line per task that did not complete; the first failing status."""
+    job = jobs.get(job_id)
+    folders = {task.folder.name: task for task in job.tasks()}
+    status = 0
+    for info in finals:
+        code = exit_status(info)
+        if code == 0:
+            continue
+        status = status or code
+        task = info.job_id.rpartition("_")[2] if "_" in info.job_id else "0"
+        output = folders.get(f"task-{task}")
+        kept = f"; partial outputs kept in {output.folder}, marked INCOMPLETE" if output else ""
+        click.echo(f"job {info.job_id}: {info.state} (exit {code}){kept}", err=True)
+    return status
+
+
+@click.group("jobs")
+@click.option("--user", "as_user", help="(root) Whose jobs.")
+@click.pass_context
+def jobs_group(ctx: click.Context, as_user: str | None) -> None:
+    """Your hpcbinder batch jobs."""
+    ctx.obj = BatchJobs(_user(as_user))
+
+
+@jobs_group.command("ls")
+@click.pass_obj
+def jobs_ls(jobs: BatchJobs) -> None:
+    """Each job with its state, repository, commit and file."""
+    rows = [("JOB", "STATE", "REPOSITORY", "COMMIT", "RUN")]
+    for job in jobs.all():
+        record = job.record
+        rows.append(
+            (job.job_id, jobs.state(job), record["spec"], record["commit"][:12], record["run"])
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        cells = [row[i].ljust(widths[i]) for i in range(4)]
+        click.echo("  ".join([*cells, row[4]]))
+
+
+def _job(jobs: BatchJobs, job_id: str) -> BatchJob:
+    try:
+        return jobs.get(job_id)
+    except UserError as exc:
+        _fail(exc)
+        raise
+
+
+@jobs_group.command("logs")
+@click.argument("job_id")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing until the job ends.")
+@click.pass_obj
+def jobs_logs(jobs: BatchJobs, job_id: str, follow: bool) -> None:
+    """The job's Slurm output (each array task's lines prefixed with its index)."""
+    job = _job(jobs, job_id)
+    if follow and jobs.slurm_state(job) is not None:
+        indices = _array_indices(job)
+        jobs.follow(job, indices, click.echo)
+        return
+    for path in job.logs():
+        click.echo(path.read_text(errors="replace"), nl=False)
+
+
+def _array_indices(job: BatchJob) -> list[int] | None:
+    array = job.record.get("array")
+    return batch.expand_array(array) if array else None
+
+
+@jobs_group.command("cancel")
+@click.argument("job_id")
+@click.pass_obj
+def jobs_cancel(jobs: BatchJobs, job_id: str) -> None:
+    """Cancel the job (its partial outputs are kept, marked INCOMPLETE)."""
+    job = _job(jobs, job_id)
+    try:
+        jobs.cancel(job)
+    except (SlurmError, proc.CommandError) as exc:
+        _fail(exc, EXIT_FAILED)
+    click.echo(f"cancelled {job_id}", err=True)
+
+
+@jobs_group.command("outputs")
+@click.argument("job_id")
+@click.pass_obj
+def jobs_outputs(jobs: BatchJobs, job_id: str) -> None:
+    """Each task's output folder, whether it is complete, and its files."""
+    job = _job(jobs, job_id)
+    live = jobs.slurm_state(job)
+    tasks = job.tasks()
+    if not tasks:
+        click.echo(f"job {job_id} has no outputs yet ({live or 'not known to Slurm'})")
+    for task in tasks:
+        click.echo(f"{task.folder.name}: {task.describe(live)}  {task.folder}")
+        for item in sorted(task.folder.iterdir()):
+            if item.name != "work":
+                click.echo(f"  {item.name}")

@@ -1,0 +1,268 @@
+"""Batch mode on the dev cluster: ``hpcbinder sbatch`` runs a repository's
+notebook (parameters injected by papermill) or script in its image, as the
+researcher, with provenance next to the outputs; arrays from a parameter
+grid; the emitted script submitted again by hand; bad input refused before
+anything is submitted; jobs Slurm ends keep their partial outputs, marked
+incomplete."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, SHARED_SCRATCH, DevCluster
+from tests.repohelpers import git, local_spec
+
+pytestmark = [pytest.mark.slurm, pytest.mark.apptainer]
+
+USER = "alice"
+HPCBINDER = Path(sys.prefix) / "bin" / "hpcbinder"
+
+
+@dataclass(frozen=True)
+class BatchRepo:
+    spec: str
+    commit: str
+    site: Path
+    output_dir: Path
+
+    def sbatch(self, *args: str, wait: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = [str(HPCBINDER), "--site", str(self.site), "sbatch", self.spec, "--user", USER]
+        argv += ["--output-dir", str(self.output_dir), *(["--wait"] if wait else []), *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=600)
+
+    def jobs(self, *args: str) -> subprocess.CompletedProcess[str]:
+        argv = [str(HPCBINDER), "--site", str(self.site), "jobs", "--user", USER, *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=300)
+
+    def task(self, job_id: str, index: int = 0) -> Path:
+        return self.output_dir / f"job-{job_id}" / f"task-{index}"
+
+
+@pytest.fixture
+def batch_repo(devcluster: DevCluster) -> Iterator[BatchRepo]:
+    root = SHARED_SCRATCH / f"batch-{uuid.uuid4().hex[:8]}"
+    repo = root / "repo"
+    shutil.copytree(REPO / "tests" / "batchrepo", repo)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "batch fixture")
+    site = yaml.safe_load(Path("/etc/hpcbinder/site.yaml").read_text())
+    site["repos"] = {"local_roots": [str(root)], "protocols": ["https", "file"]}
+    (root / "site.yaml").write_text(yaml.safe_dump(site))
+    home = Path(f"/home/{USER}")
+    output_dir = home / "hpcbinder-runs" / f"test-{uuid.uuid4().hex[:8]}"
+    yield BatchRepo(
+        local_spec(repo), git(repo, "rev-parse", "HEAD"), root / "site.yaml", output_dir
+    )
+    subprocess.run(["scancel", f"--user={USER}"], check=False)
+    subprocess.run(["rm", "-rf", str(root), str(output_dir)], check=False)
+
+
+def submitted(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.stdout.splitlines(), result.stderr
+    job_id = result.stdout.splitlines()[0]
+    assert job_id.isdigit(), result.stdout + result.stderr
+    return job_id
+
+
+def provenance(task: Path) -> dict[str, Any]:
+    return dict(json.loads((task / "provenance.json").read_text()))
+
+
+def sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def cell_outputs(notebook: Path) -> str:
+    cells = json.loads(notebook.read_text())["cells"]
+    return "".join(
+        "".join(output.get("text", "")) for cell in cells for output in cell.get("outputs", [])
+    )
+
+
+def test_a_parameterised_notebook_runs_with_provenance(batch_repo: BatchRepo) -> None:
+    result = batch_repo.sbatch("--run", "analysis.ipynb", "-p", "alpha", "2", "-p", "label", "hi")
+    assert result.returncode == 0, result.stderr
+    job_id = submitted(result)
+    assert "result=6.0 label=hi" in result.stdout  # streamed by --wait
+    task = batch_repo.task(job_id)
+    executed = task / "analysis.ipynb"
+    assert "result=6.0 label=hi" in cell_outputs(executed)
+    cells = json.loads(executed.read_text())["cells"]
+    injected = [c for c in cells if "injected-parameters" in c["metadata"].get("tags", [])]
+    assert injected and "alpha = 2" in "".join(injected[0]["source"])
+    assert (task / "work" / "result-hi.txt").read_text() == "6.0\n"
+    assert not (task / "INCOMPLETE").exists()
+    assert os.stat(executed).st_uid == int(subprocess.check_output(["id", "-u", USER]))
+
+    record = provenance(task)
+    run = record["run"]
+    assert run["commit"] == batch_repo.commit and run["spec"] == batch_repo.spec
+    assert run["run"] == "analysis.ipynb" and run["env_key"]
+    assert run["image_sha256"] == sha256(run["image"])
+    assert record["parameters"] == {"alpha": "2", "label": "hi"}
+    assert record["slurm_job_id"] == job_id
+    assert (record["state"], record["exit_code"], record["complete"]) == ("completed", 0, True)
+    assert record["started"] <= record["ended"]
+
+    listed = batch_repo.jobs("ls")
+    assert listed.returncode == 0
+    line = next(x for x in listed.stdout.splitlines() if x.startswith(job_id))
+    assert "COMPLETED" in line and batch_repo.commit[:12] in line and "analysis.ipynb" in line
+    outputs = batch_repo.jobs("outputs", job_id)
+    assert f"task-0: complete  {task}" in outputs.stdout and "analysis.ipynb" in outputs.stdout
+
+
+def test_an_array_runs_one_task_per_grid_row(batch_repo: BatchRepo) -> None:
+    grid = batch_repo.site.parent / "repo" / "grid.csv"
+    result = batch_repo.sbatch("--run", "analysis.ipynb", "--param-grid", str(grid))
+    assert result.returncode == 0, result.stderr
+    job_id = submitted(result)
+    for index, (alpha, label) in enumerate([(0.5, "a"), (1.5, "b"), (2.5, "c"), (3.5, "d")]):
+        task = batch_repo.task(job_id, index)
+        assert (task / "work" / f"result-{label}.txt").read_text() == f"{alpha * 2}\n"
+        record = provenance(task)
+        assert record["array_task_id"] == str(index) and record["array_job_id"] == job_id
+        assert record["parameters"] == {"alpha": str(alpha), "n": "2", "label": label}
+        assert record["complete"] is True
+        assert f"[{index}] result={alpha * 2} label={label}" in result.stdout
+    logs = batch_repo.jobs("logs", job_id)
+    assert logs.stdout.count("Executing notebook with kernel") == 4
+
+
+def test_the_emitted_script_resubmitted_by_hand_gives_the_same_result(
+    batch_repo: BatchRepo, devcluster: DevCluster
+) -> None:
+    options = ["--run", "analysis.ipynb", "-p", "alpha", "3", "-p", "label", "again"]
+    first = batch_repo.sbatch(*options)
+    assert first.returncode == 0, first.stderr
+    first_task = batch_repo.task(submitted(first))
+
+    emitted = batch_repo.sbatch(*options, "--emit-script", wait=False)
+    assert emitted.returncode == 0, emitted.stderr
+    script = emitted.stdout
+    record = provenance(first_task)["run"]
+    assert record["image"] in script and batch_repo.commit in script
+    by_hand = subprocess.run(
+        ["sudo", "-n", "-u", USER, "sbatch", "--parsable"],
+        input=script,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    job_id = by_hand.stdout.strip()
+    assert devcluster.slurm.wait(job_id, timeout=300).state == "COMPLETED"
+    task = batch_repo.task(job_id)
+    assert (task / "work" / "result-again.txt").read_text() == "9.0\n"
+    assert cell_outputs(task / "analysis.ipynb") == cell_outputs(first_task / "analysis.ipynb")
+    again = provenance(task)
+    assert again["run"] == record and again["complete"] is True
+    assert job_id in batch_repo.jobs("ls").stdout  # the job indexed itself
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--run", "missing.ipynb"], "--run: missing.ipynb is not a file in local/"),
+        (["--run", "../etc/passwd"], "must be a path inside the repository"),
+        (
+            ["--run", "analysis.ipynb", "-p", "beta", "1"],
+            "analysis.ipynb does not declare parameter 'beta' (its parameters: alpha, label, n)",
+        ),
+        (
+            ["--run", "analysis.ipynb", "--time", "99:00:00"],
+            "time: 99:00:00 is over partition interactive's max_time (08:00:00)",
+        ),
+        (
+            ["--run", "analysis.ipynb", "--partition", "nosuch"],
+            "partition: 'nosuch' is not a partition of this site",
+        ),
+        (
+            ["--run", "analysis.ipynb", "--param-grid", "GRID", "--array", "0-7"],
+            "--array: index 7 has no row in the parameter grid (4 rows, indices 0-3)",
+        ),
+        (["--run", "compute.py", "--array", "1-x"], "--array: '1-x' is not a Slurm array spec"),
+    ],
+)
+def test_bad_requests_are_refused_before_anything_is_submitted(
+    batch_repo: BatchRepo, args: list[str], message: str
+) -> None:
+    grid = str(batch_repo.site.parent / "repo" / "grid.csv")
+    result = batch_repo.sbatch(*[grid if a == "GRID" else a for a in args])
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    queue = subprocess.run(["squeue", "-h", "-u", USER], capture_output=True, text=True)
+    assert queue.stdout.strip() == ""
+    assert not batch_repo.output_dir.exists()
+
+
+def test_a_failing_script_exits_with_its_status(batch_repo: BatchRepo) -> None:
+    result = batch_repo.sbatch("--run", "compute.py", "--", "one", "two", "--exit-code=3")
+    assert result.returncode == 3, result.stderr
+    job_id = submitted(result)
+    assert "words: one two scale: 2.0" in result.stdout
+    task = batch_repo.task(job_id)
+    assert (task / "INCOMPLETE").exists()
+    record = provenance(task)
+    assert (record["state"], record["exit_code"], record["complete"]) == ("failed", 3, False)
+    assert f"job {job_id}: FAILED (exit 3); partial outputs kept in {task}" in result.stderr
+
+
+def wait_for(condition: Any, what: str, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} after {seconds} s")
+        time.sleep(0.5)
+
+
+def test_a_cancelled_job_keeps_its_partial_outputs_marked_incomplete(
+    batch_repo: BatchRepo,
+) -> None:
+    argv = [str(HPCBINDER), "--site", str(batch_repo.site), "sbatch", batch_repo.spec]
+    argv += ["--user", USER, "--output-dir", str(batch_repo.output_dir), "--wait"]
+    waiting = subprocess.Popen(
+        [*argv, "--run", "slow.ipynb"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        partial = "job-*/task-0/work/partial.txt"
+        wait_for(lambda: list(batch_repo.output_dir.glob(partial)), "no partial output")
+        job_id = next(batch_repo.output_dir.glob("job-*.sbatch")).stem.removeprefix("job-")
+        cancelled = batch_repo.jobs("cancel", job_id)
+        assert cancelled.returncode == 0, cancelled.stderr
+        _, err = waiting.communicate(timeout=120)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 130, err
+    task = batch_repo.task(job_id)
+    assert f"job {job_id}: CANCELLED (exit 130); partial outputs kept in {task}" in err
+    assert (task / "INCOMPLETE").exists() and (task / "work" / "partial.txt").exists()
+    record = provenance(task)
+    assert record["complete"] is False and record["state"].startswith("killed by Slurm")
+    outputs = batch_repo.jobs("outputs", job_id)
+    assert "task-0: INCOMPLETE: killed by Slurm" in outputs.stdout
+
+
+def test_a_job_over_its_time_limit_is_reported_as_such(batch_repo: BatchRepo) -> None:
+    result = batch_repo.sbatch("--run", "slow.ipynb", "--time", "00:01:00")
+    assert result.returncode == 124, result.stderr
+    job_id = submitted(result)
+    task = batch_repo.task(job_id)
+    assert f"job {job_id}: TIMEOUT (exit 124); partial outputs kept in {task}" in result.stderr
+    assert (task / "INCOMPLETE").exists()
+    assert provenance(task)["complete"] is False
