@@ -10,6 +10,7 @@ can run several hubs side by side:
   HPCBINDER_CHP          configurable-http-proxy executable
   HPCBINDER_DEMO_PASSWORD  the demo users' password
   HPCBINDER_ADMIN_TOKEN  (tests) a token for an admin service
+  HPCBINDER_BINDER_PORT  the Binder service's port (default: the hub's + 3)
 """
 
 import os
@@ -55,6 +56,31 @@ roles = [{
     "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
     "services": ["idle-culler"],
 }]
+# The Binder service (hpcbinder serve): BinderHub-style links on its own port,
+# logging users in through the hub; it starts servers with its own token.
+binder_port = int(os.environ.get("HPCBINDER_BINDER_PORT", str(port + 3)))
+binder_url = f"http://127.0.0.1:{binder_port}"
+services.append({
+    "name": "binder",
+    "url": binder_url,
+    "command": [
+        str(Path(sys.executable).with_name("hpcbinder")), "serve",
+        "--ip", "127.0.0.1", "--port", str(binder_port), "--public-url", binder_url + "/",
+    ],
+    "environment": {
+        "HPCBINDER_HUB_PUBLIC_URL": f"http://127.0.0.1:{port}/",
+        **{k: v for k, v in os.environ.items() if k in ("HPCBINDER_SITE", "PATH")},
+    },
+    "oauth_redirect_uri": binder_url + "/oauth_callback",
+    "oauth_no_confirm": True,
+})
+roles.append({
+    "name": "binder",
+    "scopes": ["servers", "read:users", "read:servers"],
+    "services": ["binder"],
+})
+# Every user may log in to the Binder service (the default user role lacks it).
+roles.append({"name": "user", "scopes": ["self", "access:services!service=binder"]})
 if os.environ.get("HPCBINDER_ADMIN_TOKEN"):
     services.append({"name": "hpcbinder-tests", "api_token": os.environ["HPCBINDER_ADMIN_TOKEN"]})
     roles.append({"name": "admin", "services": ["hpcbinder-tests"]})

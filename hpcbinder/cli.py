@@ -248,3 +248,26 @@ def _checked_key(key: str) -> str:
 
 main.add_command(sbatch_command)
 main.add_command(jobs_group)
+
+
+@main.command("serve")
+@click.option("--ip", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8585, type=int, show_default=True)
+@click.option("--public-url", help="This service's address as browsers see it [http://IP:PORT/].")
+@click.option(
+    "--hub-public-url",
+    envvar="HPCBINDER_HUB_PUBLIC_URL",
+    required=True,
+    help="The hub's address as browsers see it (env HPCBINDER_HUB_PUBLIC_URL).",
+)
+@click.pass_context
+def serve_command(
+    ctx: click.Context, ip: str, port: int, public_url: str | None, hub_public_url: str
+) -> None:
+    """Run the Binder service (JupyterHub starts it as a service)."""
+    import asyncio
+
+    from hpcbinder.web.app import serve  # JupyterHub's modules: only for this command
+
+    site = site_in_force(ctx)
+    asyncio.run(serve(site, ip, port, public_url or f"http://{ip}:{port}/", hub_public_url))

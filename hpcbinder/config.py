@@ -164,6 +164,20 @@ class Quotas(_Strict):
     max_servers_per_user: int = Field(default=4, ge=1)
 
 
+class BinderService(_Strict):
+    """Limits of the Binder service (``hpcbinder serve``).
+
+    Builds beyond ``max_parallel_builds`` wait in a queue whose position
+    the launch page shows; launches in progress are limited per user and
+    per repository (running servers are limited by ``quotas``).
+    """
+
+    max_parallel_builds: int = Field(default=2, ge=1)
+    max_launches_per_user: int = Field(default=2, ge=1)
+    max_launches_per_repo: int = Field(default=20, ge=1)
+    launch_timeout_seconds: float = Field(default=300, gt=0)
+
+
 class SSHHost(_Strict):
     """A host reached over SSH (key authentication, known host keys only)."""
 
@@ -366,6 +380,7 @@ class Site(_Strict):
     workspace: WorkspacePolicy = WorkspacePolicy()
     quotas: Quotas = Quotas()
     cluster: Cluster = Cluster()
+    binder: BinderService = BinderService()
 
     def base_image_path(self, name: str) -> Path:
         """Where the store keeps the built base image ``name``."""

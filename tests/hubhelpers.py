@@ -38,6 +38,11 @@ class Hub:
     state: Path
     process: subprocess.Popen[str] | None = None
 
+    @property
+    def binder_url(self) -> str:
+        """The Binder service the hub runs (hpcbinder serve)."""
+        return f"http://127.0.0.1:{self.env['HPCBINDER_BINDER_PORT']}"
+
     def start(self) -> None:
         with self.log.open("a") as handle:
             self.process = subprocess.Popen(
@@ -96,6 +101,7 @@ def new_hub(site: Path | None = None) -> Hub:
         "HPCBINDER_HUB_STATE": str(state),
         "HPCBINDER_ADMIN_TOKEN": token,
         "HPCBINDER_CHP": str(CHP),
+        "HPCBINDER_BINDER_PORT": str(free_port()),
     }
     if site is not None:
         env["HPCBINDER_SITE"] = str(site)

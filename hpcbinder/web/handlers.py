@@ -1,0 +1,206 @@
+"""The service's routes: pages, the ``/build`` event stream, health,
+versions, metrics. Every page and stream needs a hub login; a spec, ref or
+log line reaches a page only as escaped text."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+from urllib.parse import quote
+
+from jupyterhub.services.auth import HubOAuthenticated
+from tornado import web
+from tornado.iostream import StreamClosedError
+
+from hpcbinder import __version__, repoproviders
+from hpcbinder.errors import UserError
+from hpcbinder.jobrequest import request_for
+from hpcbinder.web.events import KEEPALIVE, Event, failed
+from hpcbinder.web.launcher import LaunchFailed, server_name
+from hpcbinder.web.service import Service
+
+#: Seconds of silence after which the stream sends a keepalive comment.
+KEEPALIVE_SECONDS = 10.0
+
+
+class BaseHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
+    @property
+    def service(self) -> Service:
+        service: Service = self.settings["service"]
+        return service
+
+    @property
+    def hub_auth(self) -> Any:
+        return self.service.hub_auth
+
+    @property
+    def user_name(self) -> str:
+        return str(self.current_user["name"])
+
+    def raw_spec(self, route: str) -> str:
+        """``<provider>/<spec>`` exactly as in the URL: Tornado's decoded path
+        arguments would turn an escaped ``%2F`` inside the spec into ``/``."""
+        prefix = f"{self.service.base_url}{route}/"
+        return self.request.path[len(prefix) :]
+
+    def page(self, name: str, code: int = 200, **context: Any) -> None:
+        self.set_status(code)
+        self.finish(self.service.pages.get_template(name).render(service=self.service, **context))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        reason = self._reason
+        exc = kwargs.get("exc_info", (None, None))[1]
+        if isinstance(exc, web.HTTPError) and exc.log_message:
+            reason = exc.log_message % exc.args if exc.args else exc.log_message
+        self.page("error.html", status_code, status=status_code, reason=reason)
+
+
+def launch_path(query: dict[str, str]) -> str:
+    """Where to open the server: labpath, else filepath, else urlpath."""
+    if query.get("labpath"):
+        return "lab/tree/" + quote(query["labpath"].lstrip("/"))
+    if query.get("filepath"):
+        return "tree/" + quote(query["filepath"].lstrip("/"))
+    return quote(query.get("urlpath", "").lstrip("/"), safe="/?=&#%")
+
+
+class HomeHandler(BaseHandler):
+    @web.authenticated
+    def get(self) -> None:
+        self.page("home.html", user=self.user_name)
+
+
+class LaunchPageHandler(BaseHandler):
+    """``/v2/<provider>/<spec>``: the launch page follows ``/build`` and
+    then opens the server."""
+
+    @web.authenticated
+    def get(self, provider: str, spec: str) -> None:
+        full = self.raw_spec("v2")
+        try:
+            repoproviders.parse_spec(full, self.service.site.repos)
+        except UserError as exc:
+            self.page("error.html", 400, status=400, reason=str(exc))
+            return
+        query = f"?{self.request.query}" if self.request.query else ""
+        self.page(
+            "launch.html",
+            spec=full,
+            build_url=f"{self.service.base_url}build/{full}{query}",
+            user=self.user_name,
+        )
+
+
+class BuildHandler(BaseHandler):
+    """``/build/<provider>/<spec>``: BinderHub's event stream."""
+
+    _last_write = 0.0
+
+    async def emit(self, event: Event) -> None:
+        self.write(event.sse())
+        await self.flush()
+        self._last_write = time.monotonic()
+
+    async def _keepalive(self) -> None:
+        while True:
+            await asyncio.sleep(KEEPALIVE_SECONDS / 2)
+            if time.monotonic() - self._last_write >= KEEPALIVE_SECONDS:
+                self.write(KEEPALIVE)
+                await self.flush()
+                self._last_write = time.monotonic()
+
+    async def get(self, provider: str, spec: str) -> None:
+        if self.current_user is None:
+            raise web.HTTPError(403, "log in to the hub first")
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+        keepalive = asyncio.get_running_loop().create_task(self._keepalive())
+        try:
+            await self._stream(self.raw_spec("build"))
+        except StreamClosedError:
+            pass  # the viewer left; the build goes on for the others
+        finally:
+            keepalive.cancel()
+
+    async def _stream(self, spec: str) -> None:
+        service = self.service
+        query = {key: self.get_argument(key) for key in self.request.arguments}
+        try:
+            repo = repoproviders.parse_spec(spec, service.site.repos)
+            request_for(service.site, query.get("profile"), {})
+        except UserError as exc:
+            await self.emit(failed(str(exc)))
+            return
+        session = service.builds.session(spec)
+        async for event in session.follow():
+            await self.emit(event)
+        built = session.result
+        if built is None or query.get("build_only") == "true":
+            return
+        started = time.monotonic()
+        try:
+            with service.limits.hold(self.user_name, repo.url):
+                await self.emit(Event("launching", "Launching server…\n"))
+                url = await service.launcher.launch(
+                    self.user_name, server_name(repo.url), self._options(built, repo, query)
+                )
+        except (LaunchFailed, UserError) as exc:
+            service.metrics.launch_finished("failure", time.monotonic() - started)
+            await self.emit(failed(f"Launch failed: {exc}"))
+            return
+        service.metrics.launch_finished("success", time.monotonic() - started)
+        commit = built.prepared.repo.commit
+        await self.emit(
+            Event(
+                "ready",
+                f"Server ready at {url}\n",
+                {
+                    "url": service.hub_public_url + url.lstrip("/") + launch_path(query),
+                    "token": "",
+                    "image": built.record.key,
+                    "repo_url": repo.url,
+                    "binder_request": f"v2/{spec}",
+                    "binder_persistent_request": f"v2/{spec.rsplit('/', 1)[0]}/{commit}",
+                    "binder_launch_host": service.public_url,
+                },
+            )
+        )
+
+    def _options(self, built: Any, repo: Any, query: dict[str, str]) -> dict[str, Any]:
+        prepared = built.prepared
+        options: dict[str, Any] = {
+            "image": built.record.key,
+            "workspace": {
+                "slug": server_name(repo.url),
+                "checkout": str(prepared.checkout),
+                "commit": prepared.repo.commit,
+                "from_image": prepared.plan.reads_whole_repo,
+            },
+        }
+        if query.get("profile"):
+            options["profile"] = query["profile"]
+        return options
+
+
+class HealthHandler(web.RequestHandler):
+    async def get(self) -> None:
+        service: Service = self.settings["service"]
+        checks = await service.health()
+        ok = all(check["ok"] for check in checks)
+        self.set_status(200 if ok else 503)
+        self.finish({"ok": ok, "checks": checks})
+
+
+class VersionsHandler(web.RequestHandler):
+    def get(self) -> None:
+        service: Service = self.settings["service"]
+        self.finish({"binderhub": f"hpcbinder {__version__}", **service.versions})
+
+
+class MetricsHandler(web.RequestHandler):
+    def get(self) -> None:
+        service: Service = self.settings["service"]
+        self.set_header("Content-Type", "text/plain; version=0.0.4")
+        self.finish(service.metrics.exposition())

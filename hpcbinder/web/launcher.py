@@ -1,0 +1,126 @@
+"""Starting a researcher's server for a Binder launch, through the hub's
+REST API with the service's own token (never the researcher's).
+
+Each repository gets its own named server per researcher, so one person
+can run several Binders; launching a repository whose server already runs
+the same image reuses it, and one running an older image is replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+from typing import Any
+from urllib.parse import quote
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+from hpcbinder.errors import UserError
+
+_UNSAFE = re.compile(r"[^a-z0-9]+")
+
+
+class LaunchFailed(UserError):
+    """The hub could not start the server; the reason is the hub's."""
+
+
+class HubAPI:
+    """The hub's REST API as this service."""
+
+    def __init__(self, api_url: str, token: str) -> None:
+        self.api_url = api_url.rstrip("/")
+        self._token = token
+
+    def _request(self, method: str, path: str, body: Any = None, **extra: Any) -> HTTPRequest:
+        return HTTPRequest(
+            f"{self.api_url}{path}",
+            method=method,
+            headers={"Authorization": f"token {self._token}"},
+            body=None if body is None else json.dumps(body),
+            allow_nonstandard_methods=True,
+            **extra,
+        )
+
+    async def call(self, method: str, path: str, body: Any = None) -> Any:
+        response = await AsyncHTTPClient().fetch(
+            self._request(method, path, body, request_timeout=60)
+        )
+        return json.loads(response.body) if response.body else None
+
+    async def progress(self, user: str, server: str, timeout: float) -> dict[str, Any]:
+        """Follow the spawn's progress stream to its last event."""
+        last: dict[str, Any] = {}
+        buffer = b""
+
+        def on_chunk(chunk: bytes) -> None:
+            nonlocal buffer, last
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                if line.startswith(b"data:"):
+                    last = json.loads(line[5:])
+
+        path = f"/users/{quote(user)}/servers/{quote(server)}/progress"
+        await AsyncHTTPClient().fetch(
+            self._request("GET", path, streaming_callback=on_chunk, request_timeout=timeout)
+        )
+        return last
+
+
+def server_name(clone_url: str) -> str:
+    """The named server (and workspace) of a repository, whatever the ref:
+    readable, and unique through a digest of the clone URL."""
+    tail = "-".join(clone_url.rstrip("/").removesuffix(".git").split("/")[-2:])
+    readable = _UNSAFE.sub("-", tail.lower()).strip("-")[:40].strip("-")
+    digest = hashlib.sha256(clone_url.encode()).hexdigest()[:8]
+    return f"{readable}-{digest}" if readable else digest
+
+
+class Launcher:
+    def __init__(self, hub: HubAPI, timeout: float) -> None:
+        self.hub = hub
+        self.timeout = timeout
+
+    async def _server(self, user: str, name: str) -> dict[str, Any] | None:
+        model = await self.hub.call("GET", f"/users/{quote(user)}")
+        server: dict[str, Any] | None = model.get("servers", {}).get(name)
+        return server
+
+    async def _stop(self, user: str, name: str) -> None:
+        await self.hub.call("DELETE", f"/users/{quote(user)}/servers/{quote(name)}")
+        for _ in range(int(self.timeout / 0.5)):
+            if await self._server(user, name) is None:
+                return
+            await asyncio.sleep(0.5)
+        raise LaunchFailed(f"the old server {name} did not stop")
+
+    async def launch(self, user: str, name: str, options: dict[str, Any]) -> str:
+        """Start (or reuse) ``user``'s server ``name``; its URL path."""
+        server = await self._server(user, name)
+        if server is not None:
+            same_image = server.get("user_options", {}).get("image") == options.get("image")
+            if server.get("ready") and same_image:
+                return str(server["url"])
+            if server.get("pending") != "spawn" or not same_image:
+                await self._stop(user, name)
+                server = None
+        if server is None:
+            try:
+                await self.hub.call("POST", f"/users/{quote(user)}/servers/{quote(name)}", options)
+            except HTTPClientError as exc:
+                raise LaunchFailed(_hub_reason(exc)) from exc
+        final = await self.hub.progress(user, name, self.timeout)
+        if final.get("ready"):
+            return str(final.get("url") or (await self._server(user, name) or {})["url"])
+        reason = str(final.get("message") or "the server stopped while starting")
+        raise LaunchFailed(reason)
+
+
+def _hub_reason(exc: HTTPClientError) -> str:
+    try:
+        body = json.loads(exc.response.body) if exc.response and exc.response.body else {}
+    except ValueError:
+        body = {}
+    return str(body.get("message") or exc)

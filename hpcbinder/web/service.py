@@ -1,0 +1,117 @@
+"""What the Binder service's handlers share: the site, the hub, the builds,
+the launches, the pages, and the health checks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pwd
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import jinja2
+from jupyterhub.services.auth import HubOAuth
+
+from hpcbinder import proc, templating
+from hpcbinder.build import image_store
+from hpcbinder.config import Site
+from hpcbinder.slurm import SlurmCLI
+from hpcbinder.web.builds import BuildCoordinator
+from hpcbinder.web.launcher import HubAPI, Launcher
+from hpcbinder.web.metrics import Metrics
+from hpcbinder.web.policy import LaunchLimits
+
+
+def json_for_script(value: Any) -> str:
+    """JSON that is safe inside a <script> element."""
+    text = json.dumps(value)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def page_environment() -> jinja2.Environment:
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templating.resource_dir("templates") / "web"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    environment.filters["script_json"] = json_for_script
+    return environment
+
+
+@dataclass
+class Service:
+    site: Site
+    hub: HubAPI
+    hub_auth: HubOAuth
+    hub_public_url: str  # e.g. https://hub.example.org/ (where users' servers are)
+    public_url: str  # this service's own, e.g. https://binder.example.org/
+    base_url: str = "/"
+    metrics: Metrics = field(default_factory=Metrics)
+    versions: dict[str, str] = field(default_factory=dict)
+    pages: jinja2.Environment = field(default_factory=page_environment)
+
+    def __post_init__(self) -> None:
+        binder = self.site.binder
+        self.builds = BuildCoordinator(self.site, self.metrics)
+        self.launcher = Launcher(self.hub, binder.launch_timeout_seconds)
+        self.limits = LaunchLimits(binder.max_launches_per_user, binder.max_launches_per_repo)
+
+    async def health(self) -> list[dict[str, Any]]:
+        """Slurm, the hub's API, the image store and the build backend, each checked."""
+        names = ("slurm", "hub", "image store", "build backend")
+        checks = (self._slurm(), self._hub(), self._store(), self._backend())
+        results = await asyncio.gather(*checks, return_exceptions=True)
+        report = []
+        for name, result in zip(names, results, strict=True):
+            ok = not isinstance(result, BaseException)
+            message = str(result) if result is not None else "ok"
+            report.append({"service": name, "ok": ok, "message": message})
+        return report
+
+    async def _slurm(self) -> str:
+        host = await asyncio.to_thread(SlurmCLI(timeout=10).ping)
+        return f"slurmctld on {host}"
+
+    async def _hub(self) -> str:
+        info = await self.hub.call("GET", "/")
+        return f"JupyterHub {info.get('version', '?')}"
+
+    async def _store(self) -> str:
+        store = image_store(self.site)
+        base = self.site.base_image_path(self.site.default_base)
+        if not base.is_file():
+            raise RuntimeError(f"the default base image {base} is missing")
+        records = await asyncio.to_thread(store.records)
+        return f"{len(records)} images in {store.root}"
+
+    async def _backend(self) -> str:
+        build = self.site.build
+        if build.backend == "local":
+            pwd.getpwnam(build.account)
+            return f"local builds as {build.account}"
+        if build.backend == "slurm":
+            partitions = await asyncio.to_thread(SlurmCLI(timeout=10).partitions)
+            state = partitions.get(build.partition)
+            if state is None or not state.usable:
+                raise RuntimeError(f"build partition {build.partition} is not usable")
+            return f"Slurm builds on {build.partition}"
+        if build.ssh is None:
+            raise RuntimeError("build.ssh is not configured")
+        await asyncio.to_thread(socket.create_connection, (build.ssh.host, build.ssh.port), 10)
+        return f"SSH builds on {build.ssh.host}"
+
+
+async def tool_versions() -> dict[str, str]:
+    """Versions the service reports (``/versions``)."""
+    import jupyterhub
+
+    apptainer, slurm = await asyncio.gather(
+        asyncio.to_thread(proc.run, ["apptainer", "--version"], timeout=20),
+        asyncio.to_thread(proc.run, ["sinfo", "--version"], timeout=20),
+    )
+    return {
+        "jupyterhub": jupyterhub.__version__,
+        "builder": apptainer.stdout.strip() or "apptainer (not found)",
+        "slurm": slurm.stdout.strip() or "slurm (not found)",
+    }
