@@ -71,11 +71,13 @@ class HubAPI:
 
 def server_name(clone_url: str) -> str:
     """The named server (and workspace) of a repository, whatever the ref:
-    readable, and unique through a digest of the clone URL."""
+    readable, unique through a digest of the clone URL, and a JupyterHub
+    "safe slug" (at most 30 lowercase letters, digits and single hyphens,
+    starting with a letter)."""
     tail = "-".join(clone_url.rstrip("/").removesuffix(".git").split("/")[-2:])
-    readable = _UNSAFE.sub("-", tail.lower()).strip("-")[:40].strip("-")
+    readable = _UNSAFE.sub("-", tail.lower()).strip("-0123456789")[:20].strip("-")
     digest = hashlib.sha256(clone_url.encode()).hexdigest()[:8]
-    return f"{readable}-{digest}" if readable else digest
+    return f"{readable}-{digest}" if readable else f"r-{digest}"
 
 
 class Launcher:

@@ -12,6 +12,7 @@ from typing import Any
 
 import jinja2
 from jupyterhub.services.auth import HubOAuth
+from markupsafe import Markup
 
 from hpcbinder import proc, templating
 from hpcbinder.build import image_store
@@ -23,10 +24,12 @@ from hpcbinder.web.metrics import Metrics
 from hpcbinder.web.policy import LaunchLimits
 
 
-def json_for_script(value: Any) -> str:
-    """JSON that is safe inside a <script> element."""
+def json_for_script(value: Any) -> Markup:
+    """JSON that is safe inside a <script> element, where HTML escapes are
+    not decoded: ``<``, ``>`` and ``&`` become JSON escapes instead."""
     text = json.dumps(value)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    safe = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return Markup(safe)  # noqa: S704 - no <, > or & is left to escape
 
 
 def page_environment() -> jinja2.Environment:

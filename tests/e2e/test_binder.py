@@ -1,0 +1,223 @@
+"""The Binder service end to end, as JupyterHub runs it: a hub login, the
+/build event stream through every phase to a server in a Slurm job, builds
+shared by viewers, launches reused, bad requests failing with their reason,
+quotas, escaping, and the health, versions, metrics and badge routes."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.error import HTTPError
+from urllib.parse import quote
+
+import pytest
+
+from tests.binderhelpers import (
+    binder_repo,
+    build_events,
+    open_stream,
+    phases,
+    read_events,
+    user_token,
+)
+from tests.conftest import SHARED_SCRATCH, DevCluster
+from tests.hubhelpers import Hub, close_hub, execute, new_hub, site_with
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slurm, pytest.mark.apptainer]
+
+
+@dataclass(frozen=True)
+class Binder:
+    hub: Hub
+    url: str
+    token: str  # alice's, for the Binder service
+    root: Path  # local repositories live here
+
+    def get(self, path: str, token: str | None = None) -> tuple[int, str, dict[str, str]]:
+        request = urllib.request.Request(self.url + path)  # noqa: S310 - the service on loopback
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        opener = urllib.request.build_opener(NoRedirect)
+        try:
+            with opener.open(request, timeout=60) as response:
+                return response.status, response.read().decode(), dict(response.headers)
+        except HTTPError as error:
+            return error.code, error.read().decode(), dict(error.headers)
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+@pytest.fixture
+def binder(devcluster: DevCluster) -> Iterator[Binder]:
+    root = SHARED_SCRATCH / f"binder-{uuid.uuid4().hex[:8]}"
+    root.mkdir(parents=True)
+    site = site_with(
+        {
+            "repos": {
+                "local_roots": [str(root)],
+                "protocols": ["https", "file"],
+                "ban": [".*/banned-.*"],
+            },
+            "binder": {"max_parallel_builds": 1, "max_launches_per_user": 1},
+        }
+    )
+    hub = new_hub(site)
+    try:
+        yield Binder(hub, hub.binder_url, user_token(hub, "alice"), root)
+    finally:
+        close_hub(hub)
+
+
+def test_a_launch_goes_through_every_phase_into_the_server(binder: Binder) -> None:
+    _, spec = binder_repo(binder.root, f"echo built {uuid.uuid4().hex} > built.txt")
+    status, page, _ = binder.get(f"/v2/{spec}?labpath=index.ipynb", binder.token)
+    assert status == 200
+    assert json.dumps(f"/build/{spec}?labpath=index.ipynb") in page
+
+    events = build_events(binder.url, spec, binder.token, "labpath=index.ipynb")
+    seen = phases(events)
+    assert seen[0] == "fetching" and seen[-3:] == ["built", "launching", "ready"], events[-1]
+    assert "building" in seen
+    built = next(e for e in events if e["phase"] == "built")
+    ready = events[-1]
+    assert ready["image"] == built["imageName"]
+    name = ready["url"].split("/user/alice/", 1)[1].split("/", 1)[0]
+    assert ready["url"] == f"{binder.hub.url}/user/alice/{name}/lab/tree/index.ipynb"
+    assert ready["binder_request"] == f"v2/{spec}"
+    server_url = f"/user/alice/{name}/"
+    code = "print(open('built.txt').read().split()[0], 6 * 7)"
+    assert execute(binder.hub, server_url, code).strip() == "built 42"
+
+    again = build_events(binder.url, spec, binder.token)
+    assert phases(again) == ["fetching", "built", "launching", "ready"]
+    assert again[-1]["url"] == f"{binder.hub.url}/user/alice/{name}/"
+    servers = binder.hub.api("GET", "/users/alice")["servers"]
+    assert list(servers) == [name]
+
+
+def test_viewers_share_one_build_and_leaving_cancels_nothing(binder: Binder) -> None:
+    _, spec = binder_repo(binder.root, f"sleep 4; echo {uuid.uuid4().hex}")
+    path = f"/build/{spec}?build_only=true"
+    leaver = open_stream(binder.url, path, binder.token)
+    assert read_events(leaver, stop_after=1)[0]["phase"] == "fetching"
+    leaver.close()  # the first viewer goes away at once
+    results: dict[int, list[dict[str, Any]]] = {}
+
+    def watch(index: int) -> None:
+        results[index] = read_events(open_stream(binder.url, path, binder.token))
+
+    viewers = [threading.Thread(target=watch, args=(i,)) for i in range(3)]
+    for viewer in viewers:
+        viewer.start()
+    for viewer in viewers:
+        viewer.join(timeout=300)
+    images = {events[-1].get("imageName") for events in results.values()}
+    assert len(results) == 3 and len(images) == 1 and None not in images, results
+    for events in results.values():
+        assert sum("Building image" in e["message"] for e in events) == 1
+    _, metrics, _ = binder.get("/metrics")
+    builds = re.search(r'hpcbinder_build_duration_seconds_count\{status="success"\} (\S+)', metrics)
+    assert builds and float(builds.group(1)) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("spec", "page_status", "reason"),
+    [
+        ("zz/org/repo/HEAD", 400, "unknown provider 'zz'"),
+        ("gh/org/repo/bad..ref", 400, "bad..ref"),
+        ("git/https%3A%2F%2F127.0.0.1%3A9%2Fnone.git/HEAD", 200, "127.0.0.1:9"),
+        ("LOCAL/banned-repo/HEAD", 200, "is banned on this site"),
+        ("LOCAL/repo/no-such-branch", 200, "no-such-branch"),
+    ],
+)
+def test_bad_requests_fail_with_their_reason(
+    binder: Binder, spec: str, page_status: int, reason: str
+) -> None:
+    if spec.startswith("LOCAL/"):
+        name, ref = spec.split("/")[1:]
+        repo, _ = binder_repo(binder.root)
+        target = repo.rename(repo.parent / f"{name}-{uuid.uuid4().hex[:6]}")
+        spec = f"local/{quote(str(target), safe='')}/{ref}"
+    status, page, _ = binder.get(f"/v2/{spec}", binder.token)
+    assert status == page_status, page
+    events = build_events(binder.url, spec, binder.token)
+    assert events[-1]["phase"] == "failed", events
+    assert reason in events[-1]["message"]
+    if page_status == 400:
+        assert reason in page.replace("&#39;", "'")
+    assert binder.hub.api("GET", "/users/alice")["servers"] == {}
+
+
+def test_a_second_launch_at_once_is_over_the_quota(binder: Binder) -> None:
+    _, first = binder_repo(binder.root)
+    _, second = binder_repo(binder.root)
+    results: dict[str, list[dict[str, Any]]] = {}
+    started = threading.Event()
+
+    def launch() -> None:
+        response = open_stream(binder.url, f"/build/{first}", binder.token)
+        events = read_events(response, stop_after=None)
+        results["first"] = events
+
+    thread = threading.Thread(target=launch)
+    thread.start()
+    for _ in range(600):  # until the first launch is under way
+        servers = binder.hub.api("GET", "/users/alice")["servers"]
+        if servers:
+            started.set()
+            break
+        threading.Event().wait(0.05)
+    assert started.is_set()
+    refused = build_events(binder.url, second, binder.token)
+    thread.join(timeout=300)
+    assert refused[-1]["phase"] == "failed"
+    assert (
+        "You already have 1 launches in progress; this site allows 1 at once."
+        in (refused[-1]["message"])
+    )
+    assert results["first"][-1]["phase"] == "ready"
+
+
+def test_pages_keep_hostile_text_as_text(binder: Binder) -> None:
+    hostile = quote("<script>alert(1)</script>", safe="")
+    status, page, _ = binder.get(f"/v2/gh/org/repo/{hostile}", binder.token)
+    assert status == 400
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # the reason names the ref…
+    assert "<script>alert" not in page  # …as text
+    events = build_events(binder.url, f"gh/org/repo/{hostile}", binder.token)
+    assert events[-1]["phase"] == "failed" and "<script>alert(1)</script>" in events[-1]["message"]
+
+
+def test_service_routes(binder: Binder) -> None:
+    status, body, _ = binder.get("/health")
+    health = json.loads(body)
+    assert status == 200 and health["ok"], health
+    assert {c["service"] for c in health["checks"]} == {
+        "slurm",
+        "hub",
+        "image store",
+        "build backend",
+    }
+    status, body, _ = binder.get("/versions")
+    versions = json.loads(body)
+    assert status == 200 and versions["binderhub"].startswith("hpcbinder ")
+    assert versions["jupyterhub"].startswith("6.") and "apptainer" in versions["builder"]
+    status, body, _ = binder.get("/metrics")
+    assert status == 200 and "hpcbinder_builds_in_progress 0.0" in body
+    status, body, headers = binder.get("/badge_logo.svg")
+    assert status == 200 and headers["Content-Type"] == "image/svg+xml" and "<svg" in body
+    status, _, headers = binder.get("/")
+    assert status == 302 and "/hub/api/oauth2/authorize" in headers["Location"]
+    assert open_stream(binder.url, "/build/gh/org/repo/HEAD", None).status == 403
+    status, page, _ = binder.get("/", binder.token)
+    assert status == 200 and 'id="badge-markdown"' in page and "small" in page
