@@ -20,7 +20,18 @@ $(VENV)/chp/node_modules/.bin/configurable-http-proxy: | $(BIN)/hpcbinder
 	command -v npm >/dev/null || $(SUDO) apt-get install -y -q nodejs npm
 	npm install --silent --no-audit --no-fund --prefix $(VENV)/chp configurable-http-proxy@5
 
-venv: $(BIN)/hpcbinder $(VENV)/chp/node_modules/.bin/configurable-http-proxy
+# Clients the Binder service is tested with: BinderHub's own JavaScript
+# client and Playwright (npm, inside the venv) driving Debian's Chromium,
+# and wrk for the load benchmark.
+WEB := $(VENV)/web
+$(WEB)/node_modules/@jupyterhub/binderhub-client/package.json: | $(BIN)/hpcbinder
+	command -v chromium >/dev/null && command -v wrk >/dev/null || \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium wrk
+	npm install --silent --no-audit --no-fund --prefix $(WEB) \
+	  @jupyterhub/binderhub-client@0.5.0 playwright-core@1.65.1
+
+venv: $(BIN)/hpcbinder $(VENV)/chp/node_modules/.bin/configurable-http-proxy \
+	$(WEB)/node_modules/@jupyterhub/binderhub-client/package.json
 
 cluster:
 	$(SUDO) slurm/devcluster up
@@ -47,6 +58,7 @@ bench: base
 	$(SUDO) $(BIN)/python -m tests.bench.dedup
 	$(SUDO) $(BIN)/python -m tests.bench.env_build
 	$(SUDO) $(BIN)/python -m tests.bench.launch
+	$(SUDO) $(BIN)/python -m tests.bench.binder_load
 
 # The doctor's report with a real job, then JupyterHub in the foreground.
 demo: cluster venv base

@@ -6,9 +6,12 @@ from __future__ import annotations
 import http.client
 import json
 import subprocess
+import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.error import HTTPError
 from urllib.parse import urlsplit
 
 from tests.hubhelpers import Hub
@@ -102,3 +105,27 @@ def binder_repo(root: Path, post_build: str = "") -> tuple[Path, str]:
     git(repo, "commit", "-q", "-m", "binder fixture")
     subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
     return repo, local_spec(repo)
+
+
+@dataclass(frozen=True)
+class Binder:
+    hub: Hub
+    url: str
+    token: str  # alice's, for the Binder service
+    root: Path  # local repositories live here
+
+    def get(self, path: str, token: str | None = None) -> tuple[int, str, dict[str, str]]:
+        request = urllib.request.Request(self.url + path)  # noqa: S310 - the service on loopback
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        opener = urllib.request.build_opener(NoRedirect)
+        try:
+            with opener.open(request, timeout=60) as response:
+                return response.status, response.read().decode(), dict(response.headers)
+        except HTTPError as error:
+            return error.code, error.read().decode(), dict(error.headers)
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None

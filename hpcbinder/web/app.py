@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
+from jupyterhub.services.auth import HubOAuth
 from tornado import web
 
 from hpcbinder.config import Site
@@ -31,9 +31,13 @@ def make_app(service: Service) -> web.Application:
         (f"{base}health", handlers.HealthHandler),
         (f"{base}versions", handlers.VersionsHandler),
         (f"{base}metrics", handlers.MetricsHandler),
-        (f"{base}oauth_callback", HubOAuthCallbackHandler),
+        (f"{base}oauth_callback", handlers.OAuthCallbackHandler),
         (f"{base}(badge_logo\\.svg)", web.StaticFileHandler, {"path": str(STATIC)}),
     ]
+    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "")
+    if prefix and prefix != base:
+        # The hub also routes /services/binder/ here (its menu, its checks).
+        routes.append((f"{prefix}.*", web.RedirectHandler, {"url": service.public_url}))
     return web.Application(
         routes,
         service=service,
@@ -53,6 +57,7 @@ def hub_oauth(public_url: str, hub_public_url: str) -> HubOAuth:
         api_token=os.environ["JUPYTERHUB_API_TOKEN"],
         oauth_redirect_uri=public_url.rstrip("/") + "/oauth_callback",
         hub_host=f"{hub.scheme}://{hub.netloc}",
+        base_url="/",  # cookies (the OAuth state among them) for this whole origin
         cache_max_age=60,
     )
 

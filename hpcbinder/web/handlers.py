@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
-from jupyterhub.services.auth import HubOAuthenticated
+from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from tornado import web
 from tornado.iostream import StreamClosedError
 
@@ -65,6 +65,15 @@ def launch_path(query: dict[str, str]) -> str:
     return quote(query.get("urlpath", "").lstrip("/"), safe="/?=&#%")
 
 
+class OAuthCallbackHandler(HubOAuthCallbackHandler):  # type: ignore[misc]
+    """The hub's OAuth callback, with the service's HubOAuth: the login
+    state it keeps between the redirect and the callback lives there."""
+
+    @property
+    def hub_auth(self) -> Any:
+        return self.settings["service"].hub_auth
+
+
 class HomeHandler(BaseHandler):
     @web.authenticated
     def get(self) -> None:
@@ -83,7 +92,10 @@ class LaunchPageHandler(BaseHandler):
         except UserError as exc:
             self.page("error.html", 400, status=400, reason=str(exc))
             return
-        query = f"?{self.request.query}" if self.request.query else ""
+        # EventSource cannot send the XSRF header the hub's cookie auth wants
+        # on a script's request; the token goes in the query instead.
+        xsrf = urlencode({"_xsrf": self.xsrf_token.decode()})
+        query = f"?{self.request.query}&{xsrf}" if self.request.query else f"?{xsrf}"
         self.page(
             "launch.html",
             spec=full,

@@ -1,0 +1,56 @@
+// Opens a Binder link in headless Chromium (Debian's, driven by
+// playwright-core), logs in at the hub, follows the launch page's progress
+// and waits for JupyterLab with the file open; saves a screenshot and
+// prints a JSON summary.
+// Usage: node launch_in_browser.mjs PLAYWRIGHT_DIR LINK USER PASSWORD FILE SCREENSHOT
+import { createRequire } from "node:module";
+
+const [playwrightDir, link, user, password, file, screenshot] = process.argv.slice(2);
+const { chromium } = createRequire(import.meta.url)(playwrightDir);
+const browser = await chromium.launch({
+  executablePath: "/usr/bin/chromium",
+  args: [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+  ],
+});
+const summary = { phases: [], failed: null };
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  page.setDefaultTimeout(240_000);
+  await page.goto(link);
+  // The service sends us to the hub to log in, then back to the launch page.
+  await page.waitForSelector("input[name=username]");
+  await page.fill("input[name=username]", user);
+  await page.fill("input[name=password]", password);
+  await Promise.all([
+    page.waitForURL(/\/v2\//, { timeout: 30_000 }),
+    page.click("input[type=submit], button[type=submit]"),
+  ]);
+  summary.launchPageTitle = await page.title();
+  // Record each phase the page shows until it leaves for the server.
+  const seen = new Set();
+  while (!page.url().includes("/user/")) {
+    const phase = await page.evaluate(() => document.body && document.body.dataset.phase).catch(() => null);
+    if (phase && !seen.has(phase)) {
+      seen.add(phase);
+      summary.phases.push(phase);
+    }
+    if (phase === "failed") {
+      summary.failed = await page.textContent("#status");
+      break;
+    }
+    await page.waitForTimeout(50);
+  }
+  if (!summary.failed) {
+    await page.waitForSelector(`.lm-TabBar-tab.jp-mod-current .lm-TabBar-tabLabel:text-is("${file}")`);
+    await page.waitForSelector(".jp-Notebook .jp-Cell .cm-line");
+    summary.firstCell = await page.textContent(".jp-Notebook .jp-Cell .cm-content");
+    summary.url = page.url();
+    summary.currentTab = await page.textContent(".lm-TabBar-tab.jp-mod-current .lm-TabBar-tabLabel");
+  }
+  await page.screenshot({ path: screenshot });
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(summary));
