@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.error import HTTPError
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from tests.hubhelpers import Hub
 from tests.repohelpers import git, local_spec
@@ -114,8 +114,12 @@ class Binder:
     token: str  # alice's, for the Binder service
     root: Path  # local repositories live here
 
-    def get(self, path: str, token: str | None = None) -> tuple[int, str, dict[str, str]]:
-        request = urllib.request.Request(self.url + path)  # noqa: S310 - the service on loopback
+    def get(
+        self, path: str, token: str | None = None, form: dict[str, str] | None = None
+    ) -> tuple[int, str, dict[str, str]]:
+        """GET ``path``, or POST ``form`` to it."""
+        data = urlencode(form).encode() if form is not None else None
+        request = urllib.request.Request(self.url + path, data=data)  # noqa: S310 - loopback
         if token:
             request.add_header("Authorization", f"Bearer {token}")
         opener = urllib.request.build_opener(NoRedirect)

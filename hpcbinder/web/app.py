@@ -28,6 +28,7 @@ def make_app(service: Service) -> web.Application:
         (base, handlers.HomeHandler),
         (rf"{base}v2/([^/]+)/(.+)", handlers.LaunchPageHandler),
         (rf"{base}build/([^/]+)/(.+)", handlers.BuildHandler),
+        (rf"{base}batch/([^/]+)/(.+)", handlers.BatchHandler),
         (f"{base}health", handlers.HealthHandler),
         (f"{base}versions", handlers.VersionsHandler),
         (f"{base}metrics", handlers.MetricsHandler),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -13,9 +14,13 @@ from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from hpcbinder import __version__, repoproviders
+from hpcbinder import __version__, batch, build, repoproviders
+from hpcbinder.batchjobs import submit_run
+from hpcbinder.config import Site
 from hpcbinder.errors import UserError
-from hpcbinder.jobrequest import request_for
+from hpcbinder.jobrequest import JobRequest, request_for
+from hpcbinder.slurm import SlurmCLI, SlurmError
+from hpcbinder.web.builds import Built
 from hpcbinder.web.events import KEEPALIVE, Event, failed
 from hpcbinder.web.launcher import LaunchFailed, server_name
 from hpcbinder.web.service import Service
@@ -100,6 +105,9 @@ class LaunchPageHandler(BaseHandler):
             "launch.html",
             spec=full,
             build_url=f"{self.service.base_url}build/{full}{query}",
+            batch_url=f"{self.service.base_url}batch/{full}",
+            xsrf=self.xsrf_token.decode(),
+            file=self.get_argument("labpath", "") or self.get_argument("filepath", ""),
             user=self.user_name,
         )
 
@@ -194,6 +202,76 @@ class BuildHandler(BaseHandler):
         if query.get("profile"):
             options["profile"] = query["profile"]
         return options
+
+
+class BatchHandler(BaseHandler):
+    """``POST /batch/<provider>/<spec>``: the launch page's "run as batch
+    job": the same checks as ``hpcbinder sbatch``, then a job as the user."""
+
+    @web.authenticated
+    async def post(self, provider: str, spec: str) -> None:
+        full = self.raw_spec("batch")
+        service = self.service
+        overrides = {key: self.get_body_argument(key, "") for key in ("time", "cpus", "mem")}
+        try:
+            parameters = parse_parameters(self.get_body_argument("parameters", ""))
+            request = request_for(service.site, self.get_body_argument("profile", ""), overrides)
+        except UserError as exc:
+            self.page("error.html", 400, status=400, reason=str(exc), user=self.user_name)
+            return
+        session = service.builds.session(full)
+        last = None
+        async for event in session.follow():
+            last = event
+        if session.result is None:
+            reason = last.message if last else "the build failed"
+            self.page("error.html", 400, status=400, reason=reason, user=self.user_name)
+            return
+        built = session.result
+        try:
+            job_id, run_dir = await asyncio.to_thread(
+                submit_batch,
+                service.site,
+                built,
+                self.user_name,
+                request,
+                self.get_body_argument("path", ""),
+                parameters,
+            )
+        except (UserError, SlurmError) as exc:
+            self.page("error.html", 400, status=400, reason=str(exc), user=self.user_name)
+            return
+        self.page("batch.html", job_id=job_id, run_dir=str(run_dir), spec=full, user=self.user_name)
+
+
+def parse_parameters(text: str) -> dict[str, str]:
+    """``name=value`` lines (blank lines skipped)."""
+    parameters = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        name, sep, value = line.partition("=")
+        if not sep:
+            raise UserError(f"parameters, line {number}: expected name=value")
+        parameters[name.strip()] = value.strip()
+    return parameters
+
+
+def submit_batch(
+    site: Site,
+    built: Built,
+    user: str,
+    request: JobRequest,
+    path: str,
+    parameters: dict[str, str],
+) -> tuple[str, Path]:
+    """Check and submit one run of ``path`` as ``user``; (job id, run folder)."""
+    plan = batch.plan_tasks(built.prepared, path, parameters)
+    launch = build.launch_argv(built.record)
+    run = batch.plan_run(
+        site, built.prepared, built.record, launch, user=user, request=request, plan=plan
+    )
+    return submit_run(run, batch.render_batch_script(run), SlurmCLI()), run.run_dir
 
 
 class HealthHandler(web.RequestHandler):

@@ -9,6 +9,7 @@ import json
 import re
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -22,6 +23,7 @@ from tests.binderhelpers import (
     phases,
     read_events,
 )
+from tests.conftest import DevCluster
 from tests.hubhelpers import execute
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm, pytest.mark.apptainer]
@@ -170,3 +172,27 @@ def test_service_routes(binder: Binder) -> None:
     assert open_stream(binder.url, "/build/gh/org/repo/HEAD", None).status == 403
     status, page, _ = binder.get("/", binder.token)
     assert status == 200 and 'id="badge-markdown"' in page and "small" in page
+
+
+def test_the_launch_page_runs_a_file_as_a_batch_job(binder: Binder, devcluster: DevCluster) -> None:
+    _, spec = binder_repo(binder.root)
+    status, page, _ = binder.get(f"/v2/{spec}?labpath=index.ipynb", binder.token)
+    assert status == 200 and 'name="path" value="index.ipynb"' in page
+    refusals = [
+        ({"path": "index.ipynb", "time": "99:00:00"}, "over partition interactive's max_time"),
+        ({"path": "index.ipynb", "parameters": "alpha=1"}, "no cell tagged 'parameters'"),
+        ({"path": "missing.py"}, "missing.py is not a file in"),
+    ]
+    for form, reason in refusals:
+        status, page, _ = binder.get(f"/batch/{spec}", binder.token, form)
+        assert status == 400 and reason in page.replace("&#39;", "'"), page
+    status, page, _ = binder.get(f"/batch/{spec}", binder.token, {"path": "index.ipynb"})
+    assert status == 200, page
+    job_id = re.search(r'id="job-id">(\d+)<', page)
+    run_dir = re.search(r'id="run-dir">([^<]+)<', page)
+    assert job_id and run_dir, page
+    assert devcluster.slurm.wait(job_id.group(1), timeout=300).state == "COMPLETED"
+    task = Path(run_dir.group(1)) / "task-0"
+    record = json.loads((task / "provenance.json").read_text())
+    assert record["complete"] is True and record["run"]["spec"] == spec
+    assert "hello from binder" in (task / "index.ipynb").read_text()
