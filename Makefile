@@ -60,8 +60,8 @@ bench: base
 	$(SUDO) $(BIN)/python -m tests.bench.launch
 	$(SUDO) $(BIN)/python -m tests.bench.binder_load
 
-# The doctor's report with a real job, then JupyterHub in the foreground.
+# The doctor's report with a real job, then JupyterHub and the Binder service
+# in the foreground, an example repository built and its link printed.
 demo: cluster venv base
 	$(SUDO) $(BIN)/hpcbinder doctor --user $(DEMO_USER)
-	@echo "JupyterHub at http://127.0.0.1:8000 — log in as alice or bob, password hpcbinder-demo"
-	$(SUDO) $(BIN)/jupyterhub -f configs/jupyterhub_config.py
+	$(SUDO) configs/demo
