@@ -28,6 +28,7 @@ try {
     page.click("input[type=submit], button[type=submit]"),
   ]);
   summary.launchPageTitle = await page.title();
+  const clicked = Date.now();  // logged in, on the launch page: the click
   // Record each phase the page shows until it leaves for the server.
   const seen = new Set();
   while (!page.url().includes("/user/")) {
@@ -46,6 +47,7 @@ try {
     await page.waitForSelector(`.lm-TabBar-tab.jp-mod-current .lm-TabBar-tabLabel:text-is("${file}")`);
     await page.waitForSelector(".jp-Notebook .jp-Cell .cm-line");
     summary.firstCell = await page.textContent(".jp-Notebook .jp-Cell .cm-content");
+    summary.seconds = (Date.now() - clicked) / 1000;
     summary.url = page.url();
     summary.currentTab = await page.textContent(".lm-TabBar-tab.jp-mod-current .lm-TabBar-tabLabel");
   }

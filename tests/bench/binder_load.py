@@ -1,0 +1,158 @@
+"""binder_load: the Binder service under load from this (second) process on
+loopback, and click-to-JupyterLab through it.
+
+- 200 event-stream clients on one build (a postBuild that sleeps, so they
+  all join while it runs): how many reach `built`, how long the last one
+  took, the service's /versions latency meanwhile; the floor is one
+  client alone on a build of the same kind.
+- wrk, bounded (2 threads, 32 connections, 10 s), on the home page and a
+  launch page, next to the floor of the service's static badge.
+- Click to JupyterLab in headless Chromium (logged in, on the launch page,
+  until the notebook shows): cold (the image builds) and warm (built, the
+  server stopped).
+
+Run: sudo .venv/bin/python -m tests.bench.binder_load
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+from tests.bench.common import SCRATCH, report
+from tests.binderhelpers import binder_repo, build_events, user_token
+from tests.conftest import REPO
+from tests.hubhelpers import close_hub, new_hub, site_with, stop_server
+
+CLIENTS = 200
+WEB = Path(sys.prefix) / "web" / "node_modules"
+
+
+async def one_stream(url: str, token: str, events: list[str]) -> float:
+    start = time.monotonic()
+
+    def on_chunk(chunk: bytes) -> None:
+        events.extend(m.decode() for m in re.findall(rb'"phase": "(\w+)"', chunk))
+
+    await AsyncHTTPClient().fetch(
+        HTTPRequest(
+            url,
+            headers={"Authorization": f"Bearer {token}"},
+            streaming_callback=on_chunk,
+            request_timeout=600,
+        )
+    )
+    return time.monotonic() - start
+
+
+async def probe_latency(url: str, stop: asyncio.Event, samples: list[float]) -> None:
+    while not stop.is_set():
+        start = time.monotonic()
+        await AsyncHTTPClient().fetch(url, request_timeout=60)
+        samples.append(time.monotonic() - start)
+        await asyncio.sleep(0.1)
+
+
+async def many_streams(url: str, token: str, versions_url: str) -> dict[str, float]:
+    AsyncHTTPClient.configure(None, max_clients=CLIENTS + 10)
+    per_client: list[list[str]] = [[] for _ in range(CLIENTS)]
+    latencies: list[float] = []
+    stop = asyncio.Event()
+    prober = asyncio.create_task(probe_latency(versions_url, stop, latencies))
+    seconds = await asyncio.gather(*(one_stream(url, token, ev) for ev in per_client))
+    stop.set()
+    await prober
+    return {
+        "clients": CLIENTS,
+        "reached_built": sum("built" in events for events in per_client),
+        "last_client_seconds": round(max(seconds), 2),
+        "versions_p50_ms": round(statistics.median(latencies) * 1000, 1),
+        "versions_max_ms": round(max(latencies) * 1000, 1),
+    }
+
+
+def wrk(url: str, token: str) -> dict[str, float]:
+    done = subprocess.run(
+        ["wrk", "-t2", "-c32", "-d10s", "--latency", "-H", f"Authorization: Bearer {token}", url],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", done)
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", done)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", done)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    return {
+        "requests_per_second": float(rate.group(1)) if rate else 0.0,
+        "p99_ms": round(float(p99.group(1)) * scale[p99.group(2)], 1) if p99 else -1.0,
+        "non_2xx": int(errors.group(1)) if errors else 0,
+    }
+
+
+def click_to_lab(link: str, screenshot: Path) -> float:
+    script = REPO / "tests" / "web" / "launch_in_browser.mjs"
+    args = [link, "alice", "hpcbinder-demo", "index.ipynb", str(screenshot)]
+    done = subprocess.run(
+        ["node", str(script), str(WEB / "playwright-core"), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    summary = json.loads(done.stdout.splitlines()[-1])
+    return float(summary["seconds"])
+
+
+def main() -> None:
+    root = SCRATCH / f"binder-{uuid.uuid4().hex[:8]}"
+    root.mkdir(parents=True)
+    site = site_with({"repos": {"local_roots": [str(root)], "protocols": ["https", "file"]}})
+    hub = new_hub(site)
+    try:
+        token = user_token(hub, "alice")
+        _, spec = binder_repo(root, f"sleep 8; echo {uuid.uuid4().hex}")
+        stream_url = f"{hub.binder_url}/build/{spec}?build_only=true"
+        load = asyncio.run(many_streams(stream_url, token, f"{hub.binder_url}/versions"))
+        _, same_kind = binder_repo(root, f"sleep 8; echo {uuid.uuid4().hex}")
+        alone = time_alone(hub.binder_url, same_kind, token)
+        pages = {
+            "home": wrk(f"{hub.binder_url}/", token),
+            "launch_page": wrk(f"{hub.binder_url}/v2/{spec}", token),
+            "floor_static_badge": wrk(f"{hub.binder_url}/badge_logo.svg", token),
+        }
+        _, fresh = binder_repo(root, f"echo {uuid.uuid4().hex}")
+        link = f"{hub.binder_url}/v2/{fresh}?labpath=index.ipynb"
+        cold = click_to_lab(link, root / "cold.png")
+        for name in hub.api("GET", "/users/alice")["servers"]:
+            stop_server(hub, "alice", name)
+        warm = click_to_lab(link, root / "warm.png")
+        report(
+            "binder_load",
+            event_streams={**load, "floor_one_client_seconds": round(alone, 2)},
+            pages=pages,
+            click_to_jupyterlab_seconds={"cold": round(cold, 2), "warm": round(warm, 2)},
+        )
+    finally:
+        close_hub(hub)
+        subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+def time_alone(binder_url: str, spec: str, token: str) -> float:
+    """One viewer alone on a build like the loaded one: the floor."""
+    start = time.monotonic()
+    build_events(binder_url, spec, token, "build_only=true")
+    return time.monotonic() - start
+
+
+if __name__ == "__main__":
+    main()
