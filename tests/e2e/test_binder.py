@@ -33,7 +33,10 @@ def test_a_launch_goes_through_every_phase_into_the_server(binder: Binder) -> No
     _, spec = binder_repo(binder.root, f"echo built {uuid.uuid4().hex} > built.txt")
     status, page, _ = binder.get(f"/v2/{spec}?labpath=index.ipynb", binder.token)
     assert status == 200
-    assert json.dumps(f"/build/{spec}?labpath=index.ipynb&_xsrf=")[:-1] in page
+    config = re.search(r'<script id="launch-config" type="application/json">(.*?)</script>', page)
+    assert config, page
+    build_url = json.loads(config.group(1))["buildUrl"]
+    assert build_url.startswith(f"/build/{spec}?labpath=index.ipynb&_xsrf=")
 
     events = build_events(binder.url, spec, binder.token, "labpath=index.ipynb")
     seen = phases(events)
@@ -79,6 +82,26 @@ def test_viewers_share_one_build_and_leaving_cancels_nothing(binder: Binder) -> 
     _, metrics, _ = binder.get("/metrics")
     builds = re.search(r'hpcbinder_build_duration_seconds_count\{status="success"\} (\S+)', metrics)
     assert builds and float(builds.group(1)) == 1.0
+
+
+def test_builds_over_the_parallel_limit_wait_with_their_queue_position(binder: Binder) -> None:
+    specs = [binder_repo(binder.root, f"sleep 3; echo {uuid.uuid4().hex}")[1] for _ in range(2)]
+    results: dict[str, list[dict[str, Any]]] = {}
+
+    def watch(spec: str) -> None:
+        results[spec] = build_events(binder.url, spec, binder.token, "build_only=true")
+
+    viewers = [threading.Thread(target=watch, args=(spec,)) for spec in specs]
+    for viewer in viewers:
+        viewer.start()
+    for viewer in viewers:
+        viewer.join(timeout=300)
+    assert all(events[-1]["phase"] == "built" for events in results.values()), results
+    waited = [
+        e for events in results.values() for e in events if e["phase"] == "waiting"
+    ]  # the site allows one build at a time: the second in waits
+    assert waited and waited[0]["queue_position"] == 1
+    assert waited[0]["message"] == "Waiting for a build slot: number 1 in the queue\n"
 
 
 @pytest.mark.parametrize(
