@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -40,7 +41,7 @@ def _user(requested: str | None) -> str:
     return requested
 
 
-def _fail(exc: Exception, status: int = EXIT_CONFIG) -> None:
+def _fail(exc: Exception, status: int = EXIT_CONFIG) -> NoReturn:
     click.echo(f"error: {exc}", err=True)
     sys.exit(status)
 
@@ -151,10 +152,7 @@ def sbatch_command(
     click.echo(job_id)
     if wait:
         jobs = BatchJobs(user, slurm)
-        indices = [task.index for task in run.tasks] if run.per_task else None
-        if run.array and not run.per_task:
-            indices = batch.expand_array(run.array)
-        finals = jobs.follow(jobs.get(job_id), indices, click.echo)
+        finals = jobs.follow(jobs.get(job_id), click.echo)
         sys.exit(_report_finals(jobs, job_id, finals))
 
 
@@ -204,7 +202,6 @@ def _job(jobs: BatchJobs, job_id: str) -> BatchJob:
         return jobs.get(job_id)
     except UserError as exc:
         _fail(exc)
-        raise
 
 
 @jobs_group.command("logs")
@@ -215,16 +212,10 @@ def jobs_logs(jobs: BatchJobs, job_id: str, follow: bool) -> None:
     """The job's Slurm output (each array task's lines prefixed with its index)."""
     job = _job(jobs, job_id)
     if follow and jobs.slurm_state(job) is not None:
-        indices = _array_indices(job)
-        jobs.follow(job, indices, click.echo)
+        jobs.follow(job, click.echo)
         return
     for path in job.logs():
         click.echo(path.read_text(errors="replace"), nl=False)
-
-
-def _array_indices(job: BatchJob) -> list[int] | None:
-    array = job.record.get("array")
-    return batch.expand_array(array) if array else None
 
 
 @jobs_group.command("cancel")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcbinder import proc
-from hpcbinder.batch import JOB_INDEX, BatchRun
+from hpcbinder.batch import JOB_INDEX, BatchRun, expand_array
 from hpcbinder.errors import UserError
 from hpcbinder.slurm import JOB_ID, JobInfo, SlurmCLI, SubmitOptions
 
@@ -125,6 +125,11 @@ class BatchJob:
             outputs.append(TaskOutput(task, provenance))
         return outputs
 
+    def task_ids(self) -> list[str]:
+        """The Slurm ids to wait for: each array task, or the job."""
+        array = self.record.get("array")
+        return [f"{self.job_id}_{i}" for i in expand_array(array)] if array else [self.job_id]
+
     def logs(self) -> list[Path]:
         single = self.run_dir / f"slurm-{self.job_id}.out"
         tasks = self.run_dir.glob(f"slurm-{self.job_id}_*.out")
@@ -175,14 +180,9 @@ class BatchJobs:
     def cancel(self, job: BatchJob) -> None:
         self.slurm.cancel(job.job_id, user=_slurm_user(self.user))
 
-    def task_ids(self, job: BatchJob, indices: list[int] | None) -> list[str]:
-        """The ids to wait for: each array task, or the job."""
-        return [f"{job.job_id}_{i}" for i in indices] if indices else [job.job_id]
-
     def follow(
         self,
         job: BatchJob,
-        indices: list[int] | None,
         write: Callable[[str], None],
         poll: float = 0.5,
         timeout: float = 7 * 24 * 3600,
@@ -191,7 +191,7 @@ class BatchJobs:
         the tasks' final records."""
         offsets: dict[Path, int] = {}
         deadline = time.monotonic() + timeout
-        waiting = self.task_ids(job, indices)
+        waiting = job.task_ids()
         finished: dict[str, JobInfo] = {}
         while True:
             for line in _new_lines(job.logs(), offsets):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from hpcbinder import build, pipeline
@@ -78,15 +78,9 @@ class BuildSession:
 class BuildCoordinator:
     """Starts, shares and queues build sessions for one service."""
 
-    def __init__(
-        self,
-        site: Site,
-        metrics: Metrics,
-        builder: Callable[[Site], build.Builder] = build.Builder,
-    ) -> None:
+    def __init__(self, site: Site, metrics: Metrics) -> None:
         self.site = site
         self.metrics = metrics
-        self._builder = builder
         self._sessions: dict[str, BuildSession] = {}
         self._slots = asyncio.Semaphore(site.binder.max_parallel_builds)
         self._queue: list[BuildSession] = []
@@ -175,5 +169,5 @@ class BuildCoordinator:
                 progress = Event("building", event.message.rstrip("\n") + "\n")
                 asyncio.run_coroutine_threadsafe(session.publish(progress), loop)
 
-        builder = self._builder(self.site)
+        builder = build.Builder(self.site)
         return await asyncio.to_thread(builder.build_image, prepared, emit)

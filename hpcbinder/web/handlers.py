@@ -188,7 +188,9 @@ class BuildHandler(BaseHandler):
             )
         )
 
-    def _options(self, built: Any, repo: Any, query: dict[str, str]) -> dict[str, Any]:
+    def _options(
+        self, built: Built, repo: repoproviders.RepoProvider, query: dict[str, str]
+    ) -> dict[str, Any]:
         prepared = built.prepared
         options: dict[str, Any] = {
             "image": built.record.key,
