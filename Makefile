@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 DEMO_USER ?= alice
 
-.PHONY: demo test cluster cluster-down venv lint base bench
+.PHONY: demo test cluster cluster-down venv site lint base bench
 
 $(BIN)/hpcbinder: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ venv: $(BIN)/hpcbinder $(VENV)/chp/node_modules/.bin/configurable-http-proxy \
 cluster:
 	$(SUDO) slurm/devcluster up
 
+# hpcbinder installed as a site installs it (system Python, /opt/hpcbinder),
+# the shipped sudoers file, and the build server running as the build account.
+site: cluster
+	$(SUDO) slurm/devcluster install $(CURDIR)
+
 cluster-down:
 	$(SUDO) slurm/devcluster down
 
@@ -44,11 +49,12 @@ lint: venv
 	$(BIN)/ruff format --check hpcbinder tests
 	$(BIN)/mypy
 
-# The site base image every repository image builds on (a few minutes, once).
-base: cluster venv
-	$(SUDO) $(BIN)/hpcbinder base build --missing
+# The site base image every repository image builds on (a few minutes, once),
+# built by the build account.
+base: site
+	$(SUDO) runuser -u hpcbuild -- /opt/hpcbinder/venv/bin/hpcbinder base build --missing
 
-test: cluster venv lint base
+test: cluster venv site lint base
 	$(SUDO) $(BIN)/pytest
 
 # Benchmarks: each prints one JSON line with its figure and the floor it is
@@ -62,6 +68,6 @@ bench: base
 
 # The doctor's report with a real job, then JupyterHub and the Binder service
 # in the foreground, an example repository built and its link printed.
-demo: cluster venv base
+demo: cluster venv site base
 	$(SUDO) $(BIN)/hpcbinder doctor --user $(DEMO_USER)
 	$(SUDO) configs/demo

@@ -39,6 +39,7 @@ c.JupyterHub.cleanup_servers = False  # a hub restart keeps running servers
 c.JupyterHub.authenticator_class = "dummy"
 c.DummyAuthenticator.password = os.environ.get("HPCBINDER_DEMO_PASSWORD", "hpcbinder-demo")
 c.Authenticator.allowed_users = {"alice", "bob"}
+c.Authenticator.admin_users = {"hubadmin"}  # sees /health's details; runs no server
 
 c.JupyterHub.allow_named_servers = True
 c.JupyterHub.spawner_class = "hpcbinder.spawner.ApptainerSlurmSpawner"

@@ -36,7 +36,7 @@ from hpcbinder.errors import UserError
 from hpcbinder.images import ImageRecord
 from hpcbinder.jobrequest import JobRequest
 from hpcbinder.notebooks import check_parameters
-from hpcbinder.pipeline import Prepared
+from hpcbinder.pipeline import Fetched
 from hpcbinder.serverscript import apptainer_options, safe_path
 
 #: How each kind of file runs inside the image (notebooks: papermill).
@@ -192,7 +192,7 @@ class TaskPlan:
 
 
 def plan_tasks(
-    prepared: Prepared,
+    fetched: Fetched,
     path: str,
     parameters: dict[str, str],
     grid: list[dict[str, str]] | None = None,
@@ -200,8 +200,8 @@ def plan_tasks(
     args: list[str] | None = None,
 ) -> TaskPlan:
     """Check the file and parameters; :class:`BatchError` names the first problem."""
-    repo = prepared.repo
-    path = _repository_file(prepared.checkout, path, f"{repo.spec} at {repo.commit[:12]}")
+    repo = fetched.repo
+    path = _repository_file(fetched.checkout, path, f"{repo.spec} at {repo.commit[:12]}")
     for name in parameters:
         if not _NAME.fullmatch(name):
             raise BatchError(f"-p: {name!r} is not a parameter name")
@@ -209,7 +209,7 @@ def plan_tasks(
         if args:
             raise BatchError(f"--run: {path} is a notebook: pass parameters with -p, not arguments")
         names = set(parameters).union(*(row.keys() for row in grid or []))
-        check_parameters(prepared.checkout / path, path, names)
+        check_parameters(fetched.checkout / path, path, names)
     if grid is None:
         if array:
             expand_array(array)
@@ -226,7 +226,7 @@ def plan_tasks(
 
 def plan_run(
     site: Site,
-    prepared: Prepared,
+    fetched: Fetched,
     record: ImageRecord,
     launch: list[str],
     *,
@@ -236,7 +236,7 @@ def plan_run(
     output_dir: Path | None = None,
 ) -> BatchRun:
     """The run of ``plan`` in the built image, as ``user``."""
-    repo = prepared.repo
+    repo = fetched.repo
     home = Path(pwd.getpwnam(user).pw_dir)
     name = _SLUG_CHARS.sub("-", repo.url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git"))
     run_dir = Path(
@@ -250,8 +250,8 @@ def plan_run(
         env_key=record.key,
         image=image_identity(launch),
         launch=[*launch[:-1], *apptainer_options(site, user, request.gpus), launch[-1]],
-        checkout=prepared.checkout,
-        from_image=prepared.plan.reads_whole_repo,
+        checkout=fetched.checkout,
+        from_image=fetched.reads_whole_repo,
         path=plan.path,
         args=plan.args,
         tasks=plan.tasks,
@@ -266,16 +266,17 @@ def render_batch_script(run: BatchRun) -> str:
     cases = [
         (str(task.index), run.task_argv(task), json.dumps(task.parameters)) for task in run.tasks
     ]
-    # %A_%a, %j: sbatch's array job and task ids, or job id.
-    log = "slurm-%A_%a.out" if run.array else "slurm-%j.out"
+    # The job's log, named as sbatch would (slurm-%A_%a.out, slurm-%j.out).
+    log = "slurm-${job}_${task}.out" if run.array else "slurm-${SLURM_JOB_ID}.out"
     return templating.render(
         "slurm",
         "batch.sbatch.j2",
         job_name=_SLUG_CHARS.sub("-", f"hpcbinder-batch-{PurePosixPath(run.path).stem}")[:64],
         request=run.request,
         array=run.array,
-        output=f"{safe_path(run.run_dir, '--output-dir')}/{log}",
-        run_dir=str(run.run_dir),
+        log=log,
+        home=safe_path(run.home, "home"),
+        run_dir=safe_path(run.run_dir, "--output-dir"),
         index=str(run.home / JOB_INDEX),
         cases=cases,
         per_task=run.per_task,

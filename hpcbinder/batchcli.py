@@ -7,7 +7,6 @@ it failed, 124 for a time limit, 130 when cancelled, 137 out of memory.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -15,30 +14,13 @@ from typing import NoReturn
 import click
 
 from hpcbinder import batch, build, proc
-from hpcbinder.batchjobs import BatchJob, BatchJobs, exit_status, make_user_dirs, submit_run
-from hpcbinder.cliutil import (
-    EXIT_CONFIG,
-    ProgressDisplay,
-    full_spec,
-    prepare,
-    report_build_error,
-    site_in_force,
-)
+from hpcbinder.batchjobs import BatchJob, BatchJobs, exit_status, submit_run
+from hpcbinder.buildrequest import BuildServerError, published_image
+from hpcbinder.cliutil import EXIT_CONFIG, EXIT_FAILED, full_spec, request_image, site_in_force
+from hpcbinder.cluster import cluster_slurm
 from hpcbinder.errors import UserError
 from hpcbinder.jobrequest import request_for
-from hpcbinder.slurm import JobInfo, SlurmCLI, SlurmError
-
-EXIT_FAILED = 1
-
-
-def _user(requested: str | None) -> str:
-    """Whose job this is: ourselves, or (root only, for services) ``requested``."""
-    me = proc.current_user()
-    if requested is None or requested == me:
-        return me
-    if os.geteuid() != 0:
-        raise click.UsageError("--user: only root may act for another user")
-    return requested
+from hpcbinder.slurm import JobInfo, SlurmError
 
 
 def _fail(exc: Exception, status: int = EXIT_CONFIG) -> NoReturn:
@@ -71,7 +53,6 @@ def _fail(exc: Exception, status: int = EXIT_CONFIG) -> NoReturn:
 @click.option("--output-dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--wait", is_flag=True, help="Stream the output; exit with the job's status.")
 @click.option("--emit-script", is_flag=True, help="Print the standalone script, submit nothing.")
-@click.option("--user", "as_user", help="(root) Submit as this user.")
 @click.option("-v", "--verbose", is_flag=True, help="Print every line of a build's log.")
 @click.pass_context
 def sbatch_command(
@@ -94,13 +75,12 @@ def sbatch_command(
     output_dir: Path | None,
     wait: bool,
     emit_script: bool,
-    as_user: str | None,
     verbose: bool,
 ) -> None:
     """Run PATH of repository SPEC in its image as a Slurm job (script
     arguments after --)."""
     site = site_in_force(ctx)
-    user = _user(as_user)
+    user = proc.current_user()
     overrides = {
         "partition": partition,
         "time": time_limit,
@@ -111,24 +91,22 @@ def sbatch_command(
         "qos": qos,
     }
     try:
-        request = request_for(site, profile, overrides)
+        request = request_for(site, profile, overrides, user=user)
         grid = batch.read_grid(param_grid) if param_grid else None
     except UserError as exc:
         _fail(exc)
-    prepared = prepare(site, full_spec(spec, ref))
+    spec = full_spec(spec, ref)
+    fetched = request_image(site, spec, verbose, prepare_only=True)
     try:
-        plan = batch.plan_tasks(prepared, path, dict(params), grid, array, list(args))
+        plan = batch.plan_tasks(fetched, path, dict(params), grid, array, list(args))
     except UserError as exc:
         _fail(exc)
+    fetched = request_image(site, spec, verbose)
     try:
-        record = build.Builder(site).build_image(prepared, ProgressDisplay(verbose))
-    except build.ImageBuildError as exc:
-        report_build_error(exc)
-        sys.exit(EXIT_FAILED)
-    try:
+        record = published_image(site, fetched)
         run = batch.plan_run(
             site,
-            prepared,
+            fetched,
             record,
             build.launch_argv(record),
             user=user,
@@ -139,19 +117,21 @@ def sbatch_command(
         script = batch.render_batch_script(run)
     except UserError as exc:
         _fail(exc)
+    except BuildServerError as exc:
+        _fail(exc, EXIT_FAILED)
     if emit_script:
-        make_user_dirs(run.run_dir, user)  # sbatch opens the log there
         click.echo(script, nl=False)
         return
-    slurm = SlurmCLI()
+    slurm = cluster_slurm(site)
+    jobs = BatchJobs(user, slurm)
     try:
         job_id = submit_run(run, script, slurm)
     except SlurmError as exc:
         _fail(exc, EXIT_FAILED)
+    jobs.remember(job_id, run)
     click.echo(f"submitted job {job_id}: outputs in {run.run_dir}/job-{job_id}", err=True)
     click.echo(job_id)
     if wait:
-        jobs = BatchJobs(user, slurm)
         finals = jobs.follow(jobs.get(job_id), click.echo)
         sys.exit(_report_finals(jobs, job_id, finals))
 
@@ -174,11 +154,10 @@ def _report_finals(jobs: BatchJobs, job_id: str, finals: list[JobInfo]) -> int:
 
 
 @click.group("jobs")
-@click.option("--user", "as_user", help="(root) Whose jobs.")
 @click.pass_context
-def jobs_group(ctx: click.Context, as_user: str | None) -> None:
+def jobs_group(ctx: click.Context) -> None:
     """Your hpcbinder batch jobs."""
-    ctx.obj = BatchJobs(_user(as_user))
+    ctx.obj = BatchJobs(proc.current_user(), cluster_slurm(site_in_force(ctx)))
 
 
 @jobs_group.command("ls")

@@ -41,33 +41,11 @@ def _slurm_user(user: str) -> str | None:
     return None if user == proc.current_user() else user
 
 
-def make_user_dirs(path: Path, user: str) -> None:
-    """``path`` and its missing parents, owned by ``user`` when we are root."""
-    missing = [p for p in (path, *path.parents) if not p.exists()]
-    for folder in reversed(missing):
-        folder.mkdir(mode=0o700)
-        if os.geteuid() == 0:
-            entry = pwd.getpwnam(user)
-            os.chown(folder, entry.pw_uid, entry.pw_gid)
-
-
-def write_user_file(path: Path, text: str, user: str) -> None:
-    make_user_dirs(path.parent, user)
-    path.write_text(text)
-    if os.geteuid() == 0:
-        entry = pwd.getpwnam(user)
-        os.chown(path, entry.pw_uid, entry.pw_gid)
-
-
 def submit_run(run: BatchRun, script: str, slurm: SlurmCLI) -> str:
-    """Submit ``script`` as the run's user; the job id. The run folder
-    exists first (Slurm opens the log there), and the script is kept there."""
-    make_user_dirs(run.run_dir, run.user)
-    job_id = slurm.submit(script, SubmitOptions(), user=_slurm_user(run.user))
-    write_user_file(run.run_dir / f"job-{job_id}.sbatch", script, run.user)
-    index = json.dumps({"job_id": job_id, "run": run.record()}, sort_keys=True)
-    write_user_file(_home(run.user) / JOB_INDEX / f"{job_id}.json", index + "\n", run.user)
-    return job_id
+    """Submit ``script`` as the run's user; the job id. The job makes its run
+    folder, keeps its script there and records itself in the user's job
+    index: nothing but the user's own job writes into their home."""
+    return slurm.submit(script, SubmitOptions(), user=_slurm_user(run.user))
 
 
 def exit_status(info: JobInfo) -> int:
@@ -153,6 +131,17 @@ class BatchJobs:
             except (OSError, ValueError, KeyError, TypeError):
                 continue
         return sorted(jobs, key=lambda job: int(job.job_id))
+
+    def remember(self, job_id: str, run: BatchRun) -> None:
+        """Record a job this process (the user) just submitted, before the
+        job starts and records itself."""
+        if self.user != proc.current_user():
+            raise UserError(f"only {self.user} may write {self.user}'s job index")
+        self.index.mkdir(parents=True, exist_ok=True, mode=0o700)
+        entry = self.index / f"{job_id}.json"
+        partial = entry.with_name(f".{job_id}.json.{os.getpid()}")
+        partial.write_text(json.dumps({"job_id": job_id, "run": run.record()}, sort_keys=True))
+        partial.replace(entry)
 
     def get(self, job_id: str) -> BatchJob:
         if JOB_ID.fullmatch(job_id):

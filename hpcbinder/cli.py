@@ -13,18 +13,21 @@ import click
 
 from hpcbinder import __version__, build, doctor, proc
 from hpcbinder.batchcli import jobs_group, sbatch_command
+from hpcbinder.buildrequest import BuildServerError, published_image
 from hpcbinder.cliutil import (
     EXIT_CONFIG,
+    EXIT_FAILED,
     ProgressDisplay,
     full_spec,
     prepare,
     report_build_error,
     report_config_error,
+    request_image,
     site_in_force,
 )
-from hpcbinder.config import SiteConfigError, load_site
+from hpcbinder.cluster import cluster_slurm
+from hpcbinder.config import Site, SiteConfigError, load_site
 from hpcbinder.errors import UserError
-from hpcbinder.slurm import SlurmCLI
 
 
 @click.group()
@@ -61,7 +64,7 @@ def doctor_command(ctx: click.Context, job: bool, job_user: str | None) -> None:
         if proc.current_user() == "root":
             raise click.UsageError("root cannot run containers here: name an account with --user")
         job_user = proc.current_user()
-    results = doctor.run_checks(site, SlurmCLI(), job_user=job_user if job else None)
+    results = doctor.run_checks(site, cluster_slurm(site), job_user=job_user if job else None)
     for result in results:
         click.echo(result.line())
     sys.exit(0 if doctor.passed(results) else 1)
@@ -123,14 +126,15 @@ def render_command(ctx: click.Context, spec: str, ref: str | None, show_plan: bo
 @click.option("-v", "--verbose", is_flag=True, help="Print every line of the build log.")
 @click.pass_context
 def build_command(ctx: click.Context, spec: str, ref: str | None, verbose: bool) -> None:
-    """Build (or find) the image for SPEC and print its path."""
+    """Build (or find) the image for SPEC and print its path (through the
+    site's build server: build.server_url)."""
     site = site_in_force(ctx)
-    prepared = prepare(site, full_spec(spec, ref))
+    fetched = request_image(site, full_spec(spec, ref), verbose)
     try:
-        record = build.Builder(site).build_image(prepared, ProgressDisplay(verbose))
-    except build.ImageBuildError as exc:
-        report_build_error(exc)
-        sys.exit(1)
+        record = published_image(site, fetched)
+    except BuildServerError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
     click.echo(f"run it with: {shlex.join(build.launch_argv(record))} COMMAND", err=True)
     click.echo(record.path)
 
@@ -150,6 +154,7 @@ def base_group() -> None:
 def base_build(ctx: click.Context, names: tuple[str, ...], verbose: bool, missing: bool) -> None:
     """Build the site's base images (all of them, or NAMES)."""
     site = site_in_force(ctx)
+    _require_build_account(site)
     unknown = [name for name in names if name not in site.bases]
     if unknown:
         raise click.UsageError(
@@ -209,7 +214,9 @@ def images_show(ctx: click.Context, key: str) -> None:
 @click.pass_context
 def images_rm(ctx: click.Context, key: str) -> None:
     """Remove an image (running containers keep working)."""
-    if not build.image_store(site_in_force(ctx)).remove(_checked_key(key)):
+    site = site_in_force(ctx)
+    _require_build_account(site)
+    if not build.image_store(site).remove(_checked_key(key)):
         click.echo(f"error: no image with key {key}", err=True)
         sys.exit(1)
     click.echo(f"removed {key}")
@@ -234,16 +241,42 @@ def images_rm(ctx: click.Context, key: str) -> None:
 @click.pass_context
 def images_gc(ctx: click.Context, days: float, keep: int) -> None:
     """Remove images nobody has used for a while."""
-    removed = build.image_store(site_in_force(ctx)).gc(days, keep)
+    site = site_in_force(ctx)
+    _require_build_account(site)
+    removed = build.image_store(site).gc(days, keep)
     for key in removed:
         click.echo(f"removed {key}")
     click.echo(f"{len(removed)} images removed")
+
+
+def _require_build_account(site: Site) -> None:
+    """Only the build account writes the image store (never root at run time)."""
+    if proc.current_user() != site.build.account:
+        click.echo(
+            f"error: run this as the build account {site.build.account} (site file: "
+            f"build.account), e.g. sudo -u {site.build.account} hpcbinder ...",
+            err=True,
+        )
+        sys.exit(EXIT_CONFIG)
 
 
 def _checked_key(key: str) -> str:
     if not re.fullmatch(r"[0-9a-f]{32}", key):
         raise click.BadParameter(f"{key!r} is not an env key (32 hex digits)")
     return key
+
+
+@main.command("build-server")
+@click.pass_context
+def build_server_command(ctx: click.Context) -> None:
+    """Run the build server (as the build account) at build.server_url."""
+    import asyncio
+
+    from hpcbinder import buildserver
+
+    site = site_in_force(ctx)
+    _require_build_account(site)
+    asyncio.run(buildserver.serve(site, **buildserver.options(site)))
 
 
 main.add_command(sbatch_command)

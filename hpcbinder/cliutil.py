@@ -4,16 +4,20 @@ half of the pipeline with one-line errors, and build progress on stderr."""
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from urllib.parse import quote
 
 import click
 
 from hpcbinder import build, pipeline
+from hpcbinder.buildrequest import BuildRefused, BuildServerClient, BuildServerError, ServerEvent
 from hpcbinder.config import Site, SiteConfigError, load_site
 from hpcbinder.errors import UserError
+from hpcbinder.pipeline import Fetched
 
 EXIT_CONFIG = 2
+EXIT_FAILED = 1
 
 
 def site_in_force(ctx: click.Context) -> Site:
@@ -56,6 +60,10 @@ class ProgressDisplay:
     def __init__(self, verbose: bool) -> None:
         self.verbose = verbose
         self.tty = sys.stderr.isatty()
+        self.started = time.monotonic()
+
+    def server_event(self, event: ServerEvent) -> None:
+        self(build.BuildEvent(event.phase, event.message, time.monotonic() - self.started))
 
     def __call__(self, event: build.BuildEvent) -> None:
         stamp = f"[{event.elapsed:6.1f}s]"
@@ -68,6 +76,29 @@ class ProgressDisplay:
         if self.tty and not self.verbose:
             click.echo("\r\033[K", err=True, nl=False)
         click.echo(f"{stamp} {event.phase}: {event.message}", err=True)
+
+
+def request_image(site: Site, spec: str, verbose: bool, *, prepare_only: bool = False) -> Fetched:
+    """Ask the build server to fetch (and unless ``prepare_only``, build)
+    ``spec``, showing its progress; or end with the one-line reason."""
+    display = ProgressDisplay(verbose)
+    try:
+        fetched = BuildServerClient(site).request(
+            spec, display.server_event, prepare_only=prepare_only
+        )
+    except BuildRefused as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    except build.ImageBuildError as exc:
+        report_build_error(exc)
+        sys.exit(EXIT_FAILED)
+    except BuildServerError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    if prepare_only:
+        for warning in fetched.warnings:
+            click.echo(f"warning: {warning}", err=True)
+    return fetched
 
 
 def report_build_error(exc: build.ImageBuildError) -> None:

@@ -36,6 +36,8 @@ _ACCOUNT = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 def _slurm_time(value: str) -> str:
     if not _SLURM_TIME.fullmatch(value):
         raise ValueError("expected [D-]HH:MM:SS")
+    if slurm_seconds(value) == 0:
+        raise ValueError("must be more than 0 (Slurm reads 0 as no limit)")
     return value
 
 
@@ -88,11 +90,15 @@ class _Strict(BaseModel):
 
 _MEMORY = re.compile(r"(\d+)([KMGT]?)")
 _MEMORY_MB = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}
+_MEMORY_KB = {"K": 1, "": 1024, "M": 1024, "G": 1024**2, "T": 1024**3}
 
 
 def _memory(value: str) -> str:
-    if not _MEMORY.fullmatch(value):
+    match = _MEMORY.fullmatch(value)
+    if match is None:
         raise ValueError("expected a size such as 512M, 8G or 1T")
+    if int(match.group(1)) == 0:
+        raise ValueError("must be more than 0 (Slurm reads 0 as all of a node's memory)")
     return value
 
 
@@ -107,6 +113,14 @@ def memory_mb(value: str) -> int:
     return int(int(match.group(1)) * _MEMORY_MB[match.group(2)])
 
 
+def _memory_kb(value: str) -> int:
+    """Kilobytes in a size: exact, so comparisons do not round a request down."""
+    match = _MEMORY.fullmatch(value)
+    if match is None:
+        raise ValueError(f"not a size: {value!r}")
+    return int(match.group(1)) * _MEMORY_KB[match.group(2)]
+
+
 def slurm_seconds(value: str) -> int:
     """Seconds in a ``[D-]HH:MM:SS`` time."""
     match = _SLURM_TIME.fullmatch(value)
@@ -119,7 +133,11 @@ def slurm_seconds(value: str) -> int:
 class Partition(_Strict):
     """A Slurm partition hpcbinder may submit to, with the site's limits.
 
-    Empty ``accounts`` / ``qos`` lists allow any (Slurm still checks).
+    Empty ``accounts`` / ``qos`` lists allow any (Slurm still checks; an
+    account must also be one of the site's ``accounts``).
+    ``researchers: false``: hpcbinder never submits researchers' jobs here
+    (the build partition). A non-empty ``groups``: only members of these
+    Unix groups may use it.
     """
 
     max_time: SlurmTime = "08:00:00"
@@ -128,6 +146,8 @@ class Partition(_Strict):
     max_gpus: int = Field(default=0, ge=0)
     accounts: list[Name] = []
     qos: list[Name] = []
+    researchers: bool = True
+    groups: list[Name] = []
 
 
 class Profile(_Strict):
@@ -245,6 +265,15 @@ class BuildSettings(_Strict):
     ssh: SSHHost | None = None
     #: Download cache on the build node, bound into every build (None: no cache).
     cache_dir: Path | None = Path("/var/cache/hpcbinder/build")
+    #: The build server (``hpcbinder build-server``, run as ``account``) that
+    #: every image request goes to; requests are authenticated with MUNGE.
+    server_url: Annotated[str, Field(pattern=r"^http://[A-Za-z0-9.-]+:\d{1,5}/?$")] = (
+        "http://127.0.0.1:8590"
+    )
+    #: Service accounts that may ask for builds on behalf of researchers.
+    requesters: list[Account] = ["hpcbinder"]
+    #: Builds one researcher may have in progress at once.
+    max_builds_per_user: int = Field(default=2, ge=1)
 
 
 class BaseImage(_Strict):
@@ -321,7 +350,7 @@ def _default_partitions() -> dict[str, Partition]:
     return {
         "interactive": Partition(max_time="08:00:00"),
         "batch": Partition(max_time="2-00:00:00", max_cpus=8, max_mem="16G"),
-        "build": Partition(max_time="04:00:00"),
+        "build": Partition(max_time="04:00:00", researchers=False),
     }
 
 
@@ -345,7 +374,7 @@ def over_limits(where: str, profile: Profile, partition: Partition, name: str) -
             f"{where}.cpus: {profile.cpus} is over partition {name}'s max_cpus "
             f"({partition.max_cpus})"
         )
-    if memory_mb(profile.mem) > memory_mb(partition.max_mem):
+    if _memory_kb(profile.mem) > _memory_kb(partition.max_mem):
         problems.append(
             f"{where}.mem: {profile.mem} is over partition {name}'s max_mem ({partition.max_mem})"
         )
@@ -361,8 +390,22 @@ def over_limits(where: str, profile: Profile, partition: Partition, name: str) -
     return problems
 
 
+def not_for_researchers(where: str, name: str) -> str:
+    """The problem of a researcher's job on partition ``name``, which has
+    ``researchers: false``."""
+    return (
+        f"{where}partition: {name} is not for researchers' jobs "
+        f"(site file: partitions.{name}.researchers)"
+    )
+
+
 class Site(_Strict):
-    """A whole site file."""
+    """A whole site file.
+
+    ``accounts``: the Slurm accounts researchers may charge, each with the
+    Unix groups whose members may use it (an empty list: every researcher).
+    Without any, no job may name an account (Slurm's default is used).
+    """
 
     image_store: Path = Path("/var/lib/hpcbinder/images")
     build: BuildSettings = BuildSettings()
@@ -381,6 +424,7 @@ class Site(_Strict):
     quotas: Quotas = Quotas()
     cluster: Cluster = Cluster()
     binder: BinderService = BinderService()
+    accounts: dict[Name, list[Name]] = {}
 
     def base_image_path(self, name: str) -> Path:
         """Where the store keeps the built base image ``name``."""
@@ -393,6 +437,8 @@ class Site(_Strict):
             raise ValueError(
                 f"default_partition: {self.default_partition!r} is not one of partitions"
             )
+        if not self.partitions[self.default_partition].researchers:
+            raise ValueError(not_for_researchers("default_", self.default_partition))
         if self.default_base not in self.bases:
             raise ValueError(f"default_base: {self.default_base!r} is not one of bases")
         if self.build.backend == "ssh" and self.build.ssh is None:
@@ -406,8 +452,15 @@ class Site(_Strict):
                 problems.append(
                     f"profiles.{name}.partition: {profile.partition!r} is not one of partitions"
                 )
+            elif not partition.researchers:
+                problems.append(not_for_researchers(f"profiles.{name}.", profile.partition))
             else:
                 problems += over_limits(f"profiles.{name}", profile, partition, profile.partition)
+            if profile.account is not None and profile.account not in self.accounts:
+                problems.append(
+                    f"profiles.{name}.account: {profile.account} is not one of accounts "
+                    "(the accounts researchers may charge)"
+                )
         if problems:
             raise ValueError("\n".join(problems))  # one problem a line: see _problems
         return self

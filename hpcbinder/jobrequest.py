@@ -2,19 +2,23 @@
 
 The spawner (interactive servers) and batch mode both start from a profile
 and the options a researcher sent, and both must refuse, on the server side,
-anything over the partition's limits before a job is submitted. The result
-holds only validated values, ready for a template's #SBATCH lines.
+anything over the partition's limits, and any partition or account the
+researcher may not use, before a job is submitted. The result holds only
+validated values, ready for a template's #SBATCH lines.
 """
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from hpcbinder.config import Profile, Site, over_limits
+from hpcbinder.config import Partition, Profile, Site, not_for_researchers, over_limits
 from hpcbinder.errors import UserError
 
 #: What a researcher may override in a profile.
@@ -54,10 +58,59 @@ class JobRequest:
         return options
 
 
+def user_groups(user: str) -> set[str]:
+    """The Unix groups ``user`` is in: primary and supplementary (none for
+    an unknown user)."""
+    try:
+        primary = pwd.getpwnam(user).pw_gid
+    except KeyError:
+        return set()
+    names = set()
+    for gid in os.getgrouplist(user, primary):
+        try:
+            names.add(grp.getgrgid(gid).gr_name)
+        except KeyError:
+            continue  # a gid without a name cannot be listed in the site file
+    return names
+
+
+def _partition_refusal(name: str, partition: Partition, user: str) -> str | None:
+    if not partition.researchers:
+        return not_for_researchers("", name)
+    if partition.groups and not user_groups(user) & set(partition.groups):
+        return (
+            f"partition: {name} is only for members of {', '.join(partition.groups)}; "
+            f"{user} is not one (site file: partitions.{name}.groups)"
+        )
+    return None
+
+
+def _account_refusal(site: Site, account: str, user: str) -> str | None:
+    if account not in site.accounts:
+        if not site.accounts:
+            return (
+                f"account: {account} may not be named; this site charges Slurm's default "
+                "account (site file: accounts)"
+            )
+        return f"account: {account} is not an account researchers may charge (site file: accounts)"
+    groups = site.accounts[account]
+    if groups and not user_groups(user) & set(groups):
+        return (
+            f"account: {account} is only for members of {', '.join(groups)}; "
+            f"{user} is not one (site file: accounts.{account})"
+        )
+    return None
+
+
 def request_for(
-    site: Site, profile_name: str | None, overrides: Mapping[str, str | int | None]
+    site: Site,
+    profile_name: str | None,
+    overrides: Mapping[str, str | int | None],
+    *,
+    user: str,
 ) -> JobRequest:
-    """The job ``profile_name`` (default: the site's) with ``overrides``."""
+    """The job ``profile_name`` (default: the site's) with ``overrides``,
+    for ``user`` (the Unix account the job will run as)."""
     name = profile_name or site.default_profile
     base = site.profiles.get(name)
     if base is None:
@@ -80,6 +133,11 @@ def request_for(
     partition = site.partitions.get(profile.partition)
     if partition is None:
         raise ResourceError(f"partition: {profile.partition!r} is not a partition of this site")
+    refusal = _partition_refusal(profile.partition, partition, user)
+    if refusal is None and profile.account is not None:
+        refusal = _account_refusal(site, profile.account, user)
+    if refusal is not None:
+        raise ResourceError(refusal)
     problems = over_limits("", profile, partition, profile.partition)
     if problems:
         raise ResourceError(re.sub(r"^\.", "", problems[0]))

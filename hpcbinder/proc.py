@@ -16,8 +16,9 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 #: How much of a failing program's output an error message carries.
 ERROR_TAIL_CHARS = 2000
@@ -57,11 +58,17 @@ def current_user() -> str:
     return getpass.getuser()
 
 
-def as_user(argv: Sequence[str], user: str | None) -> list[str]:
-    """argv prefixed so that it runs as ``user`` (unchanged for ourselves)."""
+def as_user(argv: Sequence[str], user: str | None, keep_env: Sequence[str] = ()) -> list[str]:
+    """argv prefixed so that it runs as ``user`` (unchanged for ourselves).
+
+    ``keep_env`` names the variables sudo passes on (their values stay in
+    the environment, never in argv); the site's sudoers rule must allow it
+    (``SETENV``) for the commands that need it, i.e. ``sbatch``.
+    """
     if user is None or user == current_user():
         return list(argv)
-    return ["sudo", "-n", "-u", user, "--", *argv]
+    keep = [f"--preserve-env={','.join(keep_env)}"] if keep_env else []
+    return ["sudo", "-n", *keep, "-u", user, "--", *argv]
 
 
 def run(
@@ -71,7 +78,7 @@ def run(
     input_text: str | None = None,
     timeout: float = 60.0,
     cwd: str | os.PathLike[str] | None = None,
-    env: dict[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> CommandResult:
     """Run ``argv`` (as ``user``) and return its result, whatever its exit code.
 
@@ -80,7 +87,7 @@ def run(
     non-zero exit means (see :func:`check`). ``env`` adds to (never
     replaces) this process's environment.
     """
-    full = as_user(argv, user)
+    full = as_user(argv, user, sorted(env or {}))
     try:
         done = subprocess.run(
             full,
@@ -106,6 +113,40 @@ def check(result: CommandResult) -> CommandResult:
             result.argv, f"exited with status {result.returncode}", result.stderr or result.stdout
         )
     return result
+
+
+class CommandRunner(Protocol):
+    """Where a command runs: this host (:class:`LocalRunner`) or a Slurm
+    login node over SSH (:class:`hpcbinder.remote.LoginNodeCommands`).
+
+    ``user`` None means this process's own account. ``env`` values reach
+    the command's environment, never its argv.
+    """
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        user: str | None = None,
+        input_text: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 60.0,
+    ) -> CommandResult: ...
+
+
+class LocalRunner:
+    """Commands on this host, as another account through ``sudo -n -u``."""
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        user: str | None = None,
+        input_text: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 60.0,
+    ) -> CommandResult:
+        return run(argv, user=user, input_text=input_text, env=env, timeout=timeout)
 
 
 def stream(

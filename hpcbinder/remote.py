@@ -11,7 +11,6 @@ input, ahead of the job script, and a fixed shell loop exports them.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import select
@@ -22,7 +21,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 import paramiko
 
+from hpcbinder import proc
 from hpcbinder.config import LOGIN_AS_USER, LoginNode, SSHHost
+from hpcbinder.proc import CommandResult
 
 #: Reads NAME=VALUE lines up to an empty one, exports them, runs "$@" from
 #: the user's home (not the service account's folder, after sudo); the rest
@@ -96,38 +97,44 @@ class LoginNodeCommands:
     def command_line(self, user: str, argv: Sequence[str]) -> str:
         """The shell text run on the login node for ``argv`` as ``user``."""
         words = ["sh", "-c", _EXPORT_THEN_RUN, "sh", *argv]
-        if self.login.user != LOGIN_AS_USER:
+        if self.login.user != LOGIN_AS_USER and user != self.login.user:
             words = ["sudo", "-n", "-u", user, "--", *words]
         return shlex.join(words)
 
-    def run_blocking(
-        self, user: str, argv: Sequence[str], stdin: str | None, env: Mapping[str, str] | None
-    ) -> tuple[int, str, str]:
-        forwarded = {k: v for k, v in (env or {}).items() if FORWARDED_ENV.fullmatch(k)}
-        channel = self.transport(user).open_session(timeout=30)
-        with channel:
-            # Slurm's answers are small: reading stdout, then stderr, cannot stall.
-            channel.settimeout(COMMAND_SECONDS)
-            channel.exec_command(self.command_line(user, argv))
-            channel.sendall((env_lines(forwarded) + (stdin or "")).encode())
-            channel.shutdown_write()
-            out = channel.makefile("rb").read()
-            err = channel.makefile_stderr("rb").read()
-            status = channel.recv_exit_status()
-        return status, out.decode(errors="replace"), err.decode(errors="replace")
-
-    async def run(
+    def run(
         self,
-        user: str,
         argv: Sequence[str],
-        stdin: str | None = None,
+        *,
+        user: str | None = None,
+        input_text: str | None = None,
         env: Mapping[str, str] | None = None,
-    ) -> tuple[int, str, str]:
+        timeout: float = COMMAND_SECONDS,
+    ) -> CommandResult:
+        """``argv`` on the login node as ``user`` (None: this process's
+        account there, or the login service account). A connection that
+        fails is a result with status 255, like a command that could not
+        run: callers retry or report it."""
+        account = user or (
+            proc.current_user() if self.login.user == LOGIN_AS_USER else self.login.user
+        )
+        forwarded = {k: v for k, v in (env or {}).items() if FORWARDED_ENV.fullmatch(k)}
+        line = self.command_line(account, argv)
         try:
-            return await asyncio.to_thread(self.run_blocking, user, argv, stdin, env)
+            channel = self.transport(account).open_session(timeout=30)
+            with channel:
+                # Slurm's answers are small: reading stdout, then stderr, cannot stall.
+                channel.settimeout(timeout)
+                channel.exec_command(line)
+                channel.sendall((env_lines(forwarded) + (input_text or "")).encode())
+                channel.shutdown_write()
+                out = channel.makefile("rb").read()
+                err = channel.makefile_stderr("rb").read()
+                status = channel.recv_exit_status()
         except (OSError, paramiko.SSHException) as exc:
-            # Like a command that failed to run: the caller retries or reports.
-            return 255, "", f"ssh {self.login.host}: {exc}"
+            return CommandResult(tuple(argv), 255, "", f"ssh {self.login.host}: {exc}")
+        return CommandResult(
+            tuple(argv), status, out.decode(errors="replace"), err.decode(errors="replace")
+        )
 
 
 class Tunnel:

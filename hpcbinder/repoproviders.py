@@ -10,6 +10,13 @@ A provider turns its spec into a :class:`ResolvedRepo` (where to fetch, and
 the exact version) and fetches that version into a directory. Git hosts
 share :class:`GitRepoProvider`; an archive provider (Zenodo, Figshare,
 Dataverse) fits the same two methods with a record version for ``commit``.
+
+Repositories on this host's filesystem, whichever provider names them
+(``local/``, or ``git/`` with a ``file://`` URL), are allowed only below the
+site's ``repos.local_roots``, judged on real paths: :func:`local_repo_path`
+is that one check. Such a repository may belong to any account; git reads
+it whoever owns it (``safe.directory`` for exactly that path, see
+:mod:`hpcbinder.git`).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import re
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -32,7 +40,11 @@ from hpcbinder.errors import RepoNotAllowed, RepoUnreachable, SpecError, Unknown
 _REF = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/+@-]{0,254}")
 _GH_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 _GL_PATH = re.compile(r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*")
-_PATH_SAFE = re.compile(r"[A-Za-z0-9._~/+=@%-]+")
+#: What a repository path on this host may be: absolute, and plain (git
+#: decodes %-escapes in file:// URLs, and ?/# are not part of a path to
+#: urlsplit but are to git, so none of them).
+_LOCAL_PATH = re.compile(r"/[A-Za-z0-9._~/+=@-]*")
+_FILE_URL = "file://"
 _CLONE_URL = re.compile(
     r"(?:https?|git|ssh|file)://[A-Za-z0-9._~:/?#@+=%-]+"  # scheme://...
     r"|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[A-Za-z0-9._~/+=%-]+"  # scp-like user@host:path
@@ -48,6 +60,72 @@ class ResolvedRepo:
     url: str
     ref: str
     commit: str
+
+
+def reaches_local_files(url: str) -> bool:
+    """Whether git would read ``url`` from this host's filesystem: ``file:``
+    in any spelling (a host part, one slash, upper case) and plain paths;
+    not ``scheme://`` URLs of other schemes or scp-like ``host:path``."""
+    if url.lower().startswith("file:"):
+        return True
+    if "://" in url:
+        return False
+    colon, slash = url.find(":"), url.find("/")
+    return colon < 0 or 0 <= slash < colon  # git's rule: a colon first is scp-like ssh
+
+
+def local_repo_path(url: str, roots: Iterable[Path]) -> Path | None:
+    """The real path of the repository on this host that ``url`` names,
+    checked to be below one of ``roots``; None for a URL git does not read
+    from this host's filesystem.
+
+    :class:`RepoNotAllowed` for every other URL that reaches the filesystem:
+    anything but ``file:///<absolute plain path>``, and paths whose real
+    location (symlinks and ``..`` resolved) or whose git directory (a
+    ``.git`` symlink or file, or the ``PATH.git`` git falls back to) is
+    outside the roots.
+    """
+    if not reaches_local_files(url):
+        return None
+    setting = "repos.local_roots"
+    path = url[len(_FILE_URL) :] if url.startswith(_FILE_URL) else ""
+    if not _LOCAL_PATH.fullmatch(path):
+        raise RepoNotAllowed(
+            f"{url}: a repository on this host must be named file:///<absolute path>, "
+            f"without host, %-escapes, ? or #, below the site's {setting}"
+        )
+    real_roots = [Path(os.path.realpath(root)) for root in roots]
+    if not real_roots:
+        setting += " is empty"
+
+    def outside(candidate: str) -> bool:
+        return not any(Path(candidate).is_relative_to(root) for root in real_roots)
+
+    real = os.path.realpath(path)
+    shown = path if real == path else f"{path} (really {real})"
+    if outside(real) or not _LOCAL_PATH.fullmatch(real):
+        raise RepoNotAllowed(f"{shown} is not below this site's local repository roots ({setting})")
+    # Where git's upload-pack may look for the repository (setup.c enter_repo).
+    for candidate in (f"{real}/.git", real, f"{real}.git/.git", f"{real}.git"):
+        gitdir = _gitfile_target(candidate) if os.path.isfile(candidate) else candidate
+        if gitdir is None or (os.path.lexists(gitdir) and outside(os.path.realpath(gitdir))):
+            raise RepoNotAllowed(
+                f"{shown}: its git directory {candidate} is not below this site's local "
+                f"repository roots ({setting})"
+            )
+    return Path(real)
+
+
+def _gitfile_target(gitfile: str) -> str | None:
+    """The folder a ``.git`` file (``gitdir: PATH``) points to, None if unreadable."""
+    try:
+        with open(gitfile, encoding="utf-8", errors="replace") as handle:
+            first = handle.readline(4096).strip()
+    except OSError:
+        return None
+    if not first.startswith("gitdir:"):
+        return None
+    return os.path.join(os.path.dirname(gitfile), first.removeprefix("gitdir:").strip())
 
 
 def check_ref(ref: str) -> str:
@@ -80,12 +158,14 @@ class RepoProvider(ABC):
         """(clone url, url-escaped ref) from the spec after the prefix."""
 
     @abstractmethod
-    def resolve(self) -> ResolvedRepo:
-        """The exact version ``ref`` names now."""
+    def resolve(self, *, user: str | None = None) -> ResolvedRepo:
+        """The exact version ``ref`` names now (looked up as ``user``, through
+        sudo, if given)."""
 
     @abstractmethod
-    def fetch(self, resolved: ResolvedRepo, dest: Path) -> None:
-        """That version's files into the new directory ``dest``."""
+    def fetch(self, resolved: ResolvedRepo, dest: Path, *, user: str | None = None) -> None:
+        """That version's files into the new directory ``dest`` (fetched as
+        ``user``, through sudo, and owned by it, if given)."""
 
     @staticmethod
     def _split_last(body: str, what: str) -> tuple[str, str]:
@@ -101,23 +181,35 @@ class GitRepoProvider(RepoProvider):
     def protocols(self) -> list[str]:
         return list(self.policy.protocols)
 
-    def check_allowed(self) -> None:
-        scheme = urlsplit(self.url).scheme or "ssh"
+    def check_allowed(self, url: str | None = None) -> Path | None:
+        """RepoNotAllowed unless this site allows ``url`` (this spec's by
+        default); for a repository on this host, its checked real path."""
+        url = self.url if url is None else url
+        local = reaches_local_files(url)
+        scheme = "file" if local else (urlsplit(url).scheme or "ssh")
         if scheme not in self.protocols():
-            raise RepoNotAllowed(f"{self.url}: protocol {scheme!r} is not allowed on this site")
-        if any(re.fullmatch(pattern, self.url) for pattern in self.policy.ban):
-            raise RepoNotAllowed(f"{self.url} is banned on this site")
+            raise RepoNotAllowed(f"{url}: protocol {scheme!r} is not allowed on this site")
+        path = local_repo_path(url, self.policy.local_roots)
+        # A local repository is judged by its real path too: a symlink
+        # neither escapes a ban nor borrows an allowed name.
+        seen = [url] if path is None else list(dict.fromkeys([url, f"{_FILE_URL}{path}"]))
+        judged = seen[-1]
+        if any(re.fullmatch(pattern, each) for pattern in self.policy.ban for each in seen):
+            raise RepoNotAllowed(f"{url} is banned on this site")
         if self.policy.allow and not any(
-            re.fullmatch(pattern, self.url) for pattern in self.policy.allow
+            re.fullmatch(pattern, judged) for pattern in self.policy.allow
         ):
-            raise RepoNotAllowed(f"{self.url} is not on this site's allow list")
+            raise RepoNotAllowed(f"{url} is not on this site's allow list")
+        return path
 
-    def resolve(self) -> ResolvedRepo:
-        self.check_allowed()
+    def resolve(self, *, user: str | None = None) -> ResolvedRepo:
+        local = self.check_allowed()
+        url = self.url if local is None else f"{_FILE_URL}{local}"
         if git.SHA.fullmatch(self.ref):
-            return ResolvedRepo(self.spec, self.url, self.ref, self.ref)
+            return ResolvedRepo(self.spec, url, self.ref, self.ref)
+        protocols = self.protocols()
         try:
-            refs = git.ls_remote(self.url, protocols=self.protocols())
+            refs = git.ls_remote(url, protocols=protocols, local_repo=local, user=user)
         except git.GitError as exc:
             raise RepoUnreachable(str(exc)) from exc
         for name in (
@@ -127,19 +219,29 @@ class GitRepoProvider(RepoProvider):
             f"refs/tags/{self.ref}",
         ):
             if name is not None and name in refs:
-                return ResolvedRepo(self.spec, self.url, self.ref, refs[name])
+                return ResolvedRepo(self.spec, url, self.ref, refs[name])
         if _SHORT_SHA.fullmatch(self.ref):
             try:
-                commit = git.expand_short_sha(self.url, self.ref, protocols=self.protocols())
+                commit = git.expand_short_sha(
+                    url, self.ref, protocols=protocols, local_repo=local, user=user
+                )
             except git.GitError as exc:
                 raise RepoUnreachable(str(exc)) from exc
             if commit:
-                return ResolvedRepo(self.spec, self.url, self.ref, commit)
-        raise UnknownRef(f"{self.url} has no branch, tag or commit {self.ref!r}")
+                return ResolvedRepo(self.spec, url, self.ref, commit)
+        raise UnknownRef(f"{url} has no branch, tag or commit {self.ref!r}")
 
-    def fetch(self, resolved: ResolvedRepo, dest: Path) -> None:
+    def fetch(self, resolved: ResolvedRepo, dest: Path, *, user: str | None = None) -> None:
+        local = self.check_allowed(resolved.url)  # a ResolvedRepo may come from elsewhere
         try:
-            git.fetch_commit(resolved.url, resolved.commit, dest, protocols=self.protocols())
+            git.fetch_commit(
+                resolved.url,
+                resolved.commit,
+                dest,
+                protocols=self.protocols(),
+                local_repo=local,
+                user=user,
+            )
         except git.GitError as exc:
             raise RepoUnreachable(str(exc)) from exc
 
@@ -187,13 +289,12 @@ class LocalRepoProvider(GitRepoProvider):
 
     def parse(self, body: str) -> tuple[str, str]:
         quoted_path, ref = self._split_last(body, "local/<url-escaped path>")
-        path = Path(os.path.realpath(unquote(quoted_path)))
-        if not path.is_absolute() or not _PATH_SAFE.fullmatch(str(path)):
-            raise SpecError(f"invalid local repository path {unquote(quoted_path)!r}")
-        roots = [Path(os.path.realpath(root)) for root in self.policy.local_roots]
-        if not any(path.is_relative_to(root) for root in roots):
-            raise RepoNotAllowed(f"{path} is not below this site's local repository roots")
-        return f"file://{path}", ref
+        given = unquote(quoted_path)
+        path = os.path.realpath(given)
+        if not os.path.isabs(given) or not _LOCAL_PATH.fullmatch(path):
+            raise SpecError(f"invalid local repository path {given!r}")
+        local_repo_path(f"{_FILE_URL}{path}", self.policy.local_roots)
+        return f"{_FILE_URL}{path}", ref
 
     def protocols(self) -> list[str]:
         return ["file"]
@@ -233,12 +334,15 @@ def cache_root(policy: RepoPolicy) -> Path:
     return Path(base) / "hpcbinder" / "repos"
 
 
-def checkout(provider: RepoProvider, resolved: ResolvedRepo, root: Path) -> Path:
+def checkout(
+    provider: RepoProvider, resolved: ResolvedRepo, root: Path, *, user: str | None = None
+) -> Path:
     """A directory holding ``resolved``, fetched once per (url, commit).
 
     The fetch goes to a temporary sibling that is renamed into place, so a
     checkout that exists is complete, and concurrent fetches of the same
-    version end with one of them kept.
+    version end with one of them kept. ``user``: fetch as that account,
+    which then owns the checkout (only root may name another account).
     """
     url_hash = hashlib.sha256(resolved.url.encode()).hexdigest()[:16]
     final = root / url_hash / resolved.commit
@@ -247,7 +351,9 @@ def checkout(provider: RepoProvider, resolved: ResolvedRepo, root: Path) -> Path
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{resolved.commit}-", dir=final.parent))
     try:
-        provider.fetch(resolved, staging / "repo")
+        if user is not None:
+            shutil.chown(staging, user)
+        provider.fetch(resolved, staging / "repo", user=user)
         try:
             (staging / "repo").rename(final)
         except OSError:

@@ -17,14 +17,14 @@ never through argv or a log line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
-import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
-from hpcbinder.slurm import JOB_ID
+from hpcbinder.proc import CommandError
+from hpcbinder.slurm import JOB_ID, QueueState, SlurmCLI, SlurmError, SubmitOptions
 
 OUTPUT_TAIL_LINES = 20
 
@@ -34,6 +34,13 @@ class ServerJobState(enum.Enum):
     RUNNING = "running"
     GONE = "gone"  # definitely not queued or running any more
     UNKNOWN = "unknown"  # Slurm did not answer; the job may well be fine
+
+
+_FROM_QUEUE = {
+    QueueState.PENDING: ServerJobState.PENDING,
+    QueueState.RUNNING: ServerJobState.RUNNING,
+    QueueState.GONE: ServerJobState.GONE,
+}
 
 
 class JobDied(RuntimeError):
@@ -46,113 +53,48 @@ class JobDied(RuntimeError):
         super().__init__(f"the server's Slurm job {job_id} ended while starting:\n{shown}")
 
 
-@dataclass(frozen=True)
-class ServerJobDialect:
-    """Commands and patterns (a site with wrappers changes data, not code)."""
-
-    sbatch: tuple[str, ...] = ("sbatch", "--parsable")
-    squeue: tuple[str, ...] = ("squeue", "-h", "-o", "%T %B", "-j")
-    scancel: tuple[str, ...] = ("scancel",)
-    pending: re.Pattern[str] = re.compile(r"(?:PENDING|CONFIGURING|REQUEUED|RESIZING)\b")
-    running: re.Pattern[str] = re.compile(r"(?:RUNNING|COMPLETING)\b")
-    gone: re.Pattern[str] = re.compile(r"Invalid job id specified")
-    host: re.Pattern[str] = re.compile(r"\S+\s+(\S+)\s*$")
-
-
-class CommandRunner(Protocol):
-    """Runs a command as a user where Slurm is: this host or a login node."""
-
-    async def run(
-        self,
-        user: str,
-        argv: Sequence[str],
-        stdin: str | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> tuple[int, str, str]: ...
-
-
-@dataclass(frozen=True)
-class LocalCommands:
-    """Commands on this host (a Slurm submit host), as the user through sudo."""
-
-    prefix: Sequence[str] = ("sudo", "-n", "-E", "-u", "{user}", "--")
-
-    async def run(
-        self,
-        user: str,
-        argv: Sequence[str],
-        stdin: str | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> tuple[int, str, str]:
-        prefix = [part.replace("{user}", user) for part in self.prefix]
-        process = await asyncio.create_subprocess_exec(
-            *prefix,
-            *argv,
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=dict(env) if env is not None else None,
-        )
-        out, err = await process.communicate(stdin.encode() if stdin is not None else None)
-        return process.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
-
-
 @dataclass
 class ServerJobs:
-    """Submit, query and cancel one user's server jobs."""
+    """Submit, query and cancel one user's server jobs, through the site's
+    Slurm client (this host or a login node), from the hub's event loop."""
 
     user: str
-    runner: CommandRunner = field(default_factory=LocalCommands)
-    dialect: ServerJobDialect = field(default_factory=ServerJobDialect)
+    slurm: SlurmCLI = field(default_factory=SlurmCLI)
     retries: int = 4
     backoff: float = 0.5
 
-    async def _run(
-        self, argv: list[str], stdin: str | None = None, env: Mapping[str, str] | None = None
-    ) -> tuple[int, str, str]:
-        return await self.runner.run(self.user, argv, stdin, env)
-
     async def submit(self, script: str, env: Mapping[str, str]) -> str:
         """Submit ``script`` as the user; its environment is ``env``."""
-        status, out, err = await self._run([*self.dialect.sbatch], script, env)
-        job_id = out.strip().split(";", 1)[0]
-        if status != 0 or not JOB_ID.fullmatch(job_id):
-            raise RuntimeError(f"sbatch refused the server job: {(err or out).strip()}")
-        return job_id
+        return await asyncio.to_thread(
+            self.slurm.submit, script, SubmitOptions(), user=self.user, env=env
+        )
 
     async def state(self, job_id: str) -> tuple[ServerJobState, str]:
         """The job's state and (when running) its node."""
-        if not JOB_ID.fullmatch(job_id):
-            return ServerJobState.GONE, ""
         for attempt in range(self.retries + 1):
-            status, out, err = await self._run([*self.dialect.squeue, job_id])
-            if self.dialect.gone.search(err + out):
-                return ServerJobState.GONE, ""
-            if status == 0:
-                return self._parse(out)
-            if attempt < self.retries:
-                await asyncio.sleep(self.backoff * 2**attempt)
+            try:
+                state, host = await asyncio.to_thread(
+                    self.slurm.queue_state, job_id, user=self.user
+                )
+            except SlurmError:
+                if attempt < self.retries:
+                    await asyncio.sleep(self.backoff * 2**attempt)
+                continue
+            return _FROM_QUEUE[state], host
         return ServerJobState.UNKNOWN, ""
-
-    def _parse(self, out: str) -> tuple[ServerJobState, str]:
-        line = out.strip()
-        if not line:
-            return ServerJobState.GONE, ""
-        if self.dialect.running.match(line):
-            match = self.dialect.host.search(line)
-            return ServerJobState.RUNNING, match.group(1) if match else ""
-        if self.dialect.pending.match(line):
-            return ServerJobState.PENDING, ""
-        return ServerJobState.GONE, ""
 
     async def cancel(self, job_id: str) -> None:
         if JOB_ID.fullmatch(job_id):
-            await self._run([*self.dialect.scancel, job_id])
+            # A job that has ended already is not an error here.
+            with contextlib.suppress(SlurmError, CommandError):
+                await asyncio.to_thread(self.slurm.cancel, job_id, user=self.user)
 
     async def output_tail(self, path: Path, lines: int = OUTPUT_TAIL_LINES) -> list[str]:
         """The last lines of a job's output file, read as the user where it ran."""
-        status, out, _ = await self._run(["tail", "-n", str(lines), "--", str(path)])
-        return out.splitlines() if status == 0 else []
+        result = await asyncio.to_thread(
+            self.slurm.runner.run, ["tail", "-n", str(lines), "--", str(path)], user=self.user
+        )
+        return result.stdout.splitlines() if result.ok else []
 
     async def wait_started(
         self, job_id: str, output: Path, poll: float, ready: Callable[[], bool]

@@ -9,9 +9,10 @@ unusual version changes data, not code.
 
 from __future__ import annotations
 
+import enum
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from hpcbinder import proc
@@ -57,6 +58,11 @@ class SlurmDialect:
     scontrol: tuple[str, ...] = ("scontrol",)
     sinfo: tuple[str, ...] = ("sinfo",)
     scancel: tuple[str, ...] = ("scancel",)
+    #: One job's state and node, for the frequent queries of a starting server.
+    squeue: tuple[str, ...] = ("squeue", "-h", "-o", "%T %B", "-j")
+    squeue_pending: re.Pattern[str] = re.compile(r"(?:PENDING|CONFIGURING|REQUEUED|RESIZING)\b")
+    squeue_running: re.Pattern[str] = re.compile(r"(?:RUNNING|COMPLETING)\b")
+    squeue_host: re.Pattern[str] = re.compile(r"\S+\s+(\S+)\s*$")
     ping_up: re.Pattern[str] = re.compile(r"Slurmctld\((?:primary|backup)\) at (\S+) is UP")
     job_id: re.Pattern[str] = re.compile(r"(\d+)(?:;\S+)?")
     job_gone: re.Pattern[str] = re.compile(r"Invalid job id specified")
@@ -143,17 +149,38 @@ def _parse_exit_code(text: str) -> tuple[int | None, int | None]:
     return int(match.group(1)), int(match.group(2))
 
 
-class SlurmCLI:
-    """Slurm through its command-line tools, as a given account or ourselves."""
+class QueueState(enum.Enum):
+    """A job as ``squeue`` sees it."""
 
-    def __init__(self, dialect: SlurmDialect | None = None, timeout: float = 30.0) -> None:
+    PENDING = "pending"
+    RUNNING = "running"
+    GONE = "gone"  # definitely not queued or running any more
+
+
+class SlurmCLI:
+    """Slurm through its command-line tools, as a given account or ourselves,
+    wherever the site's ``runner`` runs them (this host or a login node)."""
+
+    def __init__(
+        self,
+        runner: proc.CommandRunner | None = None,
+        dialect: SlurmDialect | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.runner = runner or proc.LocalRunner()
         self.dialect = dialect or SlurmDialect()
         self.timeout = timeout
 
     def _run(
-        self, argv: list[str], user: str | None = None, input_text: str | None = None
+        self,
+        argv: list[str],
+        user: str | None = None,
+        input_text: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> proc.CommandResult:
-        return proc.run(argv, user=user, input_text=input_text, timeout=self.timeout)
+        return self.runner.run(
+            argv, user=user, input_text=input_text, env=env, timeout=self.timeout
+        )
 
     def ping(self) -> str:
         """The controller's host if slurmctld answers, else :class:`SlurmError`."""
@@ -185,10 +212,21 @@ class SlurmCLI:
             for name in states
         }
 
-    def submit(self, script: str, options: SubmitOptions, *, user: str | None = None) -> str:
-        """Submit ``script`` (read by sbatch from stdin) and return the job id."""
+    def submit(
+        self,
+        script: str,
+        options: SubmitOptions,
+        *,
+        user: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> str:
+        """Submit ``script`` (read by sbatch from stdin) and return the job
+        id; ``env`` joins the job's environment (sbatch exports it)."""
         result = self._run(
-            [*self.dialect.sbatch, "--parsable", *options.argv()], user=user, input_text=script
+            [*self.dialect.sbatch, "--parsable", *options.argv()],
+            user=user,
+            input_text=script,
+            env=env,
         )
         match = self.dialect.job_id.fullmatch(result.stdout.strip())
         if not result.ok or not match:
@@ -216,6 +254,24 @@ class SlurmCLI:
             partition=values["Partition"],
             stdout_path=values["StdOut"],
         )
+
+    def queue_state(self, job_id: str, *, user: str | None = None) -> tuple[QueueState, str]:
+        """The job's state and (when running) its node, from ``squeue``;
+        :class:`SlurmError` when Slurm gives no definite answer."""
+        if not JOB_ID.fullmatch(job_id):
+            return QueueState.GONE, ""
+        result = self._run([*self.dialect.squeue, job_id], user=user)
+        if self.dialect.job_gone.search(result.stderr + result.stdout):
+            return QueueState.GONE, ""
+        if not result.ok:
+            raise SlurmError(f"squeue did not answer: {(result.stderr or result.stdout).strip()}")
+        line = result.stdout.strip()
+        if self.dialect.squeue_running.match(line):
+            match = self.dialect.squeue_host.search(line)
+            return QueueState.RUNNING, match.group(1) if match else ""
+        if self.dialect.squeue_pending.match(line):
+            return QueueState.PENDING, ""
+        return QueueState.GONE, ""
 
     def wait(
         self,

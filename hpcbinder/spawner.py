@@ -31,22 +31,16 @@ from tornado import web
 from traitlets import Float, Integer, Unicode, default
 
 from hpcbinder.build import image_store, launch_argv
+from hpcbinder.cluster import cluster_runner, cluster_slurm
 from hpcbinder.config import Site, load_site
 from hpcbinder.jobrequest import OVERRIDABLE, request_for
 from hpcbinder.remote import LoginNodeCommands, Tunnel
-from hpcbinder.serverjobs import (
-    CommandRunner,
-    LocalCommands,
-    ServerJobs,
-    ServerJobState,
-    accepts_connections,
-)
+from hpcbinder.serverjobs import ServerJobs, ServerJobState, accepts_connections
 from hpcbinder.serverscript import Seed, ServerJob, render_server_script, workspace_for
 
 _ENV_KEY = re.compile(r"[0-9a-f]{32}")
 _BASE = re.compile(r"base:([A-Za-z0-9][A-Za-z0-9_.-]{0,63})")
-#: Login-node connections and open tunnels, shared by this hub's spawners.
-_LOGIN_NODES: dict[str, LoginNodeCommands] = {}
+#: Open tunnels, shared by this hub's spawners.
 _TUNNELS: dict[tuple[str, str], Tunnel] = {}
 _STATES = {
     ServerJobState.PENDING: JobStatus.PENDING,
@@ -103,19 +97,10 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
 
     # --- what the job is made of --------------------------------------------
 
-    def _runner(self) -> CommandRunner:
-        login = self.site.cluster.login
-        if login is None:
-            return LocalCommands()
-        key = login.model_dump_json()
-        if key not in _LOGIN_NODES:
-            _LOGIN_NODES[key] = LoginNodeCommands(login)
-        return _LOGIN_NODES[key]
-
     def _jobs(self) -> ServerJobs:
         return ServerJobs(
             self.user.name,
-            runner=self._runner(),
+            slurm=cluster_slurm(self.site),
             retries=self.query_retries,
             backoff=self.query_backoff,
         )
@@ -136,7 +121,7 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
         """The job for the current user_options, every value checked."""
         options = self.user_options or {}
         overrides = {key: options[key] for key in OVERRIDABLE if key in options}
-        request = request_for(self.site, options.get("profile"), overrides)
+        request = request_for(self.site, options.get("profile"), overrides, user=self.user.name)
         home = Path(pwd.getpwnam(self.user.name).pw_dir)
         command = [self.batchspawner_singleuser_cmd, *self.cmd, *self.get_args()]
         workspace = seed = None
@@ -258,7 +243,7 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
 
     def _open_tunnel(self, host: str, port: int, local_port: int = 0) -> Tunnel:
         self._close_tunnel()
-        runner = self._runner()
+        runner = cluster_runner(self.site)
         if not isinstance(runner, LoginNodeCommands):
             raise ValueError("cluster.tunnel needs cluster.login")
         tunnel = Tunnel(partial(runner.transport, self.user.name), (host, port), local_port)

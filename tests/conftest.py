@@ -16,10 +16,12 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from hpcbinder import apptainer, proc
 from hpcbinder.slurm import SlurmCLI, SlurmError
@@ -131,3 +133,53 @@ def wait_for_port(port: int, what: str, seconds: float = 10.0, host: str = "127.
                 return
         time.sleep(0.1)
     pytest.fail(f"{what} did not start listening on port {port}")
+
+
+#: The site-wide install (slurm/devcluster install): what researchers and
+#: service accounts run. The project's .venv is root's alone.
+SITE_BIN = Path("/opt/hpcbinder/venv/bin")
+
+
+def as_account(user: str, argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """``argv`` run as ``user`` with no privileges of ours (sudo -n -u)."""
+    return subprocess.run(
+        ["sudo", "-n", "-u", user, "--", *argv],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@contextmanager
+def running_build_server(site: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A build server as the build account for ``site`` (a site file whose
+    build.server_url is rewritten to a free loopback port)."""
+    data = yaml.safe_load(site.read_text()) or {}
+    port = free_port()
+    data.setdefault("build", {})["server_url"] = f"http://127.0.0.1:{port}"
+    site.write_text(yaml.safe_dump(data))
+    site.chmod(0o644)
+    log = site.with_suffix(".build-server.log")
+    with log.open("w") as handle:
+        server = subprocess.Popen(
+            [str(SITE_BIN / "hpcbinder"), "--site", str(site), "build-server"],
+            user="hpcbuild",
+            group="hpcbuild",
+            extra_groups=[],
+            env={
+                "HOME": "/home/hpcbuild",
+                "PATH": "/usr/local/bin:/usr/bin:/bin",
+                "LANG": "C.UTF-8",
+            },
+            cwd="/",
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_port(port, f"the build server (log: {log})", seconds=30)
+        yield server
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            server.wait(timeout=30)

@@ -5,10 +5,9 @@ its REST API, with kernels run through the proxy over WebSocket."""
 from __future__ import annotations
 
 import json
-import os
 import secrets
+import shutil
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -21,9 +20,11 @@ from tornado.httpclient import HTTPClient, HTTPClientError, HTTPRequest
 from tornado.ioloop import IOLoop
 from tornado.websocket import websocket_connect
 
-from tests.conftest import REPO, SHARED_SCRATCH, free_port, wait_for_port
+from tests.conftest import REPO, SHARED_SCRATCH, SITE_BIN, free_port, wait_for_port
 
-CHP = Path(sys.prefix) / "chp" / "node_modules" / ".bin" / "configurable-http-proxy"
+#: The hub runs as the service account from the site-wide install.
+SERVICE_ACCOUNT = "hpcbinder"
+CHP = SITE_BIN.parent / "chp" / "node_modules" / ".bin" / "configurable-http-proxy"
 HUB_CONFIG = REPO / "configs" / "jupyterhub_config.py"
 READY_SECONDS = 240
 DEV_SITE = Path("/etc/hpcbinder/site.yaml")
@@ -46,9 +47,12 @@ class Hub:
     def start(self) -> None:
         with self.log.open("a") as handle:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "jupyterhub", "-f", str(HUB_CONFIG)],
+                [str(SITE_BIN / "python"), "-m", "jupyterhub", "-f", str(HUB_CONFIG)],
                 cwd=self.state,
                 env=self.env,
+                user=SERVICE_ACCOUNT,
+                group=SERVICE_ACCOUNT,
+                extra_groups=[],
                 stdout=handle,
                 stderr=subprocess.STDOUT,
                 text=True,
@@ -94,9 +98,12 @@ def new_hub(site: Path | None = None) -> Hub:
         port = free_port()
     state = SHARED_SCRATCH / f"hub-{uuid.uuid4().hex[:8]}"
     state.mkdir(parents=True)
+    shutil.chown(state, SERVICE_ACCOUNT, SERVICE_ACCOUNT)
     token = secrets.token_hex(16)
     env = {
-        **os.environ,
+        "PATH": f"{SITE_BIN}:/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": "/var/lib/hpcbinder/service",
         "HPCBINDER_HUB_PORT": str(port),
         "HPCBINDER_HUB_STATE": str(state),
         "HPCBINDER_ADMIN_TOKEN": token,

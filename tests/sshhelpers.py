@@ -3,6 +3,7 @@ namespace, letting the given accounts in with a key generated here."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator, Sequence
@@ -15,11 +16,15 @@ from tests.conftest import SHARED_SCRATCH, free_port, wait_for_port
 
 @contextmanager
 def running_sshd(
-    users: Sequence[str], address: str = "127.0.0.1", netns: str | None = None
+    users: Sequence[str],
+    address: str = "127.0.0.1",
+    netns: str | None = None,
+    key_owner: str | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yields SSH host settings (host, port, key_file, known_hosts) as the
     site file takes them. sshd reads authorized_keys as the logging-in
-    account, so the folder is world-readable."""
+    account, so the folder is world-readable; the client key is root's, or
+    ``key_owner``'s (the hub's service account)."""
     keys = SHARED_SCRATCH / f"ssh-{uuid.uuid4().hex[:10]}"
     keys.mkdir(parents=True)
     keys.chmod(0o755)
@@ -28,6 +33,8 @@ def running_sshd(
             ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True
         )
     (keys / "authorized_keys").write_text((keys / "client.pub").read_text())
+    if key_owner is not None:
+        shutil.chown(keys / "client", key_owner, key_owner)
     port = free_port()
     host_key = (keys / "host.pub").read_text().split()
     (keys / "known_hosts").write_text(f"[{address}]:{port} {host_key[0]} {host_key[1]}\n")

@@ -16,10 +16,11 @@ from tornado.iostream import StreamClosedError
 
 from hpcbinder import __version__, batch, build, repoproviders
 from hpcbinder.batchjobs import submit_run
+from hpcbinder.cluster import cluster_slurm
 from hpcbinder.config import Site
 from hpcbinder.errors import UserError
 from hpcbinder.jobrequest import JobRequest, request_for
-from hpcbinder.slurm import SlurmCLI, SlurmError
+from hpcbinder.slurm import SlurmError
 from hpcbinder.web.builds import Built
 from hpcbinder.web.events import KEEPALIVE, Event, failed
 from hpcbinder.web.launcher import LaunchFailed, server_name
@@ -149,11 +150,11 @@ class BuildHandler(BaseHandler):
         query = {key: self.get_argument(key) for key in self.request.arguments}
         try:
             repo = repoproviders.parse_spec(spec, service.site.repos)
-            request_for(service.site, query.get("profile"), {})
+            request_for(service.site, query.get("profile"), {}, user=self.user_name)
         except UserError as exc:
             await self.emit(failed(str(exc)))
             return
-        session = service.builds.session(spec)
+        session = service.builds.session(spec, self.user_name)
         async for event in session.follow():
             await self.emit(event)
         built = session.result
@@ -171,7 +172,7 @@ class BuildHandler(BaseHandler):
             await self.emit(failed(f"Launch failed: {exc}"))
             return
         service.metrics.launch_finished("success", time.monotonic() - started)
-        commit = built.prepared.repo.commit
+        commit = built.fetched.repo.commit
         await self.emit(
             Event(
                 "ready",
@@ -191,14 +192,14 @@ class BuildHandler(BaseHandler):
     def _options(
         self, built: Built, repo: repoproviders.RepoProvider, query: dict[str, str]
     ) -> dict[str, Any]:
-        prepared = built.prepared
+        fetched = built.fetched
         options: dict[str, Any] = {
             "image": built.record.key,
             "workspace": {
                 "slug": server_name(repo.url),
-                "checkout": str(prepared.checkout),
-                "commit": prepared.repo.commit,
-                "from_image": prepared.plan.reads_whole_repo,
+                "checkout": str(fetched.checkout),
+                "commit": fetched.repo.commit,
+                "from_image": fetched.reads_whole_repo,
             },
         }
         if query.get("profile"):
@@ -217,11 +218,13 @@ class BatchHandler(BaseHandler):
         overrides = {key: self.get_body_argument(key, "") for key in ("time", "cpus", "mem")}
         try:
             parameters = parse_parameters(self.get_body_argument("parameters", ""))
-            request = request_for(service.site, self.get_body_argument("profile", ""), overrides)
+            request = request_for(
+                service.site, self.get_body_argument("profile", ""), overrides, user=self.user_name
+            )
         except UserError as exc:
             self.page("error.html", 400, status=400, reason=str(exc), user=self.user_name)
             return
-        session = service.builds.session(full)
+        session = service.builds.session(full, self.user_name)
         last = None
         async for event in session.follow():
             last = event
@@ -268,21 +271,27 @@ def submit_batch(
     parameters: dict[str, str],
 ) -> tuple[str, Path]:
     """Check and submit one run of ``path`` as ``user``; (job id, run folder)."""
-    plan = batch.plan_tasks(built.prepared, path, parameters)
+    plan = batch.plan_tasks(built.fetched, path, parameters)
     launch = build.launch_argv(built.record)
     run = batch.plan_run(
-        site, built.prepared, built.record, launch, user=user, request=request, plan=plan
+        site, built.fetched, built.record, launch, user=user, request=request, plan=plan
     )
-    return submit_run(run, batch.render_batch_script(run), SlurmCLI()), run.run_dir
+    return submit_run(run, batch.render_batch_script(run), cluster_slurm(site)), run.run_dir
 
 
-class HealthHandler(web.RequestHandler):
+class HealthHandler(BaseHandler):
+    """``{"ok": …}`` for anyone (load balancers, monitoring), from a cached
+    check; which checks failed, and why, only for the hub's admins."""
+
     async def get(self) -> None:
-        service: Service = self.settings["service"]
-        checks = await service.health()
+        checks = await self.service.cached_health()
         ok = all(check["ok"] for check in checks)
         self.set_status(200 if ok else 503)
-        self.finish({"ok": ok, "checks": checks})
+        user = self.current_user
+        if user and await self.service.is_admin(str(user["name"])):
+            self.finish({"ok": ok, "checks": checks})
+        else:
+            self.finish({"ok": ok})
 
 
 class VersionsHandler(web.RequestHandler):

@@ -5,23 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-import pwd
-import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import jinja2
 from jupyterhub.services.auth import HubOAuth
 from markupsafe import Markup
+from tornado.httpclient import AsyncHTTPClient
 
 from hpcbinder import proc, templating
 from hpcbinder.build import image_store
+from hpcbinder.cluster import cluster_slurm
 from hpcbinder.config import Site
-from hpcbinder.slurm import SlurmCLI
 from hpcbinder.web.builds import BuildCoordinator
 from hpcbinder.web.launcher import HubAPI, Launcher
 from hpcbinder.web.metrics import Metrics
 from hpcbinder.web.policy import LaunchLimits
+
+#: How long a health report is reused.
+HEALTH_SECONDS = 30.0
 
 
 def json_for_script(value: Any) -> Markup:
@@ -60,10 +64,25 @@ class Service:
         self.launcher = Launcher(self.hub, binder.launch_timeout_seconds)
         self.limits = LaunchLimits(binder.max_launches_per_user, binder.max_launches_per_repo)
 
+    async def is_admin(self, user: str) -> bool:
+        """Whether the hub says ``user`` is one of its admins."""
+        model = await self.hub.call("GET", f"/users/{quote(user)}")
+        return bool(model and model.get("admin"))
+
+    _health_cache: tuple[float, list[dict[str, Any]]] | None = None
+
+    async def cached_health(self) -> list[dict[str, Any]]:
+        """:meth:`health`, checked at most every :data:`HEALTH_SECONDS`: an
+        anonymous caller cannot make the service run Slurm commands at will."""
+        now = time.monotonic()
+        if self._health_cache is None or now - self._health_cache[0] > HEALTH_SECONDS:
+            self._health_cache = (now, await self.health())
+        return self._health_cache[1]
+
     async def health(self) -> list[dict[str, Any]]:
-        """Slurm, the hub's API, the image store and the build backend, each checked."""
-        names = ("slurm", "hub", "image store", "build backend")
-        checks = (self._slurm(), self._hub(), self._store(), self._backend())
+        """Slurm, the hub's API, the image store and the build server, each checked."""
+        names = ("slurm", "hub", "image store", "build server")
+        checks = (self._slurm(), self._hub(), self._store(), self._build_server())
         results = await asyncio.gather(*checks, return_exceptions=True)
         report = []
         for name, result in zip(names, results, strict=True):
@@ -73,7 +92,7 @@ class Service:
         return report
 
     async def _slurm(self) -> str:
-        host = await asyncio.to_thread(SlurmCLI(timeout=10).ping)
+        host = await asyncio.to_thread(cluster_slurm(self.site, timeout=10).ping)
         return f"slurmctld on {host}"
 
     async def _hub(self) -> str:
@@ -88,21 +107,10 @@ class Service:
         records = await asyncio.to_thread(store.records)
         return f"{len(records)} images in {store.root}"
 
-    async def _backend(self) -> str:
-        build = self.site.build
-        if build.backend == "local":
-            pwd.getpwnam(build.account)
-            return f"local builds as {build.account}"
-        if build.backend == "slurm":
-            partitions = await asyncio.to_thread(SlurmCLI(timeout=10).partitions)
-            state = partitions.get(build.partition)
-            if state is None or not state.usable:
-                raise RuntimeError(f"build partition {build.partition} is not usable")
-            return f"Slurm builds on {build.partition}"
-        if build.ssh is None:
-            raise RuntimeError("build.ssh is not configured")
-        await asyncio.to_thread(socket.create_connection, (build.ssh.host, build.ssh.port), 10)
-        return f"SSH builds on {build.ssh.host}"
+    async def _build_server(self) -> str:
+        url = self.site.build.server_url.rstrip("/")
+        await AsyncHTTPClient().fetch(f"{url}/health", request_timeout=10)
+        return f"build server at {url}"
 
 
 async def tool_versions() -> dict[str, str]:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.binderhelpers import Binder, user_token
-from tests.conftest import SHARED_SCRATCH, DevCluster
+from tests.conftest import SHARED_SCRATCH, DevCluster, running_build_server
 from tests.hubhelpers import close_hub, new_hub, site_with
 
 
@@ -26,8 +26,9 @@ def binder(devcluster: DevCluster) -> Iterator[Binder]:
             "binder": {"max_parallel_builds": 1, "max_launches_per_user": 1},
         }
     )
-    hub = new_hub(site)
-    try:
-        yield Binder(hub, hub.binder_url, user_token(hub, "alice"), root)
-    finally:
-        close_hub(hub)
+    with running_build_server(site):
+        hub = new_hub(site)
+        try:
+            yield Binder(hub, hub.binder_url, user_token(hub, "alice"), root)
+        finally:
+            close_hub(hub)

@@ -22,6 +22,7 @@ from tests.binderhelpers import (
     open_stream,
     phases,
     read_events,
+    user_token,
 )
 from tests.conftest import DevCluster
 from tests.hubhelpers import execute
@@ -173,14 +174,20 @@ def test_pages_keep_hostile_text_as_text(binder: Binder) -> None:
 
 
 def test_service_routes(binder: Binder) -> None:
-    status, body, _ = binder.get("/health")
+    # Anonymous callers and researchers learn only whether it is healthy…
+    for token in (None, binder.token):
+        status, body, _ = binder.get("/health", token)
+        assert status == 200 and json.loads(body) == {"ok": True}, body
+    # …the hub's admins also what was checked and how it went.
+    admin = user_token(binder.hub, "hubadmin")
+    status, body, _ = binder.get("/health", admin)
     health = json.loads(body)
     assert status == 200 and health["ok"], health
     assert {c["service"] for c in health["checks"]} == {
         "slurm",
         "hub",
         "image store",
-        "build backend",
+        "build server",
     }
     status, body, _ = binder.get("/versions")
     versions = json.loads(body)

@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slurm, pytest.mark.apptainer]
 
 @pytest.fixture
 def remote_hub(devcluster: DevCluster) -> Iterator[Hub]:
-    with running_sshd(["alice", "bob"]) as login:
+    with running_sshd(["alice", "bob"], key_owner="hpcbinder") as login:
         hub = new_hub(site_with({"cluster": {"login": login, "tunnel": True}}))
         try:
             yield hub

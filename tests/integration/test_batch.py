@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,13 +22,13 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO, SHARED_SCRATCH, DevCluster
+from tests.conftest import REPO, SHARED_SCRATCH, SITE_BIN, DevCluster, as_account
 from tests.repohelpers import git, local_spec
 
 pytestmark = [pytest.mark.slurm, pytest.mark.apptainer]
 
 USER = "alice"
-HPCBINDER = Path(sys.prefix) / "bin" / "hpcbinder"
+HPCBINDER = SITE_BIN / "hpcbinder"
 
 
 @dataclass(frozen=True)
@@ -39,14 +38,17 @@ class BatchRepo:
     site: Path
     output_dir: Path
 
-    def sbatch(self, *args: str, wait: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = [str(HPCBINDER), "--site", str(self.site), "sbatch", self.spec, "--user", USER]
+    def sbatch(
+        self, *args: str, wait: bool = True, user: str = USER
+    ) -> subprocess.CompletedProcess[str]:
+        """``hpcbinder sbatch`` as the researcher, from the site-wide install."""
+        argv = [str(HPCBINDER), "--site", str(self.site), "sbatch", self.spec]
         argv += ["--output-dir", str(self.output_dir), *(["--wait"] if wait else []), *args]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=600)
+        return as_account(user, argv, timeout=600)
 
-    def jobs(self, *args: str) -> subprocess.CompletedProcess[str]:
-        argv = [str(HPCBINDER), "--site", str(self.site), "jobs", "--user", USER, *args]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    def jobs(self, *args: str, user: str = USER) -> subprocess.CompletedProcess[str]:
+        argv = [str(HPCBINDER), "--site", str(self.site), "jobs", *args]
+        return as_account(user, argv, timeout=300)
 
     def task(self, job_id: str, index: int = 0) -> Path:
         return self.output_dir / f"job-{job_id}" / f"task-{index}"
@@ -196,6 +198,11 @@ def test_the_emitted_script_resubmitted_by_hand_gives_the_same_result(
             "--array: index 7 has no row in the parameter grid (4 rows, indices 0-3)",
         ),
         (["--run", "compute.py", "--array", "1-x"], "--array: '1-x' is not a Slurm array spec"),
+        # Limits a researcher must not lift.
+        (["--run", "compute.py", "--mem", "0"], "mem: must be more than 0"),
+        (["--run", "compute.py", "--time", "00:00:00"], "time: must be more than 0"),
+        (["--run", "compute.py", "--partition", "build"], "build is not for researchers' jobs"),
+        (["--run", "compute.py", "--account", "physics"], "account"),
     ],
 )
 def test_bad_requests_are_refused_before_anything_is_submitted(
@@ -209,6 +216,27 @@ def test_bad_requests_are_refused_before_anything_is_submitted(
     queue = subprocess.run(["squeue", "-h", "-u", USER], capture_output=True, text=True)
     assert queue.stdout.strip() == ""
     assert not batch_repo.output_dir.exists()
+
+
+def test_bob_cannot_read_or_cancel_alices_runs(batch_repo: BatchRepo) -> None:
+    result = batch_repo.sbatch("--run", "slow.ipynb", wait=False)
+    job_id = submitted(result)
+    try:
+        refused = batch_repo.jobs("cancel", job_id, user="bob")
+        assert refused.returncode == 2 and f"{job_id} is not one of bob's" in refused.stderr
+        # Not through Slurm either: bob's scancel of alice's job is refused by Slurm.
+        scancel = as_account("bob", ["scancel", job_id])
+        assert scancel.returncode != 0, scancel
+        wait_for(lambda: list(batch_repo.output_dir.glob("job-*/task-0")), "no task folder")
+        task = next(batch_repo.output_dir.glob("job-*/task-0"))
+        listing = as_account("bob", ["ls", str(task)])
+        assert listing.returncode != 0 and "Permission denied" in listing.stderr
+        mine = [
+            line for line in batch_repo.jobs("ls").stdout.splitlines() if line.split()[0] == job_id
+        ]
+        assert len(mine) == 1 and "RUNNING" in mine[0]  # alice's job is still hers
+    finally:
+        batch_repo.jobs("cancel", job_id)
 
 
 def test_a_failing_script_exits_with_its_status(batch_repo: BatchRepo) -> None:
@@ -235,9 +263,13 @@ def test_a_cancelled_job_keeps_its_partial_outputs_marked_incomplete(
     batch_repo: BatchRepo,
 ) -> None:
     argv = [str(HPCBINDER), "--site", str(batch_repo.site), "sbatch", batch_repo.spec]
-    argv += ["--user", USER, "--output-dir", str(batch_repo.output_dir), "--wait"]
+    argv += ["--output-dir", str(batch_repo.output_dir), "--wait"]
     waiting = subprocess.Popen(
-        [*argv, "--run", "slow.ipynb"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        ["sudo", "-n", "-u", USER, "--", *argv, "--run", "slow.ipynb"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd="/",
     )
     try:
         partial = "job-*/task-0/work/partial.txt"

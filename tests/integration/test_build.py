@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -21,7 +20,7 @@ from hpcbinder import pipeline
 from hpcbinder.build import Builder, BuildEvent, ImageBuildError, launch_argv
 from hpcbinder.config import Site
 from hpcbinder.images import ImageRecord
-from tests.conftest import SHARED_SCRATCH, DevCluster
+from tests.conftest import SHARED_SCRATCH, SITE_BIN, DevCluster, as_account, running_build_server
 from tests.repohelpers import git, local_spec, make_repo, site_for_tests
 from tests.sshhelpers import running_sshd
 
@@ -49,7 +48,11 @@ def workspace(dev_base: Path) -> Iterator[Path]:
     (root / "store" / "bases").mkdir(parents=True)
     (root / "store" / "bases" / "default.sif").symlink_to(dev_base)
     (root / "repos").mkdir()
-    subprocess.run(["chown", "-R", "hpcbuild:hpcbuild", str(root / "store")], check=True)
+    (root / "checkouts").mkdir()
+    subprocess.run(
+        ["chown", "-R", "hpcbuild:hpcbuild", str(root / "store"), str(root / "checkouts")],
+        check=True,
+    )
     root.chmod(0o755)
     yield root
     subprocess.run(["rm", "-rf", str(root)], check=False)
@@ -125,21 +128,42 @@ def test_code_only_commit_builds_nothing(workspace: Path) -> None:
     assert [e.phase for e in events] == ["ready"]
 
 
-def test_concurrent_requests_build_once(workspace: Path, hpcbinder_cli: list[str]) -> None:
+def test_concurrent_requests_build_once(workspace: Path) -> None:
+    """Researchers ask two build servers sharing one store (two build
+    hosts): one builds, the other follows its lock; all get one image."""
     repo = make_repo("python/requirements", workspace / "repos" / "repo")
-    site_file = workspace / "site.yaml"
-    site_file.write_text(make_site(workspace).model_dump_json())
-    argv = [*hpcbinder_cli, "--site", str(site_file), "build", local_spec(repo)]
-    runs = [
-        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(4)
-    ]
-    outputs = [run.communicate(timeout=600) for run in runs]
+    sites = [workspace / "site-a.yaml", workspace / "site-b.yaml"]
+    for site_file in sites:
+        site_file.write_text(make_site(workspace).model_dump_json())
+    with running_build_server(sites[0]), running_build_server(sites[1]):
+        runs = [
+            subprocess.Popen(
+                [
+                    "sudo",
+                    "-n",
+                    "-u",
+                    user,
+                    "--",
+                    str(SITE_BIN / "hpcbinder"),
+                    "--site",
+                    str(site_file),
+                    "build",
+                    local_spec(repo),
+                    "-v",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd="/",
+            )
+            for site_file in sites
+            for user in ("alice", "bob")
+        ]
+        outputs = [run.communicate(timeout=600) for run in runs]
     assert [run.returncode for run in runs] == [0, 0, 0, 0], outputs
     assert len({out for out, _ in outputs}) == 1
-    # Followers relay the builder's events after their own "waiting" line.
-    first_phases = [err.split("] ", 1)[1].split(":", 1)[0] for _, err in outputs]
-    assert sorted(first_phases) == ["building", "waiting", "waiting", "waiting"], outputs
+    # The clients of the server that lost the race see it follow the other's build.
+    assert sum("following it" in err for _, err in outputs) == 2, outputs
 
 
 FAULTS = {
@@ -225,7 +249,7 @@ def test_full_store_fails_cleanly(workspace: Path) -> None:
         subprocess.run(["umount", "-l", str(store)], check=False)
 
 
-def test_killed_build_is_rebuilt_cleanly(workspace: Path, hpcbinder_cli: list[str]) -> None:
+def test_killed_build_is_rebuilt_cleanly(workspace: Path) -> None:
     repo = make_repo("base/postbuild", workspace / "repos" / "repo")
     (repo / "postBuild").write_text("#!/bin/sh\nsleep 15\necho made-by-postbuild > generated.txt\n")
     git(repo, "commit", "-q", "-am", "slow postBuild")
@@ -233,21 +257,35 @@ def test_killed_build_is_rebuilt_cleanly(workspace: Path, hpcbinder_cli: list[st
     site_file = workspace / "site.yaml"
     site_file.write_text(site.model_dump_json())
     key = pipeline.prepare(local_spec(repo), site).rendered.env_key
-    victim = subprocess.Popen(
-        [*hpcbinder_cli, "--site", str(site_file), "build", local_spec(repo), "-v"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    started = workspace / "store" / "locks" / f"{key}.started"
-    for _ in range(600):  # up to 60 s for the build to start its container
-        if started.exists() and "install environment" not in started.read_text():
-            break
-        time.sleep(0.1)
-    time.sleep(3)
-    os.kill(victim.pid, signal.SIGKILL)  # the orchestrator only: its build is orphaned
-    victim.wait(timeout=30)
+    with running_build_server(site_file) as server:
+        client = subprocess.Popen(
+            [
+                "sudo",
+                "-n",
+                "-u",
+                "alice",
+                "--",
+                str(SITE_BIN / "hpcbinder"),
+                "--site",
+                str(site_file),
+                "build",
+                local_spec(repo),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd="/",
+        )
+        started = workspace / "store" / "locks" / f"{key}.started"
+        for _ in range(600):  # up to 60 s for the build to start its container
+            if started.exists() and "install environment" not in started.read_text():
+                break
+            time.sleep(0.1)
+        time.sleep(3)
+        server.kill()  # the build server only: its build is orphaned
+        server.wait(timeout=30)
+        output, _ = client.communicate(timeout=60)
+    assert client.returncode == 1 and "build server" in output, output
     record, events = build(site, repo)
     assert events[-1].phase == "ready"
     assert any(e.phase == "building" for e in events), events
@@ -284,20 +322,22 @@ def test_ssh_backend_refuses_an_unknown_host_key(workspace: Path, sshd: dict[str
     assert caught.value.step == "connect to build host"
 
 
-def test_images_commands(workspace: Path, hpcbinder_cli: list[str]) -> None:
+def test_images_commands(workspace: Path) -> None:
     repo = make_repo("python/requirements", workspace / "repos" / "repo")
     site = make_site(workspace)
     site_file = workspace / "site.yaml"
     site_file.write_text(site.model_dump_json())
     record, _ = build(site, repo)
 
-    def images(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*hpcbinder_cli, "--site", str(site_file), "images", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+    def images(*args: str, user: str = "hpcbuild") -> subprocess.CompletedProcess[str]:
+        argv = [str(SITE_BIN / "hpcbinder"), "--site", str(site_file), "images", *args]
+        return as_account(user, argv, timeout=60)
+
+    # Only the build account writes the store: not root, not a researcher.
+    for user in ("root", "alice"):
+        refused = images("rm", record.key, user=user)
+        assert refused.returncode == 2 and "run this as the build account" in refused.stderr
+    assert images("show", record.key, user="alice").returncode == 0
 
     listing = images("ls")
     assert record.key in listing.stdout and "python" in listing.stdout

@@ -14,15 +14,10 @@ from pathlib import Path
 import pytest
 
 from hpcbinder.config import LoginNode
+from hpcbinder.proc import CommandRunner, LocalRunner
 from hpcbinder.remote import LoginNodeCommands
-from hpcbinder.serverjobs import (
-    CommandRunner,
-    JobDied,
-    LocalCommands,
-    ServerJobDialect,
-    ServerJobs,
-    ServerJobState,
-)
+from hpcbinder.serverjobs import JobDied, ServerJobs, ServerJobState
+from hpcbinder.slurm import SlurmCLI, SlurmDialect
 from tests.conftest import DevCluster
 from tests.sshhelpers import running_sshd
 
@@ -32,7 +27,7 @@ pytestmark = pytest.mark.slurm
 @pytest.fixture(params=["local", "ssh-as-user", "ssh-sudo"])
 def runner(request: pytest.FixtureRequest) -> Iterator[CommandRunner]:
     if request.param == "local":
-        yield LocalCommands()
+        yield LocalRunner()
         return
     with running_sshd(["alice", "root"]) as host:
         # root stands in for a service account with a sudoers rule.
@@ -66,7 +61,7 @@ def job_script(body: str) -> str:
 def test_transient_query_failures_are_retried(
     devcluster: DevCluster, shared_dir: Path, runner: CommandRunner
 ) -> None:
-    jobs = ServerJobs("alice", runner, backoff=0.1)
+    jobs = ServerJobs("alice", SlurmCLI(runner), backoff=0.1)
     script = job_script(
         f"#SBATCH --output={shared_dir}/sleep.out\n#SBATCH --chdir={shared_dir}\nsleep 60"
     )
@@ -75,23 +70,27 @@ def test_transient_query_failures_are_retried(
         asyncio.run(jobs.wait_started(job_id, shared_dir / "none.out", 0.2, lambda: True))
         flaky = ServerJobs(
             "alice",
-            runner,
+            SlurmCLI(
+                runner,
+                SlurmDialect(
+                    squeue=(str(flaky_squeue(shared_dir, failures=2)), "-h", "-o", "%T %B", "-j")
+                ),
+            ),
             backoff=0.1,
             retries=3,
-            dialect=ServerJobDialect(
-                squeue=(str(flaky_squeue(shared_dir, failures=2)), "-h", "-o", "%T %B", "-j")
-            ),
         )
         state, host = asyncio.run(flaky.state(job_id))
         assert state is ServerJobState.RUNNING and host
         down = ServerJobs(
             "alice",
-            runner,
+            SlurmCLI(
+                runner,
+                SlurmDialect(
+                    squeue=(str(flaky_squeue(shared_dir, failures=99)), "-h", "-o", "%T %B", "-j")
+                ),
+            ),
             backoff=0.05,
             retries=2,
-            dialect=ServerJobDialect(
-                squeue=(str(flaky_squeue(shared_dir, failures=99)), "-h", "-o", "%T %B", "-j")
-            ),
         )
         assert asyncio.run(down.state(job_id)) == (ServerJobState.UNKNOWN, "")
     finally:
@@ -108,7 +107,7 @@ def test_job_dying_while_starting_fails_with_its_output(
 ) -> None:
     output = shared_dir / "server.out"
     script = job_script(f"#SBATCH --output={output}\necho 'FATAL: image not found' >&2\nexit 1")
-    jobs = ServerJobs("alice", runner, backoff=0.1)
+    jobs = ServerJobs("alice", SlurmCLI(runner), backoff=0.1)
     job_id = asyncio.run(jobs.submit(script, {"PATH": "/usr/bin:/bin"}))
     with pytest.raises(JobDied) as caught:
         asyncio.run(jobs.wait_started(job_id, output, 0.2, lambda: False))
@@ -121,7 +120,7 @@ def test_secrets_travel_in_the_environment_not_argv(
 ) -> None:
     output = shared_dir / "env.out"
     script = job_script(f'#SBATCH --output={output}\necho "token=$JUPYTERHUB_API_TOKEN"')
-    jobs = ServerJobs("alice", runner)
+    jobs = ServerJobs("alice", SlurmCLI(runner))
     job_id = asyncio.run(
         jobs.submit(script, {"PATH": "/usr/bin:/bin", "JUPYTERHUB_API_TOKEN": "s3cret-token"})
     )

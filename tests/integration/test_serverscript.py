@@ -40,7 +40,7 @@ def test_hostile_values_stay_single_words(tmp_path: Path) -> None:
     job = ServerJob(
         "alice",
         Path("/home/alice"),
-        request_for(site, None, {}),
+        request_for(site, None, {}, user="alice"),
         ["apptainer", "exec", "/images/env.sif"],
         command,
         workspace=tmp_path / "ws" / "repo",
@@ -84,7 +84,7 @@ def test_workspace_is_seeded_once_and_keeps_edits(
     job = ServerJob(
         "alice",
         home,
-        request_for(site, None, {"time": "00:05:00"}),
+        request_for(site, None, {"time": "00:05:00"}, user="alice"),
         ["apptainer", "exec", str(busybox_image)],
         command,
         workspace=workspace,

@@ -23,6 +23,8 @@ def test_defaults_are_the_dev_cluster() -> None:
     assert set(site.partitions) == {"interactive", "batch", "build"}
     assert site.default_partition == "interactive"
     assert site.build.account == "hpcbuild"
+    assert not site.partitions["build"].researchers and site.partitions["interactive"].researchers
+    assert site.accounts == {}
     assert site.base_image_path("default") == Path("/var/lib/hpcbinder/images/bases/default.sif")
 
 
@@ -51,6 +53,53 @@ def test_default_partition_must_exist() -> None:
     assert problems("partitions: {short: {}}\n") == [
         "default_partition: 'interactive' is not one of partitions"
     ]
+
+
+def test_profiles_may_not_use_a_partition_closed_to_researchers() -> None:
+    assert problems("profiles: {b: {partition: build}}\ndefault_profile: b\n") == [
+        "profiles.b.partition: build is not for researchers' jobs "
+        "(site file: partitions.build.researchers)"
+    ]
+    assert problems("default_partition: build\n") == [
+        "default_partition: build is not for researchers' jobs "
+        "(site file: partitions.build.researchers)"
+    ]
+
+
+def test_profile_accounts_must_be_listed_in_accounts() -> None:
+    text = "profiles: {small: {account: physics}}\n"
+    assert problems(text) == [
+        "profiles.small.account: physics is not one of accounts "
+        "(the accounts researchers may charge)"
+    ]
+    site = parse_site(text + "accounts: {physics: [physics, chem-staff]}\n")
+    assert site.accounts == {"physics": ["physics", "chem-staff"]}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "profiles: {small: {mem: '0'}}\n",
+            "profiles.small.mem: must be more than 0 (Slurm reads 0 as all of a node's memory)",
+        ),
+        (
+            "profiles: {small: {time: '0-00:00:00'}}\n",
+            "profiles.small.time: must be more than 0 (Slurm reads 0 as no limit)",
+        ),
+        (
+            "partitions: {interactive: {max_mem: 0G}}\n",
+            "partitions.interactive.max_mem: must be more than 0 "
+            "(Slurm reads 0 as all of a node's memory)",
+        ),
+        (
+            "partitions: {interactive: {max_time: '00:00:00'}}\n",
+            "partitions.interactive.max_time: must be more than 0 (Slurm reads 0 as no limit)",
+        ),
+    ],
+)
+def test_sizes_and_times_must_be_more_than_zero(text: str, expected: str) -> None:
+    assert problems(text) == [expected]
 
 
 @pytest.mark.parametrize(
@@ -98,3 +147,6 @@ def test_example_site_file_is_valid() -> None:
     assert site.dockerfiles.from_map["python:3.11-slim"] == "base:default"
     assert site.network.mirrors.pypi_index == "https://pypi-mirror.example.edu/simple"
     assert site.profiles["gpu"].gpus == 1 and site.default_profile == "small"
+    assert site.partitions["gpu"].groups == ["gpu-users"]
+    assert not site.partitions["build"].researchers
+    assert site.accounts["physics"] == ["physics"]

@@ -17,7 +17,7 @@ from hpcbinder.repoproviders import parse_spec
 from tests.conftest import free_port, wait_for_port
 from tests.repohelpers import git
 
-POLICY = RepoPolicy(protocols=["https", "git", "file"])
+POLICY = RepoPolicy(protocols=["https", "git", "file"], local_roots=[Path("/tmp")])
 
 
 @pytest.fixture
@@ -107,16 +107,20 @@ def test_unreachable_repository(tmp_path: Path) -> None:
 
 def test_site_allow_ban_and_protocols(repo: Path) -> None:
     url = f"file://{repo}"
-    banned = RepoPolicy(protocols=["file"], ban=[f"file://{repo.parent}/.*"])
+    banned = RepoPolicy(
+        protocols=["file"], local_roots=[Path("/tmp")], ban=[f"file://{repo.parent}/.*"]
+    )
     with pytest.raises(RepoNotAllowed, match="is banned"):
         parse_spec(file_spec(repo, "main"), banned).resolve()
-    allow_other = RepoPolicy(protocols=["file"], allow=[r"https://github\.com/ours/.*"])
+    allow_other = RepoPolicy(
+        protocols=["file"], local_roots=[Path("/tmp")], allow=[r"https://github\.com/ours/.*"]
+    )
     with pytest.raises(RepoNotAllowed, match="not on this site's allow list"):
         parse_spec(file_spec(repo, "main"), allow_other).resolve()
     no_file = RepoPolicy(protocols=["https"])
     with pytest.raises(RepoNotAllowed, match="protocol 'file' is not allowed"):
         parse_spec(file_spec(repo, "main"), no_file).resolve()
-    allowed = RepoPolicy(protocols=["file"], allow=[f"{url}"])
+    allowed = RepoPolicy(protocols=["file"], local_roots=[Path("/tmp")], allow=[f"{url}"])
     assert parse_spec(file_spec(repo, "main"), allowed).resolve().url == url
 
 

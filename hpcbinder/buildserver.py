@@ -1,0 +1,266 @@
+"""The build server (``hpcbinder build-server``): the one process that
+fetches repositories, builds images and writes the image store, running as
+the build account.
+
+Researchers' CLI and the Binder service ask it over HTTP with a MUNGE
+credential (see :mod:`hpcbinder.buildrequest`); neither needs rights to the
+store, sudo to the build account, or a site file of its own that the
+server would trust: the server applies its own site file's policy.
+
+One build per spec runs at a time, shared by everyone who asks and run to
+its end whoever leaves; specs that render to the same environment share one
+build through the store's lock. At most ``binder.max_parallel_builds``
+build at once (the rest wait in a queue and hear their position), and one
+researcher may have ``build.max_builds_per_user`` builds in progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+from tornado import web
+from tornado.iostream import StreamClosedError
+
+from hpcbinder import build, munge, pipeline
+from hpcbinder.buildrequest import BuildRequest, ServerEvent
+from hpcbinder.config import Site
+from hpcbinder.errors import UserError
+from hpcbinder.pipeline import Fetched
+from hpcbinder.streams import SharedStream
+
+log = logging.getLogger("hpcbinder.buildserver")
+KEEPALIVE_SECONDS = 10.0
+#: Phases of :class:`hpcbinder.build.BuildEvent` passed on as log lines.
+_LOGGED = frozenset({"waiting", "building", "log", "smoke", "publishing"})
+
+BuildStream = SharedStream[ServerEvent, Fetched]
+
+
+class BuildQueue:
+    """Starts, shares, queues and limits builds."""
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
+        self._streams: dict[str, BuildStream] = {}
+        self._owners: dict[str, str] = {}  # spec -> the researcher who started it
+        self._slots = asyncio.Semaphore(site.binder.max_parallel_builds)
+        self._queue: list[BuildStream] = []
+
+    def in_progress(self) -> Counter[str]:
+        return Counter(self._owners.values())
+
+    def stream(self, spec: str, user: str) -> BuildStream:
+        """The build of ``spec`` in progress, or a new one started for ``user``."""
+        stream = self._streams.get(spec)
+        if stream is not None and not stream.done:
+            return stream
+        stream = BuildStream(spec)
+        limit = self.site.build.max_builds_per_user
+        if self.in_progress()[user] >= limit:
+            refusal = ServerEvent(
+                "failed",
+                f"{user} has {limit} builds in progress, this site's limit "
+                "(site file: build.max_builds_per_user); try again when one ends",
+                kind="user",
+            )
+            stream.events.append(refusal)
+            stream.done = True
+            return stream
+        self._streams[spec] = stream
+        self._owners[spec] = user
+        task = asyncio.get_running_loop().create_task(self._run(stream))
+        task.add_done_callback(lambda _: self._forget(stream))
+        return stream
+
+    def _forget(self, stream: BuildStream) -> None:
+        if self._streams.get(stream.key) is stream:
+            del self._streams[stream.key]
+            self._owners.pop(stream.key, None)
+
+    async def _run(self, stream: BuildStream) -> None:
+        started = time.monotonic()
+        try:
+            await stream.publish(ServerEvent("fetching", f"Fetching {stream.key}…"))
+            prepared = await asyncio.to_thread(pipeline.prepare, stream.key, self.site)
+            for warning in prepared.rendered.warnings:
+                await stream.publish(ServerEvent("fetching", f"warning: {warning}"))
+            store = build.image_store(self.site)
+            record = await asyncio.to_thread(store.lookup, prepared.rendered.env_key)
+            if record is None:
+                await self._build(stream, prepared)
+            else:  # record the use: gc keeps images people launch
+                await asyncio.to_thread(store.touch, record)
+            await stream.finish(ServerEvent("built"), prepared.fetched())
+            log.info(
+                "%s: image %s in %.1f s",
+                stream.key,
+                prepared.rendered.env_key,
+                time.monotonic() - started,
+            )
+        except UserError as exc:
+            await stream.finish(ServerEvent("failed", str(exc), kind="user"))
+        except build.ImageBuildError as exc:
+            await stream.finish(
+                ServerEvent(
+                    "failed",
+                    str(exc),
+                    kind="build",
+                    key=exc.key,
+                    step=exc.step,
+                    tail=exc.tail[-30:],
+                )
+            )
+        except Exception:  # a failed event beats a stream that just stops
+            log.exception("build of %s failed", stream.key)
+            await stream.finish(
+                ServerEvent(
+                    "failed", f"internal error while building {stream.key}", kind="internal"
+                )
+            )
+
+    async def _build(self, stream: BuildStream, prepared: pipeline.Prepared) -> None:
+        self._queue.append(stream)
+        await self._announce_queue()
+        try:
+            async with self._slots:
+                self._queue.remove(stream)
+                await self._announce_queue()
+                await self._build_now(stream, prepared)
+        finally:
+            if stream in self._queue:  # cancelled while queued
+                self._queue.remove(stream)
+
+    async def _announce_queue(self) -> None:
+        for position, waiting in enumerate(self._queue, 1):
+            await waiting.publish(
+                ServerEvent(
+                    "waiting",
+                    f"Waiting for a build slot: number {position} in the queue",
+                    queue_position=position,
+                )
+            )
+
+    async def _build_now(self, stream: BuildStream, prepared: pipeline.Prepared) -> None:
+        loop = asyncio.get_running_loop()
+        await stream.publish(ServerEvent("building", f"Building image {prepared.rendered.env_key}"))
+
+        def emit(event: build.BuildEvent) -> None:
+            if event.phase in _LOGGED:
+                line = ServerEvent("log", event.message.rstrip("\n"))
+                asyncio.run_coroutine_threadsafe(stream.publish(line), loop)
+
+        await asyncio.to_thread(build.Builder(self.site).build_image, prepared, emit)
+
+
+class BuildRequestHandler(web.RequestHandler):
+    """``POST /build``: a MUNGE credential in, a stream of JSON lines out."""
+
+    _last_write = 0.0
+
+    @property
+    def site(self) -> Site:
+        site: Site = self.settings["site"]
+        return site
+
+    async def _send(self, event: ServerEvent) -> None:
+        self.write(event.to_line())
+        await self.flush()
+        self._last_write = time.monotonic()
+
+    async def _keepalive(self) -> None:
+        while True:
+            await asyncio.sleep(KEEPALIVE_SECONDS / 2)
+            if time.monotonic() - self._last_write >= KEEPALIVE_SECONDS:
+                await self._send(ServerEvent("keepalive"))
+
+    async def post(self) -> None:
+        try:
+            verified = await asyncio.to_thread(
+                munge.verify, self.request.body.decode(errors="replace")
+            )
+            request = BuildRequest.from_json(verified.payload)
+        except munge.MungeError as exc:
+            raise web.HTTPError(403, reason=str(exc)[:200]) from exc
+        except ValueError as exc:
+            raise web.HTTPError(400, reason=f"malformed request: {exc}"[:200]) from exc
+        user = self._user_for(verified.user, request)
+        log.info(
+            "%s asks for %s%s",
+            verified.user,
+            request.spec,
+            f" for {user}" if user != verified.user else "",
+        )
+        self.set_header("Content-Type", "application/x-ndjson")
+        self.set_header("Cache-Control", "no-cache")
+        keepalive = asyncio.get_running_loop().create_task(self._keepalive())
+        try:
+            result = await self._answer(request, user)
+            if result is not None:
+                signed = await asyncio.to_thread(
+                    munge.sign, json.dumps(result.to_json()), verified.user
+                )
+                await self._send(ServerEvent("done", credential=signed))
+        except StreamClosedError:
+            pass  # the client left; a build goes on for the others
+        finally:
+            keepalive.cancel()
+
+    def _user_for(self, sender: str, request: BuildRequest) -> str:
+        if request.for_user is None or request.for_user == sender:
+            return sender
+        if sender not in self.site.build.requesters:
+            raise web.HTTPError(
+                403,
+                reason=f"{sender} may not ask for builds for others (site file: build.requesters)",
+            )
+        return request.for_user
+
+    async def _answer(self, request: BuildRequest, user: str) -> Fetched | None:
+        if request.prepare_only:
+            try:
+                prepared = await asyncio.to_thread(pipeline.prepare, request.spec, self.site)
+            except UserError as exc:
+                await self._send(ServerEvent("failed", str(exc), kind="user"))
+                return None
+            return prepared.fetched()
+        stream = self.settings["queue"].stream(request.spec, user)
+        async for event in stream.follow():
+            if event.phase != "built":
+                await self._send(event)
+        result: Fetched | None = stream.result
+        return result
+
+
+class HealthHandler(web.RequestHandler):
+    def get(self) -> None:
+        self.finish({"ok": True})
+
+
+def make_app(site: Site) -> web.Application:
+    return web.Application(
+        [(r"/build", BuildRequestHandler), (r"/health", HealthHandler)],
+        site=site,
+        queue=BuildQueue(site),
+    )
+
+
+async def serve(site: Site, ip: str, port: int) -> None:
+    """Run until cancelled."""
+    logging.basicConfig(
+        level=logging.INFO, format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s"
+    )
+    make_app(site).listen(port, ip)
+    log.info("build server on %s:%s, image store %s", ip, port, site.image_store)
+    await asyncio.Event().wait()
+
+
+def options(site: Site) -> dict[str, Any]:
+    """Where the site's build server listens (``build.server_url``)."""
+    url = site.build.server_url.rstrip("/").removeprefix("http://")
+    host, _, port = url.rpartition(":")
+    return {"ip": host, "port": int(port)}

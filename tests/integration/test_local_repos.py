@@ -1,0 +1,121 @@
+"""A repository below a local root, owned by one account (alice), resolved
+and fetched by others: this process, the build account, another researcher.
+
+git refuses a repository another account owns ("dubious ownership");
+hpcbinder tells it that exactly this repository, checked to be below the
+site's ``repos.local_roots``, is safe to read. The project venv's python
+cannot run as the other accounts, so git runs as them through
+``hpcbinder.proc`` (sudo) from this process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from hpcbinder import git, proc, repoproviders
+from hpcbinder.config import RepoPolicy
+from hpcbinder.errors import RepoNotAllowed
+from hpcbinder.repoproviders import parse_spec
+from tests.conftest import DevCluster
+from tests.repohelpers import local_spec
+
+pytestmark = pytest.mark.slurm
+
+OWNER = "alice"
+IDENTITY = ["-c", "user.name=alice", "-c", "user.email=alice@hpcbinder.invalid"]
+
+
+def as_owner(*argv: str, cwd: Path | None = None, text: str | None = None) -> str:
+    result = proc.run(list(argv), user=OWNER, cwd=cwd, input_text=text, timeout=60)
+    return proc.check(result).stdout.strip()
+
+
+@pytest.fixture
+def alices_repo(shared_dir: Path, devcluster: DevCluster) -> tuple[Path, Path]:
+    """(local root, repository below it), both alice's, folders mode 755:
+    main with two commits, tag v1.0 on the first."""
+    assert OWNER in devcluster.users
+    root = shared_dir / "repos"
+    as_owner("mkdir", "-m", "755", str(root))
+    repo = root / "analysis"
+    as_owner("git", "init", "-q", "-b", "main", str(repo))
+    as_owner("tee", str(repo / "notebook.py"), text="print('one')\n")
+    as_owner("git", *IDENTITY, "add", "-A", cwd=repo)
+    as_owner("git", *IDENTITY, "commit", "-q", "-m", "one", cwd=repo)
+    as_owner("git", *IDENTITY, "tag", "-a", "v1.0", "-m", "release", cwd=repo)
+    as_owner("tee", str(repo / "notebook.py"), text="print('two')\n")
+    as_owner("git", *IDENTITY, "commit", "-q", "-am", "two", cwd=repo)
+    as_owner("chmod", "-R", "u=rwX,go=rX", str(root))
+    assert repo.owner() == OWNER and (repo.stat().st_mode & 0o777) == 0o755
+    return root, repo
+
+
+def snapshot(folder: Path) -> list[tuple[str, int, int]]:
+    """Every path below ``folder`` with its size and modification time."""
+    entries = []
+    for path in sorted(folder.rglob("*")):
+        info = path.lstat()
+        entries.append((str(path.relative_to(folder)), info.st_size, info.st_mtime_ns))
+    return entries
+
+
+def as_fetcher(fetcher: str | None) -> dict[str, str]:
+    """Keyword arguments that run git as ``fetcher`` (None: as this process)."""
+    return {} if fetcher is None else {"user": fetcher}
+
+
+@pytest.mark.parametrize("fetcher", [None, "hpcbuild", "bob"], ids=["self", "hpcbuild", "bob"])
+def test_anyone_fetches_a_repository_below_a_local_root(
+    alices_repo: tuple[Path, Path], shared_dir: Path, fetcher: str | None
+) -> None:
+    root, repo = alices_repo
+    site = RepoPolicy(protocols=["https", "file"], local_roots=[root])
+    head = as_owner("git", "rev-parse", "main", cwd=repo)
+    first = as_owner("git", "rev-parse", "v1.0^{commit}", cwd=repo)
+    before = snapshot(repo)
+    cases = [
+        (local_spec(repo, "main"), head),
+        (f"git/{quote(f'file://{repo}', safe='')}/v1.0", first),
+        (local_spec(repo, first[:9]), first),  # a short SHA: fetched to look it up
+    ]
+    for spec, commit in cases:
+        provider = parse_spec(spec, site)
+        resolved = provider.resolve(**as_fetcher(fetcher))
+        assert (resolved.url, resolved.commit) == (f"file://{repo}", commit), spec
+
+    cache = shared_dir / f"cache-{fetcher or 'self'}"
+    cache.mkdir()
+    checkout = repoproviders.checkout(provider, resolved, cache, **as_fetcher(fetcher))
+    assert (checkout / "notebook.py").read_text() == "print('one')\n"
+    owner = fetcher or proc.current_user()
+    assert checkout.owner() == owner
+    in_checkout = proc.run(["git", "rev-parse", "HEAD"], user=owner, cwd=checkout, timeout=30)
+    assert proc.check(in_checkout).stdout.strip() == first
+    assert snapshot(repo) == before  # read, never written
+
+
+def test_other_accounts_repositories_need_the_check(alices_repo: tuple[Path, Path]) -> None:
+    """Without ``local_repo`` git refuses (and says why, in one line); a
+    repository outside the roots never gets that far."""
+    root, repo = alices_repo
+    url = f"file://{repo}"
+    with pytest.raises(git.GitError) as caught:
+        git.ls_remote(url, protocols=["file"], user="hpcbuild")
+    assert str(caught.value) == (
+        f"cannot list refs of {url}: detected dubious ownership in repository at '{repo}/.git'"
+    )
+    assert git.ls_remote(url, protocols=["file"], user="hpcbuild", local_repo=repo)
+    private = root.parent / "private"  # alice's too, but not below the root
+    as_owner("git", "init", "-q", "-b", "main", str(private))
+    as_owner("ln", "-s", str(private), str(root / "link"))
+    site = RepoPolicy(protocols=["file"], local_roots=[root])
+    for spec in (
+        f"git/{quote(f'file://{private}', safe='')}/main",
+        f"git/{quote(f'file://{root}/link', safe='')}/main",
+        local_spec(root / "link", "main"),
+    ):
+        with pytest.raises(RepoNotAllowed, match=r"repos\.local_roots"):
+            parse_spec(spec, site).resolve(user="hpcbuild")
