@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 import threading
 import uuid
 from pathlib import Path
@@ -24,7 +26,7 @@ from tests.binderhelpers import (
     read_events,
     user_token,
 )
-from tests.conftest import DevCluster
+from tests.conftest import SHARED_SCRATCH, DevCluster
 from tests.hubhelpers import execute
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm, pytest.mark.apptainer]
@@ -226,3 +228,38 @@ def test_the_launch_page_runs_a_file_as_a_batch_job(binder: Binder, devcluster: 
     record = json.loads((task / "provenance.json").read_text())
     assert record["complete"] is True and record["run"]["spec"] == spec
     assert "hello from binder" in (task / "index.ipynb").read_text()
+
+
+def test_planted_symlinks_in_a_home_meet_only_the_researchers_rights(
+    binder: Binder, devcluster: DevCluster
+) -> None:
+    """alice points ~/hpcbinder-runs and ~/.hpcbinder at a folder of root's;
+    a batch run from the launch page writes nothing there (the service used
+    to write the job script and index through them as root)."""
+    target = SHARED_SCRATCH / f"root-owned-{uuid.uuid4().hex[:8]}"
+    target.mkdir(mode=0o755)
+    home = Path("/home/alice")
+    planted = [home / "hpcbinder-runs", home / ".hpcbinder"]
+    saved = [path.with_name(path.name + ".saved") for path in planted]
+    for path, backup in zip(planted, saved, strict=True):
+        if path.exists() or path.is_symlink():
+            path.rename(backup)
+        subprocess.run(
+            ["sudo", "-n", "-u", "alice", "ln", "-s", str(target), str(path)], check=True
+        )
+    try:
+        _, spec = binder_repo(binder.root)
+        status, page, _ = binder.get(f"/batch/{spec}", binder.token, {"path": "index.ipynb"})
+        assert status == 200, page
+        job_id = re.search(r'id="job-id">(\d+)<', page)
+        assert job_id, page
+        info = devcluster.slurm.wait(job_id.group(1), timeout=300)
+        assert info.state == "FAILED"  # alice's own job cannot write there either
+        assert list(target.iterdir()) == []
+        assert target.stat().st_uid == 0
+    finally:
+        for path, backup in zip(planted, saved, strict=True):
+            path.unlink(missing_ok=True)
+            if backup.exists():
+                backup.rename(path)
+        shutil.rmtree(target, ignore_errors=True)

@@ -298,3 +298,22 @@ def test_a_job_over_its_time_limit_is_reported_as_such(batch_repo: BatchRepo) ->
     assert f"job {job_id}: TIMEOUT (exit 124); partial outputs kept in {task}" in result.stderr
     assert (task / "INCOMPLETE").exists()
     assert provenance(task)["complete"] is False
+
+
+def test_a_researcher_runs_a_repository_whose_image_is_not_built_yet(
+    batch_repo: BatchRepo,
+) -> None:
+    """No root, no sudo rights, no write access to the store: alice's
+    sbatch asks the build server, which builds the new environment."""
+    repo = batch_repo.site.parent / "repo"
+    marker = uuid.uuid4().hex
+    (repo / "postBuild").write_text(f"#!/bin/sh\necho {marker} > built-by-postbuild.txt\n")
+    git(repo, "add", "postBuild")
+    git(repo, "commit", "-q", "-m", "a new environment")
+    result = batch_repo.sbatch("--run", "compute.py")
+    assert result.returncode == 0, result.stderr
+    assert "Building image" in result.stderr  # built now, for this run
+    task = batch_repo.task(submitted(result))
+    assert (task / "work" / "built-by-postbuild.txt").read_text().strip() == marker
+    assert provenance(task)["complete"] is True
+    assert os.stat(task).st_uid == int(subprocess.check_output(["id", "-u", USER]))
