@@ -6,7 +6,6 @@ compute node over another, and nothing forwards between them."""
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 import time
@@ -156,6 +155,6 @@ def test_a_login_node_with_an_unknown_host_key_is_refused() -> None:
     with running_sshd(["alice"]) as host:
         Path(host["known_hosts"]).write_text("")
         commands = LoginNodeCommands(LoginNode.model_validate(host))
-        status, _, err = asyncio.run(commands.run("alice", ["true"]))
-    assert status == 255
-    assert "127.0.0.1" in err
+        result = commands.run(["true"], user="alice")
+    assert result.returncode == 255
+    assert "127.0.0.1" in result.stderr
