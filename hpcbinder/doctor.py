@@ -21,6 +21,7 @@ from pathlib import Path
 
 from hpcbinder import apptainer, proc, templating
 from hpcbinder.config import Site
+from hpcbinder.serverjobs import SERVER_LOG_READER
 from hpcbinder.slurm import PartitionState, SlurmCLI, SlurmError, SubmitOptions
 
 MIN_APPTAINER = (1, 1, 0)  # unprivileged squashfuse mounts and --fakeroot via subuid
@@ -235,6 +236,58 @@ def check_jupyter() -> CheckResult:
     )
 
 
+#: What the service account runs as researchers (configs/sudoers.hpcbinder).
+SERVICE_COMMANDS = ("/usr/bin/sbatch", "/usr/bin/squeue", "/usr/bin/scancel", SERVER_LOG_READER)
+SUDOERS_HINT = "install configs/sudoers.hpcbinder as /etc/sudoers.d/hpcbinder (README: Deploying)"
+
+
+def _sudo_list(account: str, *query: str) -> proc.CommandResult:
+    """``sudo -l`` of ``account``'s rules: root may ask for any account, an
+    account for itself only."""
+    other = ["-U", account] if proc.current_user() != account else []
+    return proc.run(["sudo", "-n", "-l", *other, *query], timeout=10)
+
+
+def check_sudo_rules(site: Site, researcher: str | None) -> CheckResult:
+    """The service account's sudo rules are the shipped ones: Slurm and the
+    server-log reader as researchers, no SETENV, nothing as root or the
+    build account."""
+    name = "sudo rules"
+    accounts = [a for a in site.build.requesters if _exists(a)]
+    if not accounts:
+        return _warn(name, "no service account of build.requesters exists here", SUDOERS_HINT)
+    if proc.current_user() not in ("root", *accounts):
+        return _warn(name, "not checked: run doctor as root or as the service account", "")
+    problems = []
+    for account in accounts:
+        listing = _sudo_list(account)
+        if not listing.ok:
+            problems.append(f"{account} has no sudo rules")
+            continue
+        if "SETENV" in listing.stdout:
+            problems.append(f"{account} may set any variable (SETENV): remove it")
+        if "JUPYTERHUB_*" not in listing.stdout:
+            problems.append(f"{account} cannot pass the hub's token (env_keep JUPYTERHUB_*)")
+        for target in ("root", site.build.account):
+            if _sudo_list(account, "-u", target, "/usr/bin/sbatch").ok:
+                problems.append(f"{account} may run sbatch as {target}")
+        for command in SERVICE_COMMANDS if researcher else ():
+            if not _sudo_list(account, "-u", str(researcher), command).ok:
+                problems.append(f"{account} may not run {command} as {researcher}")
+    if problems:
+        return _fail(name, "; ".join(problems), SUDOERS_HINT)
+    checked = f" as {researcher}" if researcher else ""
+    return _ok(name, f"{', '.join(accounts)}: Slurm and the server-log reader{checked}, no more")
+
+
+def _exists(account: str) -> bool:
+    try:
+        pwd.getpwnam(account)
+    except KeyError:
+        return False
+    return True
+
+
 def check_job(site: Site, slurm: SlurmCLI, user: str) -> CheckResult:
     """Submit a real job as ``user`` that runs Apptainer on a compute node."""
     name = "test job"
@@ -284,6 +337,7 @@ def run_checks(site: Site, slurm: SlurmCLI, job_user: str | None = None) -> list
         lambda: check_image_store(site),
         lambda: check_base_image(site),
         check_jupyter,
+        lambda: check_sudo_rules(site, job_user),
     ]
     if job_user is not None:
         checks.append(lambda: check_job(site, slurm, job_user))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -22,6 +23,17 @@ from typing import Protocol
 
 #: How much of a failing program's output an error message carries.
 ERROR_TAIL_CHARS = 2000
+
+#: What may travel to a command run as another account, or on another host:
+#: the hub's own variables (its token, the server's settings), never this
+#: host's PATH or library paths. The site's sudoers rule keeps exactly
+#: these (``env_keep``, configs/sudoers.hpcbinder), without ``SETENV``.
+FORWARDED_ENV = re.compile(r"(?:JUPYTERHUB_|JPY_|HPCBINDER_)\w*|LANG|LC_\w+")
+
+
+def forwarded_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    """The part of ``env`` that :data:`FORWARDED_ENV` lets travel."""
+    return {name: value for name, value in (env or {}).items() if FORWARDED_ENV.fullmatch(name)}
 
 
 @dataclass(frozen=True)
@@ -62,8 +74,8 @@ def as_user(argv: Sequence[str], user: str | None, keep_env: Sequence[str] = ())
     """argv prefixed so that it runs as ``user`` (unchanged for ourselves).
 
     ``keep_env`` names the variables sudo passes on (their values stay in
-    the environment, never in argv); the site's sudoers rule must allow it
-    (``SETENV``) for the commands that need it, i.e. ``sbatch``.
+    the environment, never in argv): names :data:`FORWARDED_ENV` allows,
+    which the site's sudoers rule keeps.
     """
     if user is None or user == current_user():
         return list(argv)
@@ -85,8 +97,11 @@ def run(
     Raises :class:`CommandError` only when the program cannot be started or
     does not finish within ``timeout`` seconds; callers decide what a
     non-zero exit means (see :func:`check`). ``env`` adds to (never
-    replaces) this process's environment.
+    replaces) this process's environment; to another account, only its
+    :func:`forwarded_env` part travels.
     """
+    if user is not None and user != current_user():
+        env = forwarded_env(env)
     full = as_user(argv, user, sorted(env or {}))
     try:
         done = subprocess.run(

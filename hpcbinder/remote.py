@@ -35,9 +35,6 @@ _EXPORT_THEN_RUN = (
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: Longest wait for one Slurm command's answer on the login node.
 COMMAND_SECONDS = 120
-#: What the hub's environment may pass to a job on another host: its own
-#: variables, not the hub host's PATH or library paths.
-FORWARDED_ENV = re.compile(r"(?:JUPYTERHUB_|JPY_|HPCBINDER_)\w*|LANG|LC_\w+")
 
 
 def ssh_client(host: SSHHost, username: str, timeout: float = 30) -> paramiko.SSHClient:
@@ -117,7 +114,7 @@ class LoginNodeCommands:
         account = user or (
             proc.current_user() if self.login.user == LOGIN_AS_USER else self.login.user
         )
-        forwarded = {k: v for k, v in (env or {}).items() if FORWARDED_ENV.fullmatch(k)}
+        forwarded = proc.forwarded_env(env)
         line = self.command_line(account, argv)
         try:
             channel = self.transport(account).open_session(timeout=30)

@@ -21,12 +21,15 @@ import contextlib
 import enum
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from hpcbinder.proc import CommandError
 from hpcbinder.slurm import JOB_ID, QueueState, SlurmCLI, SlurmError, SubmitOptions
 
 OUTPUT_TAIL_LINES = 20
+#: Prints the last lines of ~/.hpcbinder-server-JOB.log, run as the
+#: researcher (configs/hpcbinder-server-log, allowed by the shipped sudoers
+#: rule): the service account may read that log and no other file of theirs.
+SERVER_LOG_READER = "/usr/local/libexec/hpcbinder-server-log"
 
 
 class ServerJobState(enum.Enum):
@@ -89,16 +92,15 @@ class ServerJobs:
             with contextlib.suppress(SlurmError, CommandError):
                 await asyncio.to_thread(self.slurm.cancel, job_id, user=self.user)
 
-    async def output_tail(self, path: Path, lines: int = OUTPUT_TAIL_LINES) -> list[str]:
-        """The last lines of a job's output file, read as the user where it ran."""
+    async def output_tail(self, job_id: str, lines: int = OUTPUT_TAIL_LINES) -> list[str]:
+        """The last lines of a server job's log (serverscript's ``--output``),
+        read as the user on the host that submitted it."""
         result = await asyncio.to_thread(
-            self.slurm.runner.run, ["tail", "-n", str(lines), "--", str(path)], user=self.user
+            self.slurm.runner.run, [SERVER_LOG_READER, job_id, str(lines)], user=self.user
         )
         return result.stdout.splitlines() if result.ok else []
 
-    async def wait_started(
-        self, job_id: str, output: Path, poll: float, ready: Callable[[], bool]
-    ) -> str:
+    async def wait_started(self, job_id: str, poll: float, ready: Callable[[], bool]) -> str:
         """Wait until the job runs and ``ready()`` (the server reported its
         port); the job's node. :class:`JobDied` as soon as the job is gone,
         before or after it started running."""
@@ -106,7 +108,7 @@ class ServerJobs:
         while True:
             state, node = await self.state(job_id)
             if state is ServerJobState.GONE:
-                raise JobDied(job_id, await self.output_tail(output))
+                raise JobDied(job_id, await self.output_tail(job_id))
             if state is ServerJobState.RUNNING:
                 host = node or host
                 if ready():
@@ -116,7 +118,6 @@ class ServerJobs:
     async def wait_listening(
         self,
         job_id: str,
-        output: Path,
         poll: float,
         listening: Callable[[], Awaitable[bool]],
         attempt_every: float = 0.05,
@@ -130,7 +131,7 @@ class ServerJobs:
         while not await listening():
             if loop.time() >= next_query:
                 if (await self.state(job_id))[0] is ServerJobState.GONE:
-                    raise JobDied(job_id, await self.output_tail(output))
+                    raise JobDied(job_id, await self.output_tail(job_id))
                 next_query = loop.time() + poll
             await asyncio.sleep(attempt_every)
 

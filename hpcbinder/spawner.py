@@ -144,10 +144,6 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
             job_name=f"hpcbinder-{self.user.name}-{self.name or 'default'}",
         )
 
-    def _output(self) -> Path:
-        home = Path(pwd.getpwnam(self.user.name).pw_dir)
-        return home / f".hpcbinder-server-{self.job_id}.log"
-
     # --- batchspawner's hooks, without shell strings ------------------------------
 
     async def submit_batch_script(self) -> str:
@@ -198,7 +194,7 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
         await self.submit_batch_script()
         jobs = self._jobs()
         host = await jobs.wait_started(
-            self.job_id, self._output(), self.startup_poll_interval, lambda: self.port != 0
+            self.job_id, self.startup_poll_interval, lambda: self.port != 0
         )
         self.log.info("Server job %s of %s runs on %s", self.job_id, self.user.name, host)
         if self.site.cluster.tunnel:
@@ -208,9 +204,7 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
         else:
             self.ip = host
             listening = partial(accepts_connections, host, self.port)
-        await jobs.wait_listening(
-            self.job_id, self._output(), self.startup_poll_interval, listening
-        )
+        await jobs.wait_listening(self.job_id, self.startup_poll_interval, listening)
         self.db.commit()
         self.log.info("Server of %s is up at %s:%s", self.user.name, self.ip, self.port)
         return self.ip, self.port

@@ -67,7 +67,7 @@ def test_transient_query_failures_are_retried(
     )
     job_id = asyncio.run(jobs.submit(script, {"PATH": "/usr/bin:/bin"}))
     try:
-        asyncio.run(jobs.wait_started(job_id, shared_dir / "none.out", 0.2, lambda: True))
+        asyncio.run(jobs.wait_started(job_id, 0.2, lambda: True))
         flaky = ServerJobs(
             "alice",
             SlurmCLI(
@@ -103,14 +103,21 @@ def test_transient_query_failures_are_retried(
 
 
 def test_job_dying_while_starting_fails_with_its_output(
-    devcluster: DevCluster, shared_dir: Path, runner: CommandRunner
+    devcluster: DevCluster, runner: CommandRunner
 ) -> None:
-    output = shared_dir / "server.out"
-    script = job_script(f"#SBATCH --output={output}\necho 'FATAL: image not found' >&2\nexit 1")
+    # Where serverscript sends a server's output, read back through the
+    # shipped server-log reader as the user.
+    script = job_script(
+        "#SBATCH --output=/home/alice/.hpcbinder-server-%j.log\n"
+        "echo 'FATAL: image not found' >&2\nexit 1"
+    )
     jobs = ServerJobs("alice", SlurmCLI(runner), backoff=0.1)
     job_id = asyncio.run(jobs.submit(script, {"PATH": "/usr/bin:/bin"}))
-    with pytest.raises(JobDied) as caught:
-        asyncio.run(jobs.wait_started(job_id, output, 0.2, lambda: False))
+    try:
+        with pytest.raises(JobDied) as caught:
+            asyncio.run(jobs.wait_started(job_id, 0.2, lambda: False))
+    finally:
+        Path(f"/home/alice/.hpcbinder-server-{job_id}.log").unlink(missing_ok=True)
     assert caught.value.job_id == job_id
     assert "FATAL: image not found" in caught.value.tail
 
