@@ -26,7 +26,7 @@ from typing import Any
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from hpcbinder import build, munge, pipeline
+from hpcbinder import build, munge, pipeline, repoproviders
 from hpcbinder.buildrequest import BuildRequest, ServerEvent
 from hpcbinder.config import Site
 from hpcbinder.errors import UserError
@@ -221,6 +221,13 @@ class BuildRequestHandler(web.RequestHandler):
         return request.for_user
 
     async def _answer(self, request: BuildRequest, user: str) -> Fetched | None:
+        try:  # the build account's rights are never lent to read a repository
+            await asyncio.to_thread(
+                repoproviders.check_requester, request.spec, user, self.site.repos
+            )
+        except UserError as exc:
+            await self._send(ServerEvent("failed", str(exc), kind="user"))
+            return None
         if request.prepare_only:
             try:
                 prepared = await asyncio.to_thread(pipeline.prepare, request.spec, self.site)

@@ -16,14 +16,17 @@ Repositories on this host's filesystem, whichever provider names them
 site's ``repos.local_roots``, judged on real paths: :func:`local_repo_path`
 is that one check. Such a repository may belong to any account; git reads
 it whoever owns it (``safe.directory`` for exactly that path, see
-:mod:`hpcbinder.git`).
+:mod:`hpcbinder.git`), but builds it only for an account that may read it
+itself (:func:`check_requester`): the build account's rights are not lent.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import pwd
 import re
+import stat
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
@@ -113,7 +116,56 @@ def local_repo_path(url: str, roots: Iterable[Path]) -> Path | None:
                 f"{shown}: its git directory {candidate} is not below this site's local "
                 f"repository roots ({setting})"
             )
+        if os.path.lexists(os.path.join(gitdir, "objects", "info", "alternates")):
+            # git would read objects from the folders it names, wherever they are.
+            raise RepoNotAllowed(
+                f"{shown}: its git directory {gitdir} borrows objects from other "
+                "repositories (objects/info/alternates); make a standalone copy "
+                "(git repack -a -d, then remove that file)"
+            )
     return Path(real)
+
+
+def _may(info: os.stat_result, uid: int, groups: set[int], bits: int) -> bool:
+    """Whether mode bits grant ``bits`` (4 read, 1 search) to that account."""
+    if uid == 0:
+        return True
+    shift = 6 if info.st_uid == uid else 3 if info.st_gid in groups else 0
+    return (info.st_mode >> shift) & bits == bits
+
+
+def check_readable_by(path: Path, user: str) -> None:
+    """:class:`RepoNotAllowed` unless ``user``'s own rights (mode bits: ACLs
+    are not consulted, so this errs on refusing) reach the repository at
+    the real ``path``: every folder above it searchable, the repository and
+    its git directory readable."""
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise RepoNotAllowed(f"{user} is not an account on this host") from None
+    groups = set(os.getgrouplist(user, entry.pw_gid))
+    gitdir = path / ".git" if (path / ".git").is_dir() else path
+    checks = [(parent, 1) for parent in reversed(path.parents)]
+    checks += [(path, 5), (gitdir, 5), (gitdir / "objects", 5)]
+    for folder, bits in checks:
+        try:
+            info = folder.stat()
+        except OSError:
+            raise RepoNotAllowed(f"{path} is not a git repository on this host") from None
+        if not stat.S_ISDIR(info.st_mode) or not _may(info, entry.pw_uid, groups, bits):
+            raise RepoNotAllowed(
+                f"{user} cannot read {path} ({folder} is not open to them): a repository "
+                "on this host is built only for accounts that can read it"
+            )
+
+
+def check_requester(spec: str, user: str, policy: RepoPolicy) -> None:
+    """For a spec naming a repository on this host: :class:`RepoNotAllowed`
+    unless ``user``, for whom the build account fetches, may read it."""
+    provider = parse_spec(spec, policy)
+    local = provider.check_allowed() if isinstance(provider, GitRepoProvider) else None
+    if local is not None:
+        check_readable_by(local, user)
 
 
 def _gitfile_target(gitfile: str) -> str | None:
@@ -158,14 +210,13 @@ class RepoProvider(ABC):
         """(clone url, url-escaped ref) from the spec after the prefix."""
 
     @abstractmethod
-    def resolve(self, *, user: str | None = None) -> ResolvedRepo:
-        """The exact version ``ref`` names now (looked up as ``user``, through
-        sudo, if given)."""
+    def resolve(self) -> ResolvedRepo:
+        """The exact version ``ref`` names now."""
 
     @abstractmethod
-    def fetch(self, resolved: ResolvedRepo, dest: Path, *, user: str | None = None) -> None:
-        """That version's files into the new directory ``dest`` (fetched as
-        ``user``, through sudo, and owned by it, if given)."""
+    def fetch(self, resolved: ResolvedRepo, dest: Path) -> None:
+        """That version's files into the new directory ``dest``, within the
+        site's fetch limits (nothing at ``dest`` if it fails)."""
 
     @staticmethod
     def _split_last(body: str, what: str) -> tuple[str, str]:
@@ -180,6 +231,15 @@ class GitRepoProvider(RepoProvider):
 
     def protocols(self) -> list[str]:
         return list(self.policy.protocols)
+
+    def limits(self) -> git.FetchLimits:
+        policy = self.policy
+        return git.FetchLimits(
+            policy.max_fetch_mb,
+            policy.fetch_timeout_seconds,
+            "repos.max_fetch_mb",
+            "repos.fetch_timeout_seconds",
+        )
 
     def check_allowed(self, url: str | None = None) -> Path | None:
         """RepoNotAllowed unless this site allows ``url`` (this spec's by
@@ -202,14 +262,14 @@ class GitRepoProvider(RepoProvider):
             raise RepoNotAllowed(f"{url} is not on this site's allow list")
         return path
 
-    def resolve(self, *, user: str | None = None) -> ResolvedRepo:
+    def resolve(self) -> ResolvedRepo:
         local = self.check_allowed()
         url = self.url if local is None else f"{_FILE_URL}{local}"
         if git.SHA.fullmatch(self.ref):
             return ResolvedRepo(self.spec, url, self.ref, self.ref)
         protocols = self.protocols()
         try:
-            refs = git.ls_remote(url, protocols=protocols, local_repo=local, user=user)
+            refs = git.ls_remote(url, protocols=protocols, limits=self.limits(), local_repo=local)
         except git.GitError as exc:
             raise RepoUnreachable(str(exc)) from exc
         for name in (
@@ -223,7 +283,7 @@ class GitRepoProvider(RepoProvider):
         if _SHORT_SHA.fullmatch(self.ref):
             try:
                 commit = git.expand_short_sha(
-                    url, self.ref, protocols=protocols, local_repo=local, user=user
+                    url, self.ref, protocols=protocols, limits=self.limits(), local_repo=local
                 )
             except git.GitError as exc:
                 raise RepoUnreachable(str(exc)) from exc
@@ -231,7 +291,7 @@ class GitRepoProvider(RepoProvider):
                 return ResolvedRepo(self.spec, url, self.ref, commit)
         raise UnknownRef(f"{url} has no branch, tag or commit {self.ref!r}")
 
-    def fetch(self, resolved: ResolvedRepo, dest: Path, *, user: str | None = None) -> None:
+    def fetch(self, resolved: ResolvedRepo, dest: Path) -> None:
         local = self.check_allowed(resolved.url)  # a ResolvedRepo may come from elsewhere
         try:
             git.fetch_commit(
@@ -239,8 +299,8 @@ class GitRepoProvider(RepoProvider):
                 resolved.commit,
                 dest,
                 protocols=self.protocols(),
+                limits=self.limits(),
                 local_repo=local,
-                user=user,
             )
         except git.GitError as exc:
             raise RepoUnreachable(str(exc)) from exc
@@ -334,15 +394,12 @@ def cache_root(policy: RepoPolicy) -> Path:
     return Path(base) / "hpcbinder" / "repos"
 
 
-def checkout(
-    provider: RepoProvider, resolved: ResolvedRepo, root: Path, *, user: str | None = None
-) -> Path:
+def checkout(provider: RepoProvider, resolved: ResolvedRepo, root: Path) -> Path:
     """A directory holding ``resolved``, fetched once per (url, commit).
 
     The fetch goes to a temporary sibling that is renamed into place, so a
     checkout that exists is complete, and concurrent fetches of the same
-    version end with one of them kept. ``user``: fetch as that account,
-    which then owns the checkout (only root may name another account).
+    version end with one of them kept.
     """
     url_hash = hashlib.sha256(resolved.url.encode()).hexdigest()[:16]
     final = root / url_hash / resolved.commit
@@ -351,9 +408,7 @@ def checkout(
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{resolved.commit}-", dir=final.parent))
     try:
-        if user is not None:
-            shutil.chown(staging, user)
-        provider.fetch(resolved, staging / "repo", user=user)
+        provider.fetch(resolved, staging / "repo")
         try:
             (staging / "repo").rename(final)
         except OSError:

@@ -10,16 +10,19 @@ cannot run as the other accounts, so git runs as them through
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+import yaml
 
 from hpcbinder import git, proc, repoproviders
 from hpcbinder.config import RepoPolicy
 from hpcbinder.errors import RepoNotAllowed
 from hpcbinder.repoproviders import parse_spec
-from tests.conftest import DevCluster
+from tests.conftest import SITE_BIN, DevCluster, as_account, running_build_server
 from tests.repohelpers import local_spec
 
 pytestmark = pytest.mark.slurm
@@ -119,3 +122,48 @@ def test_other_accounts_repositories_need_the_check(alices_repo: tuple[Path, Pat
     ):
         with pytest.raises(RepoNotAllowed, match=r"repos\.local_roots"):
             parse_spec(spec, site).resolve(user="hpcbuild")
+
+
+def test_the_build_server_lends_nobody_its_rights_to_read_a_repository(
+    alices_repo: tuple[Path, Path], shared_dir: Path
+) -> None:
+    """alice's repository is open to the build account (its group) but not
+    to bob: bob's request is refused before anything is fetched; alice's
+    goes on (to the next check: the file she names does not exist)."""
+    root, repo = alices_repo
+    shutil.chown(repo, "alice", "hpcbuild")
+    repo.chmod(0o750)
+    site = yaml.safe_load(Path("/etc/hpcbinder/site.yaml").read_text())
+    site["repos"] = {**site.get("repos", {}), "local_roots": [str(root)]}
+    site["repos"]["cache_dir"] = str(shared_dir / "checkouts")
+    site_file = shared_dir / "site.yaml"
+    site_file.write_text(yaml.safe_dump(site))
+    spec = local_spec(repo, "main")
+
+    def sbatch(user: str, run: str) -> subprocess.CompletedProcess[str]:
+        argv = [str(SITE_BIN / "hpcbinder"), "--site", str(site_file), "sbatch", spec]
+        return as_account(user, [*argv, "--run", run], timeout=300)
+
+    checkouts = shared_dir / "checkouts"
+    with running_build_server(site_file):
+        bob = sbatch("bob", "notebook.py")
+        assert not checkouts.exists() or not any(checkouts.rglob("notebook.py"))
+        alice = sbatch("alice", "no-such-file.py")
+    assert bob.returncode == 2, bob.stderr
+    assert f"bob cannot read {repo}" in bob.stderr
+    assert alice.returncode == 2, alice.stderr
+    assert "cannot read" not in alice.stderr and "no-such-file.py" in alice.stderr
+
+
+def test_a_repository_borrowing_objects_from_elsewhere_is_refused(
+    alices_repo: tuple[Path, Path], shared_dir: Path
+) -> None:
+    """git would read the objects an ``alternates`` file names from any
+    folder, past the roots and the requester's rights."""
+    root, repo = alices_repo
+    borrower = root / "borrower"
+    as_owner("git", "clone", "-q", "--shared", str(repo), str(borrower))
+    assert (borrower / ".git" / "objects" / "info" / "alternates").is_file()
+    site = RepoPolicy(protocols=["file"], local_roots=[root])
+    with pytest.raises(RepoNotAllowed, match=r"objects/info/alternates"):
+        parse_spec(local_spec(borrower, "main"), site).resolve()
