@@ -24,7 +24,8 @@ def running_sshd(
     """Yields SSH host settings (host, port, key_file, known_hosts) as the
     site file takes them. sshd reads authorized_keys as the logging-in
     account, so the folder is world-readable; the client key is root's, or
-    ``key_owner``'s (the hub's service account)."""
+    ``key_owner``'s (the hub's service account). sshd logs each login to
+    ``sshd.log`` beside the key (:func:`sshd_log`)."""
     keys = SHARED_SCRATCH / f"ssh-{uuid.uuid4().hex[:10]}"
     keys.mkdir(parents=True)
     keys.chmod(0o755)
@@ -49,7 +50,7 @@ def running_sshd(
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     inside = ["ip", "netns", "exec", netns] if netns else []
     server = subprocess.Popen(
-        [*inside, "/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+        [*inside, "/usr/sbin/sshd", "-D", "-E", str(keys / "sshd.log"), "-f", str(config)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -65,3 +66,8 @@ def running_sshd(
         server.terminate()
         server.wait(timeout=10)
         subprocess.run(["rm", "-rf", str(keys)], check=False)
+
+
+def sshd_log(host: dict[str, Any]) -> str:
+    """What the sshd of :func:`running_sshd` logged so far (its logins)."""
+    return (Path(host["key_file"]).parent / "sshd.log").read_text(errors="replace")

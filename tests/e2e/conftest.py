@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
@@ -12,8 +14,10 @@ from tests.conftest import SHARED_SCRATCH, DevCluster, running_build_server
 from tests.hubhelpers import close_hub, new_hub, site_with
 
 
-@pytest.fixture
-def binder(devcluster: DevCluster) -> Iterator[Binder]:
+@contextmanager
+def running_binder(extra: dict[str, Any] | None = None) -> Iterator[Binder]:
+    """The Binder service with its hub and build server, for a site with
+    ``extra`` settings; repositories below a fresh local root."""
     root = SHARED_SCRATCH / f"binder-{uuid.uuid4().hex[:8]}"
     root.mkdir(parents=True)
     site = site_with(
@@ -24,6 +28,7 @@ def binder(devcluster: DevCluster) -> Iterator[Binder]:
                 "ban": [".*/banned-.*"],
             },
             "binder": {"max_parallel_builds": 1, "max_launches_per_user": 1},
+            **(extra or {}),
         }
     )
     with running_build_server(site):
@@ -32,3 +37,9 @@ def binder(devcluster: DevCluster) -> Iterator[Binder]:
             yield Binder(hub, hub.binder_url, user_token(hub, "alice"), root)
         finally:
             close_hub(hub)
+
+
+@pytest.fixture
+def binder(devcluster: DevCluster) -> Iterator[Binder]:
+    with running_binder() as service:
+        yield service

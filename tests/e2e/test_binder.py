@@ -27,7 +27,9 @@ from tests.binderhelpers import (
     user_token,
 )
 from tests.conftest import SHARED_SCRATCH, DevCluster
+from tests.e2e.conftest import running_binder
 from tests.hubhelpers import execute
+from tests.sshhelpers import running_sshd, sshd_log
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm, pytest.mark.apptainer]
 
@@ -228,6 +230,24 @@ def test_the_launch_page_runs_a_file_as_a_batch_job(binder: Binder, devcluster: 
     record = json.loads((task / "provenance.json").read_text())
     assert record["complete"] is True and record["run"]["spec"] == spec
     assert "hello from binder" in (task / "index.ipynb").read_text()
+
+
+def test_a_batch_run_from_the_launch_page_goes_through_the_login_node(
+    devcluster: DevCluster,
+) -> None:
+    """With cluster.login set the hub host is no submit host: the service
+    submits the researcher's batch run on the login node, over SSH as them."""
+    with running_sshd(["alice", "bob"], key_owner="hpcbinder") as login:
+        with running_binder({"cluster": {"login": login}}) as service:
+            _, spec = binder_repo(service.root)
+            form = {"path": "index.ipynb"}
+            status, page, _ = service.get(f"/batch/{spec}", service.token, form)
+            assert status == 200, page
+            job_id = re.search(r'id="job-id">(\d+)<', page)
+            assert job_id, page
+            assert devcluster.slurm.wait(job_id.group(1), timeout=300).state == "COMPLETED"
+        logins = sshd_log(login)
+    assert "Accepted publickey for alice from 127.0.0.1" in logins, logins
 
 
 def test_planted_symlinks_in_a_home_meet_only_the_researchers_rights(
