@@ -309,6 +309,10 @@ class RepoPolicy(_Strict):
     cache_dir: Path | None = None
     github_host: Hostname = "github.com"
     gitlab_host: Hostname = "gitlab.com"
+    #: The most disk (git objects and checked-out files) and time one fetch
+    #: may take; a fetch past either is stopped while it runs and removed.
+    max_fetch_mb: int = Field(default=4096, ge=1)
+    fetch_timeout_seconds: float = Field(default=600, gt=0)
 
 
 class Mirrors(_Strict):

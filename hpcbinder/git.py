@@ -15,15 +15,29 @@ trusts exactly that repository, in the one process that reads it: the
 ``PATH/.git``). Neither ``git -c`` nor ``GIT_CONFIG_COUNT`` would do: git
 clears both from the environment of a local transport's ``upload-pack``.
 The fetcher only reads that repository; everything it writes is its own.
+
+A repository and its server are untrusted: a fetch could be any size (a
+pack of gigabytes, a small pack that checks out to far more) or never end
+(a server that answers nothing, or slowly). Every call that reaches a
+repository therefore runs under :class:`FetchLimits`: git runs in its own
+process group, watched while it runs; past the time limit, or once what it
+wrote (the folder it fills and its own output) outgrows the size limit, the
+whole group is killed, the partial checkout removed, and the error names the
+site setting that set the limit.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shlex
 import shutil
+import subprocess
 import tempfile
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from hpcbinder import proc
@@ -39,10 +53,29 @@ _ERROR_START = re.compile(r"(?:fatal|error): ?", re.IGNORECASE)
 #: How long a git error (first line and its continuation) may get before
 #: only its first line is kept.
 _ERROR_CHARS = 300
+#: How often a running git is checked against its limits (at least: a
+#: check that takes longer, on a large checkout, waits twice as long).
+_WATCH_SECONDS = 0.2
 
 
 class GitError(RuntimeError):
     """git could not reach a repository or find what was asked for."""
+
+
+class FetchLimitExceeded(GitError):
+    """A fetch took more disk or time than the site allows, and was stopped."""
+
+
+@dataclass(frozen=True)
+class FetchLimits:
+    """The most disk (what git writes, its output included) and wall time
+    one call that reaches a repository may take, and the names of the site
+    settings that say so, for the error that tells which was reached."""
+
+    max_mb: int
+    seconds: float
+    max_mb_setting: str
+    seconds_setting: str
 
 
 def _env(protocols: Iterable[str]) -> dict[str, str]:
@@ -57,27 +90,89 @@ def _env(protocols: Iterable[str]) -> dict[str, str]:
 
 def _git(
     args: list[str],
+    what: str,
     *,
     protocols: Iterable[str],
-    timeout: float,
+    limits: FetchLimits,
+    deadline: float,
     cwd: Path | None = None,
-    user: str | None = None,
+    watch: Sequence[Path] = (),
 ) -> proc.CommandResult:
-    env = _env(protocols)
-    if user is None:
-        return proc.run(["git", *args], env=env, timeout=timeout, cwd=cwd)
-    # sudo resets the environment: the settings go on the command line. The
-    # caller's folder may be closed to that account: run elsewhere unless told.
-    settings = [f"{name}={value}" for name, value in env.items()]
-    argv = ["env", *settings, "git", *args]
-    return proc.run(argv, user=user, timeout=timeout, cwd=cwd or Path("/"))
+    """git ``args`` in ``cwd``, in its own process group, stopped (the whole
+    group) by :class:`FetchLimitExceeded` (``what`` failed: why) once
+    ``deadline`` (``time.monotonic``) passes or once its output and the
+    folders in ``watch`` hold more than ``limits.max_mb``."""
+    argv = ["git", *args]
+    with tempfile.TemporaryDirectory(prefix="hpcbinder-git-") as tmp:
+        output = Path(tmp)
+        with (output / "out").open("w+b") as out, (output / "err").open("w+b") as err:
+            try:
+                child = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    cwd=cwd,
+                    env={**os.environ, **_env(protocols)},
+                    start_new_session=True,
+                )
+            except FileNotFoundError as exc:
+                raise proc.CommandError(argv, "is not installed (not found on PATH)") from exc
+            problem = _watch(child, limits, deadline, [output, *watch])
+            out.seek(0)
+            err.seek(0)
+            result = proc.CommandResult(
+                tuple(argv),
+                child.returncode,
+                out.read().decode(errors="replace"),
+                err.read().decode(errors="replace"),
+            )
+    if problem is not None:
+        raise FetchLimitExceeded(f"{what}: {problem}")
+    return result
 
 
-def _hand_to(folder: Path, user: str | None) -> None:
-    """Give ``folder`` (just made, empty) to ``user``, who runs git in it;
-    only root may give a folder to another account."""
-    if user is not None:
-        shutil.chown(folder, user)
+def _watch(
+    child: subprocess.Popen[bytes], limits: FetchLimits, deadline: float, folders: list[Path]
+) -> str | None:
+    """Wait for ``child`` to end; if it goes past ``limits`` first, kill its
+    process group and say which limit it reached. A limit is also reached if
+    the size is over when git ends between two checks."""
+    interval = _WATCH_SECONDS
+    while True:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=max(0.0, min(interval, deadline - time.monotonic())))
+        measured = time.monotonic()
+        size = _disk_use(folders)
+        interval = max(_WATCH_SECONDS, 2 * (time.monotonic() - measured))
+        problem = None
+        if size > limits.max_mb * 1024 * 1024:
+            problem = (
+                f"stopped after taking more than {limits.max_mb} MB "
+                f"(this site's limit, {limits.max_mb_setting})"
+            )
+        elif child.returncode is None and time.monotonic() >= deadline:
+            problem = (
+                f"stopped after {limits.seconds:g} s "
+                f"(this site's time limit, {limits.seconds_setting})"
+            )
+        if child.returncode is None and problem is not None:
+            proc.kill_session(child.pid)  # git's helpers (upload-pack, remote-https) too
+            child.wait()
+        if child.returncode is not None:
+            return problem
+
+
+def _disk_use(folders: Iterable[Path]) -> int:
+    """Bytes in the files below ``folders`` (files that vanish while counted,
+    as git renames its temporary packs, are skipped)."""
+    total = 0
+    for folder in folders:
+        for root, _dirs, files in os.walk(folder):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    total += os.lstat(os.path.join(root, name)).st_size
+    return total
 
 
 def _upload_pack(local_repo: Path | None) -> list[str]:
@@ -121,23 +216,23 @@ def ls_remote(
     url: str,
     *,
     protocols: Iterable[str],
-    timeout: float = 60,
+    limits: FetchLimits,
     local_repo: Path | None = None,
-    user: str | None = None,
 ) -> dict[str, str]:
     """Every ref the remote advertises, name → commit (peeled tags as ``name^{}``).
 
     ``local_repo``: ``url`` is ``file://`` + this path, checked to be a
-    repository git may read whoever owns it. ``user``: run git as that
-    account."""
+    repository git may read whoever owns it."""
+    what = f"cannot list refs of {url}"
     result = _git(
         ["ls-remote", *_upload_pack(local_repo), "--end-of-options", url],
+        what,
         protocols=protocols,
-        timeout=timeout,
-        user=user,
+        limits=limits,
+        deadline=time.monotonic() + limits.seconds,
     )
     if not result.ok:
-        raise _failed(f"cannot list refs of {url}", result)
+        raise _failed(what, result)
     refs = {}
     for line in result.stdout.splitlines():
         match = _LS_REMOTE_LINE.fullmatch(line.strip())
@@ -151,21 +246,27 @@ def expand_short_sha(
     short: str,
     *,
     protocols: Iterable[str],
-    timeout: float = 300,
+    limits: FetchLimits,
     local_repo: Path | None = None,
-    user: str | None = None,
 ) -> str | None:
     """The full commit id that ``short`` abbreviates among the remote's
     branches and tags, or None. Fetches commits only (no trees or blobs)
-    where the server allows it. ``local_repo``, ``user``: as for
-    :func:`ls_remote`."""
-    protocols = tuple(protocols)
+    where the server allows it. ``local_repo``: as for :func:`ls_remote`."""
+    what = f"cannot fetch {url}"
+    deadline = time.monotonic() + limits.seconds
     with tempfile.TemporaryDirectory(prefix="hpcbinder-sha-") as tmp:
         work = Path(tmp)
-        _hand_to(work, user)
 
         def in_work(*args: str) -> proc.CommandResult:
-            return _git(list(args), protocols=protocols, timeout=timeout, cwd=work, user=user)
+            return _git(
+                list(args),
+                what,
+                protocols=protocols,
+                limits=limits,
+                deadline=deadline,
+                cwd=work,
+                watch=[work],
+            )
 
         proc.check(in_work("init", "-q", "--bare"))
         fetched = in_work(
@@ -179,7 +280,7 @@ def expand_short_sha(
             "+refs/tags/*:refs/tags/*",
         )
         if not fetched.ok:
-            raise _failed(f"cannot fetch {url}", fetched)
+            raise _failed(what, fetched)
         found = in_work(
             "rev-parse", "--verify", "--quiet", "--end-of-options", f"{short}^{{commit}}"
         )
@@ -193,26 +294,39 @@ def fetch_commit(
     dest: Path,
     *,
     protocols: Iterable[str],
-    timeout: float = 600,
+    limits: FetchLimits,
     local_repo: Path | None = None,
-    user: str | None = None,
 ) -> None:
     """A checkout of exactly ``commit`` in the new directory ``dest``, with
-    history depth 1. ``local_repo``, ``user``: as for :func:`ls_remote`
-    (``user`` must be able to reach ``dest``'s parent)."""
+    history depth 1; nothing at ``dest`` if it fails. ``limits`` bound the
+    whole fetch: its time, and what ``dest`` (git objects and checked-out
+    files) holds. ``local_repo``: as for :func:`ls_remote`."""
     if not SHA.fullmatch(commit):
         raise ValueError(f"not a full commit id: {commit!r}")
-    dest.mkdir(parents=True)
-    _hand_to(dest, user)
+    what = f"cannot fetch commit {commit} of {url}"
+    deadline = time.monotonic() + limits.seconds
     steps = [
         ["init", "-q"],
         ["fetch", "-q", "--depth=1", *_upload_pack(local_repo), "--end-of-options", url, commit],
         ["-c", "advice.detachedHead=false", "checkout", "-q", "--detach", commit],
     ]
-    for args in steps:
-        result = _git(args, protocols=protocols, timeout=timeout, cwd=dest, user=user)
-        if not result.ok:
-            raise _failed(f"cannot fetch commit {commit} of {url}", result)
+    dest.mkdir(parents=True)
+    try:
+        for args in steps:
+            result = _git(
+                args,
+                what,
+                protocols=protocols,
+                limits=limits,
+                deadline=deadline,
+                cwd=dest,
+                watch=[dest],
+            )
+            if not result.ok:
+                raise _failed(what, result)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
 
 
 def tree_id(checkout: Path) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 
 from hpcbinder import buildpacks, git, render, repoproviders
 from hpcbinder.buildpacks.base import BuildPlan
+from hpcbinder.checkout import check_links
 from hpcbinder.config import Site
 from hpcbinder.repoproviders import ResolvedRepo
 
@@ -73,6 +74,7 @@ def prepare(spec: str, site: Site) -> Prepared:
     provider = repoproviders.parse_spec(spec, site.repos)
     resolved = provider.resolve()
     checkout = repoproviders.checkout(provider, resolved, repoproviders.cache_root(site.repos))
+    check_links(checkout)  # before anything reads or copies a file of it
     plan = buildpacks.detect(checkout)
     tree = git.tree_id(checkout) if plan.reads_whole_repo else None
     return Prepared(resolved, checkout, plan, render.render(plan, site, checkout, tree))

@@ -26,8 +26,8 @@ import hashlib
 import os
 import pwd
 import re
-import stat
 import shutil
+import stat
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable

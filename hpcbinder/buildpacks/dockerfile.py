@@ -4,12 +4,21 @@ spython converts what Apptainer can express; the rest is reported here,
 before any build, as a warning (ignored, and why) or an error (the build
 would not mean what the Dockerfile says). The FROM image is mapped through
 the site's ``dockerfiles.from_map`` when rendering.
+
+COPY and ADD are read here, not by spython: their sources become ``%files``
+lines, which Apptainer copies from the build host, so each must be a plain
+path inside the repository (the build context), never an absolute path, a
+``..`` out of it, a link leading out of it or a URL. Anything else would
+put the build account's files, or a download nobody checked, in the image.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
+import os
+import posixpath
 import re
 import tempfile
 from dataclasses import dataclass
@@ -19,7 +28,8 @@ from typing import Any
 
 from spython.main.parse.parsers import DockerParser
 
-from hpcbinder.buildpacks.base import BuildPack, Step
+from hpcbinder.buildpacks.base import _REPO_PATH, BuildPack, Step
+from hpcbinder.checkout import leads_outside
 from hpcbinder.errors import RepoConfigError
 
 _IGNORED = {
@@ -33,7 +43,15 @@ _IGNORED = {
     "MAINTAINER": "deprecated; use LABEL",
 }
 _WILDCARD = re.compile(r"[*?\[]")
-_COPY_FLAG = re.compile(r"--([a-z-]+)(?:=(\S*))?")
+#: A ``--flag[=value]`` word that starts COPY/ADD arguments (the paths follow).
+_COPY_FLAG = re.compile(r"--([A-Za-z-]+)(?:=\S*)?(?:\s+|$)")
+_IGNORED_FLAGS = {
+    "chown": "files belong to the user at run time",
+    "chmod": "files belong to the user at run time",
+    "link": "an Apptainer image has no layers",
+}
+#: What Docker's ADD would download: ``scheme://...`` or a git ``user@host:path``.
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://.*|[^/@\s]+@[^/:\s]+:.*")
 
 
 @dataclass(frozen=True)
@@ -87,32 +105,68 @@ class DockerfileBuildPack(BuildPack):
             self.relative, f"{instruction.keyword}: {message}", line=instruction.line
         )
 
-    def _check_copy(self, instruction: Instruction) -> None:
-        words = instruction.args.split()
-        for word in words:
-            flag = _COPY_FLAG.fullmatch(word)
-            if flag and flag.group(1) == "from":
+    def _copy_files(self, instruction: Instruction) -> list[tuple[str, str]]:
+        """The ``(repository path, image path)`` pairs a COPY or ADD copies,
+        each source checked to be a plain path inside the repository."""
+        rest = instruction.args
+        while flag := _COPY_FLAG.match(rest):
+            rest = rest[flag.end() :]
+            name = flag.group(1)
+            if name == "from":
                 raise self._error(instruction, "multi-stage COPY --from is not supported")
-            if flag and flag.group(1) in ("chown", "chmod"):
-                self.warn(
-                    f"{self.relative}:{instruction.line}: {instruction.keyword} "
-                    f"--{flag.group(1)} is ignored: files belong to the user at run time"
-                )
-        paths = [w for w in words if not w.startswith("--")]
-        if instruction.args.lstrip().startswith("["):
-            raise self._error(instruction, "the JSON form of COPY/ADD is not supported")
-        if any(_WILDCARD.search(p) for p in paths[:-1]):
+            if name not in _IGNORED_FLAGS:
+                raise self._error(instruction, f"--{name} is not supported")
+            self.warn(
+                f"{self.relative}:{instruction.line}: {instruction.keyword} --{name} "
+                f"is ignored: {_IGNORED_FLAGS[name]}"
+            )
+        paths = self._json_paths(instruction, rest) if rest.startswith("[") else rest.split()
+        if len(paths) < 2:
+            raise self._error(instruction, "needs a source and a destination")
+        *sources, target = paths
+        return [(self._source(instruction, source), target) for source in sources]
+
+    def _json_paths(self, instruction: Instruction, text: str) -> list[str]:
+        try:
+            paths = json.loads(text)
+        except ValueError:
+            paths = None
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise self._error(instruction, f"cannot read the JSON list {text[:80]!r}")
+        return paths
+
+    def _source(self, instruction: Instruction, source: str) -> str:
+        """``source`` as a path relative to the repository (the build
+        context), or an error naming what is wrong with it."""
+        if _URL.fullmatch(source):
+            raise self._error(
+                instruction,
+                f"source {source[:80]} is a URL; download it in a RUN step "
+                "or add the file to the repository",
+            )
+        relative = posixpath.normpath(source)
+        if source.startswith("/") or relative.split("/")[0] == "..":
+            raise self._error(
+                instruction,
+                f"source {source[:80]} is outside the repository; use a path inside it",
+            )
+        if _WILDCARD.search(source):
             raise self._error(
                 instruction,
                 "wildcards in sources are not supported; name each file or copy a directory",
             )
-        if instruction.keyword == "ADD" and any(
-            p.startswith(("http://", "https://")) for p in paths[:-1]
-        ):
-            self.warn(
-                f"{self.relative}:{instruction.line}: ADD from a URL is fetched with curl "
-                "during the build; the image needs curl"
+        if not _REPO_PATH.fullmatch(relative):
+            raise self._error(
+                instruction, f"source {source[:80]!r} has characters this site does not accept"
             )
+        if not os.path.lexists(self.repo.root / relative):
+            raise self._error(instruction, f"source {source} does not exist in the repository")
+        if leads_outside(self.repo.root, relative):
+            raise self._error(
+                instruction,
+                f"source {source} links outside the repository; use a path inside it",
+            )
+        return relative
 
     @cached_property
     def from_image(self) -> str:
@@ -126,9 +180,13 @@ class DockerfileBuildPack(BuildPack):
             raise self._error(stages[0], f"cannot read the image in {stages[0].args!r}")
         return words[0]
 
-    def cleaned_dockerfile(self) -> str:
-        """The Dockerfile with what Apptainer ignores removed, for spython."""
+    @cached_property
+    def translated(self) -> tuple[str, list[tuple[str, str]]]:
+        """The Dockerfile for spython, without what Apptainer ignores and
+        without COPY/ADD, and the files those copy (checked here, not by
+        spython, which would pass any path, flags included, to ``%files``)."""
         kept = []
+        files: list[tuple[str, str]] = []
         for instruction in self.instructions:
             if instruction.keyword in _IGNORED:
                 self.warn(
@@ -142,14 +200,15 @@ class DockerfileBuildPack(BuildPack):
                     "here; its default value is used"
                 )
             if instruction.keyword in ("COPY", "ADD"):
-                self._check_copy(instruction)
+                files.extend(self._copy_files(instruction))
+                continue
             if re.search(r"^\s*%", instruction.args, re.MULTILINE):
                 raise self._error(
                     instruction,
                     "a line may not start with '%' (it would open an Apptainer section)",
                 )
             kept.append(f"{instruction.keyword} {instruction.args}")
-        return "\n".join(kept) + "\n"
+        return "\n".join(kept) + "\n", files
 
     def _ignored_files(self) -> list[str]:
         return [self.repo.path(n) for n in ("apt.txt", "postBuild", "start") if self.repo.has(n)]
@@ -174,8 +233,13 @@ class DockerfileBuildPack(BuildPack):
 
     def dockerfile(self) -> dict[str, Any]:
         image = self.from_image  # first: a bad FROM is the error to report
-        cleaned = self.cleaned_dockerfile()
-        return {"from": image, "file": self.relative, **convert(cleaned, self.relative)}
+        cleaned, files = self.translated
+        return {
+            "from": image,
+            "file": self.relative,
+            "files": [list(pair) for pair in files],
+            **convert(cleaned, self.relative),
+        }
 
 
 def _words(value: object) -> list[str]:
@@ -185,7 +249,7 @@ def _words(value: object) -> list[str]:
 
 
 def convert(dockerfile_text: str, relative: str) -> dict[str, Any]:
-    """spython's reading of a (cleaned) Dockerfile, as plain data."""
+    """spython's reading of a (cleaned, COPY-free) Dockerfile, as plain data."""
     with tempfile.TemporaryDirectory(prefix="hpcbinder-dockerfile-") as tmp:
         path = Path(tmp) / "Dockerfile"
         path.write_text(dockerfile_text, encoding="utf-8")
@@ -197,7 +261,6 @@ def convert(dockerfile_text: str, relative: str) -> dict[str, Any]:
     (recipe,) = recipes.values()
     post = [line.rstrip("\n") for line in recipe.install if line.strip()]
     return {
-        "files": [[str(src), str(dst)] for src, dst in recipe.files],
         "post": post,
         "environment": [str(e) for e in recipe.environ],
         "labels": [

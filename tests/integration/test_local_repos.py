@@ -4,8 +4,7 @@ and fetched by others: this process, the build account, another researcher.
 git refuses a repository another account owns ("dubious ownership");
 hpcbinder tells it that exactly this repository, checked to be below the
 site's ``repos.local_roots``, is safe to read. The project venv's python
-cannot run as the other accounts, so git runs as them through
-``hpcbinder.proc`` (sudo) from this process.
+cannot run as the other accounts: they fetch with the site install's.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from urllib.parse import quote
 import pytest
 import yaml
 
-from hpcbinder import git, proc, repoproviders
+from hpcbinder import git, proc
 from hpcbinder.config import RepoPolicy
 from hpcbinder.errors import RepoNotAllowed
 from hpcbinder.repoproviders import parse_spec
@@ -65,17 +64,28 @@ def snapshot(folder: Path) -> list[tuple[str, int, int]]:
     return entries
 
 
-def as_fetcher(fetcher: str | None) -> dict[str, str]:
-    """Keyword arguments that run git as ``fetcher`` (None: as this process)."""
-    return {} if fetcher is None else {"user": fetcher}
+#: Run as a fetcher with the site install's python: resolve each spec
+#: (printing url and commit), then check the last one out into the cache.
+FETCH = """
+import sys
+from pathlib import Path
+from hpcbinder import repoproviders
+from hpcbinder.config import RepoPolicy
+root, cache, *specs = sys.argv[1:]
+policy = RepoPolicy(protocols=["https", "file"], local_roots=[root])
+for spec in specs:
+    provider = repoproviders.parse_spec(spec, policy)
+    resolved = provider.resolve()
+    print(resolved.url, resolved.commit)
+print(repoproviders.checkout(provider, resolved, Path(cache)))
+"""
 
 
-@pytest.mark.parametrize("fetcher", [None, "hpcbuild", "bob"], ids=["self", "hpcbuild", "bob"])
+@pytest.mark.parametrize("fetcher", ["root", "hpcbuild", "bob"])
 def test_anyone_fetches_a_repository_below_a_local_root(
-    alices_repo: tuple[Path, Path], shared_dir: Path, fetcher: str | None
+    alices_repo: tuple[Path, Path], shared_dir: Path, fetcher: str
 ) -> None:
     root, repo = alices_repo
-    site = RepoPolicy(protocols=["https", "file"], local_roots=[root])
     head = as_owner("git", "rev-parse", "main", cwd=repo)
     first = as_owner("git", "rev-parse", "v1.0^{commit}", cwd=repo)
     before = snapshot(repo)
@@ -84,18 +94,17 @@ def test_anyone_fetches_a_repository_below_a_local_root(
         (f"git/{quote(f'file://{repo}', safe='')}/v1.0", first),
         (local_spec(repo, first[:9]), first),  # a short SHA: fetched to look it up
     ]
-    for spec, commit in cases:
-        provider = parse_spec(spec, site)
-        resolved = provider.resolve(**as_fetcher(fetcher))
-        assert (resolved.url, resolved.commit) == (f"file://{repo}", commit), spec
-
-    cache = shared_dir / f"cache-{fetcher or 'self'}"
-    cache.mkdir()
-    checkout = repoproviders.checkout(provider, resolved, cache, **as_fetcher(fetcher))
+    cache = shared_dir / f"cache-{fetcher}"
+    specs = [spec for spec, _ in cases]
+    python = str(SITE_BIN / "python")
+    done = as_account(fetcher, [python, "-c", FETCH, str(root), str(cache), *specs], timeout=120)
+    assert done.returncode == 0, done.stderr
+    *resolved, last = done.stdout.splitlines()
+    assert resolved == [f"file://{repo} {commit}" for _, commit in cases]
+    checkout = Path(last)
     assert (checkout / "notebook.py").read_text() == "print('one')\n"
-    owner = fetcher or proc.current_user()
-    assert checkout.owner() == owner
-    in_checkout = proc.run(["git", "rev-parse", "HEAD"], user=owner, cwd=checkout, timeout=30)
+    assert checkout.owner() == fetcher
+    in_checkout = proc.run(["git", "rev-parse", "HEAD"], user=fetcher, cwd=checkout, timeout=30)
     assert proc.check(in_checkout).stdout.strip() == first
     assert snapshot(repo) == before  # read, never written
 
@@ -105,12 +114,13 @@ def test_other_accounts_repositories_need_the_check(alices_repo: tuple[Path, Pat
     repository outside the roots never gets that far."""
     root, repo = alices_repo
     url = f"file://{repo}"
+    limits = git.FetchLimits(64, 60, "repos.max_fetch_mb", "repos.fetch_timeout_seconds")
     with pytest.raises(git.GitError) as caught:
-        git.ls_remote(url, protocols=["file"], user="hpcbuild")
+        git.ls_remote(url, protocols=["file"], limits=limits)
     assert str(caught.value) == (
         f"cannot list refs of {url}: detected dubious ownership in repository at '{repo}/.git'"
     )
-    assert git.ls_remote(url, protocols=["file"], user="hpcbuild", local_repo=repo)
+    assert git.ls_remote(url, protocols=["file"], limits=limits, local_repo=repo)
     private = root.parent / "private"  # alice's too, but not below the root
     as_owner("git", "init", "-q", "-b", "main", str(private))
     as_owner("ln", "-s", str(private), str(root / "link"))
@@ -121,7 +131,7 @@ def test_other_accounts_repositories_need_the_check(alices_repo: tuple[Path, Pat
         local_spec(root / "link", "main"),
     ):
         with pytest.raises(RepoNotAllowed, match=r"repos\.local_roots"):
-            parse_spec(spec, site).resolve(user="hpcbuild")
+            parse_spec(spec, site).resolve()
 
 
 def test_the_build_server_lends_nobody_its_rights_to_read_a_repository(
