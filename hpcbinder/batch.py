@@ -30,14 +30,16 @@ from typing import Any
 import yaml
 
 from hpcbinder import templating
+from hpcbinder.apptainer import Bind
 from hpcbinder.buildpacks.base import REPO_DIR
 from hpcbinder.config import Site
 from hpcbinder.errors import UserError
 from hpcbinder.images import ImageRecord
+from hpcbinder.jobrefs import job_comment
 from hpcbinder.jobrequest import JobRequest
 from hpcbinder.notebooks import check_parameters
 from hpcbinder.pipeline import Fetched
-from hpcbinder.serverscript import apptainer_options, safe_path
+from hpcbinder.serverscript import apptainer_options, container_home, safe_path
 
 #: How each kind of file runs inside the image (notebooks: papermill).
 INTERPRETERS = {".py": ["python"], ".sh": ["bash"], ".R": ["Rscript"], ".jl": ["julia"]}
@@ -71,7 +73,7 @@ class BatchRun:
     repo: dict[str, str]  # spec, url, ref, commit
     env_key: str
     image: dict[str, str]  # image (and base_image) paths with their sha256
-    launch: list[str]  # apptainer exec … IMAGE
+    launch: list[str]  # apptainer exec … IMAGE: contained, sees the run folder
     checkout: Path
     from_image: bool  # postBuild ran: copy the repository as built into the image
     path: str  # the file to run, relative to the repository
@@ -81,6 +83,7 @@ class BatchRun:
     array: str | None
     request: JobRequest
     run_dir: Path
+    container_home: str | None = None  # the real home, where the site binds it
 
     @property
     def notebook(self) -> bool:
@@ -249,7 +252,12 @@ def plan_run(
         repo={"spec": repo.spec, "url": repo.url, "ref": repo.ref, "commit": repo.commit},
         env_key=record.key,
         image=image_identity(launch),
-        launch=[*launch[:-1], *apptainer_options(site, user, request.gpus), launch[-1]],
+        launch=[
+            *launch[:-1],
+            *apptainer_options(site, user, request.gpus),
+            *Bind(str(run_dir), str(run_dir)).argv(),
+            launch[-1],
+        ],
         checkout=fetched.checkout,
         from_image=fetched.reads_whole_repo,
         path=plan.path,
@@ -259,6 +267,7 @@ def plan_run(
         array=plan.array,
         request=request,
         run_dir=run_dir,
+        container_home=container_home(site, home),
     )
 
 
@@ -273,6 +282,7 @@ def render_batch_script(run: BatchRun) -> str:
         "batch.sbatch.j2",
         job_name=_SLUG_CHARS.sub("-", f"hpcbinder-batch-{PurePosixPath(run.path).stem}")[:64],
         request=run.request,
+        job_comment=job_comment(run.env_key, run.repo["commit"]),
         array=run.array,
         log=log,
         home=safe_path(run.home, "home"),
@@ -286,7 +296,9 @@ def render_batch_script(run: BatchRun) -> str:
         checkout=str(run.checkout),
         url=run.repo["url"],
         commit=run.repo["commit"],
-        launch=run.launch,
+        launch=run.launch[:-1],
+        image=run.launch[-1],
+        container_home=run.container_home,
         notebook=run.notebook,
         path=run.path,
         executed=PurePosixPath(run.path).name,

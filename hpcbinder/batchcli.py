@@ -13,7 +13,7 @@ from typing import NoReturn
 
 import click
 
-from hpcbinder import batch, build, proc
+from hpcbinder import apptainer, batch, proc
 from hpcbinder.batchjobs import BatchJob, BatchJobs, exit_status, submit_run
 from hpcbinder.buildrequest import BuildServerError, published_image
 from hpcbinder.cliutil import EXIT_CONFIG, EXIT_FAILED, full_spec, request_image, site_in_force
@@ -108,7 +108,7 @@ def sbatch_command(
             site,
             fetched,
             record,
-            build.launch_argv(record),
+            apptainer.launch_argv(record),
             user=user,
             request=request,
             plan=plan,

@@ -15,11 +15,19 @@ Two ways to build, chosen per image:
   unpacking and re-squashing the whole base for every repository.
 - **sif** (Dockerfile repositories and site bases): a full
   ``apptainer build --fakeroot`` of the definition.
+
+Every step that runs repository code is contained (see
+:mod:`hpcbinder.apptainer`): it sees the checkout, its own download cache
+and the site's CA bundle, nothing else of the host, and whatever it starts
+ends with it. Download caches are per repository: a build can write its
+cache (package managers must), so a shared one would let one repository's
+postBuild change what every later build of every other repository installs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -30,7 +38,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from hpcbinder import render
+from hpcbinder import apptainer, buildlog, render
+from hpcbinder.apptainer import Bind
 from hpcbinder.builders import Backend, BuildCommands, BuildFailed, BuildStep, backend_for
 from hpcbinder.config import Site
 from hpcbinder.images import IMAGE, LOG, BuildLock, ImageRecord, ImageStore, follow_events
@@ -39,6 +48,9 @@ from hpcbinder.pipeline import Prepared
 OVERLAY = "env.sqfs"
 DEFINITION = "definition.def"
 OVERLAY_SCRIPT = "overlay-build.sh"
+#: In a staging folder: the build's /tmp, /var/tmp and home (removed before publishing).
+SCRATCH = "scratch"
+STAGING_IN_IMAGE = "/mnt/hpcbinder-staging"
 
 
 @dataclass(frozen=True)
@@ -71,41 +83,40 @@ def image_store(site: Site) -> ImageStore:
     return ImageStore(site.image_store, owner=site.build.account)
 
 
-def _binds(site: Site) -> list[str]:
-    cache = site.build.cache_dir
-    return ["--bind", f"{cache}:{render.BUILD_CACHE_IN_IMAGE}"] if cache else []
+def cache_dir(site: Site, repo_url: str | None) -> Path | None:
+    """The download cache of one repository's builds (``None``: the site's
+    bases), or None if the site keeps none."""
+    if site.build.cache_dir is None:
+        return None
+    if repo_url is None:
+        return site.build.cache_dir / "bases"
+    return site.build.cache_dir / "repos" / hashlib.sha256(repo_url.encode()).hexdigest()[:32]
 
 
-#: zstd at a low level: about as small as mksquashfs's default gzip, ten times
-#: faster to write (1.5 s instead of 17.6 s for 231 MB here); squashfuse reads it.
-SQUASH_OPTIONS = ["-comp", "zstd", "-Xcompression-level", "3"]
+def _cache_binds(cache: Path | None) -> list[Bind]:
+    return [Bind(str(cache), render.BUILD_CACHE_IN_IMAGE)] if cache else []
 
 
-def _sif_build_argv(site: Site, image: Path, definition: Path) -> list[str]:
-    return [
-        "apptainer",
-        "build",
-        "--fakeroot",
-        "--mksquashfs-args",
-        " ".join(SQUASH_OPTIONS),
-        *_binds(site),
-        str(image),
-        str(definition),
-    ]
+def _prepare(staging: Path, cache: Path | None, *more: Path) -> BuildStep:
+    """Folders the build account makes before the build: the build's
+    scratch space and its cache (not the builder: it may run as root)."""
+    folders = [staging / SCRATCH, *more, *([cache] if cache else [])]
+    return BuildStep("prepare", ["mkdir", "-p", *(str(folder) for folder in folders)])
 
 
-def launch_argv(record: ImageRecord) -> list[str]:
-    """``apptainer exec`` and what follows it up to the command, for an image."""
-    meta = record.meta
-    if meta.get("strategy") == "overlay":
-        return [
-            "apptainer",
-            "exec",
-            "--overlay",
-            f"{record.path.parent / OVERLAY}:ro",
-            meta["base_image"],
-        ]
-    return ["apptainer", "exec", str(record.path)]
+def _cleanup(staging: Path, image: str, *names: str) -> BuildStep:
+    """Remove build files in a fakeroot container: what the build's
+    fakeroot created belongs to subordinate ids the build account cannot
+    remove from outside."""
+    return BuildStep(
+        "remove build files",
+        apptainer.contained_exec(
+            image,
+            ["rm", "-rf", *(f"{STAGING_IN_IMAGE}/{name}" for name in names)],
+            binds=[Bind(str(staging), STAGING_IN_IMAGE)],
+            fakeroot=True,
+        ),
+    )
 
 
 def _relay(lock: BuildLock, emit: Emit) -> Emit:
@@ -136,7 +147,7 @@ class Builder:
         while True:
             record = self.store.lookup(key)
             if record is not None:
-                self.store.touch(record)
+                self.store.record_use(record.key)
                 emit(BuildEvent("ready", str(record.path), time.monotonic() - started))
                 return record
             lock = self.store.try_lock(key)
@@ -192,16 +203,12 @@ class Builder:
                     time.monotonic() - started,
                 )
             )
-            self.backend.run(
-                commands,
-                lambda line: emit(BuildEvent("log", line, time.monotonic() - started)),
-                lock.note_started,
-            )
+            self._run(commands, emit, started, lock)
             artifact = staging / (OVERLAY if strategy == "overlay" else IMAGE)
             self._check_image_size(artifact)
             emit(BuildEvent("publishing", "publishing", time.monotonic() - started))
             meta = self._meta(prepared, strategy, staging, time.monotonic() - started)
-            record = self.store.publish(key, staging, meta)
+            record = self.store.publish(lock, staging, meta)
         except BuildFailed as exc:
             self._fail(key, exc.step, str(exc).split(": ", 1)[-1], exc.tail, staging, emit, started)
             raise ImageBuildError(key, exc.step, str(exc), exc.tail) from exc
@@ -210,6 +217,17 @@ class Builder:
             raise ImageBuildError(key, "store", str(exc), []) from exc
         emit(BuildEvent("ready", str(record.path), time.monotonic() - started))
         return record
+
+    def _run(self, commands: BuildCommands, emit: Emit, started: float, lock: BuildLock) -> None:
+        """Run the build's commands, its log capped in events and on disk."""
+        log = buildlog.LogCap(
+            lambda line: emit(BuildEvent("log", line, time.monotonic() - started))
+        )
+        try:
+            self.backend.run(commands, log.line, lock.note_started)
+        finally:
+            log.finish()
+            buildlog.cap_file(commands.log)
 
     def _fail(
         self,
@@ -263,15 +281,28 @@ class Builder:
         if rendered.overlay_script is not None:
             return self._overlay_commands(prepared, staging, timeout), "overlay"
         definition = self.store.write(staging / DEFINITION, rendered.definition)
-        image = staging / IMAGE
-        steps = [
-            BuildStep(
-                "build image",
-                _sif_build_argv(self.site, image, definition),
-            ),
-            BuildStep("smoke test", ["apptainer", "exec", str(image), "true"]),
-        ]
+        cache = cache_dir(self.site, prepared.repo.url)
+        steps = self._sif_steps(staging, definition, cache, "build image", ["true"])
         return BuildCommands(steps, prepared.checkout, staging / LOG, timeout), "sif"
+
+    @staticmethod
+    def _sif_steps(
+        staging: Path, definition: Path, cache: Path | None, name: str, smoke: list[str]
+    ) -> list[BuildStep]:
+        """A full SIF build: contained %post, a contained smoke test of the
+        image, then its scratch space removed."""
+        image = staging / IMAGE
+        return [
+            _prepare(staging, cache),
+            BuildStep(
+                name,
+                apptainer.contained_build(
+                    image, definition, binds=_cache_binds(cache), workdir=staging / SCRATCH
+                ),
+            ),
+            BuildStep("smoke test", apptainer.contained_exec(str(image), smoke)),
+            _cleanup(staging, str(image), SCRATCH),
+        ]
 
     # --- site base images --------------------------------------------------------
 
@@ -302,33 +333,19 @@ class Builder:
             staging = self.store.new_staging(key)
             definition = self.store.write(staging / DEFINITION, definition_text)
             image = staging / IMAGE
-            steps = [
-                BuildStep(
-                    "build base image",
-                    _sif_build_argv(self.site, image, definition),
-                ),
-                BuildStep(
-                    "smoke test",
-                    [
-                        "apptainer",
-                        "exec",
-                        str(image),
-                        "python3",
-                        "-c",
-                        "import jupyterhub, batchspawner",
-                    ],
-                ),
-            ]
+            steps = self._sif_steps(
+                staging,
+                definition,
+                cache_dir(self.site, None),
+                "build base image",
+                ["python3", "-c", "import jupyterhub, batchspawner"],
+            )
             commands = BuildCommands(
                 steps, staging, staging / LOG, self.site.build.timeout_minutes * 60.0
             )
             emit(BuildEvent("building", f"building base {name} ({self.backend.name} backend)"))
             try:
-                self.backend.run(
-                    commands,
-                    lambda line: emit(BuildEvent("log", line, time.monotonic() - started)),
-                    lock.note_started,
-                )
+                self._run(commands, emit, started, lock)
             except BuildFailed as exc:
                 self._fail(key, exc.step, str(exc), exc.tail, staging, emit, started)
                 raise ImageBuildError(key, exc.step, str(exc), exc.tail) from exc
@@ -363,29 +380,25 @@ class Builder:
         self.store.write(script, rendered.overlay_script or "")
         base = rendered.base.source
         overlay = staging / "overlay"
+        cache = cache_dir(self.site, prepared.repo.url)
+        binds = [
+            Bind(str(prepared.checkout), render.CONTEXT_IN_IMAGE, read_only=True),
+            Bind(str(script), render.OVERLAY_SCRIPT_IN_IMAGE, read_only=True),
+            *_cache_binds(cache),
+            *render.overlay_host_binds(self.site),
+        ]
         steps = [
-            BuildStep(
-                "prepare overlay", ["mkdir", "-p", str(overlay / "upper"), str(overlay / "work")]
-            ),
+            _prepare(staging, cache, overlay / "upper", overlay / "work"),
             BuildStep(
                 "install environment",
-                [
-                    "apptainer",
-                    "exec",
-                    "--fakeroot",
-                    "--cleanenv",
-                    "--overlay",
-                    str(overlay),
-                    "--bind",
-                    f"{prepared.checkout}:{render.CONTEXT_IN_IMAGE}:ro",
-                    "--bind",
-                    f"{script}:{render.OVERLAY_SCRIPT_IN_IMAGE}:ro",
-                    *_binds(self.site),
-                    *render.overlay_host_binds(self.site),
+                apptainer.contained_exec(
                     base,
-                    "/bin/sh",
-                    render.OVERLAY_SCRIPT_IN_IMAGE,
-                ],
+                    ["/bin/sh", render.OVERLAY_SCRIPT_IN_IMAGE],
+                    overlay=str(overlay),
+                    binds=binds,
+                    workdir=staging / SCRATCH,
+                    fakeroot=True,
+                ),
             ),
             BuildStep(
                 "squash environment",
@@ -397,27 +410,13 @@ class Builder:
                     "-all-root",
                     "-no-progress",
                     "-quiet",
-                    *SQUASH_OPTIONS,
+                    *apptainer.SQUASH_OPTIONS,
                 ],
             ),
-            # Files the build's fakeroot created belong to subordinate ids: remove them there.
-            BuildStep(
-                "remove overlay",
-                [
-                    "apptainer",
-                    "exec",
-                    "--fakeroot",
-                    "--bind",
-                    f"{staging}:/mnt/hpcbinder-staging",
-                    base,
-                    "rm",
-                    "-rf",
-                    "/mnt/hpcbinder-staging/overlay",
-                ],
-            ),
+            _cleanup(staging, base, "overlay", SCRATCH),
             BuildStep(
                 "smoke test",
-                ["apptainer", "exec", "--overlay", f"{staging / OVERLAY}:ro", base, "true"],
+                apptainer.contained_exec(base, ["true"], overlay=f"{staging / OVERLAY}:ro"),
             ),
         ]
         return BuildCommands(steps, prepared.checkout, staging / LOG, timeout)

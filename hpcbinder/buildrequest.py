@@ -11,6 +11,11 @@ account for the requester, so a client trusts only what the build account
 said, and reads the image itself from the store (which only the build
 account writes).
 
+Launches that do not go through a build request (the spawner starting or
+restarting a server from an image key) report the use of their image with
+a :class:`UseRequest` (``POST /used``), so that the store's owner records
+it and ``images gc`` keeps the image.
+
 Why MUNGE: at a site the hub, the login nodes and the build node are
 different hosts, so peer credentials on a Unix socket cannot tell who asks,
 and every Slurm host already runs munged with the cluster's key: no new
@@ -26,15 +31,18 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from hpcbinder import munge
+from hpcbinder import munge, proc
 from hpcbinder.build import ImageBuildError, image_store
 from hpcbinder.config import Site
 from hpcbinder.errors import UserError
 from hpcbinder.images import ImageRecord
+from hpcbinder.jobrefs import IMAGE_KEY
 from hpcbinder.pipeline import Fetched
 
 #: Seconds without a line from the server (it sends keepalives) before giving up.
 READ_TIMEOUT = 120
+#: Seconds a use report may take: it must never hold up a launch for long.
+USE_TIMEOUT = 5
 
 
 class BuildServerError(RuntimeError):
@@ -67,6 +75,30 @@ class BuildRequest:
         if for_user is not None and not isinstance(for_user, str):
             raise ValueError("for_user must be an account name")
         return cls(data["spec"], bool(data.get("prepare_only", False)), for_user)
+
+
+@dataclass(frozen=True)
+class UseRequest:
+    """A launch of the store's image ``key`` (``for_user``: the researcher
+    a service account launches it for; only recorded, never trusted)."""
+
+    key: str
+    for_user: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> UseRequest:
+        data = json.loads(text)
+        if not isinstance(data, dict) or not isinstance(data.get("key"), str):
+            raise ValueError("a use report needs an image key")
+        if not IMAGE_KEY.fullmatch(data["key"]):
+            raise ValueError("not an image key")
+        for_user = data.get("for_user")
+        if for_user is not None and not isinstance(for_user, str):
+            raise ValueError("for_user must be an account name")
+        return cls(data["key"], for_user)
 
 
 @dataclass(frozen=True)
@@ -158,6 +190,33 @@ class BuildServerClient:
         finally:
             connection.close()
         raise BuildServerError("the build server's answer ended without a result")
+
+    def record_use(self, key: str, for_user: str | None = None) -> None:
+        """Tell the build server that image ``key`` is being launched (for
+        ``for_user``); :class:`BuildServerError` if it cannot be told
+        within :data:`USE_TIMEOUT` seconds."""
+        try:
+            credential = munge.sign(UseRequest(key, for_user).to_json(), self.site.build.account)
+        except (munge.MungeError, KeyError, proc.CommandError) as exc:
+            raise BuildServerError(f"cannot sign the use report with MUNGE: {exc}") from exc
+        connection = http.client.HTTPConnection(
+            self.url.hostname or "127.0.0.1", self.url.port or 80, timeout=USE_TIMEOUT
+        )
+        try:
+            connection.request(
+                "POST", "/used", body=credential, headers={"Content-Type": "text/plain"}
+            )
+            response = connection.getresponse()
+            answer = response.read().decode(errors="replace").strip()[:300]
+        except (OSError, http.client.HTTPException) as exc:
+            raise BuildServerError(
+                f"cannot reach the build server at {self.site.build.server_url} "
+                f"(site file: build.server_url): {exc}"
+            ) from exc
+        finally:
+            connection.close()
+        if response.status != 204:
+            raise BuildServerError(f"the build server did not record the use of {key}: {answer}")
 
     def _trusted_result(self, credential: str) -> Fetched:
         try:

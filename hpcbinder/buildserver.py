@@ -12,6 +12,12 @@ its end whoever leaves; specs that render to the same environment share one
 build through the store's lock. At most ``binder.max_parallel_builds``
 build at once (the rest wait in a queue and hear their position), and one
 researcher may have ``build.max_builds_per_user`` builds in progress.
+
+As the store's owner it also records use: of an image at every request
+that finds it built (and at every build), of an image a launch reports
+(``POST /used``: the spawner starting or restarting a server), and of a
+checkout whenever it prepares a repository or starts a build from it;
+``images gc`` keeps what was used (see :mod:`hpcbinder.storegc`).
 """
 
 from __future__ import annotations
@@ -21,13 +27,14 @@ import json
 import logging
 import time
 from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from hpcbinder import build, munge, pipeline, repoproviders
-from hpcbinder.buildrequest import BuildRequest, ServerEvent
+from hpcbinder import build, munge, pipeline, repoproviders, storegc
+from hpcbinder.buildrequest import BuildRequest, ServerEvent, UseRequest
 from hpcbinder.config import Site
 from hpcbinder.errors import UserError
 from hpcbinder.pipeline import Fetched
@@ -39,6 +46,32 @@ KEEPALIVE_SECONDS = 10.0
 _LOGGED = frozenset({"waiting", "building", "log", "smoke", "publishing"})
 
 BuildStream = SharedStream[ServerEvent, Fetched]
+_Request = TypeVar("_Request")
+
+
+async def _verified(body: bytes, parse: Callable[[str], _Request]) -> tuple[str, _Request]:
+    """The sender and the request a MUNGE credential carries (403 if it
+    does not verify, 400 if its request is malformed)."""
+    try:
+        verified = await asyncio.to_thread(munge.verify, body.decode(errors="replace"))
+        return verified.user, parse(verified.payload)
+    except munge.MungeError as exc:
+        raise web.HTTPError(403, reason=str(exc)[:200]) from exc
+    except ValueError as exc:
+        raise web.HTTPError(400, reason=f"malformed request: {exc}"[:200]) from exc
+
+
+def _on_behalf(site: Site, sender: str, for_user: str | None) -> str:
+    """Whom a request is for: the sender, or the researcher a service
+    account of ``build.requesters`` names (403 for anyone else)."""
+    if for_user is None or for_user == sender:
+        return sender
+    if sender not in site.build.requesters:
+        raise web.HTTPError(
+            403,
+            reason=f"{sender} may not ask for builds for others (site file: build.requesters)",
+        )
+    return for_user
 
 
 class BuildQueue:
@@ -87,6 +120,7 @@ class BuildQueue:
         try:
             await stream.publish(ServerEvent("fetching", f"Fetching {stream.key}…"))
             prepared = await asyncio.to_thread(pipeline.prepare, stream.key, self.site)
+            await asyncio.to_thread(storegc.record_checkout_use, prepared.checkout)
             for warning in prepared.rendered.warnings:
                 await stream.publish(ServerEvent("fetching", f"warning: {warning}"))
             store = build.image_store(self.site)
@@ -94,7 +128,8 @@ class BuildQueue:
             if record is None:
                 await self._build(stream, prepared)
             else:  # record the use: gc keeps images people launch
-                await asyncio.to_thread(store.touch, record)
+                user = self._owners.get(stream.key, "")
+                await asyncio.to_thread(store.record_use, record.key, user)
             await stream.finish(ServerEvent("built"), prepared.fetched())
             log.info(
                 "%s: image %s in %.1f s",
@@ -148,6 +183,8 @@ class BuildQueue:
     async def _build_now(self, stream: BuildStream, prepared: pipeline.Prepared) -> None:
         loop = asyncio.get_running_loop()
         await stream.publish(ServerEvent("building", f"Building image {prepared.rendered.env_key}"))
+        # gc keeps a checkout for a build's time limit after its last use.
+        await asyncio.to_thread(storegc.record_checkout_use, prepared.checkout)
 
         def emit(event: build.BuildEvent) -> None:
             if event.phase in _LOGGED:
@@ -179,46 +216,21 @@ class BuildRequestHandler(web.RequestHandler):
                 await self._send(ServerEvent("keepalive"))
 
     async def post(self) -> None:
-        try:
-            verified = await asyncio.to_thread(
-                munge.verify, self.request.body.decode(errors="replace")
-            )
-            request = BuildRequest.from_json(verified.payload)
-        except munge.MungeError as exc:
-            raise web.HTTPError(403, reason=str(exc)[:200]) from exc
-        except ValueError as exc:
-            raise web.HTTPError(400, reason=f"malformed request: {exc}"[:200]) from exc
-        user = self._user_for(verified.user, request)
-        log.info(
-            "%s asks for %s%s",
-            verified.user,
-            request.spec,
-            f" for {user}" if user != verified.user else "",
-        )
+        sender, request = await _verified(self.request.body, BuildRequest.from_json)
+        user = _on_behalf(self.site, sender, request.for_user)
+        log.info("%s asks for %s%s", sender, request.spec, f" for {user}" if user != sender else "")
         self.set_header("Content-Type", "application/x-ndjson")
         self.set_header("Cache-Control", "no-cache")
         keepalive = asyncio.get_running_loop().create_task(self._keepalive())
         try:
             result = await self._answer(request, user)
             if result is not None:
-                signed = await asyncio.to_thread(
-                    munge.sign, json.dumps(result.to_json()), verified.user
-                )
+                signed = await asyncio.to_thread(munge.sign, json.dumps(result.to_json()), sender)
                 await self._send(ServerEvent("done", credential=signed))
         except StreamClosedError:
             pass  # the client left; a build goes on for the others
         finally:
             keepalive.cancel()
-
-    def _user_for(self, sender: str, request: BuildRequest) -> str:
-        if request.for_user is None or request.for_user == sender:
-            return sender
-        if sender not in self.site.build.requesters:
-            raise web.HTTPError(
-                403,
-                reason=f"{sender} may not ask for builds for others (site file: build.requesters)",
-            )
-        return request.for_user
 
     async def _answer(self, request: BuildRequest, user: str) -> Fetched | None:
         try:  # the build account's rights are never lent to read a repository
@@ -234,6 +246,7 @@ class BuildRequestHandler(web.RequestHandler):
             except UserError as exc:
                 await self._send(ServerEvent("failed", str(exc), kind="user"))
                 return None
+            await asyncio.to_thread(storegc.record_checkout_use, prepared.checkout)
             return prepared.fetched()
         stream = self.settings["queue"].stream(request.spec, user)
         async for event in stream.follow():
@@ -243,6 +256,23 @@ class BuildRequestHandler(web.RequestHandler):
         return result
 
 
+class UseHandler(web.RequestHandler):
+    """``POST /used``: a MUNGE credential carrying a :class:`UseRequest`;
+    204 once the use is recorded, 404 for an image the store does not have."""
+
+    async def post(self) -> None:
+        site: Site = self.settings["site"]
+        sender, request = await _verified(self.request.body, UseRequest.from_json)
+        user = _on_behalf(site, sender, request.for_user)
+        store = build.image_store(site)
+        if await asyncio.to_thread(store.lookup, request.key) is None:
+            raise web.HTTPError(404, reason=f"no image {request.key} in the store")
+        await asyncio.to_thread(store.record_use, request.key, user)
+        log.info("%s uses image %s%s", user, request.key, f" ({sender})" if user != sender else "")
+        self.set_status(204)
+        self.finish()
+
+
 class HealthHandler(web.RequestHandler):
     def get(self) -> None:
         self.finish({"ok": True})
@@ -250,7 +280,7 @@ class HealthHandler(web.RequestHandler):
 
 def make_app(site: Site) -> web.Application:
     return web.Application(
-        [(r"/build", BuildRequestHandler), (r"/health", HealthHandler)],
+        [(r"/build", BuildRequestHandler), (r"/used", UseHandler), (r"/health", HealthHandler)],
         site=site,
         queue=BuildQueue(site),
     )

@@ -7,11 +7,12 @@ import json
 import re
 import shlex
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
-from hpcbinder import __version__, build, doctor, proc
+from hpcbinder import __version__, apptainer, build, doctor, proc, storegc
 from hpcbinder.batchcli import jobs_group, sbatch_command
 from hpcbinder.buildrequest import BuildServerError, published_image
 from hpcbinder.cliutil import (
@@ -28,6 +29,7 @@ from hpcbinder.cliutil import (
 from hpcbinder.cluster import cluster_slurm
 from hpcbinder.config import Site, SiteConfigError, load_site
 from hpcbinder.errors import UserError
+from hpcbinder.slurm import SlurmError
 
 
 @click.group()
@@ -135,7 +137,7 @@ def build_command(ctx: click.Context, spec: str, ref: str | None, verbose: bool)
     except BuildServerError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_FAILED)
-    click.echo(f"run it with: {shlex.join(build.launch_argv(record))} COMMAND", err=True)
+    click.echo(f"run it with: {shlex.join(apptainer.launch_argv(record))} COMMAND", err=True)
     click.echo(record.path)
 
 
@@ -201,12 +203,16 @@ def images_ls(ctx: click.Context) -> None:
 @click.argument("key")
 @click.pass_context
 def images_show(ctx: click.Context, key: str) -> None:
-    """An image's metadata as JSON."""
-    record = build.image_store(site_in_force(ctx)).lookup(_checked_key(key))
+    """An image's metadata as JSON, with when it was last used (what gc goes by)."""
+    store = build.image_store(site_in_force(ctx))
+    record = store.lookup(_checked_key(key))
     if record is None:
         click.echo(f"error: no image with key {key}", err=True)
         sys.exit(1)
-    click.echo(json.dumps({"path": str(record.path), **record.meta}, indent=2))
+    last_used = datetime.fromtimestamp(store.last_used(record), UTC).isoformat(timespec="seconds")
+    click.echo(
+        json.dumps({"path": str(record.path), "last_used": last_used, **record.meta}, indent=2)
+    )
 
 
 @images_group.command("rm")
@@ -229,24 +235,34 @@ def images_rm(ctx: click.Context, key: str) -> None:
     type=click.FloatRange(min=0),
     required=True,
     metavar="DAYS",
-    help="Remove images not used for this many days...",
+    help="Remove images and checkouts not used for this many days...",
 )
 @click.option(
     "--keep",
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
-    help="...but always keep this many of the most recently used.",
+    help="...but always keep this many of the most recently used images.",
 )
 @click.pass_context
 def images_gc(ctx: click.Context, days: float, keep: int) -> None:
-    """Remove images nobody has used for a while."""
+    """Remove images and checkouts nobody has used for a while and no
+    pending or running job uses, and what crashed builds left."""
     site = site_in_force(ctx)
     _require_build_account(site)
-    removed = build.image_store(site).gc(days, keep)
-    for key in removed:
+    try:
+        report = storegc.collect(site, days, keep, cluster_slurm(site))
+    except (SlurmError, proc.CommandError) as exc:
+        click.echo(f"error: {exc}; nothing removed", err=True)
+        sys.exit(EXIT_FAILED)
+    for key in report.images:
         click.echo(f"removed {key}")
-    click.echo(f"{len(removed)} images removed")
+    for path in report.checkouts:
+        click.echo(f"removed checkout {path}")
+    for name in report.staging:
+        click.echo(f"removed staging/{name}")
+    click.echo(f"{len(report.checkouts)} checkouts, {len(report.staging)} staging folders removed")
+    click.echo(f"{len(report.images)} images removed")
 
 
 def _require_build_account(site: Site) -> None:

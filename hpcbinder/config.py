@@ -164,11 +164,24 @@ class Profile(_Strict):
 
 
 class BindPath(_Strict):
-    """A host path bound into every container (scratch, project space)."""
+    """A host path bound into every researcher's container (scratch,
+    project space). ``source`` may use ``{user}``."""
 
     source: Annotated[str, Field(pattern=r"^/[A-Za-z0-9_./{}-]*$")]
     target: Annotated[str, Field(pattern=r"^/[A-Za-z0-9_./-]*$")] | None = None
     read_only: bool = False
+
+
+class ContainerPolicy(_Strict):
+    """What of the host a researcher's container (server or batch run) sees.
+
+    By default only its workspace (its home and working folder), a batch
+    run's folder and the site's ``binds``: the image runs a repository's
+    code, which should not reach the researcher's keys and data.
+    ``bind_home: true`` also binds the researcher's real home as $HOME.
+    """
+
+    bind_home: bool = False
 
 
 class WorkspacePolicy(_Strict):
@@ -263,7 +276,9 @@ class BuildSettings(_Strict):
     max_repo_mb: int = Field(default=1024, ge=1)
     max_image_mb: int = Field(default=20480, ge=1)
     ssh: SSHHost | None = None
-    #: Download cache on the build node, bound into every build (None: no cache).
+    #: Download caches on the build node, one per repository (and one for
+    #: the site's bases), so that no build can change what another
+    #: repository's build installs (None: no cache).
     cache_dir: Path | None = Path("/var/cache/hpcbinder/build")
     #: The build server (``hpcbinder build-server``, run as ``account``) that
     #: every image request goes to; requests are authenticated with MUNGE.
@@ -424,6 +439,7 @@ class Site(_Strict):
     profiles: dict[Name, Profile] = Field(default_factory=_default_profiles)
     default_profile: Name = "small"
     binds: list[BindPath] = []
+    container: ContainerPolicy = ContainerPolicy()
     workspace: WorkspacePolicy = WorkspacePolicy()
     quotas: Quotas = Quotas()
     cluster: Cluster = Cluster()

@@ -26,6 +26,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from hpcbinder import templating
+from hpcbinder.apptainer import Bind
 from hpcbinder.buildpacks.base import ENV_FILES_DIR, REPO_DIR, BuildPlan
 from hpcbinder.buildpacks.conda import CONDA_ENV
 from hpcbinder.config import Site
@@ -38,7 +39,8 @@ KERNEL_PREFIX = "/opt/hpcbinder/python"
 #: A repository's own Python packages (a venv that sees the base's packages).
 KERNEL_ENV = "/opt/hpcbinder/kernel"
 CA_IN_IMAGE = "/etc/hpcbinder/ca-bundle.crt"
-#: Where builders bind the build node's download cache (site: build.cache_dir).
+#: Where builders bind the build's download cache (site: build.cache_dir;
+#: one per repository, see build.cache_dir).
 BUILD_CACHE_IN_IMAGE = "/opt/hpcbinder/build-cache"
 #: Where an overlay build sees the checkout, the host's files (CA bundle) and its script.
 CONTEXT_IN_IMAGE = "/mnt/hpcbinder-context"
@@ -227,11 +229,11 @@ def _repo_files(plan: BuildPlan) -> list[tuple[str, str]]:
     return files
 
 
-def overlay_host_binds(site: Site) -> list[str]:
-    """``--bind`` arguments for the host files an overlay build copies in,
-    in the order overlay.sh.j2 numbers them."""
+def overlay_host_binds(site: Site) -> list[Bind]:
+    """The host files an overlay build copies in, in the order
+    overlay.sh.j2 numbers them."""
     ca_bundle = site.network.ca_bundle
-    return ["--bind", f"{ca_bundle}:{HOST_FILES_IN_IMAGE}/0:ro"] if ca_bundle else []
+    return [Bind(str(ca_bundle), f"{HOST_FILES_IN_IMAGE}/0", read_only=True)] if ca_bundle else []
 
 
 def _overlay_script(plan: BuildPlan, site: Site, base: BaseChoice) -> str:

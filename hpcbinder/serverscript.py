@@ -5,6 +5,10 @@ Puts together what the spawner decided: validated resources, the image's
 researcher's workspace seeded from the checkout (or, where postBuild wrote
 into the repository, from the repository as built into the image), and the
 command to run.
+
+The container runs a repository's code as the researcher, so it sees only
+its workspace (as its home and working folder) and the site's binds, not
+the researcher's home (unless the site sets ``container.bind_home``).
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpcbinder import templating
+from hpcbinder import apptainer, templating
+from hpcbinder.apptainer import Bind
 from hpcbinder.buildpacks.base import REPO_DIR
 from hpcbinder.config import Site
 from hpcbinder.errors import UserError
+from hpcbinder.jobrefs import job_comment
 from hpcbinder.jobrequest import JobRequest
 
 _SAFE_PATH = re.compile(r"/[A-Za-z0-9_.+/-]*")
@@ -38,11 +44,12 @@ class ServerJob:
     user: str
     home: Path
     request: JobRequest
-    image_argv: list[str]  # ["apptainer", "exec", ..., IMAGE] (see build.launch_argv)
+    image_argv: list[str]  # ["apptainer", "exec", ..., IMAGE] (see apptainer.launch_argv)
     command: list[str]
     workspace: Path | None = None
     seed: Seed | None = None
     job_name: str = "hpcbinder-server"
+    image_key: str | None = None  # the store's image (None: a site base); see jobrefs
 
 
 def safe_path(path: Path | str, what: str) -> str:
@@ -61,37 +68,44 @@ def workspace_for(site: Site, user: str, home: Path, slug: str) -> Path:
 
 
 def apptainer_options(site: Site, user: str, gpus: int) -> list[str]:
-    """Options before the image: the site's binds, and --nv for GPU jobs."""
-    options = ["--nv"] if gpus else []
+    """Options before the image: contained, the site's binds, and --nv for
+    GPU jobs. The job script adds its workspace (a shell variable there)."""
+    binds = []
     for bind in site.binds:
         source = safe_path(bind.source.replace("{user}", user), "binds.source")
-        spec = f"{source}:{bind.target or source}" + (":ro" if bind.read_only else "")
-        options += ["--bind", spec]
-    return options
+        binds.append(Bind(source, bind.target or source, bind.read_only))
+    return apptainer.job_options(binds, gpus=gpus)
+
+
+def container_home(site: Site, home: Path) -> str | None:
+    """The researcher's real home where the site binds it into containers
+    (``container.bind_home``); None: the workspace is the container's home."""
+    return safe_path(home, "home") if site.container.bind_home else None
 
 
 def render_server_script(site: Site, job: ServerJob) -> str:
     if job.seed is not None and not _COMMIT.fullmatch(job.seed.commit):
         raise UserError(f"not a commit id: {job.seed.commit!r}")
-    launch = [
-        *job.image_argv[:-1],
-        *apptainer_options(site, job.user, job.request.gpus),
-        job.image_argv[-1],
-    ]
+    # Without a repository (a base image from the spawn page) the server
+    # still gets a workspace of its own, never the home itself.
+    workspace = job.workspace or workspace_for(site, job.user, job.home, "default")
     return templating.render(
         "slurm",
         "server.sbatch.j2",
         job_name=job.job_name if _SLUG.fullmatch(job.job_name) else "hpcbinder-server",
+        job_comment=job_comment(job.image_key, job.seed.commit if job.seed else None),
         request=job.request,
         output=f"{safe_path(job.home, 'home')}/.hpcbinder-server-%j.log",  # %j: sbatch's job id
         home=safe_path(job.home, "home"),
-        workspace=str(job.workspace) if job.workspace else None,
+        workspace=safe_path(workspace, "workspace.root"),
         ephemeral=site.workspace.mode == "ephemeral",
         seed=job.seed is not None,
         seed_from_image=bool(job.seed and job.seed.from_image),
         checkout=str(job.seed.checkout) if job.seed else "",
         commit=job.seed.commit if job.seed else "",
         repo_dir=REPO_DIR,
-        launch=launch,
+        launch=[*job.image_argv[:-1], *apptainer_options(site, job.user, job.request.gpus)],
+        image=job.image_argv[-1],
+        container_home=container_home(site, job.home),
         command=job.command,
     )

@@ -1,7 +1,8 @@
 """The seam around Slurm's command-line tools.
 
 Works with every Slurm a site may run, because it only calls the commands a
-user would (``sbatch``, ``scontrol``, ``sinfo``, ``scancel``) with argv lists
+user would (``sbatch``, ``scontrol``, ``sinfo``, ``squeue``, ``scancel``,
+``sacctmgr``) with argv lists
 and parses their plain-text answers. The commands and the patterns that read
 their output are data (:class:`SlurmDialect`), so a site with wrappers or an
 unusual version changes data, not code.
@@ -58,8 +59,16 @@ class SlurmDialect:
     scontrol: tuple[str, ...] = ("scontrol",)
     sinfo: tuple[str, ...] = ("sinfo",)
     scancel: tuple[str, ...] = ("scancel",)
+    sacctmgr: tuple[str, ...] = ("sacctmgr",)
     #: One job's state and node, for the frequent queries of a starting server.
     squeue: tuple[str, ...] = ("squeue", "-h", "-o", "%T %B", "-j")
+    #: Every job of every user and partition with its state and comment. Not
+    #: squeue's default states: those leave out suspended and held jobs.
+    squeue_comments: tuple[str, ...] = ("squeue", "-h", "-a", "--states=all", "-o", "%T|%k")
+    private_data: re.Pattern[str] = re.compile(r"^PrivateData\s*=\s*(\S*)", re.MULTILINE)
+    slurm_user: re.Pattern[str] = re.compile(r"^SlurmUser\s*=\s*([^\s(]+)", re.MULTILINE)
+    #: Admin levels (sacctmgr) that see every job whatever PrivateData says.
+    sees_all_jobs: frozenset[str] = frozenset({"operator", "administrator"})
     squeue_pending: re.Pattern[str] = re.compile(r"(?:PENDING|CONFIGURING|REQUEUED|RESIZING)\b")
     squeue_running: re.Pattern[str] = re.compile(r"(?:RUNNING|COMPLETING)\b")
     squeue_host: re.Pattern[str] = re.compile(r"\S+\s+(\S+)\s*$")
@@ -272,6 +281,42 @@ class SlurmCLI:
         if self.dialect.squeue_pending.match(line):
             return QueueState.PENDING, ""
         return QueueState.GONE, ""
+
+    def unfinished_job_comments(self, account: str) -> list[str]:
+        """The comment of every job of every user that has not finished
+        (pending, held, running, suspended, completing), listed as
+        ``account`` (this process's own); :class:`SlurmError` when Slurm does
+        not answer, or hides other users' jobs from ``account``: an answer
+        that leaves jobs out must never pass for the whole queue."""
+        self._check_sees_every_job(account)
+        result = self._run([*self.dialect.squeue_comments])
+        if not result.ok:
+            raise SlurmError(f"squeue did not answer: {(result.stderr or result.stdout).strip()}")
+        comments = []
+        for line in result.stdout.splitlines():
+            state, sep, comment = line.partition("|")
+            if sep and state.strip() not in TERMINAL_STATES:
+                comments.append(comment)
+        return comments
+
+    def _check_sees_every_job(self, account: str) -> None:
+        config = proc.check(self._run([*self.dialect.scontrol, "show", "config"])).stdout
+        private = self.dialect.private_data.search(config)
+        if private is None or "jobs" not in private.group(1).lower().split(","):
+            return
+        slurm_user = self.dialect.slurm_user.search(config)
+        if account == "root" or (slurm_user is not None and slurm_user.group(1) == account):
+            return
+        result = self._run(
+            [*self.dialect.sacctmgr, "-n", "-P", "show", "user", account, "format=adminlevel"]
+        )
+        if result.ok and result.stdout.strip().lower() in self.dialect.sees_all_jobs:
+            return
+        raise SlurmError(
+            f"Slurm hides other users' jobs from {account} (slurm.conf: PrivateData=jobs), so "
+            "the images and checkouts their jobs use cannot be seen; make it an operator: "
+            f"sacctmgr modify user {account} set adminlevel=Operator"
+        )
 
     def wait(
         self,

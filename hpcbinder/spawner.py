@@ -13,6 +13,12 @@ and a dead job going unnoticed until the start timeout.
 ``profile``): ``image`` (an env key of the store, or ``base:NAME``),
 ``profile`` and the overrides of :data:`hpcbinder.jobrequest.OVERRIDABLE`,
 and ``workspace`` = {``slug``, ``checkout``, ``commit``, ``from_image``}.
+
+Every start or restart from an image of the store tells the build server
+(best effort: a launch never waits on it for long, nor fails for it), so
+that ``images gc`` keeps images whose servers are restarted from the hub
+without a new build request; the job's comment names its image and
+commit (:mod:`hpcbinder.jobrefs`) for as long as it waits or runs.
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ from jupyterhub.apihandlers import APIHandler, default_handlers
 from tornado import web
 from traitlets import Float, Integer, Unicode, default
 
-from hpcbinder.build import image_store, launch_argv
+from hpcbinder.apptainer import base_argv, launch_argv
+from hpcbinder.build import image_store
+from hpcbinder.buildrequest import BuildServerClient, BuildServerError
 from hpcbinder.cluster import cluster_runner, cluster_slurm
 from hpcbinder.config import Site, load_site
 from hpcbinder.jobrequest import OVERRIDABLE, request_for
@@ -105,17 +113,28 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
             backoff=self.query_backoff,
         )
 
-    def _image_argv(self) -> list[str]:
+    def _image(self) -> tuple[str | None, list[str]]:
+        """The image the options name: its key in the store (None for a
+        site base) and the ``apptainer exec`` argv that starts it."""
         image = str(self.user_options.get("image") or f"base:{self.site.default_base}")
         if _ENV_KEY.fullmatch(image):
             record = image_store(self.site).lookup(image)
             if record is None:
                 raise ValueError(f"image {image} is not in this site's store")
-            return launch_argv(record)
+            return image, launch_argv(record)
         match = _BASE.fullmatch(image)
         if match is None or match.group(1) not in self.site.bases:
             raise ValueError(f"image must be an env key or base:NAME, not {image!r}")
-        return ["apptainer", "exec", str(self.site.base_image_path(match.group(1)).resolve())]
+        return None, base_argv(self.site.base_image_path(match.group(1)).resolve())
+
+    async def _record_use(self, key: str) -> None:
+        """Tell the build server this server starts from image ``key``; log,
+        never fail, if it cannot be told."""
+        client = BuildServerClient(self.site)
+        try:
+            await asyncio.to_thread(client.record_use, key, self.user.name)
+        except BuildServerError as exc:
+            self.log.warning("Use of image %s by %s not recorded: %s", key, self.user.name, exc)
 
     def server_job(self) -> ServerJob:
         """The job for the current user_options, every value checked."""
@@ -133,21 +152,26 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
                 str(spec.get("commit", "")),
                 bool(spec.get("from_image", False)),
             )
+        key, image_argv = self._image()
         return ServerJob(
             self.user.name,
             home,
             request,
-            self._image_argv(),
+            image_argv,
             command,
             workspace=workspace,
             seed=seed,
             job_name=f"hpcbinder-{self.user.name}-{self.name or 'default'}",
+            image_key=key,
         )
 
     # --- batchspawner's hooks, without shell strings ------------------------------
 
     async def submit_batch_script(self) -> str:
-        script = render_server_script(self.site, self.server_job())
+        job = self.server_job()
+        if job.image_key is not None:
+            await self._record_use(job.image_key)
+        script = render_server_script(self.site, job)
         self.job_id = await self._jobs().submit(script, self.get_env())
         self.log.info("Submitted server job %s for %s", self.job_id, self.user.name)
         return str(self.job_id)

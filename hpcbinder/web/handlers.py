@@ -14,7 +14,7 @@ from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from hpcbinder import __version__, batch, build, repoproviders
+from hpcbinder import __version__, apptainer, batch, repoproviders
 from hpcbinder.batchjobs import submit_run
 from hpcbinder.cluster import cluster_slurm
 from hpcbinder.config import Site
@@ -272,7 +272,7 @@ def submit_batch(
 ) -> tuple[str, Path]:
     """Check and submit one run of ``path`` as ``user``; (job id, run folder)."""
     plan = batch.plan_tasks(built.fetched, path, parameters)
-    launch = build.launch_argv(built.record)
+    launch = apptainer.launch_argv(built.record)
     run = batch.plan_run(
         site, built.fetched, built.record, launch, user=user, request=request, plan=plan
     )

@@ -2,7 +2,11 @@
 built on a warm base with a warm download cache, next to the floor (pip
 install of the same file into a fresh venv on the host, same warm cache)
 and the naive peer (a full `apptainer build` from `Bootstrap: localimage`
-of the same base with the same install).
+of the same base with the same install, contained the same way).
+
+Download caches are per repository (a build cannot change what another
+repository's build installs): ``other_repo_seconds`` is the same packages
+built for another repository (another env key), whose cache is cold.
 
 Run: sudo .venv/bin/python -m tests.bench.env_build
 """
@@ -16,8 +20,8 @@ import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
-from hpcbinder import pipeline, render
-from hpcbinder.build import Builder, BuildEvent
+from hpcbinder import apptainer, pipeline, render
+from hpcbinder.build import SCRATCH, Builder, BuildEvent, cache_dir
 from tests.bench.common import copy_tree, make_repo, report, site_in, timed, workspace
 
 REQUIREMENTS = "numpy==2.1.3\npandas==2.2.3\nmatplotlib==3.9.2\n"
@@ -30,14 +34,23 @@ def main() -> None:
         )
         spec = f"local/{quote(str(repo), safe='')}/main"
         site = site_in(root)
-        cache = site.build.cache_dir
-        assert cache is not None
+        other = make_repo(
+            root / "repos" / "other",
+            {"requirements.txt": f"# another repository\n{REQUIREMENTS}", "index.ipynb": "{}\n"},
+        )
+        other_spec = f"local/{quote(str(other), safe='')}/main"
 
         # Warm the base (page cache) and the download cache with a first build.
         warm = site_in(root, "warmup-store")
         Builder(warm).build_image(pipeline.prepare(spec, warm), ignore)
 
         seconds = timed(lambda: Builder(site).build_image(pipeline.prepare(spec, site), ignore))
+        other_seconds = timed(
+            lambda: Builder(site).build_image(pipeline.prepare(other_spec, site), ignore)
+        )
+        prepared = pipeline.prepare(spec, site)
+        cache = cache_dir(site, prepared.repo.url)
+        assert cache is not None
 
         with tempfile.TemporaryDirectory() as tmp:
             cache_copy = Path(tmp) / "cache"
@@ -69,9 +82,8 @@ def main() -> None:
                 )
             )
 
-        prepared = pipeline.prepare(spec, site)
         naive_dir = root / "naive"
-        naive_dir.mkdir()
+        (naive_dir / SCRATCH).mkdir(parents=True)
         (naive_dir / "naive.def").write_text(prepared.rendered.definition)
         subprocess.run(["chown", "-R", "hpcbuild:hpcbuild", str(naive_dir)], check=True)
         naive = timed(
@@ -82,14 +94,12 @@ def main() -> None:
                     "-u",
                     "hpcbuild",
                     "--",
-                    "apptainer",
-                    "-q",
-                    "build",
-                    "--fakeroot",
-                    "--bind",
-                    f"{cache}:{render.BUILD_CACHE_IN_IMAGE}",
-                    str(naive_dir / "naive.sif"),
-                    str(naive_dir / "naive.def"),
+                    *apptainer.contained_build(
+                        naive_dir / "naive.sif",
+                        naive_dir / "naive.def",
+                        binds=[apptainer.Bind(str(cache), render.BUILD_CACHE_IN_IMAGE)],
+                        workdir=naive_dir / SCRATCH,
+                    ),
                 ],
                 cwd=prepared.checkout,
                 check=True,
@@ -100,6 +110,7 @@ def main() -> None:
         report(
             "env_build",
             seconds=round(seconds, 2),
+            other_repo_seconds=round(other_seconds, 2),
             floor_seconds=round(floor, 2),
             naive_seconds=round(naive, 2),
             vs_floor=round(seconds / floor, 2),

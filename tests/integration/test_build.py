@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from hpcbinder import pipeline
-from hpcbinder.build import Builder, BuildEvent, ImageBuildError, launch_argv
+from hpcbinder.apptainer import launch_argv
+from hpcbinder.build import Builder, BuildEvent, ImageBuildError
 from hpcbinder.config import Site
 from hpcbinder.images import ImageRecord
 from tests.conftest import SHARED_SCRATCH, SITE_BIN, DevCluster, as_account, running_build_server

@@ -1,28 +1,57 @@
 """The image store's locking and bookkeeping, on a real directory with real
-processes (no Apptainer needed)."""
+processes (no Apptainer needed); what gc keeps; the job comments that tell
+it which images and checkouts jobs use."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
+import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
-from hpcbinder import images
-from hpcbinder.images import ImageStore, follow_events
+import pytest
+
+from hpcbinder import images, proc, storegc
+from hpcbinder.batch import BatchRun, BatchTask, render_batch_script
+from hpcbinder.buildrequest import UseRequest
+from hpcbinder.config import Site
+from hpcbinder.images import ImageStore, LockLost, follow_events
+from hpcbinder.jobrefs import JobReferenceError, job_comment, references
+from hpcbinder.jobrequest import request_for
+from hpcbinder.processid import ProcessIdentity
+from hpcbinder.serverscript import Seed, ServerJob, render_server_script
+from hpcbinder.slurm import SlurmCLI, SlurmError
 
 KEY = "0123456789abcdef0123456789abcdef"
+COMMIT = "c" * 40
+DAY = 86400.0
 
 
 def publish(store: ImageStore, key: str, age_days: float = 0) -> None:
-    staging = store.new_staging(key)
-    (staging / images.IMAGE).write_bytes(b"sif")
-    store.publish(key, staging, {"key": key})
+    lock = store.try_lock(key)
+    assert lock is not None
+    with lock:
+        staging = store.new_staging(key)
+        (staging / images.IMAGE).write_bytes(b"sif")
+        store.publish(lock, staging, {"key": key})
     if age_days:
-        stamp = time.time() - age_days * 86400
-        os.utime(store.image_dir(key) / images.META, (stamp, stamp))
+        store.record_use(key, "alice", at=time.time() - age_days * DAY)
+
+
+@pytest.fixture
+def bystander() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process in its own process group that no build started."""
+    process = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    yield process
+    process.kill()
+    process.wait()
 
 
 def test_one_holder_per_key(tmp_path: Path) -> None:
@@ -86,7 +115,7 @@ def test_publish_is_whole_and_gc_keeps_recent(tmp_path: Path) -> None:
     for age, key in zip((30, 20, 10, 0), keys, strict=True):
         publish(store, key, age_days=age)
     assert [r.key for r in store.records()] == keys
-    assert store.gc(older_than_days=15, keep=1) == [keys[1], keys[0]]
+    assert store.gc(older_than_days=15, keep=1, in_use=frozenset()) == [keys[1], keys[0]]
     assert [r.key for r in store.records()] == keys[2:]
     assert store.remove(keys[2]) and not store.remove(keys[2])
     assert list((tmp_path / "staging").iterdir()) == []
@@ -98,3 +127,318 @@ def test_staging_of_a_dead_build_is_removed_by_the_next(tmp_path: Path) -> None:
     (leftover / "partial.sif").write_bytes(b"half")
     fresh = store.new_staging(KEY)
     assert not leftover.exists() and fresh.is_dir()
+
+
+# --- use records and gc -----------------------------------------------------------
+
+
+def test_gc_reads_use_records_and_keeps_what_jobs_use(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path)
+    used_by_job, used_yesterday, unused = (f"{n:032x}" for n in range(3))
+    for key in (used_by_job, used_yesterday, unused):
+        publish(store, key, age_days=30)
+        old = time.time() - 30 * DAY  # publication (meta.json) long ago as well
+        os.utime(store.image_dir(key) / images.META, (old, old))
+    store.record_use(used_yesterday, "bob", at=time.time() - DAY)
+    assert json.loads(store.use_path(used_yesterday).read_text())["user"] == "bob"
+    removed = store.gc(older_than_days=2, keep=0, in_use=frozenset({used_by_job}))
+    assert removed == [unused]
+    assert {r.key for r in store.records()} == {used_by_job, used_yesterday}
+    assert not store.use_path(unused).exists()
+
+
+def test_use_is_its_own_record_not_the_metadata_time(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path)
+    publish(store, KEY, age_days=10)
+    os.utime(store.image_dir(KEY) / images.META)  # a metadata change is not a use
+    assert store.gc(older_than_days=5, keep=0, in_use=frozenset()) == [KEY]
+
+
+# --- staging --------------------------------------------------------------------
+
+
+def test_base_builds_keep_each_others_staging_and_gc_keeps_a_live_build(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path)
+    gpu_lock = store.try_lock("base-default-gpu")
+    default_lock = store.try_lock("base-default")
+    assert gpu_lock is not None and default_lock is not None
+    gpu = store.new_staging("base-default-gpu")
+    (gpu / images.IMAGE).write_bytes(b"half a base")
+    default = store.new_staging("base-default")
+    assert gpu.is_dir() and default.is_dir()
+    assert store.clean_staging() == []
+    assert gpu.is_dir() and default.is_dir()
+    gpu_lock.release()  # that build died without cleaning up: its staging is a leftover
+    assert store.clean_staging() == [gpu.name]
+    assert default.is_dir()
+    default_lock.release()
+
+
+# --- lock take-over ---------------------------------------------------------------
+
+
+def _stale_lock(store: ImageStore, holder: dict[str, object], started: str) -> None:
+    store.lock_path(KEY).parent.mkdir(parents=True, exist_ok=True)
+    store.lock_path(KEY).write_text(json.dumps({"host": socket.gethostname(), **holder}))
+    store.started_path(KEY).write_text(started)
+    old = time.time() - images.STALE_AFTER - 5  # no heartbeat either
+    os.utime(store.lock_path(KEY), (old, old))
+
+
+def test_take_over_spares_a_process_that_got_the_recorded_pid(
+    tmp_path: Path, bystander: subprocess.Popen[bytes]
+) -> None:
+    """The lock and its sessions name the bystander's pid, as a build
+    before a reboot (or long ago) left them: another start time."""
+    store = ImageStore(tmp_path)
+    now = ProcessIdentity.of(bystander.pid)
+    assert now is not None
+    earlier = {**now.to_json(), "start_ticks": now.start_ticks - 500}
+    _stale_lock(
+        store,
+        {"token": "old", **earlier},
+        f"session {bystander.pid} {now.boot_id} {now.start_ticks - 500}\n"
+        f"session {bystander.pid}\n",  # written before identities were recorded
+    )
+    lock = store.try_lock(KEY)
+    assert lock is not None and lock.held()
+    lock.release()
+    time.sleep(0.2)
+    assert bystander.poll() is None, "a process no build started was killed"
+
+
+def test_take_over_stops_the_dead_builds_own_session(
+    tmp_path: Path, bystander: subprocess.Popen[bytes]
+) -> None:
+    store = ImageStore(tmp_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    leftover = ProcessIdentity.of(bystander.pid)
+    assert leftover is not None
+    _stale_lock(
+        store,
+        {"token": "old", "pid": dead.pid},
+        f"session {leftover.pid} {leftover.boot_id} {leftover.start_ticks}\n",
+    )
+    lock = store.try_lock(KEY)
+    assert lock is not None
+    lock.release()
+    assert bystander.wait(timeout=5) == -9
+
+
+def test_take_over_never_signals_process_group_0_or_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    signalled: list[int] = []
+    monkeypatch.setattr(images.proc, "kill_session", signalled.append)
+    init = ProcessIdentity.of(1)
+    assert init is not None
+    store = ImageStore(tmp_path)
+    _stale_lock(
+        store,
+        {"token": "old", "pid": 0},
+        f"session 0\nsession 1\nsession 1 {init.boot_id} {init.start_ticks}\n",
+    )
+    lock = store.try_lock(KEY)
+    assert lock is not None
+    lock.release()
+    assert signalled == []
+
+
+def test_a_build_records_its_sessions_identity(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path)
+    with store.try_lock(KEY) as lock:  # type: ignore[union-attr]
+        lock.note_started(f"session {os.getpid()}")
+        lock.note_started("slurm-job 12")
+        me = ProcessIdentity.current()
+        assert store.started_path(KEY).read_text().splitlines() == [
+            f"session {me.pid} {me.boot_id} {me.start_ticks}",
+            "slurm-job 12",
+        ]
+        holder = store.lock_holder(KEY) or {}
+        assert ProcessIdentity.from_json(holder) == me
+
+
+# --- publish ----------------------------------------------------------------------
+
+
+def test_publish_needs_the_lock_and_never_replaces_an_image(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path)
+    slow = store.try_lock(KEY)
+    assert slow is not None
+    staged = store.new_staging(KEY)
+    (staged / images.IMAGE).write_bytes(b"the slow build's")
+    # The slow build stalled past STALE_AFTER: another took the lock over and published.
+    store.lock_path(KEY).write_text(json.dumps({"host": "elsewhere", "token": "fast"}))
+    fast = images.BuildLock(store, KEY, "fast")
+    theirs = store.new_staging(KEY + "x")  # (a folder of their own)
+    (theirs / images.IMAGE).write_bytes(b"the fast build's")
+    store.publish(fast, theirs, {"key": KEY, "by": "fast"})
+    with pytest.raises(LockLost, match="taken over"):
+        store.publish(slow, staged, {"key": KEY, "by": "slow"})
+    record = store.lookup(KEY)
+    assert record is not None and record.meta["by"] == "fast"
+    assert record.path.read_bytes() == b"the fast build's"
+    fast.release()
+    slow.release()
+
+
+# --- checkouts ----------------------------------------------------------------------
+
+
+def test_gc_removes_unused_checkouts_and_unfinished_fetches(tmp_path: Path) -> None:
+    now = time.time()
+    repo = tmp_path / "0123456789abcdef"
+
+    def checkout(name: str, age_days: float) -> Path:
+        path = repo / name
+        (path / "sub").mkdir(parents=True)
+        (path / "sub" / "notebook.ipynb").write_text("{}")
+        os.utime(path, (now - age_days * DAY, now - age_days * DAY))
+        return path
+
+    old, recent, queued = checkout("a" * 40, 10), checkout("b" * 40, 1), checkout(COMMIT, 10)
+    broken, fetching = checkout(f".{'d' * 40}-x1", 1), checkout(f".{'e' * 40}-x2", 0)
+    storegc.record_checkout_use(recent)  # a build started from it just now
+    removed = storegc.clean_checkouts(
+        tmp_path,
+        unused_since=now - 5 * DAY,
+        unfinished_since=now - 3600,
+        in_use=frozenset({COMMIT}),
+    )
+    assert removed == [old]
+    assert sorted(p.name for p in repo.iterdir()) == sorted(
+        [recent.name, queued.name, fetching.name]
+    )
+    assert not broken.exists()
+
+
+# --- job comments -------------------------------------------------------------------
+
+
+def test_job_comments_name_image_and_commit_and_refuse_anything_else() -> None:
+    assert job_comment(KEY, COMMIT) == f"hpcbinder-image={KEY},hpcbinder-commit={COMMIT}"
+    assert job_comment(None, None) == "hpcbinder"
+    for bad in (f"{KEY} --wrap=id", KEY.upper(), "base:default"):
+        with pytest.raises(JobReferenceError):
+            job_comment(bad, None)
+    with pytest.raises(JobReferenceError):
+        job_comment(KEY, "HEAD")
+    found = references(
+        [job_comment(KEY, COMMIT), "(null)", f"mine hpcbinder-image={'f' * 33}", "x"]
+    )
+    assert found.images == {KEY} and found.commits == {COMMIT}
+
+
+def test_server_and_batch_scripts_carry_the_comment(tmp_path: Path) -> None:
+    site = Site.model_validate({})
+    request = request_for(site, None, {}, user="alice")
+    server = ServerJob(
+        "alice",
+        Path("/home/alice"),
+        request,
+        ["apptainer", "exec", "/images/env.sif"],
+        ["jupyterhub-singleuser"],
+        workspace=tmp_path / "ws",
+        seed=Seed(tmp_path / "checkout", COMMIT, from_image=False),
+        image_key=KEY,
+    )
+    expected = f"#SBATCH --comment=hpcbinder-image={KEY},hpcbinder-commit={COMMIT}\n"
+    assert expected in render_server_script(site, server)
+    run = BatchRun(
+        user="alice",
+        home=Path("/home/alice"),
+        repo={"spec": "gh/a/b/HEAD", "url": "https://x/a/b", "ref": "HEAD", "commit": COMMIT},
+        env_key=KEY,
+        image={"image": "/images/env.sif"},
+        launch=["apptainer", "exec", "/images/env.sif"],
+        checkout=tmp_path / "checkout",
+        from_image=False,
+        path="run.py",
+        args=[],
+        tasks=[BatchTask(0, {})],
+        per_task=False,
+        array=None,
+        request=request,
+        run_dir=Path("/home/alice/hpcbinder-runs/b"),
+    )
+    assert expected in render_batch_script(run)
+
+
+# --- Slurm's view of every job --------------------------------------------------
+
+
+class FakeSlurm:
+    """Slurm's commands answered from a table: argv[0] → (status, stdout)."""
+
+    def __init__(self, answers: dict[str, tuple[int, str]]) -> None:
+        self.answers = answers
+        self.calls: list[list[str]] = []
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        user: str | None = None,
+        input_text: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 60.0,
+    ) -> proc.CommandResult:
+        self.calls.append(list(argv))
+        status, out = self.answers[argv[0]]
+        return proc.CommandResult(tuple(argv), status, out, "" if status == 0 else "failed")
+
+
+SQUEUE = f"""RUNNING|hpcbinder-image={KEY}
+SUSPENDED|hpcbinder-image={"1" * 32}
+PENDING|hpcbinder-image={"2" * 32},hpcbinder-commit={COMMIT}
+COMPLETED|hpcbinder-image={"3" * 32}
+CANCELLED|hpcbinder-image={"4" * 32}
+RUNNING|(null)
+"""
+
+
+def test_every_unfinished_jobs_comment_is_read() -> None:
+    slurm = FakeSlurm({"scontrol": (0, "PrivateData             = none\n"), "squeue": (0, SQUEUE)})
+    found = references(SlurmCLI(slurm).unfinished_job_comments("hpcbuild"))
+    assert found.images == {KEY, "1" * 32, "2" * 32} and found.commits == {COMMIT}
+    assert ["squeue", "-h", "-a", "--states=all", "-o", "%T|%k"] in slurm.calls
+
+
+def test_a_queue_hidden_by_private_data_is_never_taken_for_the_whole_queue() -> None:
+    answers = {
+        "scontrol": (0, "PrivateData             = jobs,usage\nSlurmUser = slurm(64030)\n"),
+        "squeue": (0, ""),
+        "sacctmgr": (0, "None\n"),
+    }
+    with pytest.raises(SlurmError, match=r"PrivateData=jobs.*adminlevel=Operator"):
+        SlurmCLI(FakeSlurm(answers)).unfinished_job_comments("hpcbuild")
+    answers["sacctmgr"] = (0, "Operator\n")
+    assert SlurmCLI(FakeSlurm(answers)).unfinished_job_comments("hpcbuild") == []
+    failing = {"scontrol": (0, ""), "squeue": (1, "")}
+    with pytest.raises(SlurmError, match="squeue did not answer"):
+        SlurmCLI(FakeSlurm(failing)).unfinished_job_comments("hpcbuild")
+
+
+def test_use_reports_carry_only_an_image_key() -> None:
+    assert UseRequest.from_json(UseRequest(KEY, "alice").to_json()) == UseRequest(KEY, "alice")
+    for payload in ({"key": "../../etc"}, {"key": KEY, "for_user": 3}, ["x"]):
+        with pytest.raises(ValueError):
+            UseRequest.from_json(json.dumps(payload))
+
+
+def test_a_launch_goes_on_when_its_use_cannot_be_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The spawner's report to a build server that is down: logged, at once."""
+    from hpcbinder.spawner import ApptainerSlurmSpawner
+
+    site = Site.model_validate({"build": {"server_url": "http://127.0.0.1:9"}})
+    spawner = SimpleNamespace(
+        site=site, user=SimpleNamespace(name="alice"), log=logging.getLogger("test-spawner")
+    )
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="test-spawner"):
+        asyncio.run(ApptainerSlurmSpawner._record_use(spawner, KEY))
+    assert time.monotonic() - started < 10
+    assert f"Use of image {KEY} by alice not recorded" in caplog.text

@@ -1,0 +1,87 @@
+"""A build's log, capped: its first and last lines, and how many were cut.
+
+A repository's build prints what it likes; a log kept whole could fill the
+build server's memory (every viewer's event stream keeps the events) and
+the image store's disk. Head and tail are what a reader needs: what the
+build did first, and where it ended or failed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+HEAD_LINES = 2000
+TAIL_LINES = 1000
+#: A longer line (progress bars redrawn without newlines) is cut to this.
+LINE_CHARS = 4000
+
+
+def cut_marker(lines: int) -> str:
+    return f"[... {lines} lines cut ...]"
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= LINE_CHARS else text[:LINE_CHARS] + " [... line cut ...]"
+
+
+class LogCap:
+    """Passes the first ``head`` lines on as they come and keeps only the
+    last ``tail`` of the rest, for :meth:`finish` to pass on after saying
+    how many were cut."""
+
+    def __init__(
+        self, write: Callable[[str], None], head: int = HEAD_LINES, tail: int = TAIL_LINES
+    ) -> None:
+        self._write = write
+        self._head = head
+        self._tail: deque[str] = deque(maxlen=tail)
+        self._seen = 0
+        self._finished = False
+
+    def line(self, text: str) -> None:
+        self._seen += 1
+        if self._seen <= self._head:
+            self._write(_short(text))
+            return
+        if self._seen == self._head + 1:
+            self._write(
+                f"[... more than {self._head} lines: the last {self._tail.maxlen} "
+                "follow when the build ends ...]"
+            )
+        self._tail.append(_short(text))
+
+    def finish(self) -> None:
+        """Pass on the kept tail (once)."""
+        if self._finished:
+            return
+        self._finished = True
+        cut = self._seen - self._head - len(self._tail)
+        if cut > 0:
+            self._write(cut_marker(cut))
+        for text in self._tail:
+            self._write(text)
+
+
+def cap_file(path: Path, head: int = HEAD_LINES, tail: int = TAIL_LINES) -> None:
+    """Cap a log file written whole (a Slurm job's output) in place,
+    reading it once and never whole into memory."""
+    if not path.is_file():
+        return
+    with path.open(errors="replace") as handle:
+        count = sum(1 for _ in handle)
+    if count <= head + tail + 2:  # as long as a capped log can be: nothing to cut
+        return
+    partial = path.with_name(f".{path.name}.capped")
+    with path.open(errors="replace") as source, partial.open("w") as target:
+
+        def write(text: str) -> None:
+            target.write(text + "\n")
+
+        cap = LogCap(write, head, tail)
+        for line in source:
+            cap.line(line.rstrip("\n"))
+        cap.finish()
+    os.replace(partial, path)

@@ -1,0 +1,64 @@
+"""What a Slurm job needs from the image store and the checkout cache,
+written into the job's comment so that ``images gc`` keeps it.
+
+gc runs as the build account, which may list every job (``squeue``) but
+cannot read researchers' job scripts: the comment is the one field of a
+job that says which image it starts and, for a server seeding a workspace
+or a batch run copying the repository, which commit's checkout it copies
+when it starts. The form is ``hpcbinder-image=KEY[,hpcbinder-commit=SHA]``
+(``#SBATCH --comment=...`` in slurm/server.sbatch.j2 and
+slurm/batch.sbatch.j2); a job with neither carries ``hpcbinder``.
+
+A researcher can write such a comment on any job of theirs: that keeps an
+image or checkout for as long as the job waits or runs, as launching it
+would, and nothing more.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from hpcbinder.errors import UserError
+
+IMAGE_KEY = re.compile(r"[0-9a-f]{32}")
+COMMIT = re.compile(r"[0-9a-f]{40}")
+_IMAGE_REF = re.compile(r"hpcbinder-image=([0-9a-f]{32})(?![0-9a-f])")
+_COMMIT_REF = re.compile(r"hpcbinder-commit=([0-9a-f]{40})(?![0-9a-f])")
+
+
+class JobReferenceError(UserError):
+    """An image key or commit id that cannot go into a job's comment."""
+
+
+def job_comment(image_key: str | None, commit: str | None) -> str:
+    """The comment of a job that starts image ``image_key`` (None for a
+    site base, which gc never removes) and copies the checkout of
+    ``commit`` (None when it copies none). Both are checked in full: the
+    result goes onto an #SBATCH line."""
+    if image_key is not None and not IMAGE_KEY.fullmatch(image_key):
+        raise JobReferenceError(f"not an image key: {image_key!r}")
+    if commit is not None and not COMMIT.fullmatch(commit):
+        raise JobReferenceError(f"not a commit id: {commit!r}")
+    parts = [f"hpcbinder-image={image_key}"] if image_key else []
+    parts += [f"hpcbinder-commit={commit}"] if commit else []
+    return ",".join(parts) or "hpcbinder"
+
+
+@dataclass(frozen=True)
+class JobReferences:
+    """Image keys and commits that pending or running jobs name."""
+
+    images: frozenset[str]
+    commits: frozenset[str]
+
+
+def references(comments: Iterable[str]) -> JobReferences:
+    """What the comments of jobs (any text, any number of references) name."""
+    images: set[str] = set()
+    commits: set[str] = set()
+    for comment in comments:
+        images.update(_IMAGE_REF.findall(comment))
+        commits.update(_COMMIT_REF.findall(comment))
+    return JobReferences(frozenset(images), frozenset(commits))
