@@ -68,13 +68,20 @@ class BuildRequest:
 
     @classmethod
     def from_json(cls, text: str) -> BuildRequest:
-        data = json.loads(text)
-        if not isinstance(data, dict) or not isinstance(data.get("spec"), str):
-            raise ValueError("a build request needs a spec")
-        for_user = data.get("for_user")
-        if for_user is not None and not isinstance(for_user, str):
-            raise ValueError("for_user must be an account name")
+        data, for_user = _request_payload(text, "spec", "a build request needs a spec")
         return cls(data["spec"], bool(data.get("prepare_only", False)), for_user)
+
+
+def _request_payload(text: str, field: str, missing: str) -> tuple[dict[str, Any], str | None]:
+    """A signed request's JSON object, checked to have the string ``field``
+    (else ValueError ``missing``), and the account it is for, if named."""
+    data = json.loads(text)
+    if not isinstance(data, dict) or not isinstance(data.get(field), str):
+        raise ValueError(missing)
+    for_user = data.get("for_user")
+    if for_user is not None and not isinstance(for_user, str):
+        raise ValueError("for_user must be an account name")
+    return data, for_user
 
 
 @dataclass(frozen=True)
@@ -90,14 +97,9 @@ class UseRequest:
 
     @classmethod
     def from_json(cls, text: str) -> UseRequest:
-        data = json.loads(text)
-        if not isinstance(data, dict) or not isinstance(data.get("key"), str):
-            raise ValueError("a use report needs an image key")
+        data, for_user = _request_payload(text, "key", "a use report needs an image key")
         if not IMAGE_KEY.fullmatch(data["key"]):
             raise ValueError("not an image key")
-        for_user = data.get("for_user")
-        if for_user is not None and not isinstance(for_user, str):
-            raise ValueError("for_user must be an account name")
         return cls(data["key"], for_user)
 
 

@@ -23,11 +23,13 @@ checkout whenever it prepares a repository or starts a build from it;
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import pwd
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from tornado import web
@@ -71,6 +73,15 @@ def _on_behalf(site: Site, sender: str, for_user: str | None) -> str:
             403,
             reason=f"{sender} may not ask for builds for others (site file: build.requesters)",
         )
+    try:
+        uid = pwd.getpwnam(for_user).pw_uid
+    except KeyError:
+        uid = None
+    if uid == 0 or for_user == site.build.account or for_user in site.build.requesters:
+        # Their rights (to read repositories on this host) are not lent out.
+        raise web.HTTPError(403, reason=f"builds are asked for researchers, not {for_user}")
+    if uid is None:
+        raise web.HTTPError(400, reason=f"{for_user!r} is not an account on this host")
     return for_user
 
 
@@ -83,9 +94,32 @@ class BuildQueue:
         self._owners: dict[str, str] = {}  # spec -> the researcher who started it
         self._slots = asyncio.Semaphore(site.binder.max_parallel_builds)
         self._queue: list[BuildStream] = []
+        self._preparing: Counter[str] = Counter()  # fetch-only requests, by researcher
 
     def in_progress(self) -> Counter[str]:
-        return Counter(self._owners.values())
+        return Counter(self._owners.values()) + self._preparing
+
+    def over_limit(self, user: str) -> ServerEvent | None:
+        """The refusal for a new request of ``user``'s, if they are at the
+        site's limit (builds and fetch-only requests count alike)."""
+        limit = self.site.build.max_builds_per_user
+        if self.in_progress()[user] < limit:
+            return None
+        return ServerEvent(
+            "failed",
+            f"{user} has {limit} builds in progress, this site's limit "
+            "(site file: build.max_builds_per_user); try again when one ends",
+            kind="user",
+        )
+
+    @contextlib.contextmanager
+    def preparing(self, user: str) -> Iterator[None]:
+        """Counts a fetch-only request against ``user``'s limit while it runs."""
+        self._preparing[user] += 1
+        try:
+            yield
+        finally:
+            self._preparing[user] -= 1
 
     def stream(self, spec: str, user: str) -> BuildStream:
         """The build of ``spec`` in progress, or a new one started for ``user``."""
@@ -93,14 +127,8 @@ class BuildQueue:
         if stream is not None and not stream.done:
             return stream
         stream = BuildStream(spec)
-        limit = self.site.build.max_builds_per_user
-        if self.in_progress()[user] >= limit:
-            refusal = ServerEvent(
-                "failed",
-                f"{user} has {limit} builds in progress, this site's limit "
-                "(site file: build.max_builds_per_user); try again when one ends",
-                kind="user",
-            )
+        refusal = self.over_limit(user)
+        if refusal is not None:
             stream.events.append(refusal)
             stream.done = True
             return stream
@@ -218,7 +246,7 @@ class BuildRequestHandler(web.RequestHandler):
     async def post(self) -> None:
         sender, request = await _verified(self.request.body, BuildRequest.from_json)
         user = _on_behalf(self.site, sender, request.for_user)
-        log.info("%s asks for %s%s", sender, request.spec, f" for {user}" if user != sender else "")
+        log.info("%s asks for %r%s", sender, request.spec, f" for {user}" if user != sender else "")
         self.set_header("Content-Type", "application/x-ndjson")
         self.set_header("Cache-Control", "no-cache")
         keepalive = asyncio.get_running_loop().create_task(self._keepalive())
@@ -240,15 +268,21 @@ class BuildRequestHandler(web.RequestHandler):
         except UserError as exc:
             await self._send(ServerEvent("failed", str(exc), kind="user"))
             return None
+        queue: BuildQueue = self.settings["queue"]
         if request.prepare_only:
+            refusal = queue.over_limit(user)
+            if refusal is not None:
+                await self._send(refusal)
+                return None
             try:
-                prepared = await asyncio.to_thread(pipeline.prepare, request.spec, self.site)
+                with queue.preparing(user):
+                    prepared = await asyncio.to_thread(pipeline.prepare, request.spec, self.site)
             except UserError as exc:
                 await self._send(ServerEvent("failed", str(exc), kind="user"))
                 return None
             await asyncio.to_thread(storegc.record_checkout_use, prepared.checkout)
             return prepared.fetched()
-        stream = self.settings["queue"].stream(request.spec, user)
+        stream = queue.stream(request.spec, user)
         async for event in stream.follow():
             if event.phase != "built":
                 await self._send(event)
