@@ -44,7 +44,9 @@ c.Authenticator.admin_users = {"hubadmin"}  # sees /health's details; runs no se
 c.JupyterHub.allow_named_servers = True
 c.JupyterHub.spawner_class = "hpcbinder.spawner.ApptainerSlurmSpawner"
 c.Spawner.default_url = "/lab"
-c.Spawner.start_timeout = 180
+# No Spawner.start_timeout: the spawner derives it from the site file's
+# launch.max_queue_minutes (the wait in Slurm's queue, which it enforces
+# itself) plus launch.start_seconds (a started job bringing its server up).
 c.Spawner.http_timeout = 120
 c.BatchSpawnerBase.startup_poll_interval = 0.5
 
@@ -70,6 +72,7 @@ services.append({
     ],
     "environment": {
         "HPCBINDER_HUB_PUBLIC_URL": f"http://127.0.0.1:{port}/",
+        "HPCBINDER_BINDER_STATE": str(state / "binder"),
         **{k: v for k, v in os.environ.items() if k in ("HPCBINDER_SITE", "PATH")},
     },
     "oauth_redirect_uri": binder_url + "/oauth_callback",

@@ -119,19 +119,25 @@ def contained_exec(
     ]
 
 
+#: ``apptainer exec`` in researchers' jobs: ``--quiet`` keeps Apptainer's
+#: INFO lines ("gocryptfs not found" at every start) out of server logs and
+#: batch outputs; its warnings and errors still show.
+_JOB_EXEC = [APPTAINER, "--quiet", "exec"]
+
+
 def launch_argv(record: ImageRecord) -> list[str]:
     """``apptainer exec`` and what follows it up to the command, for a
     published image (an overlay image is its overlay on its base).
 
     Jobs add :func:`job_options` before the image."""
     if record.meta.get("strategy") == "overlay":
-        return [APPTAINER, "exec", "--overlay", f"{record.path}:ro", record.meta["base_image"]]
-    return [APPTAINER, "exec", str(record.path)]
+        return [*_JOB_EXEC, "--overlay", f"{record.path}:ro", record.meta["base_image"]]
+    return [*_JOB_EXEC, str(record.path)]
 
 
 def base_argv(image: Path) -> list[str]:
     """``apptainer exec`` of a site base image (no repository environment)."""
-    return [APPTAINER, "exec", str(image)]
+    return [*_JOB_EXEC, str(image)]
 
 
 def job_options(binds: Sequence[Bind], *, gpus: int) -> list[str]:
@@ -140,6 +146,8 @@ def job_options(binds: Sequence[Bind], *, gpus: int) -> list[str]:
     ``--contain``: none of Apptainer's default binds ($HOME, /tmp, /var/tmp,
     the working folder); the job script adds its workspace as home and
     working folder. Not ``--containall``: its ``--cleanenv`` would drop the
-    hub's variables (``JUPYTERHUB_*``) the server needs. ``--nv`` for GPUs.
+    hub's variables (``JUPYTERHUB_*``) the server needs. ``--pid``: what the
+    repository's code starts (a ``setsid`` daemon too) ends with the job,
+    whatever the site's Slurm process tracking. ``--nv`` for GPUs.
     """
-    return ["--contain", *(["--nv"] if gpus else []), *_binds(binds)]
+    return ["--contain", "--pid", *(["--nv"] if gpus else []), *_binds(binds)]

@@ -30,9 +30,9 @@ from typing import Any
 import yaml
 
 from hpcbinder import templating
-from hpcbinder.apptainer import Bind
 from hpcbinder.buildpacks.base import REPO_DIR
 from hpcbinder.config import Site
+from hpcbinder.entrypoint import image_entrypoint
 from hpcbinder.errors import UserError
 from hpcbinder.images import ImageRecord
 from hpcbinder.jobrefs import job_comment
@@ -84,6 +84,7 @@ class BatchRun:
     request: JobRequest
     run_dir: Path
     container_home: str | None = None  # the real home, where the site binds it
+    entrypoint: tuple[str, ...] = ()  # what the run goes through: the repository's start
 
     @property
     def notebook(self) -> bool:
@@ -255,7 +256,6 @@ def plan_run(
         launch=[
             *launch[:-1],
             *apptainer_options(site, user, request.gpus),
-            *Bind(str(run_dir), str(run_dir)).argv(),
             launch[-1],
         ],
         checkout=fetched.checkout,
@@ -268,6 +268,7 @@ def plan_run(
         request=request,
         run_dir=run_dir,
         container_home=container_home(site, home),
+        entrypoint=tuple(image_entrypoint(record)),
     )
 
 
@@ -303,4 +304,5 @@ def render_batch_script(run: BatchRun) -> str:
         path=run.path,
         executed=PurePosixPath(run.path).name,
         interpreter=INTERPRETERS.get(PurePosixPath(run.path).suffix, []),
+        entrypoint=list(run.entrypoint),
     )

@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from hpcbinder import apptainer, buildlog, render
+from hpcbinder import apptainer, buildlog, entrypoint, render
 from hpcbinder.apptainer import Bind
 from hpcbinder.builders import Backend, BuildCommands, BuildFailed, BuildStep, backend_for
 from hpcbinder.config import Site
@@ -70,27 +70,54 @@ Emit = Callable[[BuildEvent], None]
 
 
 class ImageBuildError(RuntimeError):
-    """The build of an image failed: where, why, and the last log lines."""
+    """The build of an image failed: where, why, and the last log lines.
 
-    def __init__(self, key: str, step: str, message: str, tail: list[str]) -> None:
+    ``reason`` is the first log line that says why (see
+    :class:`buildlog.FailureReason`): the message starts with it, so the
+    failure a researcher sees names the package or file to change before
+    the step that failed and the tail."""
+
+    def __init__(
+        self, key: str, step: str, message: str, tail: list[str], reason: str | None = None
+    ) -> None:
         self.key = key
         self.step = step
+        self.message = message
         self.tail = tail
-        super().__init__(f"build of {key} failed at {step}: {message}")
+        self.reason = reason
+        where = f"build of {key} failed at {step}: {message}"
+        super().__init__(f"{reason} ({where})" if reason else where)
+
+
+def _message(failed: BuildFailed) -> str:
+    """A failed command's message without the step it names first."""
+    return str(failed).removeprefix(f"{failed.step}: ")
 
 
 def image_store(site: Site) -> ImageStore:
     return ImageStore(site.image_store, owner=site.build.account)
 
 
-def cache_dir(site: Site, repo_url: str | None) -> Path | None:
-    """The download cache of one repository's builds (``None``: the site's
-    bases), or None if the site keeps none."""
+#: The folder of ``build.cache_dir`` holding one download cache per env key.
+ENV_CACHES = "envs"
+
+
+def cache_dir(site: Site, env_key: str | None) -> Path | None:
+    """The download cache of the builds of one env key (``None``: the
+    site's bases), or None if the site keeps none.
+
+    Repository code (postBuild, setup.py) writes the cache it is given, and
+    package managers trust what they find there. Keyed by the image's env
+    key, a cache is only ever written by the code that key stands for: no
+    build can change what a build of another key installs (keyed by
+    repository, one repository could fill it and then claim another's key
+    with the same environment files, or a pull request's ref could fill
+    the maintainers')."""
     if site.build.cache_dir is None:
         return None
-    if repo_url is None:
+    if env_key is None:
         return site.build.cache_dir / "bases"
-    return site.build.cache_dir / "repos" / hashlib.sha256(repo_url.encode()).hexdigest()[:32]
+    return site.build.cache_dir / ENV_CACHES / hashlib.sha256(env_key.encode()).hexdigest()[:32]
 
 
 def _cache_binds(cache: Path | None) -> list[Bind]:
@@ -182,7 +209,9 @@ class Builder:
             return record
         failure = self.store.failure(key)
         if failure is not None and failure.get("finished", 0) >= waited_since - 1:
-            raise ImageBuildError(key, failure["step"], failure["message"], failure["tail"])
+            raise ImageBuildError(
+                key, failure["step"], failure["message"], failure["tail"], failure.get("reason")
+            )
         return None
 
     # --- building, lock held ---------------------------------------------------
@@ -192,6 +221,7 @@ class Builder:
     ) -> ImageRecord:
         key = prepared.rendered.env_key
         staging: Path | None = None
+        reason = buildlog.FailureReason()
         try:
             staging = self.store.new_staging(key)
             self._check_repo_size(prepared)
@@ -203,54 +233,70 @@ class Builder:
                     time.monotonic() - started,
                 )
             )
-            self._run(commands, emit, started, lock)
+            self._run(commands, emit, started, lock, reason)
             artifact = staging / (OVERLAY if strategy == "overlay" else IMAGE)
             self._check_image_size(artifact)
             emit(BuildEvent("publishing", "publishing", time.monotonic() - started))
             meta = self._meta(prepared, strategy, staging, time.monotonic() - started)
             record = self.store.publish(lock, staging, meta)
         except BuildFailed as exc:
-            self._fail(key, exc.step, str(exc).split(": ", 1)[-1], exc.tail, staging, emit, started)
-            raise ImageBuildError(key, exc.step, str(exc), exc.tail) from exc
+            failed = ImageBuildError(key, exc.step, _message(exc), exc.tail, reason.reason)
+            raise self._fail(failed, staging, emit, started) from exc
         except OSError as exc:
-            self._fail(key, "store", str(exc), [], staging, emit, started)
-            raise ImageBuildError(key, "store", str(exc), []) from exc
+            failed = ImageBuildError(key, "store", str(exc), [])
+            raise self._fail(failed, staging, emit, started) from exc
         emit(BuildEvent("ready", str(record.path), time.monotonic() - started))
         return record
 
-    def _run(self, commands: BuildCommands, emit: Emit, started: float, lock: BuildLock) -> None:
-        """Run the build's commands, its log capped in events and on disk."""
+    def _run(
+        self,
+        commands: BuildCommands,
+        emit: Emit,
+        started: float,
+        lock: BuildLock,
+        reason: buildlog.FailureReason,
+    ) -> None:
+        """Run the build's commands, its log capped in events and on disk;
+        ``reason`` reads every line, also those the cap leaves out."""
         log = buildlog.LogCap(
             lambda line: emit(BuildEvent("log", line, time.monotonic() - started))
         )
+
+        def on_line(line: str) -> None:
+            reason.line(line)
+            log.line(line)
+
         try:
-            self.backend.run(commands, log.line, lock.note_started)
+            self.backend.run(commands, on_line, lock.note_started)
         finally:
             log.finish()
             buildlog.cap_file(commands.log)
 
     def _fail(
-        self,
-        key: str,
-        step: str,
-        message: str,
-        tail: list[str],
-        staging: Path | None,
-        emit: Emit,
-        started: float,
-    ) -> None:
+        self, error: ImageBuildError, staging: Path | None, emit: Emit, started: float
+    ) -> ImageBuildError:
         """Record the failure for followers (best effort: the store may be
-        full) and remove the partial build."""
+        full), remove the partial build; the error to raise (with the log's
+        last lines where the backend kept none)."""
         if staging is not None:
             log = staging / LOG
-            if log.is_file() and not tail:
+            if log.is_file() and not error.tail:
                 tail = log.read_text(errors="replace").splitlines()[-30:]
+                error = ImageBuildError(error.key, error.step, error.message, tail, error.reason)
             shutil.rmtree(staging, ignore_errors=True)
         with contextlib.suppress(OSError):
             self.store.record_failure(
-                key, {"step": step, "message": message, "tail": tail, "finished": time.time()}
+                error.key,
+                {
+                    "step": error.step,
+                    "message": error.message,
+                    "reason": error.reason,
+                    "tail": error.tail,
+                    "finished": time.time(),
+                },
             )
-        emit(BuildEvent("failed", f"{step}: {message}", time.monotonic() - started))
+        emit(BuildEvent("failed", str(error), time.monotonic() - started))
+        return error
 
     def _check_repo_size(self, prepared: Prepared) -> None:
         if not prepared.plan.reads_whole_repo:
@@ -281,7 +327,7 @@ class Builder:
         if rendered.overlay_script is not None:
             return self._overlay_commands(prepared, staging, timeout), "overlay"
         definition = self.store.write(staging / DEFINITION, rendered.definition)
-        cache = cache_dir(self.site, prepared.repo.url)
+        cache = cache_dir(self.site, prepared.rendered.env_key)
         steps = self._sif_steps(staging, definition, cache, "build image", ["true"])
         return BuildCommands(steps, prepared.checkout, staging / LOG, timeout), "sif"
 
@@ -344,11 +390,12 @@ class Builder:
                 steps, staging, staging / LOG, self.site.build.timeout_minutes * 60.0
             )
             emit(BuildEvent("building", f"building base {name} ({self.backend.name} backend)"))
+            reason = buildlog.FailureReason()
             try:
-                self._run(commands, emit, started, lock)
+                self._run(commands, emit, started, lock, reason)
             except BuildFailed as exc:
-                self._fail(key, exc.step, str(exc), exc.tail, staging, emit, started)
-                raise ImageBuildError(key, exc.step, str(exc), exc.tail) from exc
+                failed = ImageBuildError(key, exc.step, _message(exc), exc.tail, reason.reason)
+                raise self._fail(failed, staging, emit, started) from exc
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
             current = self.site.base_image_path(name)
             kept = current.with_name(f"{name}-{stamp}.sif")
@@ -363,6 +410,8 @@ class Builder:
                 "build_seconds": round(time.monotonic() - started, 2),
                 "size_bytes": image.stat().st_size,
             }
+            if not lock.held():  # taken over meanwhile: the other build switches the base
+                raise ImageBuildError(key, "publish", "this build's lock was taken over", [])
             self.store.write(kept.with_suffix(".json"), json.dumps(meta, indent=2))
             image.rename(kept)
             link = current.with_name(f".{name}.sif.{stamp}")
@@ -380,7 +429,7 @@ class Builder:
         self.store.write(script, rendered.overlay_script or "")
         base = rendered.base.source
         overlay = staging / "overlay"
-        cache = cache_dir(self.site, prepared.repo.url)
+        cache = cache_dir(self.site, prepared.rendered.env_key)
         binds = [
             Bind(str(prepared.checkout), render.CONTEXT_IN_IMAGE, read_only=True),
             Bind(str(script), render.OVERLAY_SCRIPT_IN_IMAGE, read_only=True),
@@ -441,4 +490,5 @@ class Builder:
             "build_log": str(self.store.image_dir(prepared.rendered.env_key) / LOG),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "backend": self.backend.name,
+            entrypoint.META_FIELD: prepared.rendered.entrypoint,
         }

@@ -4,11 +4,17 @@ A repository's build prints what it likes; a log kept whole could fill the
 build server's memory (every viewer's event stream keeps the events) and
 the image store's disk. Head and tail are what a reader needs: what the
 build did first, and where it ended or failed.
+
+The tail of a failed build rarely says why: package managers print their
+reason, then cleanup, tracebacks and Apptainer's own "exit status" lines
+follow. :class:`FailureReason` keeps the first line that does say why, for
+the failure's message to start with.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +23,23 @@ HEAD_LINES = 2000
 TAIL_LINES = 1000
 #: A longer line (progress bars redrawn without newlines) is cut to this.
 LINE_CHARS = 4000
+#: The longest reason kept (a line and the indented lines continuing it).
+REASON_CHARS = 400
+#: A line that says why a build failed, as the tools builds run print it.
+_REASON = re.compile(
+    r"\s*(?:"
+    r"ERROR\b"  # pip ("ERROR: No matching distribution found for x"), R CMD INSTALL
+    r"|error(?:\[\w+\])?:"  # uv ("error: No solution found ..."), git, cargo
+    r"|E: "  # apt-get, dpkg ("E: Unable to locate package x")
+    r"|Error(?: in |: )"  # R ("Error in library(x) : there is no package called 'x'")
+    r"|(?:critical|error)\s+libmamba\b"  # micromamba
+    r"|curl: \(\d+\)"  # a download that failed ("curl: (6) Could not resolve host")
+    r"|\[?[A-Za-z_][\w.]*(?:Error|Exception)\]?: "  # Python, pipenv
+    r"|.*(?:No matching distribution|not available)"  # pip; R ("package 'x' is not available")
+    r")"
+)
+#: A line that continues the one before it ("  cause: Because ...").
+_CONTINUED = re.compile(r"\s+\S")
 
 
 def cut_marker(lines: int) -> str:
@@ -85,3 +108,32 @@ def cap_file(path: Path, head: int = HEAD_LINES, tail: int = TAIL_LINES) -> None
             cap.line(line.rstrip("\n"))
         cap.finish()
     os.replace(partial, path)
+
+
+class FailureReason:
+    """The first line of a build's output that says why it failed, with
+    the indented lines that continue it (uv prints its cause below)."""
+
+    def __init__(self) -> None:
+        self._lines: list[str] = []
+        self._complete = False
+
+    def line(self, text: str) -> None:
+        if self._complete:
+            return
+        if not self._lines:
+            if _REASON.match(text):
+                self._lines.append(text.strip())
+            return
+        if _CONTINUED.match(text) and len(self._lines) < 3:
+            self._lines.append(text.strip())
+        else:
+            self._complete = True
+
+    @property
+    def reason(self) -> str | None:
+        """The reason on one line, or None if no line said why."""
+        if not self._lines:
+            return None
+        joined = " ".join(self._lines)
+        return joined if len(joined) <= REASON_CHARS else joined[:REASON_CHARS] + " [...]"

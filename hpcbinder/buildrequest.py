@@ -111,7 +111,8 @@ class ServerEvent:
     ``building`` (once, when a build starts), ``log`` (a line of its log),
     ``keepalive``; and last either ``done`` (``credential`` holds the
     result) or ``failed`` (``kind`` ``user``, ``build`` or ``internal``;
-    builds add ``key``, ``step`` and ``tail``).
+    builds add ``key``, ``step``, ``tail`` and the log line that says why,
+    ``reason``).
     """
 
     phase: str
@@ -122,6 +123,7 @@ class ServerEvent:
     key: str | None = None
     step: str | None = None
     tail: list[str] = field(default_factory=list)
+    reason: str | None = None
 
     def to_line(self) -> bytes:
         data = {k: v for k, v in asdict(self).items() if v not in (None, [])}
@@ -138,7 +140,9 @@ def _raise_failure(event: ServerEvent) -> None:
     if event.kind == "user":
         raise BuildRefused(event.message)
     if event.kind == "build":
-        raise ImageBuildError(event.key or "?", event.step or "build", event.message, event.tail)
+        raise ImageBuildError(
+            event.key or "?", event.step or "build", event.message, event.tail, event.reason
+        )
     raise BuildServerError(f"the build server failed: {event.message}")
 
 

@@ -171,11 +171,12 @@ class BuildQueue:
             await stream.finish(
                 ServerEvent(
                     "failed",
-                    str(exc),
+                    exc.message,
                     kind="build",
                     key=exc.key,
                     step=exc.step,
                     tail=exc.tail[-30:],
+                    reason=exc.reason,
                 )
             )
         except Exception:  # a failed event beats a stream that just stops
@@ -262,9 +263,7 @@ class BuildRequestHandler(web.RequestHandler):
 
     async def _answer(self, request: BuildRequest, user: str) -> Fetched | None:
         try:  # the build account's rights are never lent to read a repository
-            await asyncio.to_thread(
-                repoproviders.check_requester, request.spec, user, self.site.repos
-            )
+            await asyncio.to_thread(repoproviders.check_shareable, request.spec, self.site.repos)
         except UserError as exc:
             await self._send(ServerEvent("failed", str(exc), kind="user"))
             return None

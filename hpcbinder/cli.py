@@ -28,6 +28,7 @@ from hpcbinder.cliutil import (
 )
 from hpcbinder.cluster import cluster_slurm
 from hpcbinder.config import Site, SiteConfigError, load_site
+from hpcbinder.entrypoint import image_entrypoint
 from hpcbinder.errors import UserError
 from hpcbinder.slurm import SlurmError
 
@@ -137,7 +138,8 @@ def build_command(ctx: click.Context, spec: str, ref: str | None, verbose: bool)
     except BuildServerError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_FAILED)
-    click.echo(f"run it with: {shlex.join(apptainer.launch_argv(record))} COMMAND", err=True)
+    run = [*apptainer.launch_argv(record), *image_entrypoint(record)]
+    click.echo(f"run it with: {shlex.join(run)} COMMAND", err=True)
     click.echo(record.path)
 
 
@@ -261,7 +263,12 @@ def images_gc(ctx: click.Context, days: float, keep: int) -> None:
         click.echo(f"removed checkout {path}")
     for name in report.staging:
         click.echo(f"removed staging/{name}")
-    click.echo(f"{len(report.checkouts)} checkouts, {len(report.staging)} staging folders removed")
+    for path in report.caches:
+        click.echo(f"removed build cache {path}")
+    click.echo(
+        f"{len(report.checkouts)} checkouts, {len(report.staging)} staging folders, "
+        f"{len(report.caches)} build caches removed"
+    )
     click.echo(f"{len(report.images)} images removed")
 
 
@@ -309,9 +316,22 @@ main.add_command(jobs_group)
     required=True,
     help="The hub's address as browsers see it (env HPCBINDER_HUB_PUBLIC_URL).",
 )
+@click.option(
+    "--state-dir",
+    envvar="HPCBINDER_BINDER_STATE",
+    default="/var/lib/hpcbinder/binder",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="The service's own folder: launch confirmations (env HPCBINDER_BINDER_STATE).",
+)
 @click.pass_context
 def serve_command(
-    ctx: click.Context, ip: str, port: int, public_url: str | None, hub_public_url: str
+    ctx: click.Context,
+    ip: str,
+    port: int,
+    public_url: str | None,
+    hub_public_url: str,
+    state_dir: Path,
 ) -> None:
     """Run the Binder service (JupyterHub starts it as a service)."""
     import asyncio
@@ -319,4 +339,5 @@ def serve_command(
     from hpcbinder.web.app import serve  # JupyterHub's modules: only for this command
 
     site = site_in_force(ctx)
-    asyncio.run(serve(site, ip, port, public_url or f"http://{ip}:{port}/", hub_public_url))
+    address = public_url or f"http://{ip}:{port}/"
+    asyncio.run(serve(site, ip, port, address, hub_public_url, state_dir))

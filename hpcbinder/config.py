@@ -31,6 +31,10 @@ SITE_ENV = "HPCBINDER_SITE"
 _SLURM_TIME = re.compile(r"(?:(\d+)-)?(\d{1,2}):([0-5]\d):([0-5]\d)")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _ACCOUNT = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+#: Slurm node features joined by its operators (``intel&ib``,
+#: ``[rack1|rack2]``, ``gpu*2``): no spaces, quotes or '#', so the value is
+#: one word on an #SBATCH line and one argument on a command line.
+_CONSTRAINT = re.compile(r"[A-Za-z0-9_.\[(][A-Za-z0-9_.:=*&|,()\[\]-]{0,255}")
 
 
 def _slurm_time(value: str) -> str:
@@ -50,6 +54,14 @@ def _name(value: str) -> str:
 def _account(value: str) -> str:
     if not _ACCOUNT.fullmatch(value):
         raise ValueError("expected a Unix account name")
+    return value
+
+
+def _constraint(value: str) -> str:
+    if not _CONSTRAINT.fullmatch(value):
+        raise ValueError(
+            "expected node features joined by &, |, or , (e.g. intel&ib), without spaces"
+        )
     return value
 
 
@@ -82,6 +94,7 @@ Url = Annotated[str, AfterValidator(_url)]
 Hostname = Annotated[str, AfterValidator(_hostname)]
 Name = Annotated[str, AfterValidator(_name)]
 Account = Annotated[str, AfterValidator(_account)]
+Constraint = Annotated[str, AfterValidator(_constraint)]
 
 
 class _Strict(BaseModel):
@@ -144,6 +157,9 @@ class Partition(_Strict):
     max_cpus: int = Field(default=4, ge=1)
     max_mem: Memory = "8G"
     max_gpus: int = Field(default=0, ge=0)
+    max_nodes: int = Field(default=1, ge=1)
+    #: GPU types (Slurm's gres types, e.g. a100) a profile may ask for; empty: any.
+    gpu_types: list[Name] = []
     accounts: list[Name] = []
     qos: list[Name] = []
     researchers: bool = True
@@ -151,7 +167,13 @@ class Partition(_Strict):
 
 
 class Profile(_Strict):
-    """A named resource request researchers pick from (e.g. small, gpu)."""
+    """A named resource request researchers pick from (e.g. small, gpu).
+
+    ``gpu_type`` asks for GPUs of one type (``--gres=gpu:TYPE:N``);
+    ``constraint`` for nodes with features, ``reservation`` for a
+    reservation's nodes, ``exclusive`` for whole nodes, ``nodes`` for more
+    than one (a batch run's MPI program; a server runs on the first).
+    """
 
     description: str = ""
     partition: Name = "interactive"
@@ -159,8 +181,19 @@ class Profile(_Strict):
     cpus: int = Field(default=1, ge=1)
     mem: Memory = "2G"
     gpus: int = Field(default=0, ge=0)
+    gpu_type: Name | None = None
+    constraint: Constraint | None = None
+    reservation: Name | None = None
+    exclusive: bool = False
+    nodes: int = Field(default=1, ge=1)
     account: Name | None = None
     qos: Name | None = None
+
+    @model_validator(mode="after")
+    def _gpu_type_needs_gpus(self) -> Profile:
+        if self.gpu_type is not None and self.gpus == 0:
+            raise ValueError("gpu_type: needs gpus of 1 or more")
+        return self
 
 
 class BindPath(_Strict):
@@ -209,6 +242,22 @@ class BinderService(_Strict):
     max_launches_per_user: int = Field(default=2, ge=1)
     max_launches_per_repo: int = Field(default=20, ge=1)
     launch_timeout_seconds: float = Field(default=300, gt=0)
+    #: A link runs its repository's code as the researcher who clicks it:
+    #: the first launch of a repository no ``trusted_repos`` regex matches
+    #: (its whole clone URL) asks them to confirm on the launch page.
+    confirm_untrusted: bool = True
+    trusted_repos: list[Regex] = []
+
+
+class Launch(_Strict):
+    """How long a server's launch may take, in two parts: the wait in
+    Slurm's queue (a busy cluster's partition may be full for hours), and
+    the time a job that has started has to bring its server up. The
+    spawner enforces both (and sets JupyterHub's ``start_timeout`` to
+    their sum); an expired queue wait cancels the job."""
+
+    max_queue_minutes: float = Field(default=240, gt=0, le=7 * 24 * 60)
+    start_seconds: float = Field(default=180, gt=0, le=3600)
 
 
 class SSHHost(_Strict):
@@ -276,9 +325,9 @@ class BuildSettings(_Strict):
     max_repo_mb: int = Field(default=1024, ge=1)
     max_image_mb: int = Field(default=20480, ge=1)
     ssh: SSHHost | None = None
-    #: Download caches on the build node, one per repository (and one for
-    #: the site's bases), so that no build can change what another
-    #: repository's build installs (None: no cache).
+    #: Download caches on the build node, one per env key (and one for the
+    #: site's bases), so that no build can change what a build of another
+    #: key installs (None: no cache).
     cache_dir: Path | None = Path("/var/cache/hpcbinder/build")
     #: The build server (``hpcbinder build-server``, run as ``account``) that
     #: every image request goes to; requests are authenticated with MUNGE.
@@ -402,6 +451,16 @@ def over_limits(where: str, profile: Profile, partition: Partition, name: str) -
             f"{where}.gpus: {profile.gpus} is over partition {name}'s max_gpus "
             f"({partition.max_gpus})"
         )
+    if profile.gpu_type and partition.gpu_types and profile.gpu_type not in partition.gpu_types:
+        problems.append(
+            f"{where}.gpu_type: {profile.gpu_type} is not one of partition {name}'s gpu_types "
+            f"({', '.join(partition.gpu_types)})"
+        )
+    if profile.nodes > partition.max_nodes:
+        problems.append(
+            f"{where}.nodes: {profile.nodes} is over partition {name}'s max_nodes "
+            f"({partition.max_nodes})"
+        )
     if profile.account and partition.accounts and profile.account not in partition.accounts:
         problems.append(f"{where}.account: {profile.account!r} may not use partition {name}")
     if profile.qos and partition.qos and profile.qos not in partition.qos:
@@ -444,6 +503,7 @@ class Site(_Strict):
     quotas: Quotas = Quotas()
     cluster: Cluster = Cluster()
     binder: BinderService = BinderService()
+    launch: Launch = Launch()
     accounts: dict[Name, list[Name]] = {}
 
     def base_image_path(self, name: str) -> Path:

@@ -116,7 +116,8 @@ def check_partitions(site: Site, slurm: SlurmCLI) -> CheckResult:
 
 def check_apptainer(site: Site) -> CheckResult:
     name = "apptainer"
-    account = site.build.account
+    # As the build account where this account may become it (root), else as itself.
+    account = site.build.account if proc.current_user() == "root" else proc.current_user()
     try:
         found = apptainer.version(user=account)
     except proc.CommandError as exc:
@@ -192,11 +193,17 @@ def check_image_store(site: Site) -> CheckResult:
     store, account = site.image_store, site.build.account
     if not store.is_dir():
         return _fail(name, f"{store} does not exist", f"install -d -o {account} -m 755 {store}")
-    writable = proc.run(["test", "-w", str(store)], user=account, timeout=10)
-    if not writable.ok:
-        why = writable.stderr.strip() or f"{account} cannot write it"
-        return _fail(name, f"{store}: {why}", f"chown {account} {store}")
-    mode = stat.S_IMODE(store.stat().st_mode)
+    info = store.stat()
+    try:
+        owner = pwd.getpwuid(info.st_uid).pw_name
+    except KeyError:
+        owner = str(info.st_uid)
+    if owner != account or not info.st_mode & stat.S_IWUSR:
+        # Read off the folder, not tried as the account: any account may run doctor.
+        return _fail(
+            name, f"{store} is {owner}'s, not writable by {account}", f"chown {account} {store}"
+        )
+    mode = stat.S_IMODE(info.st_mode)
     if mode & 0o022:
         return _fail(
             name, f"{store} is mode {mode:o}: others could replace images", f"chmod go-w {store}"

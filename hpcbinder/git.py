@@ -24,6 +24,15 @@ process group, watched while it runs; past the time limit, or once what it
 wrote (the folder it fills and its own output) outgrows the size limit, the
 whole group is killed, the partial checkout removed, and the error names the
 site setting that set the limit.
+
+Submodules are fetched as repo2docker's ``git submodule update --init
+--recursive`` would, at the commits the repository pins, but not by ``git
+submodule``: each submodule's URL (a relative one resolved against its
+parent's) is first judged by the caller's policy (the site's protocols,
+allow/ban lists and local roots), then fetched like the repository itself,
+within the same limits and deadline. So git's ``protocol.file.allow``
+(which ``git submodule`` needs relaxed for ``file://``) stays as it is, and
+no submodule URL reaches git unchecked.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +65,14 @@ _ERROR_CHARS = 300
 #: How often a running git is checked against its limits (at least: a
 #: check that takes longer, on a large checkout, waits twice as long).
 _WATCH_SECONDS = 0.2
+#: Submodules of submodules are fetched down to this depth.
+MAX_SUBMODULE_DEPTH = 4
+#: A gitlink (submodule) in ``git ls-files --stage`` output.
+_GITLINK = re.compile(r"160000 ([0-9a-f]{40}) 0\t(.+)")
+
+#: Judges a submodule URL by the site's policy: raises if it is not
+#: allowed, else returns its checked path for a repository on this host.
+UrlPolicy = Callable[[str], Path | None]
 
 
 class GitError(RuntimeError):
@@ -288,6 +305,28 @@ def expand_short_sha(
         return commit if found.ok and SHA.fullmatch(commit) else None
 
 
+@dataclass(frozen=True)
+class _Fetch:
+    """What every fetch of one checkout (the repository and its submodules) shares."""
+
+    protocols: list[str]
+    limits: FetchLimits
+    deadline: float
+    root: Path  # the whole checkout, measured against the size limit
+    policy: UrlPolicy
+
+    def git(self, args: list[str], what: str, cwd: Path) -> proc.CommandResult:
+        return _git(
+            args,
+            what,
+            protocols=self.protocols,
+            limits=self.limits,
+            deadline=self.deadline,
+            cwd=cwd,
+            watch=[self.root],
+        )
+
+
 def fetch_commit(
     url: str,
     commit: str,
@@ -295,38 +334,96 @@ def fetch_commit(
     *,
     protocols: Iterable[str],
     limits: FetchLimits,
+    policy: UrlPolicy,
     local_repo: Path | None = None,
 ) -> None:
     """A checkout of exactly ``commit`` in the new directory ``dest``, with
-    history depth 1; nothing at ``dest`` if it fails. ``limits`` bound the
-    whole fetch: its time, and what ``dest`` (git objects and checked-out
-    files) holds. ``local_repo``: as for :func:`ls_remote`."""
+    history depth 1 and its submodules at their pinned commits (each URL
+    judged by ``policy`` first); nothing at ``dest`` if it fails. ``limits``
+    bound the whole fetch: its time, and what ``dest`` (git objects and
+    checked-out files, submodules' too) holds. ``local_repo``: as for
+    :func:`ls_remote`."""
     if not SHA.fullmatch(commit):
         raise ValueError(f"not a full commit id: {commit!r}")
+    fetch = _Fetch(list(protocols), limits, time.monotonic() + limits.seconds, dest, policy)
+    dest.mkdir(parents=True)
+    try:
+        _fetch_into(fetch, url, commit, dest, local_repo, depth=0)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+
+
+def _fetch_into(
+    fetch: _Fetch, url: str, commit: str, folder: Path, local_repo: Path | None, depth: int
+) -> None:
+    """``commit`` of ``url`` checked out in the existing empty ``folder``,
+    then its submodules."""
     what = f"cannot fetch commit {commit} of {url}"
-    deadline = time.monotonic() + limits.seconds
     steps = [
         ["init", "-q"],
         ["fetch", "-q", "--depth=1", *_upload_pack(local_repo), "--end-of-options", url, commit],
         ["-c", "advice.detachedHead=false", "checkout", "-q", "--detach", commit],
     ]
-    dest.mkdir(parents=True)
-    try:
-        for args in steps:
-            result = _git(
-                args,
-                what,
-                protocols=protocols,
-                limits=limits,
-                deadline=deadline,
-                cwd=dest,
-                watch=[dest],
-            )
-            if not result.ok:
-                raise _failed(what, result)
-    except BaseException:
-        shutil.rmtree(dest, ignore_errors=True)
-        raise
+    for args in steps:
+        result = fetch.git(args, what, folder)
+        if not result.ok:
+            raise _failed(what, result)
+    for path, pinned, sub_url in _submodules(fetch, folder, url, what):
+        if depth >= MAX_SUBMODULE_DEPTH:
+            raise GitError(f"{what}: submodules nest deeper than {MAX_SUBMODULE_DEPTH} levels")
+        target = folder / path
+        inside = f"{os.path.realpath(fetch.root)}/"
+        if target.is_symlink() or not os.path.realpath(target).startswith(inside):
+            raise GitError(f"{what}: submodule path {path!r} leads outside the repository")
+        target.mkdir(parents=True, exist_ok=True)
+        local = fetch.policy(sub_url)
+        _fetch_into(fetch, sub_url, pinned, target, local, depth + 1)
+
+
+def _submodules(fetch: _Fetch, folder: Path, url: str, what: str) -> list[tuple[str, str, str]]:
+    """(path, pinned commit, URL) of each submodule the checkout in
+    ``folder`` pins: gitlinks of its tree, with their URL in ``.gitmodules``
+    (relative ones resolved against ``url``). A gitlink without one fails."""
+    listed = fetch.git(["ls-files", "--stage", "-z"], what, folder)
+    gitlinks = [m.groups() for e in listed.stdout.split("\0") if (m := _GITLINK.fullmatch(e))]
+    if not gitlinks:
+        return []
+    if (folder / ".gitmodules").is_symlink():  # git refuses these too; never read one
+        raise GitError(f"{what}: .gitmodules is a symbolic link")
+    config = fetch.git(
+        ["config", "-z", "--file", ".gitmodules", "--get-regexp", r"^submodule\..*\.(path|url)$"],
+        what,
+        folder,
+    )
+    names: dict[str, str] = {}  # submodule name → path
+    urls: dict[str, str] = {}  # submodule name → url
+    for entry in filter(None, config.stdout.split("\0")):
+        key, _, value = entry.partition("\n")
+        name, _, field = key.removeprefix("submodule.").rpartition(".")
+        (names if field == "path" else urls)[name] = value
+    url_of_path = {path: urls[name] for name, path in names.items() if name in urls}
+    found = []
+    for commit, path in gitlinks:
+        if path not in url_of_path:
+            raise GitError(f"{what}: submodule {path!r} has no URL in .gitmodules")
+        found.append((path, commit, submodule_url(url, url_of_path[path])))
+    return found
+
+
+def submodule_url(parent: str, url: str) -> str:
+    """A submodule's ``url`` as git resolves it: ``./x`` and ``../x`` are
+    relative to the parent repository's URL (each ``../`` drops one part)."""
+    if not url.startswith(("./", "../")):
+        return url
+    base, rest = parent.rstrip("/"), url
+    while rest.startswith(("./", "../")):
+        if rest.startswith("../"):
+            cut = max(base.rfind("/"), base.rfind(":"))
+            base = base[:cut] if cut > 0 else base
+        rest = rest.split("/", 1)[1]
+    separator = "" if base.endswith(":") else "/"
+    return f"{base}{separator}{rest}"
 
 
 def tree_id(checkout: Path) -> str:

@@ -23,6 +23,9 @@ from hpcbinder.errors import UserError
 
 #: What a researcher may override in a profile.
 OVERRIDABLE = ("partition", "time", "cpus", "mem", "gpus", "account", "qos")
+#: What a launch link may set besides ``profile`` (``?profile=gpu&cpus=8``):
+#: the sizes of a request, never where it runs or who pays for it.
+LINK_OVERRIDES = ("time", "cpus", "mem", "gpus")
 
 
 class ResourceError(UserError):
@@ -40,6 +43,11 @@ class JobRequest:
     gpus: int
     account: str | None
     qos: str | None
+    gpu_type: str | None = None
+    constraint: str | None = None
+    reservation: str | None = None
+    exclusive: bool = False
+    nodes: int = 1
 
     def sbatch_options(self) -> list[str]:
         """``--name=value`` options (each one argument, or one #SBATCH line)."""
@@ -49,8 +57,17 @@ class JobRequest:
             f"--cpus-per-task={self.cpus}",
             f"--mem={self.mem}",
         ]
+        if self.nodes > 1:
+            options.append(f"--nodes={self.nodes}")
         if self.gpus:
-            options.append(f"--gres=gpu:{self.gpus}")
+            gres = f"gpu:{self.gpu_type}:{self.gpus}" if self.gpu_type else f"gpu:{self.gpus}"
+            options.append(f"--gres={gres}")
+        if self.constraint:
+            options.append(f"--constraint={self.constraint}")
+        if self.reservation:
+            options.append(f"--reservation={self.reservation}")
+        if self.exclusive:
+            options.append("--exclusive")
         if self.account:
             options.append(f"--account={self.account}")
         if self.qos:
@@ -129,7 +146,9 @@ def request_for(
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        raise ResourceError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from exc
+        message = first["msg"].removeprefix("Value error, ")
+        # A check across fields (gpu_type needs gpus) names its field itself.
+        raise ResourceError(f"{where}: {message}" if where else message) from exc
     partition = site.partitions.get(profile.partition)
     if partition is None:
         raise ResourceError(f"partition: {profile.partition!r} is not a partition of this site")
@@ -149,4 +168,21 @@ def request_for(
         profile.gpus,
         profile.account,
         profile.qos,
+        gpu_type=profile.gpu_type,
+        constraint=profile.constraint,
+        reservation=profile.reservation,
+        exclusive=profile.exclusive,
+        nodes=profile.nodes,
     )
+
+
+def link_overrides(query: Mapping[str, str]) -> dict[str, str]:
+    """The resources a launch link's query sets (:data:`LINK_OVERRIDES`),
+    for :func:`request_for` and the server's ``user_options``."""
+    return {key: query[key] for key in LINK_OVERRIDES if query.get(key)}
+
+
+def request_for_link(site: Site, query: Mapping[str, str], *, user: str) -> JobRequest:
+    """The request a launch link makes (its ``profile`` and
+    :func:`link_overrides`), checked exactly as the spawn form's."""
+    return request_for(site, query.get("profile"), link_overrides(query), user=user)

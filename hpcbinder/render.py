@@ -47,6 +47,8 @@ CONTEXT_IN_IMAGE = "/mnt/hpcbinder-context"
 HOST_FILES_IN_IMAGE = "/mnt/hpcbinder-files"
 OVERLAY_SCRIPT_IN_IMAGE = "/mnt/hpcbinder-build.sh"
 JULIA_VERSION = "1.10.5"
+#: The image's runscript, in a full build (%runscript) and an overlay alike.
+RUNSCRIPT_IN_IMAGE = "/.singularity.d/runscript"
 
 _SAFE_PATH = re.compile(r"/?[A-Za-z0-9_.+-]+(?:/[A-Za-z0-9_.+-]+)*/?")
 _DOCKER_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*")
@@ -70,6 +72,8 @@ class Rendered:
 
     ``overlay_script`` is the same build as a script for an overlay on the
     base (None where the image cannot be an overlay: Dockerfiles).
+    ``entrypoint`` is what every command run in the image goes through
+    (see :func:`entrypoint`).
     """
 
     definition: str
@@ -77,6 +81,7 @@ class Rendered:
     base: BaseChoice
     warnings: list[str]
     overlay_script: str | None = None
+    entrypoint: list[str] = field(default_factory=list)
 
 
 def _minor(version: str) -> int:
@@ -163,13 +168,16 @@ def _normalised(text: str) -> str:
 def env_key(
     definition: str, plan: BuildPlan, checkout: Path, tree_id: str | None, base_identity: str
 ) -> str:
-    """Hash of everything the build reads."""
+    """Hash of everything the build reads, and of the entrypoint its image
+    records (only where there is one: images without keep their keys)."""
     digest = hashlib.sha256()
-    header = {
+    header: dict[str, object] = {
         "renderer": RENDERER_VERSION,
         "base": base_identity,
         "tree": tree_id if plan.reads_whole_repo else None,
     }
+    if entry := entrypoint(plan):
+        header["entrypoint"] = entry
     digest.update(json.dumps(header, sort_keys=True).encode())
     digest.update(b"\0definition\0" + definition.encode())
     for relative in plan.env_files:
@@ -349,6 +357,19 @@ def _runs_dpkg(plan: BuildPlan) -> bool:
     return bool(plan.apt_packages) or any(step.kind in _DPKG_STEPS for step in steps)
 
 
+def entrypoint(plan: BuildPlan) -> list[str]:
+    """What every command in the image (the Jupyter server, a batch run)
+    runs through, as repo2docker runs ``start CMD ARGS...``: for a Nix
+    repository the runscript (nix-shell, then start inside it), else the
+    repository's ``start``; nothing for a Dockerfile (whose ENTRYPOINT the
+    runscript keeps) or where there is neither."""
+    if plan.dockerfile is not None:
+        return []
+    if plan.buildpack == "nix":
+        return [RUNSCRIPT_IN_IMAGE]
+    return [_safe_path(plan.start, "start")] if plan.start else []
+
+
 def render(plan: BuildPlan, site: Site, checkout: Path, tree_id: str | None = None) -> Rendered:
     """The definition for ``plan`` on this site, and its env key."""
     if plan.dockerfile is not None:
@@ -362,4 +383,5 @@ def render(plan: BuildPlan, site: Site, checkout: Path, tree_id: str | None = No
     if plan.dockerfile is None and not _runs_dpkg(plan):
         overlay = _overlay_script(plan, site, base)
         _check_sections(overlay, [])
-    return Rendered(text, key, base, [*plan.warnings, *base.warnings], overlay)
+    warnings = [*plan.warnings, *base.warnings]
+    return Rendered(text, key, base, warnings, overlay, entrypoint(plan))

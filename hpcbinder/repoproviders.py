@@ -16,15 +16,14 @@ Repositories on this host's filesystem, whichever provider names them
 site's ``repos.local_roots``, judged on real paths: :func:`local_repo_path`
 is that one check. Such a repository may belong to any account; git reads
 it whoever owns it (``safe.directory`` for exactly that path, see
-:mod:`hpcbinder.git`), but builds it only for an account that may read it
-itself (:func:`check_requester`): the build account's rights are not lent.
+:mod:`hpcbinder.git`), but builds it only when every account may read it
+(:func:`check_open_to_all`): the build account's rights are not lent.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import pwd
 import re
 import shutil
 import stat
@@ -126,46 +125,35 @@ def local_repo_path(url: str, roots: Iterable[Path]) -> Path | None:
     return Path(real)
 
 
-def _may(info: os.stat_result, uid: int, groups: set[int], bits: int) -> bool:
-    """Whether mode bits grant ``bits`` (4 read, 1 search) to that account."""
-    if uid == 0:
-        return True
-    shift = 6 if info.st_uid == uid else 3 if info.st_gid in groups else 0
-    return (info.st_mode >> shift) & bits == bits
-
-
-def check_readable_by(path: Path, user: str) -> None:
-    """:class:`RepoNotAllowed` unless ``user``'s own rights (mode bits: ACLs
-    are not consulted, so this errs on refusing) reach the repository at
-    the real ``path``: every folder above it searchable, the repository and
-    its git directory readable."""
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        raise RepoNotAllowed(f"{user} is not an account on this host") from None
-    groups = set(os.getgrouplist(user, entry.pw_gid))
+def check_open_to_all(path: Path) -> None:
+    """:class:`RepoNotAllowed` unless every account may read the repository
+    at the real ``path`` (mode bits: every folder above it searchable by
+    others, the repository, its git directory and objects readable). Its
+    checkout and image are readable by all, so a repository only some may
+    read is not built: the build account's rights are never lent."""
     gitdir = path / ".git" if (path / ".git").is_dir() else path
-    checks = [(parent, 1) for parent in reversed(path.parents)]
-    checks += [(path, 5), (gitdir, 5), (gitdir / "objects", 5)]
+    checks = [(parent, stat.S_IXOTH) for parent in reversed(path.parents)]
+    both = stat.S_IROTH | stat.S_IXOTH
+    checks += [(path, both), (gitdir, both), (gitdir / "objects", both)]
     for folder, bits in checks:
         try:
             info = folder.stat()
         except OSError:
             raise RepoNotAllowed(f"{path} is not a git repository on this host") from None
-        if not stat.S_ISDIR(info.st_mode) or not _may(info, entry.pw_uid, groups, bits):
+        if not stat.S_ISDIR(info.st_mode) or info.st_mode & bits != bits:
             raise RepoNotAllowed(
-                f"{user} cannot read {path} ({folder} is not open to them): a repository "
-                "on this host is built only for accounts that can read it"
+                f"{path} is not readable by every account ({folder} is mode "
+                f"{stat.S_IMODE(info.st_mode):o}): a repository on this host is built only "
+                "when all can read it, as all can read its checkout and image"
             )
 
 
-def check_requester(spec: str, user: str, policy: RepoPolicy) -> None:
-    """For a spec naming a repository on this host: :class:`RepoNotAllowed`
-    unless ``user``, for whom the build account fetches, may read it."""
+def check_shareable(spec: str, policy: RepoPolicy) -> None:
+    """For a spec naming a repository on this host: :func:`check_open_to_all`."""
     provider = parse_spec(spec, policy)
     local = provider.check_allowed() if isinstance(provider, GitRepoProvider) else None
     if local is not None:
-        check_readable_by(local, user)
+        check_open_to_all(local)
 
 
 def _gitfile_target(gitfile: str) -> str | None:
@@ -291,6 +279,16 @@ class GitRepoProvider(RepoProvider):
                 return ResolvedRepo(self.spec, url, self.ref, commit)
         raise UnknownRef(f"{url} has no branch, tag or commit {self.ref!r}")
 
+    def check_submodule(self, url: str) -> Path | None:
+        """A submodule's URL judged as this repository's (protocols, allow,
+        ban, local roots). One on this host only if every account may read
+        it: who asked for the build is not known here, and the build
+        account's rights are not lent."""
+        local = self.check_allowed(url)
+        if local is not None:
+            check_open_to_all(local)
+        return local
+
     def fetch(self, resolved: ResolvedRepo, dest: Path) -> None:
         local = self.check_allowed(resolved.url)  # a ResolvedRepo may come from elsewhere
         try:
@@ -300,6 +298,7 @@ class GitRepoProvider(RepoProvider):
                 dest,
                 protocols=self.protocols(),
                 limits=self.limits(),
+                policy=self.check_submodule,
                 local_repo=local,
             )
         except git.GitError as exc:

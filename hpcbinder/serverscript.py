@@ -50,6 +50,9 @@ class ServerJob:
     seed: Seed | None = None
     job_name: str = "hpcbinder-server"
     image_key: str | None = None  # the store's image (None: a site base); see jobrefs
+    #: What the command runs through in the image: the repository's start
+    #: (see :mod:`hpcbinder.entrypoint`).
+    entrypoint: tuple[str, ...] = ()
 
 
 def safe_path(path: Path | str, what: str) -> str:
@@ -107,5 +110,5 @@ def render_server_script(site: Site, job: ServerJob) -> str:
         launch=[*job.image_argv[:-1], *apptainer_options(site, job.user, job.request.gpus)],
         image=job.image_argv[-1],
         container_home=container_home(site, job.home),
-        command=job.command,
+        command=[*job.entrypoint, *job.command],
     )

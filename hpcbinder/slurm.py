@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from hpcbinder import proc
 
@@ -39,6 +40,7 @@ USABLE_NODE_STATES = frozenset({"idle", "mixed", "allocated", "completing"})
 
 #: A job id as sbatch prints it, or one task of an array.
 JOB_ID = re.compile(r"\d+(?:_\d+)?")
+_PARTITION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class SlurmError(RuntimeError):
@@ -60,8 +62,15 @@ class SlurmDialect:
     sinfo: tuple[str, ...] = ("sinfo",)
     scancel: tuple[str, ...] = ("scancel",)
     sacctmgr: tuple[str, ...] = ("sacctmgr",)
-    #: One job's state and node, for the frequent queries of a starting server.
-    squeue: tuple[str, ...] = ("squeue", "-h", "-o", "%T %B", "-j")
+    #: One job's state, node, partition and pending reason, for the frequent
+    #: queries of a starting server (:attr:`squeue_fields` reads the answer).
+    squeue: tuple[str, ...] = ("squeue", "-h", "-o", "%T %B %P %r", "-j")
+    #: A pending job's expected start (``N/A`` until the scheduler has one).
+    squeue_start: tuple[str, ...] = ("squeue", "-h", "--start", "-o", "%S", "-j")
+    #: A partition's pending jobs, the next to start first.
+    squeue_pending_jobs: tuple[str, ...] = (
+        "squeue", "-h", "-t", "PENDING", "--sort=-p,i", "-o", "%i", "-p",
+    )  # fmt: skip
     #: Every job of every user and partition with its state and comment. Not
     #: squeue's default states: those leave out suspended and held jobs.
     squeue_comments: tuple[str, ...] = ("squeue", "-h", "-a", "--states=all", "-o", "%T|%k")
@@ -71,7 +80,10 @@ class SlurmDialect:
     sees_all_jobs: frozenset[str] = frozenset({"operator", "administrator"})
     squeue_pending: re.Pattern[str] = re.compile(r"(?:PENDING|CONFIGURING|REQUEUED|RESIZING)\b")
     squeue_running: re.Pattern[str] = re.compile(r"(?:RUNNING|COMPLETING)\b")
-    squeue_host: re.Pattern[str] = re.compile(r"\S+\s+(\S+)\s*$")
+    squeue_fields: re.Pattern[str] = re.compile(
+        r"\s*(?P<state>\S+)(?:\s+(?P<node>\S+))?(?:\s+(?P<partition>\S+))?(?:\s+(?P<reason>.*\S))?\s*"
+    )
+    squeue_no_node: frozenset[str] = frozenset({"n/a", "(null)"})
     ping_up: re.Pattern[str] = re.compile(r"Slurmctld\((?:primary|backup)\) at (\S+) is UP")
     job_id: re.Pattern[str] = re.compile(r"(\d+)(?:;\S+)?")
     job_gone: re.Pattern[str] = re.compile(r"Invalid job id specified")
@@ -151,6 +163,13 @@ class SubmitOptions:
         return [f"--{name}={value}" for name, value in pairs.items() if value is not None]
 
 
+def _hides_jobs(config: str, dialect: SlurmDialect) -> bool:
+    """Whether ``config`` (scontrol show config) hides other users' jobs
+    from users (PrivateData=jobs)."""
+    private = dialect.private_data.search(config)
+    return private is not None and "jobs" in private.group(1).lower().split(",")
+
+
 def _parse_exit_code(text: str) -> tuple[int | None, int | None]:
     match = re.fullmatch(r"(\d+):(\d+)", text)
     if not match:
@@ -164,6 +183,18 @@ class QueueState(enum.Enum):
     PENDING = "pending"
     RUNNING = "running"
     GONE = "gone"  # definitely not queued or running any more
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """One job as ``squeue`` lists it: its state, its node once it runs, its
+    partition, and while it pends Slurm's reason (``Resources``,
+    ``Priority``, ...; ``None`` before the scheduler has looked at it)."""
+
+    state: QueueState
+    node: str = ""
+    partition: str = ""
+    reason: str = ""
 
 
 class SlurmCLI:
@@ -265,22 +296,68 @@ class SlurmCLI:
         )
 
     def queue_state(self, job_id: str, *, user: str | None = None) -> tuple[QueueState, str]:
-        """The job's state and (when running) its node, from ``squeue``;
-        :class:`SlurmError` when Slurm gives no definite answer."""
+        """The job's state and (when running) its node: :meth:`queue_entry`'s."""
+        entry = self.queue_entry(job_id, user=user)
+        return entry.state, entry.node
+
+    def queue_entry(self, job_id: str, *, user: str | None = None) -> QueueEntry:
+        """The job as ``squeue`` lists it; :class:`SlurmError` when Slurm
+        gives no definite answer."""
         if not JOB_ID.fullmatch(job_id):
-            return QueueState.GONE, ""
+            return QueueEntry(QueueState.GONE)
         result = self._run([*self.dialect.squeue, job_id], user=user)
         if self.dialect.job_gone.search(result.stderr + result.stdout):
-            return QueueState.GONE, ""
+            return QueueEntry(QueueState.GONE)
         if not result.ok:
             raise SlurmError(f"squeue did not answer: {(result.stderr or result.stdout).strip()}")
         line = result.stdout.strip()
+        fields = self.dialect.squeue_fields.fullmatch(line)
+        if fields is None:
+            return QueueEntry(QueueState.GONE)
+        node = fields.group("node") or ""
+        partition = fields.group("partition") or ""
         if self.dialect.squeue_running.match(line):
-            match = self.dialect.squeue_host.search(line)
-            return QueueState.RUNNING, match.group(1) if match else ""
+            return QueueEntry(QueueState.RUNNING, node, partition)
         if self.dialect.squeue_pending.match(line):
-            return QueueState.PENDING, ""
-        return QueueState.GONE, ""
+            reason = fields.group("reason") or ""
+            return QueueEntry(QueueState.PENDING, "", partition, reason)
+        return QueueEntry(QueueState.GONE)
+
+    def expected_start(self, job_id: str, *, user: str | None = None) -> datetime | None:
+        """When the scheduler expects the pending job to start (its local
+        time, as Slurm prints it), or None when it has no estimate yet."""
+        result = self._run([*self.dialect.squeue_start, _checked_job_id(job_id)], user=user)
+        if not result.ok:
+            return None
+        try:
+            return datetime.fromisoformat(result.stdout.strip())
+        except ValueError:
+            return None  # N/A: no estimate (yet)
+
+    def pending_position(
+        self, job_id: str, partition: str, *, user: str | None = None
+    ) -> tuple[int, int] | None:
+        """The pending job's place among the pending jobs of ``partition``
+        (1 starts next), and their number; None where Slurm cannot tell:
+        it hides other users' jobs (PrivateData=jobs), or does not answer."""
+        if not _PARTITION.fullmatch(partition):
+            return None
+        try:
+            if _hides_jobs(self._config(), self.dialect):
+                return None
+        except proc.CommandError:
+            return None
+        result = self._run([*self.dialect.squeue_pending_jobs, partition], user=user)
+        if not result.ok:
+            return None
+        jobs = result.stdout.split()
+        if _checked_job_id(job_id) not in jobs:
+            return None
+        return jobs.index(job_id) + 1, len(jobs)
+
+    def _config(self) -> str:
+        """``scontrol show config``: slurm.conf as the controller runs it."""
+        return proc.check(self._run([*self.dialect.scontrol, "show", "config"])).stdout
 
     def unfinished_job_comments(self, account: str) -> list[str]:
         """The comment of every job of every user that has not finished
@@ -300,9 +377,8 @@ class SlurmCLI:
         return comments
 
     def _check_sees_every_job(self, account: str) -> None:
-        config = proc.check(self._run([*self.dialect.scontrol, "show", "config"])).stdout
-        private = self.dialect.private_data.search(config)
-        if private is None or "jobs" not in private.group(1).lower().split(","):
+        config = self._config()
+        if not _hides_jobs(config, self.dialect):
             return
         slurm_user = self.dialect.slurm_user.search(config)
         if account == "root" or (slurm_user is not None and slurm_user.group(1) == account):

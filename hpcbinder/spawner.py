@@ -14,6 +14,13 @@ and a dead job going unnoticed until the start timeout.
 ``profile`` and the overrides of :data:`hpcbinder.jobrequest.OVERRIDABLE`,
 and ``workspace`` = {``slug``, ``checkout``, ``commit``, ``from_image``}.
 
+While the job waits in Slurm's queue, the spawner's progress events say
+where and why (partition, Slurm's reason in words, place in the queue,
+expected start), then the node it starts on, then that JupyterLab starts;
+the wait is bounded by the site's ``launch.max_queue_minutes`` (the job is
+cancelled), separately from ``launch.start_seconds`` for a started job to
+bring its server up: JupyterHub's ``start_timeout`` defaults to their sum.
+
 Every start or restart from an image of the store tells the build server
 (best effort: a launch never waits on it for long, nor fails for it), so
 that ``images gc`` keeps images whose servers are restarted from the hub
@@ -25,14 +32,17 @@ from __future__ import annotations
 
 import asyncio
 import html
+import math
 import pwd
 import re
+from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from batchspawner import JobStatus, SlurmSpawner
 from jupyterhub.apihandlers import APIHandler, default_handlers
+from jupyterhub.spawner import SpawnException
 from tornado import web
 from traitlets import Float, Integer, Unicode, default
 
@@ -41,13 +51,26 @@ from hpcbinder.build import image_store
 from hpcbinder.buildrequest import BuildServerClient, BuildServerError
 from hpcbinder.cluster import cluster_runner, cluster_slurm
 from hpcbinder.config import Site, load_site
+from hpcbinder.entrypoint import image_entrypoint
 from hpcbinder.jobrequest import OVERRIDABLE, request_for
 from hpcbinder.remote import LoginNodeCommands, Tunnel
-from hpcbinder.serverjobs import ServerJobs, ServerJobState, accepts_connections
+from hpcbinder.serverjobs import (
+    JobDied,
+    LaunchProgress,
+    QueueTimeout,
+    QueueWatch,
+    ServerJobs,
+    ServerJobState,
+    ServerJobStatus,
+    accepts_connections,
+)
 from hpcbinder.serverscript import Seed, ServerJob, render_server_script, workspace_for
 
 _ENV_KEY = re.compile(r"[0-9a-f]{32}")
 _BASE = re.compile(r"base:([A-Za-z0-9][A-Za-z0-9_.-]{0,63})")
+#: Seconds of start_timeout beyond the queue wait and the server's start:
+#: submitting, and the hub's own steps around start().
+_START_MARGIN = 30
 #: Open tunnels, shared by this hub's spawners.
 _TUNNELS: dict[tuple[str, str], Tunnel] = {}
 _STATES = {
@@ -68,6 +91,21 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
     query_backoff = Float(0.5, help="First retry delay in seconds; doubles each retry.").tag(
         config=True
     )
+    queue_detail_interval = Float(
+        10.0,
+        help="Seconds between the questions about a pending job's place in its "
+        "queue and expected start (its state is asked every startup_poll_interval).",
+    ).tag(config=True)
+
+    @default("start_timeout")
+    def _start_timeout_default(self) -> int:
+        return self._needed_start_timeout()
+
+    def _needed_start_timeout(self) -> int:
+        """The time a launch may take: the site's queue wait, plus the time
+        a started job has to bring its server up, plus a margin."""
+        launch = self.site.launch
+        return math.ceil(launch.max_queue_minutes * 60 + launch.start_seconds) + _START_MARGIN
 
     @default("startup_poll_interval")
     def _poll_default(self) -> float:
@@ -113,19 +151,20 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
             backoff=self.query_backoff,
         )
 
-    def _image(self) -> tuple[str | None, list[str]]:
+    def _image(self) -> tuple[str | None, list[str], list[str]]:
         """The image the options name: its key in the store (None for a
-        site base) and the ``apptainer exec`` argv that starts it."""
+        site base), the ``apptainer exec`` argv that starts it and the
+        entrypoint the command runs through (the repository's start)."""
         image = str(self.user_options.get("image") or f"base:{self.site.default_base}")
         if _ENV_KEY.fullmatch(image):
             record = image_store(self.site).lookup(image)
             if record is None:
                 raise ValueError(f"image {image} is not in this site's store")
-            return image, launch_argv(record)
+            return image, launch_argv(record), image_entrypoint(record)
         match = _BASE.fullmatch(image)
         if match is None or match.group(1) not in self.site.bases:
             raise ValueError(f"image must be an env key or base:NAME, not {image!r}")
-        return None, base_argv(self.site.base_image_path(match.group(1)).resolve())
+        return None, base_argv(self.site.base_image_path(match.group(1)).resolve()), []
 
     async def _record_use(self, key: str) -> None:
         """Tell the build server this server starts from image ``key``; log,
@@ -152,7 +191,7 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
                 str(spec.get("commit", "")),
                 bool(spec.get("from_image", False)),
             )
-        key, image_argv = self._image()
+        key, image_argv, entrypoint = self._image()
         return ServerJob(
             self.user.name,
             home,
@@ -163,6 +202,7 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
             seed=seed,
             job_name=f"hpcbinder-{self.user.name}-{self.name or 'default'}",
             image_key=key,
+            entrypoint=tuple(entrypoint),
         )
 
     # --- batchspawner's hooks, without shell strings ------------------------------
@@ -180,11 +220,15 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
         if not self.job_id:
             self.job_status = ""
             return JobStatus.NOTFOUND
-        state, host = await self._jobs().state(self.job_id)
-        self.job_status = f"{state.value} {host}".strip()
-        if state is ServerJobState.UNKNOWN:
+        status = await self._jobs().status(self.job_id)
+        self._set_job_status(status)
+        if status.state is ServerJobState.UNKNOWN:
             self.log.warning("Slurm did not answer about job %s; keeping it", self.job_id)
-        return _STATES[state]
+        return _STATES[status.state]
+
+    def _set_job_status(self, status: ServerJobStatus) -> None:
+        """Keep batchspawner's ``job_status`` (read by ``state_is*``) current."""
+        self.job_status = f"{status.state.value} {status.node}".strip()
 
     def state_ispending(self) -> bool:
         return str(self.job_status).startswith(ServerJobState.PENDING.value)
@@ -211,16 +255,49 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
                 403, f"{self.user.name} already runs {len(others)} servers, this site's limit"
             )
 
+    _launch: LaunchProgress | None = None
+
     async def start(self) -> tuple[str, int]:
+        self._launch = LaunchProgress()
+        try:
+            return await self._start(self._launch)
+        except JobDied as exc:
+            raise LaunchEnded(str(exc), reason="job_died", status_code=500) from exc
+        finally:
+            self._launch.finish()
+
+    async def _start(self, launch: LaunchProgress) -> tuple[str, int]:
         self._check_quota()
+        if self.start_timeout < self._needed_start_timeout():
+            self.log.warning(
+                "start_timeout (%s s) is shorter than the site's launch limits need (%s s): "
+                "queued launches will time out early",
+                self.start_timeout,
+                self._needed_start_timeout(),
+            )
         self.ip = self.traits()["ip"].default_value
         self.port = 0
         await self.submit_batch_script()
+        launch.add(10, f"Submitted Slurm job {self.job_id}")
         jobs = self._jobs()
-        host = await jobs.wait_started(
-            self.job_id, self.startup_poll_interval, lambda: self.port != 0
-        )
+        watch = QueueWatch(jobs, self.job_id, launch, self.queue_detail_interval)
+
+        async def on_status(status: ServerJobStatus) -> None:
+            self._set_job_status(status)
+            await watch(status)
+
+        try:
+            host = await jobs.wait_started(
+                self.job_id,
+                self.startup_poll_interval,
+                lambda: self.port != 0,
+                on_status=on_status,
+                max_queue_minutes=self.site.launch.max_queue_minutes,
+            )
+        except QueueTimeout as exc:
+            raise LaunchEnded(str(exc), reason="queue_timeout", status_code=503) from exc
         self.log.info("Server job %s of %s runs on %s", self.job_id, self.user.name, host)
+        launch.add(80, f"Starting JupyterLab on {host}")
         if self.site.cluster.tunnel:
             tunnel = self._open_tunnel(host, self.port)
             self.ip, self.port = "127.0.0.1", tunnel.local_port
@@ -232,6 +309,13 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
         self.db.commit()
         self.log.info("Server of %s is up at %s:%s", self.user.name, self.ip, self.port)
         return self.ip, self.port
+
+    async def progress(self) -> AsyncIterator[dict[str, Any]]:
+        """JupyterHub's progress events: this launch's steps, from the first."""
+        if self._launch is None:
+            return
+        async for event in self._launch.follow():
+            yield {"progress": event.percent, "message": event.message}
 
     async def stop(self, now: bool = False) -> None:
         self._close_tunnel()
@@ -291,6 +375,17 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
         super().clear_state()
         self._close_tunnel()
         self._tunnel_state = None
+
+
+class LaunchEnded(SpawnException):  # type: ignore[misc]
+    """A launch that ended for a reason a researcher can read: the queue
+    wait outlasted the site's limit (503: the cluster is busy, not
+    broken), or the job ended while starting (its output's last lines).
+    The hub shows the message as it is, without a traceback."""
+
+    def __init__(self, message: str, *, reason: str, status_code: int) -> None:
+        super().__init__(message, reason=reason, status_code=status_code)
+        self.jupyterhub_message = message
 
 
 class PortOnlyAPIHandler(APIHandler):  # type: ignore[misc]

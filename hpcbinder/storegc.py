@@ -16,8 +16,10 @@ Kept, whatever their age:
   build server records a use when it prepares a repository and when a
   build starts).
 
-Removed as well: staging folders of builds and removals that crashed, and
-fetches into the checkout cache that never finished.
+Removed as well: staging folders of builds and removals that crashed,
+fetches into the checkout cache that never finished, and the download
+cache of every env key whose image is gone (written by repository code,
+so bounded by what the store keeps), once no build could still use it.
 
 If Slurm cannot list every job, nothing is removed.
 """
@@ -32,7 +34,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpcbinder import jobrefs, proc, repoproviders
+from hpcbinder import build, jobrefs, proc, repoproviders
 from hpcbinder.build import image_store
 from hpcbinder.config import Site
 from hpcbinder.slurm import SlurmCLI
@@ -48,6 +50,7 @@ class GcReport:
     images: list[str]
     checkouts: list[Path]
     staging: list[str]
+    caches: list[Path]
 
 
 def record_checkout_use(checkout: Path) -> None:
@@ -72,7 +75,23 @@ def collect(site: Site, older_than_days: float, keep: int, slurm: SlurmCLI) -> G
         unfinished_since=now - build_window,
         in_use=in_use.commits,
     )
-    return GcReport(images, checkouts, staging)
+    kept = {record.key for record in store.records()}
+    caches = clean_build_caches(site, kept, unused_since=now - build_window)
+    return GcReport(images, checkouts, staging, caches)
+
+
+def clean_build_caches(site: Site, keys: set[str], *, unused_since: float) -> list[Path]:
+    """Remove the download caches of env keys other than ``keys`` (the
+    store's images) last changed before ``unused_since`` (no build of
+    theirs runs); the removed caches."""
+    if site.build.cache_dir is None or not (site.build.cache_dir / build.ENV_CACHES).is_dir():
+        return []
+    kept = {build.cache_dir(site, key) for key in keys}
+    return [
+        cache
+        for cache in sorted((site.build.cache_dir / build.ENV_CACHES).iterdir())
+        if cache not in kept and not cache.is_symlink() and _remove(cache, unused_since)
+    ]
 
 
 def clean_checkouts(

@@ -4,15 +4,19 @@ its REST API, with kernels run through the proxy over WebSocket."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import re
 import secrets
 import shutil
 import subprocess
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -215,6 +219,55 @@ def execute(hub: Hub, server_url: str, code: str) -> str:
         return "".join(output)
 
     return IOLoop.current().run_sync(run, timeout=120)
+
+
+class ProgressStream:
+    """A spawn's progress events (``/hub/api/users/U/servers/S/progress``),
+    read in a thread as they come, until the stream's final event."""
+
+    def __init__(self, hub: Hub, user: str, name: str) -> None:
+        self.events: list[dict[str, Any]] = []
+        address = urlsplit(hub.url)
+        self._connection = http.client.HTTPConnection(
+            address.hostname or "", address.port, timeout=READY_SECONDS
+        )
+        self._connection.request(
+            "GET",
+            f"/hub/api/users/{user}/servers/{name}/progress",
+            headers={"Authorization": f"token {hub.token}"},
+        )
+        response = self._connection.getresponse()
+        assert response.status == 200, response.read()
+        self._thread = threading.Thread(target=self._read, args=(response,), daemon=True)
+        self._thread.start()
+
+    def _read(self, response: http.client.HTTPResponse) -> None:
+        for line in response:
+            if line.startswith(b"data:"):
+                self.events.append(json.loads(line[5:]))
+
+    @property
+    def messages(self) -> list[str]:
+        return [str(event.get("message", "")) for event in self.events]
+
+    def wait_for(self, pattern: str, seconds: float = 120) -> str:
+        """The first message matching ``pattern`` (a regular expression)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            found = next((m for m in self.messages if re.search(pattern, m)), None)
+            if found is not None:
+                return found
+            if not self._thread.is_alive():
+                break
+            time.sleep(0.2)
+        pytest.fail(f"no progress event matching {pattern!r}; events: {self.messages}")
+
+    def final(self, seconds: float = READY_SECONDS) -> dict[str, Any]:
+        """The stream's last event, once it has ended."""
+        self._thread.join(seconds)
+        self._connection.close()
+        assert self.events, "the progress stream sent no event"
+        return self.events[-1]
 
 
 def start_server(hub: Hub, user: str, name: str, options: dict[str, Any]) -> dict[str, Any]:

@@ -27,6 +27,8 @@ def make_app(service: Service) -> web.Application:
     routes: list[Any] = [
         (base, handlers.HomeHandler),
         (rf"{base}v2/([^/]+)/(.+)", handlers.LaunchPageHandler),
+        (rf"{base}confirm/([^/]+)/(.+)", handlers.ConfirmHandler),
+        (rf"{base}cancel/([^/]+)/(.+)", handlers.CancelHandler),
         (rf"{base}build/([^/]+)/(.+)", handlers.BuildHandler),
         (rf"{base}batch/([^/]+)/(.+)", handlers.BatchHandler),
         (f"{base}health", handlers.HealthHandler),
@@ -63,7 +65,9 @@ def hub_oauth(public_url: str, hub_public_url: str) -> HubOAuth:
     )
 
 
-async def serve(site: Site, ip: str, port: int, public_url: str, hub_public_url: str) -> None:
+async def serve(
+    site: Site, ip: str, port: int, public_url: str, hub_public_url: str, state_dir: Path
+) -> None:
     """Run until cancelled."""
     logging.basicConfig(
         level=logging.INFO, format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s"
@@ -74,6 +78,7 @@ async def serve(site: Site, ip: str, port: int, public_url: str, hub_public_url:
         hub_auth=hub_oauth(public_url, hub_public_url),
         hub_public_url=hub_public_url.rstrip("/") + "/",
         public_url=public_url.rstrip("/") + "/",
+        state_dir=state_dir,
         versions=await tool_versions(),
     )
     make_app(service).listen(port, ip)

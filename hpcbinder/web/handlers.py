@@ -19,7 +19,7 @@ from hpcbinder.batchjobs import submit_run
 from hpcbinder.cluster import cluster_slurm
 from hpcbinder.config import Site
 from hpcbinder.errors import UserError
-from hpcbinder.jobrequest import JobRequest, request_for
+from hpcbinder.jobrequest import JobRequest, link_overrides, request_for, request_for_link
 from hpcbinder.slurm import SlurmError
 from hpcbinder.web.builds import Built
 from hpcbinder.web.events import KEEPALIVE, Event, failed
@@ -53,6 +53,17 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
     def page(self, name: str, code: int = 200, **context: Any) -> None:
         self.set_status(code)
         self.finish(self.service.pages.get_template(name).render(service=self.service, **context))
+
+    def unconfirmed(self, repo: repoproviders.RepoProvider) -> bool:
+        """Whether a browser (the hub's cookie) asks to run ``repo`` before
+        the researcher agreed to (:mod:`hpcbinder.web.trust`). A client that
+        authenticated with the researcher's own valid token asks explicitly;
+        a token that failed (the hub then falls back to the cookie) or a
+        websocket upgrade (exempt from the hub's XSRF check) does not."""
+        explicit = getattr(self, "_token_authenticated", False)
+        if explicit and "Upgrade" not in self.request.headers:
+            return False
+        return self.service.confirmations.needs_confirmation(self.user_name, repo.url, repo.ref)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         reason = self._reason
@@ -93,10 +104,24 @@ class LaunchPageHandler(BaseHandler):
     @web.authenticated
     def get(self, provider: str, spec: str) -> None:
         full = self.raw_spec("v2")
+        link = {key: self.get_argument(key) for key in self.request.arguments}
         try:
-            repoproviders.parse_spec(full, self.service.site.repos)
+            repo = repoproviders.parse_spec(full, self.service.site.repos)
+            request_for_link(self.service.site, link, user=self.user_name)
         except UserError as exc:
             self.page("error.html", 400, status=400, reason=str(exc))
+            return
+        if self.unconfirmed(repo):
+            query = f"?{self.request.query}" if self.request.query else ""
+            self.page(
+                "confirm.html",
+                spec=full,
+                repo_name=readable_name(repo),
+                clone_url=repo.url,
+                confirm_url=f"{self.service.base_url}confirm/{full}{query}",
+                xsrf=self.xsrf_token.decode(),
+                user=self.user_name,
+            )
             return
         # EventSource cannot send the XSRF header the hub's cookie auth wants
         # on a script's request; the token goes in the query instead.
@@ -105,12 +130,53 @@ class LaunchPageHandler(BaseHandler):
         self.page(
             "launch.html",
             spec=full,
+            repo_name=readable_name(repo),
             build_url=f"{self.service.base_url}build/{full}{query}",
             batch_url=f"{self.service.base_url}batch/{full}",
+            cancel_url=f"{self.service.base_url}cancel/{full}",
             xsrf=self.xsrf_token.decode(),
             file=self.get_argument("labpath", "") or self.get_argument("filepath", ""),
             user=self.user_name,
         )
+
+
+def readable_name(repo: repoproviders.RepoProvider) -> str:
+    """``org/repo @ ref`` for a page, from the clone URL and the ref."""
+    tail = repo.url.rstrip("/").removesuffix(".git").split("/")[-2:]
+    return f"{'/'.join(tail)} @ {repo.ref}"
+
+
+class ConfirmHandler(BaseHandler):
+    """``POST /confirm/<provider>/<spec>``: the researcher agrees to run a
+    repository the site does not vouch for; back to its launch page. The
+    hub's XSRF check on a cookie's form post keeps other sites from
+    confirming for them."""
+
+    @web.authenticated
+    def post(self, provider: str, spec: str) -> None:
+        full = self.raw_spec("confirm")
+        try:
+            repo = repoproviders.parse_spec(full, self.service.site.repos)
+        except UserError as exc:
+            self.page("error.html", 400, status=400, reason=str(exc))
+            return
+        self.service.confirmations.confirm(self.user_name, repo.url, repo.ref)
+        query = f"?{self.request.query}" if self.request.query else ""
+        self.redirect(f"{self.service.base_url}v2/{full}{query}")
+
+
+class CancelHandler(BaseHandler):
+    """``POST /cancel/<provider>/<spec>``: the launch page's "cancel": the
+    researcher's server of that repository goes, its queued job with it."""
+
+    @web.authenticated
+    async def post(self, provider: str, spec: str) -> None:
+        try:
+            repo = repoproviders.parse_spec(self.raw_spec("cancel"), self.service.site.repos)
+            stopped = await self.service.launcher.cancel(self.user_name, server_name(repo.url))
+        except UserError as exc:
+            raise web.HTTPError(400, str(exc)) from exc
+        self.finish({"cancelled": stopped})
 
 
 class BuildHandler(BaseHandler):
@@ -150,9 +216,14 @@ class BuildHandler(BaseHandler):
         query = {key: self.get_argument(key) for key in self.request.arguments}
         try:
             repo = repoproviders.parse_spec(spec, service.site.repos)
-            request_for(service.site, query.get("profile"), {}, user=self.user_name)
+            request_for_link(service.site, query, user=self.user_name)
         except UserError as exc:
             await self.emit(failed(str(exc)))
+            return
+        if self.unconfirmed(repo):
+            await self.emit(
+                failed(f"confirm that you want to run {repo.url} on its launch page first")
+            )
             return
         session = service.builds.session(spec, self.user_name)
         async for event in session.follow():
@@ -164,8 +235,8 @@ class BuildHandler(BaseHandler):
         try:
             with service.limits.hold(self.user_name, repo.url):
                 await self.emit(Event("launching", "Launching server…\n"))
-                url = await service.launcher.launch(
-                    self.user_name, server_name(repo.url), self._options(built, repo, query)
+                url = await self._launch_relaying(
+                    server_name(repo.url), self._options(built, repo, query), started
                 )
         except (LaunchFailed, UserError) as exc:
             service.metrics.launch_finished("failure", time.monotonic() - started)
@@ -189,6 +260,28 @@ class BuildHandler(BaseHandler):
             )
         )
 
+    async def _launch_relaying(self, name: str, options: dict[str, Any], started: float) -> str:
+        """The launch, with the hub's progress (Slurm's queue: partition,
+        reason, place, expected start; then the node) relayed as
+        ``launching`` events with the time waited so far, as BinderHub
+        relays its spawner's."""
+        messages: asyncio.Queue[str] = asyncio.Queue()
+        launch = asyncio.ensure_future(
+            self.service.launcher.launch(self.user_name, name, options, messages.put_nowait)
+        )
+        try:
+            while not launch.done() or not messages.empty():
+                message = asyncio.ensure_future(messages.get())
+                await asyncio.wait({launch, message}, return_when=asyncio.FIRST_COMPLETED)
+                if not message.done():
+                    message.cancel()
+                    continue
+                waited = time.monotonic() - started
+                await self.emit(Event("launching", f"{message.result()} ({waited:.0f} s)\n"))
+        finally:
+            launch.cancel()  # the viewer left: the hub's spawn goes on, unwatched
+        return launch.result()
+
     def _options(
         self, built: Built, repo: repoproviders.RepoProvider, query: dict[str, str]
     ) -> dict[str, Any]:
@@ -204,6 +297,7 @@ class BuildHandler(BaseHandler):
         }
         if query.get("profile"):
             options["profile"] = query["profile"]
+        options.update(link_overrides(query))
         return options
 
 
@@ -215,6 +309,15 @@ class BatchHandler(BaseHandler):
     async def post(self, provider: str, spec: str) -> None:
         full = self.raw_spec("batch")
         service = self.service
+        try:
+            repo = repoproviders.parse_spec(full, service.site.repos)
+        except UserError as exc:
+            self.page("error.html", 400, status=400, reason=str(exc), user=self.user_name)
+            return
+        if self.unconfirmed(repo):
+            reason = f"confirm that you want to run {repo.url} on its launch page first"
+            self.page("error.html", 400, status=400, reason=reason, user=self.user_name)
+            return
         overrides = {key: self.get_body_argument(key, "") for key in ("time", "cpus", "mem")}
         try:
             parameters = parse_parameters(self.get_body_argument("parameters", ""))

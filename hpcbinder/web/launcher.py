@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -49,8 +50,12 @@ class HubAPI:
         )
         return json.loads(response.body) if response.body else None
 
-    async def progress(self, user: str, server: str, timeout: float) -> dict[str, Any]:
-        """Follow the spawn's progress stream to its last event."""
+    async def progress(
+        self, user: str, server: str, timeout: float, on_message: Callable[[str], None]
+    ) -> dict[str, Any]:
+        """Follow the spawn's progress stream to its last event, handing each
+        event's message (the job's place in Slurm's queue, its node, ...) to
+        ``on_message`` as it comes."""
         last: dict[str, Any] = {}
         buffer = b""
 
@@ -61,6 +66,8 @@ class HubAPI:
             for line in lines:
                 if line.startswith(b"data:"):
                     last = json.loads(line[5:])
+                    if last.get("message") and not last.get("ready"):
+                        on_message(str(last["message"]))
 
         path = f"/users/{quote(user)}/servers/{quote(server)}/progress"
         await AsyncHTTPClient().fetch(
@@ -84,6 +91,7 @@ class Launcher:
     def __init__(self, hub: HubAPI, timeout: float) -> None:
         self.hub = hub
         self.timeout = timeout
+        self._cancelled: set[tuple[str, str]] = set()  # (user, server) cancelled from a page
 
     async def _server(self, user: str, name: str) -> dict[str, Any] | None:
         model = await self.hub.call("GET", f"/users/{quote(user)}")
@@ -98,8 +106,27 @@ class Launcher:
             await asyncio.sleep(0.5)
         raise LaunchFailed(f"the old server {name} did not stop")
 
-    async def launch(self, user: str, name: str, options: dict[str, Any]) -> str:
-        """Start (or reuse) ``user``'s server ``name``; its URL path."""
+    async def cancel(self, user: str, name: str) -> bool:
+        """Stop ``user``'s server ``name`` (a pending one's Slurm job is
+        cancelled by the spawner's stop); whether there was one."""
+        if await self._server(user, name) is None:
+            return False
+        self._cancelled.add((user, name))
+        try:
+            await self.hub.call("DELETE", f"/users/{quote(user)}/servers/{quote(name)}")
+        except HTTPClientError as exc:
+            raise LaunchFailed(_hub_reason(exc)) from exc
+        return True
+
+    async def launch(
+        self,
+        user: str,
+        name: str,
+        options: dict[str, Any],
+        on_message: Callable[[str], None] = lambda _: None,
+    ) -> str:
+        """Start (or reuse) ``user``'s server ``name``; its URL path. The
+        hub's progress messages go to ``on_message`` as they come."""
         server = await self._server(user, name)
         if server is not None:
             same_image = server.get("user_options", {}).get("image") == options.get("image")
@@ -113,7 +140,12 @@ class Launcher:
                 await self.hub.call("POST", f"/users/{quote(user)}/servers/{quote(name)}", options)
             except HTTPClientError as exc:
                 raise LaunchFailed(_hub_reason(exc)) from exc
-        final = await self.hub.progress(user, name, self.timeout)
+        self._cancelled.discard((user, name))
+        final = await self.hub.progress(user, name, self.timeout, on_message)
+        if (user, name) in self._cancelled:
+            # The hub says "ready" for a spawn it interrupted, too.
+            self._cancelled.discard((user, name))
+            raise LaunchFailed("cancelled: the server and its queued job are gone")
         if final.get("ready"):
             return str(final.get("url") or (await self._server(user, name) or {})["url"])
         reason = str(final.get("message") or "the server stopped while starting")

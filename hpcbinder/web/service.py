@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -23,6 +24,7 @@ from hpcbinder.web.builds import BuildCoordinator
 from hpcbinder.web.launcher import HubAPI, Launcher
 from hpcbinder.web.metrics import Metrics
 from hpcbinder.web.policy import LaunchLimits
+from hpcbinder.web.trust import Confirmations
 
 #: How long a health report is reused.
 HEALTH_SECONDS = 30.0
@@ -53,6 +55,7 @@ class Service:
     hub_auth: HubOAuth
     hub_public_url: str  # e.g. https://hub.example.org/ (where users' servers are)
     public_url: str  # this service's own, e.g. https://binder.example.org/
+    state_dir: Path  # the service account's own folder (researchers' confirmations)
     base_url: str = "/"
     metrics: Metrics = field(default_factory=Metrics)
     versions: dict[str, str] = field(default_factory=dict)
@@ -61,8 +64,11 @@ class Service:
     def __post_init__(self) -> None:
         binder = self.site.binder
         self.builds = BuildCoordinator(self.site, self.metrics)
-        self.launcher = Launcher(self.hub, binder.launch_timeout_seconds)
+        # A launch waits in Slurm's queue for as long as the site lets it.
+        queue = self.site.launch.max_queue_minutes * 60
+        self.launcher = Launcher(self.hub, queue + binder.launch_timeout_seconds)
         self.limits = LaunchLimits(binder.max_launches_per_user, binder.max_launches_per_repo)
+        self.confirmations = Confirmations(binder, self.state_dir)
 
     async def is_admin(self, user: str) -> bool:
         """Whether the hub says ``user`` is one of its admins."""

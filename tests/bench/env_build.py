@@ -49,7 +49,7 @@ def main() -> None:
             lambda: Builder(site).build_image(pipeline.prepare(other_spec, site), ignore)
         )
         prepared = pipeline.prepare(spec, site)
-        cache = cache_dir(site, prepared.repo.url)
+        cache = cache_dir(site, prepared.rendered.env_key)
         assert cache is not None
 
         with tempfile.TemporaryDirectory() as tmp:

@@ -11,7 +11,7 @@ import pytest
 
 from tests.binderhelpers import Binder, user_token
 from tests.conftest import SHARED_SCRATCH, DevCluster, running_build_server
-from tests.hubhelpers import close_hub, new_hub, site_with
+from tests.hubhelpers import Hub, close_hub, new_hub, site_with
 
 
 @contextmanager
@@ -37,6 +37,16 @@ def running_binder(extra: dict[str, Any] | None = None) -> Iterator[Binder]:
             yield Binder(hub, hub.binder_url, user_token(hub, "alice"), root)
         finally:
             close_hub(hub)
+
+
+@pytest.fixture
+def hub(devcluster: DevCluster) -> Iterator[Hub]:
+    """A hub of the dev site, as the service account."""
+    hub = new_hub()
+    try:
+        yield hub
+    finally:
+        close_hub(hub)
 
 
 @pytest.fixture

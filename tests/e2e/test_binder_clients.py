@@ -64,7 +64,15 @@ def test_a_link_opens_jupyterlab_in_a_browser(binder: Binder) -> None:
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout.splitlines()[-1])
     assert summary["failed"] is None, summary
-    assert summary["launchPageTitle"].startswith("Launching local/")
+    # First asked to confirm (the dev site vouches for no repository); a
+    # /build link opened meanwhile with the same login started nothing.
+    assert summary["confirmPageTitle"].startswith("Run "), summary
+    assert "confirm that you want to run" in summary["unconfirmedBuild"], summary
+    assert '"phase": "failed"' in summary["unconfirmedBuild"], summary
+    # The repository by name and ref, not the url-escaped spec.
+    assert summary["launchPageTitle"].startswith("Launching "), summary
+    assert " @ HEAD — hpcbinder" in summary["launchPageTitle"], summary
+    assert "%2F" not in summary["launchPageTitle"], summary
     assert "ready" in summary["phases"] or "launching" in summary["phases"], summary
     assert summary["url"].startswith(f"{binder.hub.url}/user/alice/")
     assert "/lab/tree/index.ipynb" in summary["url"]

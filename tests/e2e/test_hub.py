@@ -9,7 +9,6 @@ import json
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from tornado.httpclient import HTTPClient, HTTPClientError, HTTPRequest
@@ -17,9 +16,7 @@ from tornado.httpclient import HTTPClient, HTTPClientError, HTTPRequest
 from tests.conftest import SHARED_SCRATCH, DevCluster
 from tests.hubhelpers import (
     Hub,
-    close_hub,
     execute,
-    new_hub,
     singleuser_token,
     start_server,
     stop_server,
@@ -27,15 +24,6 @@ from tests.hubhelpers import (
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm, pytest.mark.apptainer]
-
-
-@pytest.fixture
-def hub(devcluster: DevCluster) -> Iterator[Hub]:
-    hub = new_hub()
-    try:
-        yield hub
-    finally:
-        close_hub(hub)
 
 
 def test_named_server_runs_in_slurm_and_executes_code(hub: Hub, devcluster: DevCluster) -> None:

@@ -22,7 +22,14 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO, SHARED_SCRATCH, SITE_BIN, DevCluster, as_account
+from tests.conftest import (
+    REPO,
+    SHARED_SCRATCH,
+    SITE_BIN,
+    DevCluster,
+    as_account,
+    running_build_server,
+)
 from tests.repohelpers import git, local_spec
 
 pytestmark = [pytest.mark.slurm, pytest.mark.apptainer]
@@ -317,3 +324,28 @@ def test_a_researcher_runs_a_repository_whose_image_is_not_built_yet(
     assert (task / "work" / "built-by-postbuild.txt").read_text().strip() == marker
     assert provenance(task)["complete"] is True
     assert os.stat(task).st_uid == int(subprocess.check_output(["id", "-u", USER]))
+
+
+def test_a_run_goes_through_the_repositorys_start(batch_repo: BatchRepo) -> None:
+    """As on mybinder.org, a repository's ``start`` wraps every command run
+    in its image: the run sees what it exports and the files it makes."""
+    repo = batch_repo.site.parent / "repo"
+    (repo / "start").write_text(
+        "#!/bin/sh\nexport HPCBINDER_FROM_START=exported-by-start\n"
+        'echo made-by-start > prepared-by-start.txt\nexec "$@"\n'
+    )
+    (repo / "start").chmod(0o755)
+    (repo / "show_start.sh").write_text(
+        'echo "from start: ${HPCBINDER_FROM_START:-unset}"\ncat prepared-by-start.txt\n'
+    )
+    git(repo, "add", "start", "show_start.sh")
+    git(repo, "commit", "-q", "-m", "a start script")
+    with running_build_server(batch_repo.site):  # this tree's build server
+        result = batch_repo.sbatch("--run", "show_start.sh")
+    assert result.returncode == 0, result.stderr
+    job_id = submitted(result)
+    task = batch_repo.task(job_id)
+    assert (task / "work" / "prepared-by-start.txt").read_text() == "made-by-start\n"
+    log = (batch_repo.output_dir / f"slurm-{job_id}.out").read_text()
+    assert "from start: exported-by-start" in log, log
+    assert provenance(task)["complete"] is True

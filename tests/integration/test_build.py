@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import threading
 import time
@@ -20,13 +21,25 @@ from hpcbinder import pipeline
 from hpcbinder.apptainer import launch_argv
 from hpcbinder.build import Builder, BuildEvent, ImageBuildError
 from hpcbinder.config import Site
+from hpcbinder.entrypoint import image_entrypoint
 from hpcbinder.images import ImageRecord
+from hpcbinder.jobrequest import request_for
+from hpcbinder.serverscript import ServerJob, render_server_script, workspace_for
+from hpcbinder.slurm import SubmitOptions
 from tests.conftest import SHARED_SCRATCH, SITE_BIN, DevCluster, as_account, running_build_server
 from tests.repohelpers import git, local_spec, make_repo, site_for_tests
 from tests.sshhelpers import running_sshd
 
 DEV_BASE = Path("/var/lib/hpcbinder/images/bases/default.sif")
 BUILDABLE = ["python/requirements", "python/setup-py", "base/apt", "base/postbuild", "base/start"]
+#: Built with the local backend only (the backends are covered above).
+PIPFILES = ["pipfile/locked", "pipfile/unlocked", "pipfile/editable", "pipfile/old-python"]
+_LOCK_WITH_A_WRONG_HASH = json.dumps(
+    {
+        "_meta": {"requires": {"python_version": "3.11"}},
+        "default": {"six": {"version": "==1.16.0", "hashes": ["sha256:" + "0" * 64]}},
+    }
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.apptainer]
 
@@ -80,13 +93,15 @@ def build(site: Site, repo: Path, ref: str = "HEAD") -> tuple[ImageRecord, list[
 def run_verify(
     record: ImageRecord, repo: Path, user: str = "alice"
 ) -> subprocess.CompletedProcess[str]:
-    """The fixture's verify script, inside the image, as a researcher."""
+    """The fixture's verify script, inside the image, as a researcher,
+    through the image's entrypoint (start) as every command in it."""
     argv = launch_argv(record)
     command = [
         *argv[:-1],
         "--bind",
         f"{repo}:/mnt/verify:ro",
         argv[-1],
+        *image_entrypoint(record),
         "sh",
         "-c",
         "cd /mnt/verify && sh ./verify",
@@ -116,6 +131,72 @@ def test_fixture_builds_and_verifies(workspace: Path, case: str, backend: str) -
     verified = run_verify(record, repo)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     no_leftovers(site, record.key)
+
+
+@pytest.mark.parametrize("case", PIPFILES)
+def test_pipfile_fixture_builds_and_verifies(workspace: Path, case: str) -> None:
+    """Pipfile.lock installed exactly (hashes checked), a Pipfile locked then
+    installed, an editable path, an older python_version: no pipenv."""
+    repo = make_repo(case, workspace / "repos" / "repo")
+    repo.chmod(0o755)
+    record, events = build(make_site(workspace), repo)
+    assert events[-1].phase == "ready"
+    log = "\n".join(e.message for e in events if e.phase == "log")
+    assert "pipenv" not in log
+    verified = run_verify(record, repo)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_a_server_job_runs_through_the_repositorys_start(
+    workspace: Path, devcluster: DevCluster
+) -> None:
+    """The notebook server's command goes through the repository's start,
+    as on mybinder.org: the job script the spawner renders, run by Slurm."""
+    repo = make_repo("base/start", workspace / "repos" / "repo")
+    record, _ = build(make_site(workspace), repo)
+    assert image_entrypoint(record) == ["/opt/hpcbinder/env/start"]
+    (workspace / "ws").mkdir()
+    (workspace / "ws").chmod(0o1777)
+    settings = make_site(workspace).model_dump()
+    settings["workspace"] = {"root": str(workspace / "ws"), "mode": "ephemeral"}
+    site = Site.model_validate(settings)
+    home = Path("/home/alice")
+    job = ServerJob(
+        "alice",
+        home,
+        request_for(site, None, {"time": "00:05:00"}, user="alice"),
+        launch_argv(record),
+        ["sh", "-c", "echo from-start=${FROM_START:-unset}"],
+        workspace=workspace_for(site, "alice", home, "repo"),
+        entrypoint=tuple(image_entrypoint(record)),
+    )
+    job_id = devcluster.slurm.submit(render_server_script(site, job), SubmitOptions(), user="alice")
+    info = devcluster.slurm.wait(job_id, timeout=120)
+    log = home / f".hpcbinder-server-{job_id}.log"
+    output = log.read_text()
+    log.unlink()
+    assert (info.state, info.exit_code) == ("COMPLETED", 0), output
+    assert "from-start=yes" in output, output
+
+
+def test_the_run_it_with_line_goes_through_start(workspace: Path) -> None:
+    """``hpcbinder build`` prints how to run the image; that line, followed
+    by a command, runs it through the repository's start."""
+    repo = make_repo("base/start", workspace / "repos" / "repo")
+    site_file = workspace / "site.yaml"
+    site_file.write_text(make_site(workspace).model_dump_json())
+    with running_build_server(site_file):
+        built = as_account(
+            "alice",
+            [str(SITE_BIN / "hpcbinder"), "--site", str(site_file), "build", local_spec(repo)],
+            timeout=600,
+        )
+    assert built.returncode == 0, built.stderr
+    line = next(x for x in built.stderr.splitlines() if x.startswith("run it with: "))
+    argv = shlex.split(line.removeprefix("run it with: ").removesuffix(" COMMAND"))
+    assert argv[-1] == "/opt/hpcbinder/env/start", line
+    ran = as_account("alice", [*argv, "sh", "-c", "echo from-start=$FROM_START"], timeout=120)
+    assert "from-start=yes" in ran.stdout, ran.stdout + ran.stderr
 
 
 def test_code_only_commit_builds_nothing(workspace: Path) -> None:
@@ -167,43 +248,59 @@ def test_concurrent_requests_build_once(workspace: Path) -> None:
     assert sum("following it" in err for _, err in outputs) == 2, outputs
 
 
-FAULTS = {
+#: name: (repository files, build settings, failing step, text in the
+#: error or tail, what the error starts with: the log line that says why).
+FAULTS: dict[str, tuple[dict[str, str], dict[str, Any], str, str, str | None]] = {
     "bad-requirement": (
         {"requirements.txt": "hpcbinder-no-such-package==0.0.1\n"},
         {},
         "install environment",
         "hpcbinder-no-such-package",
+        "error: No solution found when resolving dependencies cause: Because "
+        "hpcbinder-no-such-package was not found",
+    ),
+    # A lock whose package does not match its hash: the build fails naming it.
+    "pipfile-lock-hash-mismatch": (
+        {"Pipfile.lock": _LOCK_WITH_A_WRONG_HASH},
+        {},
+        "install environment",
+        "six",
+        "error: Failed to",
     ),
     "postbuild-fails": (
         {"postBuild": "#!/bin/sh\necho postbuild-broke\nexit 3\n"},
         {},
         "install environment",
         "postbuild-broke",
+        None,
     ),
     "apt-missing": (
         {"apt.txt": "hpcbinder-no-such-debian-package\n"},
         {},
         "build image",
         "hpcbinder-no-such-debian-package",
+        "E: Unable to locate package hpcbinder-no-such-debian-package",
     ),
     "timeout": (
         {"postBuild": "#!/bin/sh\necho sleeping\nsleep 120\n"},
         {"timeout_minutes": 0.5},
         "install environment",
         "time limit",
+        None,
     ),
     "repo-too-big": (
         {"postBuild": "#!/bin/sh\ntrue\n", "data.bin": "x" * (2 << 20)},
         {"max_repo_mb": 1},
         "check repository size",
         "over this site's limit",
+        None,
     ),
 }
 
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 def test_faults_fail_cleanly(workspace: Path, fault: str) -> None:
-    files, settings, step, expected = FAULTS[fault]
+    files, settings, step, expected, reason = FAULTS[fault]
     repo = workspace / "repos" / "repo"
     repo.mkdir()
     for name, text in files.items():
@@ -219,6 +316,12 @@ def test_faults_fail_cleanly(workspace: Path, fault: str) -> None:
     assert caught.value.step == step
     assert expected in str(caught.value) + "\n".join(caught.value.tail)
     assert events[-1].phase == "failed" and step in events[-1].message
+    # The failure starts with the log line that says why (then the step and tail).
+    if reason is None:  # no line of the log says why: none is made up
+        assert caught.value.reason is None, caught.value.reason
+    else:
+        assert str(caught.value).startswith(reason), str(caught.value)
+        assert events[-1].message.startswith(reason), events[-1].message
     key = prepared.rendered.env_key
     assert Builder(site).store.lookup(key) is None
     no_leftovers(site, key)

@@ -132,7 +132,7 @@ def test_a_hostile_build_reaches_nothing_and_leaves_nothing(root: Path, strategy
     if strategy == "sif":  # apt.txt: a full SIF build, %post runs the postBuild
         files["apt.txt"] = "file\n"
     hostile = make_repo(root / "repos" / "hostile", files)
-    own_cache = cache_dir(site, pipeline.prepare(local_spec(hostile), site).repo.url)
+    own_cache = cache_dir(site, pipeline.prepare(local_spec(hostile), site).rendered.env_key)
     assert own_cache is not None
     try:
         record = build(site, hostile)
@@ -155,7 +155,7 @@ def test_a_hostile_build_reaches_nothing_and_leaves_nothing(root: Path, strategy
     )
     other = build(site, checker)
     assert other.meta["strategy"] == "overlay"
-    other_cache = cache_dir(site, pipeline.prepare(local_spec(checker), site).repo.url)
+    other_cache = cache_dir(site, pipeline.prepare(local_spec(checker), site).rendered.env_key)
     assert other_cache is not None and list(other_cache.rglob(f"*{tag}*")) == []
 
 
@@ -207,30 +207,33 @@ def test_a_server_sees_its_workspace_not_the_home(
     assert (workspace / "probe-output.txt").read_text() == "seen\n"
 
 
-def test_a_batch_run_sees_its_run_folder_not_the_home(
-    devcluster: DevCluster, shared_dir: Path, alice_secret: str
-) -> None:
+def run_script(devcluster: DevCluster, shared_dir: Path, script: str, run_dir: Path) -> str:
+    """A batch run of ``script`` (a repository's only file) as alice, in the
+    dev base, into ``run_dir``; its job id, once it completed."""
     checkout = shared_dir / "checkout"
     checkout.mkdir()
-    (checkout / "probe.sh").write_text(PROBE + "\n")
+    (checkout / "run.sh").write_text(script)
     site = Site()
-    commit = "b" * 40
-    repo = ResolvedRepo("local/x/HEAD", "file:///x/probe", "HEAD", commit)
-    fetched = Fetched(repo, checkout, "0" * 32, False)
+    repo = ResolvedRepo("local/x/HEAD", "file:///x/probe", "HEAD", "b" * 40)
     record = ImageRecord("0" * 32, DEV_BASE.resolve(), {"strategy": "sif"})
-    plan = batch.TaskPlan("probe.sh", [], [batch.BatchTask(0, {})], False, None)
-    run_dir = shared_dir / "runs"
     run = batch.plan_run(
         site,
-        fetched,
+        Fetched(repo, checkout, "0" * 32, False),
         record,
         launch_argv(record),
         user="alice",
         request=request_for(site, None, {"time": "00:05:00"}, user="alice"),
-        plan=plan,
+        plan=batch.TaskPlan("run.sh", [], [batch.BatchTask(0, {})], False, None),
         output_dir=run_dir,
     )
-    job_id = submit_and_wait(devcluster, batch.render_batch_script(run))
+    return submit_and_wait(devcluster, batch.render_batch_script(run))
+
+
+def test_a_batch_run_sees_its_run_folder_not_the_home(
+    devcluster: DevCluster, shared_dir: Path, alice_secret: str
+) -> None:
+    run_dir = shared_dir / "runs"
+    job_id = run_script(devcluster, shared_dir, PROBE + "\n", run_dir)
     output = (run_dir / f"slurm-{job_id}.out").read_text()
     work = run_dir / f"job-{job_id}" / "task-0" / "work"
     assert alice_secret not in output and not re.search(r"^secret\.txt$", output, re.MULTILINE)
@@ -238,3 +241,35 @@ def test_a_batch_run_sees_its_run_folder_not_the_home(
     assert (work / "probe-output.txt").read_text() == "seen\n"
     provenance = json.loads((work.parent / "provenance.json").read_text())
     assert provenance["state"] == "completed"
+
+
+def test_a_batch_run_cannot_plant_links_the_job_then_writes_through(
+    devcluster: DevCluster, shared_dir: Path
+) -> None:
+    """The run's code links the names the job script writes after it
+    (provenance, its temporary file, the run folder's next log) to a file of
+    the researcher's; the job replaces its own files and never writes
+    through a link, and the run folder is out of the container's sight."""
+    victim = Path("/home/alice/victim-notes.txt")
+    victim.write_text("untouched\n")
+    subprocess.run(["chown", "alice:alice", str(victim)], check=True)
+    plant = (
+        f"ln -sf {victim} ../provenance.json.tmp; ln -sf {victim} ../provenance.json\n"
+        f"for n in $(seq 1 50); do ln -s {victim} ../../../slurm-$(( $SLURM_JOB_ID + n )).out"
+        " 2>/dev/null; done\n"
+        '[ -e "../../../slurm-$SLURM_JOB_ID.out" ] && echo saw-run-folder'
+        " || echo run-folder-hidden\n"
+    )
+    run_dir = shared_dir / "runs"
+    try:
+        job_id = run_script(devcluster, shared_dir, plant, run_dir)
+        assert victim.read_text() == "untouched\n"
+        task = run_dir / f"job-{job_id}" / "task-0"
+        assert not (task / "provenance.json").is_symlink()
+        assert json.loads((task / "provenance.json").read_text())["state"] == "completed"
+        assert not list(run_dir.glob("slurm-*.out.*")) and not any(
+            path.is_symlink() for path in run_dir.glob("slurm-*.out")
+        )
+        assert "run-folder-hidden" in (run_dir / f"slurm-{job_id}.out").read_text()
+    finally:
+        victim.unlink(missing_ok=True)

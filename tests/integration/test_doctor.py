@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DevCluster
+from tests.conftest import SITE_BIN, DevCluster, as_account
 
 PID_DIR = Path("/run/hpcbinder-devcluster")
 
@@ -83,3 +83,23 @@ def test_doctor_names_a_stopped_daemon(
     # Checks that do not depend on the daemon still report on their own.
     assert any(line.startswith("✓ fakeroot builds:") for line in lines)
     assert _doctor(hpcbinder_cli).returncode == 0
+
+
+@pytest.mark.slurm
+def test_doctor_as_the_service_account_checks_its_sudo_rules(devcluster: DevCluster) -> None:
+    """The shipped rules pass; a rule that lets the service account set any
+    variable (SETENV) for a researcher's program fails, naming it."""
+    doctor = [str(SITE_BIN / "hpcbinder"), "doctor"]
+    shipped = as_account("hpcbinder", doctor, timeout=120)
+    assert shipped.returncode == 0, shipped.stdout + shipped.stderr
+    assert any(line.startswith("✓ sudo rules:") for line in shipped.stdout.splitlines())
+    extra = Path("/etc/sudoers.d/zz-hpcbinder-doctor-test")
+    extra.write_text("hpcbinder ALL=(%hpcusers) NOPASSWD:SETENV: /usr/bin/sbatch\n")
+    extra.chmod(0o440)
+    try:
+        loose = as_account("hpcbinder", doctor, timeout=120)
+    finally:
+        extra.unlink()
+    assert loose.returncode == 1
+    failing = [line for line in loose.stdout.splitlines() if line.startswith("✗ sudo rules:")]
+    assert failing and "SETENV" in failing[0], loose.stdout

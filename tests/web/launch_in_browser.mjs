@@ -16,7 +16,8 @@ const browser = await chromium.launch({
 });
 const summary = { phases: [], failed: null };
 try {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const page = await context.newPage();
   page.setDefaultTimeout(240_000);
   await page.goto(link);
   // The service sends us to the hub to log in, then back to the launch page.
@@ -27,6 +28,17 @@ try {
     page.waitForURL(/\/v2\//, { timeout: 30_000 }),
     page.click("input[type=submit], button[type=submit]"),
   ]);
+  // A repository the site does not vouch for: the first launch asks. Before
+  // agreeing, a /build link opened with the same login must not start it.
+  if (await page.$("#confirm-launch")) {
+    summary.confirmPageTitle = await page.title();
+    const probe = await context.newPage();
+    const response = await probe.goto(link.replace("/v2/", "/build/"));
+    summary.unconfirmedBuild = await response.text();
+    await probe.close();
+    await page.click("#confirm-launch");
+    await page.waitForSelector("#phases");
+  }
   summary.launchPageTitle = await page.title();
   const clicked = Date.now();  // logged in, on the launch page: the click
   // Record each phase the page shows until it leaves for the server.

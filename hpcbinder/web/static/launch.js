@@ -6,6 +6,35 @@
   const log = document.getElementById("log");
   const status = document.getElementById("status");
   const source = new EventSource(config.buildUrl);
+  const cancel = document.getElementById("cancel-launch");
+  const notify = document.getElementById("notify-ready");
+  let notifyWhenReady = false;
+  // Waiting in Slurm's queue may take long: the researcher can leave the tab
+  // and be told, or give up and free the queued job.
+  if ("Notification" in window && Notification.permission !== "denied") {
+    notify.hidden = false;
+    notify.onclick = function () {
+      Notification.requestPermission().then(function (answer) {
+        notifyWhenReady = answer === "granted";
+        notify.textContent = notifyWhenReady ? "You will be notified" : "Notifications are off";
+        notify.disabled = true;
+      });
+    };
+  }
+  cancel.onclick = function () {
+    cancel.disabled = true;
+    fetch(config.cancelUrl, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "X-XSRFToken": config.xsrf },
+    }).then(function (response) {
+      source.close();
+      mark("failed");
+      status.textContent = response.ok ? "Cancelled: the queued job is gone." : "Could not cancel.";
+      status.className = "failed";
+      cancel.hidden = true;
+    });
+  };
   function mark(phase) {
     document.querySelectorAll("#phases li").forEach(function (item) {
       item.classList.toggle("current", item.dataset.phase === phase);
@@ -21,13 +50,19 @@
     }
     if (event.phase === "failed") {
       source.close();
+      cancel.hidden = true;
       status.textContent = event.message.trim().split("\n")[0];
       status.className = "failed";
     } else if (event.phase === "ready") {
       source.close();
+      cancel.hidden = true;
+      if (notifyWhenReady) {
+        new Notification("Your Binder is ready", { body: document.title });
+      }
       status.textContent = "Ready: opening your server…";
       window.location.href = event.url;
     } else {
+      cancel.hidden = event.phase !== "launching";
       status.textContent = event.message.trim().split("\n").pop();
     }
   };

@@ -1,0 +1,82 @@
+"""Which repositories a researcher has agreed to run.
+
+A Binder link starts its repository's code as the researcher who clicks
+it, with their Slurm account. A site vouches for some repositories
+(``binder.trusted_repos``); the first launch of any other asks the
+researcher to confirm on the launch page, and the answer is remembered
+per researcher, clone URL and ref. The site's word covers a repository's
+branches and tags only: a commit or another ref (``refs/pull/N/head``)
+may come from anyone who can open a pull request or fork (GitHub serves a
+fork's commits through the parent's URL), so those are always asked.
+The records live in the service's own state folder (the service
+account's, mode 700): nobody else can confirm for a researcher, and a
+link cannot skip the question (the ``/build`` stream a
+browser opens with the hub's cookie is refused until confirmed; clients
+that present the researcher's own token ask explicitly and are not).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from hpcbinder.config import BinderService
+
+#: A branch or tag, by name or full ref; not another ref namespace.
+_NAMED_REF = re.compile(r"(?!refs/)[^/].*|refs/(?:heads|tags)/.+|HEAD")
+#: What git may read as a commit id (a full or abbreviated SHA).
+_COMMIT_LIKE = re.compile(r"[0-9a-fA-F]{7,64}")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Confirmations:
+    """Per-researcher records of the repositories they agreed to run."""
+
+    def __init__(self, policy: BinderService, state_dir: Path) -> None:
+        self.policy = policy
+        self.folder = state_dir / "confirmed"
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def trusted(self, clone_url: str, ref: str) -> bool:
+        """Whether the site vouches for ``clone_url`` at ``ref`` (or asks nobody)."""
+        if not self.policy.confirm_untrusted:
+            return True
+        if not _NAMED_REF.fullmatch(ref) or _COMMIT_LIKE.fullmatch(ref):
+            return False
+        return any(re.fullmatch(pattern, clone_url) for pattern in self.policy.trusted_repos)
+
+    def _path(self, user: str) -> Path:
+        return self.folder / f"{_digest(user)}.json"
+
+    def _confirmed(self, user: str) -> set[str]:
+        try:
+            data = json.loads(self._path(user).read_text())
+        except (OSError, ValueError):
+            return set()
+        return {str(item) for item in data} if isinstance(data, list) else set()
+
+    def needs_confirmation(self, user: str, clone_url: str, ref: str) -> bool:
+        if self.trusted(clone_url, ref):
+            return False
+        return _digest(f"{clone_url}\n{ref}") not in self._confirmed(user)
+
+    def confirm(self, user: str, clone_url: str, ref: str) -> None:
+        """Remember that ``user`` agreed to run ``clone_url`` at ``ref`` (atomically)."""
+        records = sorted(self._confirmed(user) | {_digest(f"{clone_url}\n{ref}")})
+        handle, temporary = tempfile.mkstemp(dir=self.folder, prefix=".confirm-")
+        try:
+            with os.fdopen(handle, "w") as out:
+                json.dump(records, out)
+            os.replace(temporary, self._path(user))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
