@@ -119,6 +119,20 @@ def _account_refusal(site: Site, account: str, user: str) -> str | None:
     return None
 
 
+def partitions_for(site: Site, user: str) -> list[str]:
+    """The site's partitions ``user`` may ask for, as the launch form lists them."""
+    return [
+        name
+        for name, partition in site.partitions.items()
+        if _partition_refusal(name, partition, user) is None
+    ]
+
+
+def accounts_for(site: Site, user: str) -> list[str]:
+    """The Slurm accounts ``user`` may charge, as the site lists them."""
+    return [account for account in site.accounts if _account_refusal(site, account, user) is None]
+
+
 def request_for(
     site: Site,
     profile_name: str | None,

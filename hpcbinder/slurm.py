@@ -71,6 +71,10 @@ class SlurmDialect:
     squeue_pending_jobs: tuple[str, ...] = (
         "squeue", "-h", "-t", "PENDING", "--sort=-p,i", "-o", "%i", "-p",
     )  # fmt: skip
+    #: Each partition's CPUs (allocated/idle/other/total) and GPUs (gres).
+    sinfo_load: tuple[str, ...] = ("sinfo", "-h", "-o", "%P|%C|%G")
+    #: Every pending job's partition (one line per job).
+    squeue_pending_partitions: tuple[str, ...] = ("squeue", "-h", "-a", "-t", "PENDING", "-o", "%P")
     #: Every job of every user and partition with its state and comment. Not
     #: squeue's default states: those leave out suspended and held jobs.
     squeue_comments: tuple[str, ...] = ("squeue", "-h", "-a", "--states=all", "-o", "%T|%k")
@@ -135,6 +139,20 @@ class PartitionState:
     @property
     def usable(self) -> bool:
         return self.available and bool(self.node_states & USABLE_NODE_STATES)
+
+
+@dataclass(frozen=True)
+class PartitionLoad:
+    """How busy a partition is now, as a researcher choosing one wants it."""
+
+    name: str
+    idle_cpus: int
+    total_cpus: int
+    gpus: int  # configured on its nodes (gres gpu), idle or not
+    pending_jobs: int
+
+
+_GPU_GRES = re.compile(r"gpu(?::[A-Za-z0-9_.-]+)?:(\d+)")
 
 
 @dataclass(frozen=True)
@@ -251,6 +269,34 @@ class SlurmCLI:
             name: PartitionState(name, available[name], frozenset(states[name]), name in defaults)
             for name in states
         }
+
+    def partition_load(self) -> dict[str, PartitionLoad]:
+        """Each partition's idle and total CPUs, GPUs and pending jobs (of
+        every user, as far as the site lets this account see them)."""
+        info = proc.check(self._run(list(self.dialect.sinfo_load)))
+        pending = proc.check(self._run(list(self.dialect.squeue_pending_partitions)))
+        waiting: dict[str, int] = {}
+        for line in pending.stdout.split():
+            for name in line.split(","):  # a job may wait for any of several
+                waiting[name] = waiting.get(name, 0) + 1
+        loads: dict[str, PartitionLoad] = {}
+        for line in info.stdout.splitlines():
+            parts = line.strip().split("|")
+            cpus = parts[1].split("/") if len(parts) == 3 else []
+            if len(cpus) != 4 or not all(c.isdigit() for c in cpus):
+                continue
+            name = parts[0].rstrip("*")
+            gpus = sum(int(m.group(1)) for m in _GPU_GRES.finditer(parts[2]))
+            known = loads.get(name)
+            idle, total = int(cpus[1]), int(cpus[3])
+            if known is not None:  # sinfo splits a partition by node configuration
+                idle, total, gpus = (
+                    idle + known.idle_cpus,
+                    total + known.total_cpus,
+                    gpus + known.gpus,
+                )
+            loads[name] = PartitionLoad(name, idle, total, gpus, waiting.get(name, 0))
+        return loads
 
     def submit(
         self,

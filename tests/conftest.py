@@ -8,6 +8,7 @@ skipped with the reason on a developer's machine and fail loudly in CI
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -122,6 +123,22 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_port_block(count: int, attempts: int = 50) -> int:
+    """The first of ``count`` consecutive loopback ports nothing listens on
+    right now (a hub takes its port and the next ones)."""
+    for _ in range(attempts):
+        base = free_port()
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(base, base + count):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return base
+    raise RuntimeError(f"no {count} consecutive free loopback ports")
 
 
 def wait_for_port(port: int, what: str, seconds: float = 10.0, host: str = "127.0.0.1") -> None:

@@ -24,7 +24,7 @@ from tornado.httpclient import HTTPClient, HTTPClientError, HTTPRequest
 from tornado.ioloop import IOLoop
 from tornado.websocket import websocket_connect
 
-from tests.conftest import REPO, SHARED_SCRATCH, SITE_BIN, free_port, wait_for_port
+from tests.conftest import REPO, SHARED_SCRATCH, SITE_BIN, free_port, free_port_block, wait_for_port
 
 #: The hub runs as the service account from the site-wide install.
 SERVICE_ACCOUNT = "hpcbinder"
@@ -97,9 +97,7 @@ def new_hub(site: Path | None = None) -> Hub:
     its spawners read ``site`` (default: the dev cluster's site file)."""
     if not CHP.exists():
         pytest.fail(f"configurable-http-proxy missing at {CHP} (make venv installs it)")
-    port = free_port()
-    while free_port() in (port + 1, port + 2):
-        port = free_port()
+    port = free_port_block(3)  # the proxy, the hub, the proxy's API
     state = SHARED_SCRATCH / f"hub-{uuid.uuid4().hex[:8]}"
     state.mkdir(parents=True)
     shutil.chown(state, SERVICE_ACCOUNT, SERVICE_ACCOUNT)

@@ -19,8 +19,15 @@ from hpcbinder.batchjobs import submit_run
 from hpcbinder.cluster import cluster_slurm
 from hpcbinder.config import Site
 from hpcbinder.errors import UserError
-from hpcbinder.jobrequest import JobRequest, link_overrides, request_for, request_for_link
-from hpcbinder.slurm import SlurmError
+from hpcbinder.jobrequest import (
+    JobRequest,
+    accounts_for,
+    link_overrides,
+    partitions_for,
+    request_for,
+    request_for_link,
+)
+from hpcbinder.slurm import PartitionLoad, SlurmError
 from hpcbinder.web.builds import Built
 from hpcbinder.web.events import KEEPALIVE, Event, failed
 from hpcbinder.web.launcher import LaunchFailed, server_name
@@ -65,6 +72,21 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
             return False
         return self.service.confirmations.needs_confirmation(self.user_name, repo.url, repo.ref)
 
+    async def cluster_view(self) -> dict[str, Any]:
+        """What the forms show a researcher choosing resources: the
+        partitions they may use with their free CPUs, GPUs and queue, and
+        the Slurm accounts they may charge."""
+        loads = await self.service.partition_load()
+        site, user = self.service.site, self.user_name
+        return {
+            "partitions": [
+                loads.get(name) or PartitionLoad(name, 0, 0, 0, 0)
+                for name in partitions_for(site, user)
+            ],
+            "load_known": bool(loads),
+            "accounts": accounts_for(site, user),
+        }
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         reason = self._reason
         exc = kwargs.get("exc_info", (None, None))[1]
@@ -93,8 +115,8 @@ class OAuthCallbackHandler(HubOAuthCallbackHandler):  # type: ignore[misc]
 
 class HomeHandler(BaseHandler):
     @web.authenticated
-    def get(self) -> None:
-        self.page("home.html", user=self.user_name)
+    async def get(self) -> None:
+        self.page("home.html", user=self.user_name, **await self.cluster_view())
 
 
 class LaunchPageHandler(BaseHandler):
@@ -102,7 +124,7 @@ class LaunchPageHandler(BaseHandler):
     then opens the server."""
 
     @web.authenticated
-    def get(self, provider: str, spec: str) -> None:
+    async def get(self, provider: str, spec: str) -> None:
         full = self.raw_spec("v2")
         link = {key: self.get_argument(key) for key in self.request.arguments}
         try:
@@ -137,6 +159,7 @@ class LaunchPageHandler(BaseHandler):
             xsrf=self.xsrf_token.decode(),
             file=self.get_argument("labpath", "") or self.get_argument("filepath", ""),
             user=self.user_name,
+            **await self.cluster_view(),
         )
 
 

@@ -20,6 +20,7 @@ from hpcbinder import proc, templating
 from hpcbinder.build import image_store
 from hpcbinder.cluster import cluster_slurm
 from hpcbinder.config import Site
+from hpcbinder.slurm import PartitionLoad, SlurmError
 from hpcbinder.web.builds import BuildCoordinator
 from hpcbinder.web.launcher import HubAPI, Launcher
 from hpcbinder.web.metrics import Metrics
@@ -28,6 +29,8 @@ from hpcbinder.web.trust import Confirmations
 
 #: How long a health report is reused.
 HEALTH_SECONDS = 30.0
+#: How long a partition load read from Slurm is shown before it is asked again.
+LOAD_SECONDS = 10.0
 
 
 def json_for_script(value: Any) -> Markup:
@@ -76,6 +79,21 @@ class Service:
         return bool(model and model.get("admin"))
 
     _health_cache: tuple[float, list[dict[str, Any]]] | None = None
+    _load_cache: tuple[float, dict[str, PartitionLoad]] | None = None
+
+    async def partition_load(self) -> dict[str, PartitionLoad]:
+        """Each partition's free CPUs, GPUs and queue, asked of Slurm at
+        most every :data:`LOAD_SECONDS` (every page view would otherwise
+        run sinfo and squeue); empty while Slurm does not answer."""
+        now = time.monotonic()
+        if self._load_cache is None or now - self._load_cache[0] > LOAD_SECONDS:
+            slurm = cluster_slurm(self.site, timeout=10)
+            try:
+                loads = await asyncio.to_thread(slurm.partition_load)
+            except (SlurmError, proc.CommandError):
+                loads = {}
+            self._load_cache = (now, loads)
+        return self._load_cache[1]
 
     async def cached_health(self) -> list[dict[str, Any]]:
         """:meth:`health`, checked at most every :data:`HEALTH_SECONDS`: an

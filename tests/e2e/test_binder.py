@@ -206,6 +206,18 @@ def test_service_routes(binder: Binder) -> None:
     assert open_stream(binder.url, "/build/gh/org/repo/HEAD", None).status == 403
     status, page, _ = binder.get("/", binder.token)
     assert status == 200 and 'id="badge-markdown"' in page and "small" in page
+    # What the researcher may use, and how busy it is (sinfo's CPUs of the
+    # dev node); not the build partition, which is not for researchers.
+    cpus = (
+        subprocess.run(
+            ["sinfo", "-h", "-p", "interactive", "-o", "%C"], capture_output=True, text=True
+        )
+        .stdout.strip()
+        .split("/")[-1]
+    )
+    row = re.search(r'<tr data-partition="interactive">(.*?)</tr>', page)
+    assert row and f"of {cpus}</td>" in row.group(1), page
+    assert 'data-partition="build"' not in page
 
 
 def test_the_launch_page_runs_a_file_as_a_batch_job(binder: Binder, devcluster: DevCluster) -> None:
