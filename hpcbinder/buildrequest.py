@@ -164,19 +164,9 @@ class BuildServerClient:
         """Fetch, render and (unless ``prepare_only``) build ``spec``;
         progress goes to ``on_event``. Raises :class:`BuildRefused`,
         :class:`~hpcbinder.build.ImageBuildError` or :class:`BuildServerError`."""
-        account = self.site.build.account
+        payload = BuildRequest(spec, prepare_only, for_user).to_json()
+        connection, response = self._post("/build", payload, "build request", READ_TIMEOUT)
         try:
-            credential = munge.sign(BuildRequest(spec, prepare_only, for_user).to_json(), account)
-        except (munge.MungeError, KeyError) as exc:
-            raise BuildServerError(f"cannot sign the build request with MUNGE: {exc}") from exc
-        connection = http.client.HTTPConnection(
-            self.url.hostname or "127.0.0.1", self.url.port or 80, timeout=READ_TIMEOUT
-        )
-        try:
-            connection.request(
-                "POST", "/build", body=credential, headers={"Content-Type": "text/plain"}
-            )
-            response = connection.getresponse()
             if response.status != 200:
                 reason = response.read().decode(errors="replace").strip()[:300]
                 raise BuildServerError(f"the build server refused the request: {reason}")
@@ -189,10 +179,7 @@ class BuildServerClient:
                 if event.phase != "keepalive":
                     on_event(event)
         except (OSError, http.client.HTTPException) as exc:
-            raise BuildServerError(
-                f"cannot reach the build server at {self.site.build.server_url} "
-                f"(site file: build.server_url): {exc}"
-            ) from exc
+            raise self._unreachable(exc) from exc
         finally:
             connection.close()
         raise BuildServerError("the build server's answer ended without a result")
@@ -201,28 +188,43 @@ class BuildServerClient:
         """Tell the build server that image ``key`` is being launched (for
         ``for_user``); :class:`BuildServerError` if it cannot be told
         within :data:`USE_TIMEOUT` seconds."""
+        payload = UseRequest(key, for_user).to_json()
+        connection, response = self._post("/used", payload, "use report", USE_TIMEOUT)
         try:
-            credential = munge.sign(UseRequest(key, for_user).to_json(), self.site.build.account)
-        except (munge.MungeError, KeyError, proc.CommandError) as exc:
-            raise BuildServerError(f"cannot sign the use report with MUNGE: {exc}") from exc
-        connection = http.client.HTTPConnection(
-            self.url.hostname or "127.0.0.1", self.url.port or 80, timeout=USE_TIMEOUT
-        )
-        try:
-            connection.request(
-                "POST", "/used", body=credential, headers={"Content-Type": "text/plain"}
-            )
-            response = connection.getresponse()
             answer = response.read().decode(errors="replace").strip()[:300]
         except (OSError, http.client.HTTPException) as exc:
-            raise BuildServerError(
-                f"cannot reach the build server at {self.site.build.server_url} "
-                f"(site file: build.server_url): {exc}"
-            ) from exc
+            raise self._unreachable(exc) from exc
         finally:
             connection.close()
         if response.status != 204:
             raise BuildServerError(f"the build server did not record the use of {key}: {answer}")
+
+    def _post(
+        self, path: str, payload: str, what: str, timeout: float
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """``payload`` signed with MUNGE for the build account, posted to
+        ``path``; the open connection (the caller closes it) and its response."""
+        try:
+            credential = munge.sign(payload, self.site.build.account)
+        except (munge.MungeError, KeyError, proc.CommandError) as exc:
+            raise BuildServerError(f"cannot sign the {what} with MUNGE: {exc}") from exc
+        connection = http.client.HTTPConnection(
+            self.url.hostname or "127.0.0.1", self.url.port or 80, timeout=timeout
+        )
+        try:
+            connection.request(
+                "POST", path, body=credential, headers={"Content-Type": "text/plain"}
+            )
+            return connection, connection.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            connection.close()
+            raise self._unreachable(exc) from exc
+
+    def _unreachable(self, exc: Exception) -> BuildServerError:
+        return BuildServerError(
+            f"cannot reach the build server at {self.site.build.server_url} "
+            f"(site file: build.server_url): {exc}"
+        )
 
     def _trusted_result(self, credential: str) -> Fetched:
         try:

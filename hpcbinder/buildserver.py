@@ -40,7 +40,7 @@ from hpcbinder.buildrequest import BuildRequest, ServerEvent, UseRequest
 from hpcbinder.config import Site
 from hpcbinder.errors import UserError
 from hpcbinder.pipeline import Fetched
-from hpcbinder.streams import SharedStream
+from hpcbinder.streams import SharedStream, keep_alive
 
 log = logging.getLogger("hpcbinder.buildserver")
 KEEPALIVE_SECONDS = 10.0
@@ -239,10 +239,11 @@ class BuildRequestHandler(web.RequestHandler):
         self._last_write = time.monotonic()
 
     async def _keepalive(self) -> None:
-        while True:
-            await asyncio.sleep(KEEPALIVE_SECONDS / 2)
-            if time.monotonic() - self._last_write >= KEEPALIVE_SECONDS:
-                await self._send(ServerEvent("keepalive"))
+        await keep_alive(
+            lambda: self._last_write,
+            lambda: self._send(ServerEvent("keepalive")),
+            KEEPALIVE_SECONDS,
+        )
 
     async def post(self) -> None:
         sender, request = await _verified(self.request.body, BuildRequest.from_json)

@@ -6,7 +6,8 @@ Binder service's viewers of one spec."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Generic, TypeVar
 
 E = TypeVar("E")
@@ -52,3 +53,15 @@ class SharedStream(Generic[E, R]):
                 yield event
             if finished and seen == len(self.events):
                 return
+
+
+async def keep_alive(
+    last_write: Callable[[], float], ping: Callable[[], Awaitable[None]], seconds: float
+) -> None:
+    """Until cancelled: ``ping()`` whenever nothing was written for
+    ``seconds`` (``last_write()``: a ``time.monotonic()`` reading), so that
+    proxies and clients keep a quiet stream open."""
+    while True:
+        await asyncio.sleep(seconds / 2)
+        if time.monotonic() - last_write() >= seconds:
+            await ping()

@@ -28,6 +28,7 @@ from hpcbinder.jobrequest import (
     request_for_link,
 )
 from hpcbinder.slurm import PartitionLoad, SlurmError
+from hpcbinder.streams import keep_alive
 from hpcbinder.web.builds import Built
 from hpcbinder.web.events import KEEPALIVE, Event, failed
 from hpcbinder.web.launcher import LaunchFailed, server_name
@@ -212,13 +213,13 @@ class BuildHandler(BaseHandler):
         await self.flush()
         self._last_write = time.monotonic()
 
+    async def _ping(self) -> None:
+        self.write(KEEPALIVE)
+        await self.flush()
+        self._last_write = time.monotonic()
+
     async def _keepalive(self) -> None:
-        while True:
-            await asyncio.sleep(KEEPALIVE_SECONDS / 2)
-            if time.monotonic() - self._last_write >= KEEPALIVE_SECONDS:
-                self.write(KEEPALIVE)
-                await self.flush()
-                self._last_write = time.monotonic()
+        await keep_alive(lambda: self._last_write, self._ping, KEEPALIVE_SECONDS)
 
     async def get(self, provider: str, spec: str) -> None:
         if self.current_user is None:
