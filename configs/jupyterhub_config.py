@@ -42,7 +42,7 @@ c.Authenticator.allowed_users = {"alice", "bob"}
 c.Authenticator.admin_users = {"hubadmin"}  # sees /health's details; runs no server
 
 c.JupyterHub.allow_named_servers = True
-c.JupyterHub.spawner_class = "hpcbinder.spawner.ApptainerSlurmSpawner"
+c.JupyterHub.spawner_class = "hpcbinder.hub.spawner.ApptainerSlurmSpawner"
 c.Spawner.default_url = "/lab"
 # No Spawner.start_timeout: the spawner derives it from the site file's
 # launch.max_queue_minutes (the wait in Slurm's queue, which it enforces

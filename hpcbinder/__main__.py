@@ -1,5 +1,5 @@
 """``python -m hpcbinder``: the same as the ``hpcbinder`` command."""
 
-from hpcbinder.cli import main
+from hpcbinder.cli.main import main
 
 main()

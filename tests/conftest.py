@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hpcbinder import apptainer, proc
-from hpcbinder.slurm import SlurmCLI, SlurmError
+from hpcbinder.seams import apptainer, proc
+from hpcbinder.seams.slurm import SlurmCLI, SlurmError
 
 REPO = Path(__file__).resolve().parent.parent
 DEVCLUSTER = REPO / "slurm" / "devcluster"

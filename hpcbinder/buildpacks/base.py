@@ -4,7 +4,7 @@ start, runtime.txt).
 
 Buildpacks only read files and return data. Hooks return sets, lists and
 dicts; a subclass extends them with ``super()``. No hook produces shell or
-definition text: :mod:`hpcbinder.render` does, from the :class:`BuildPlan`.
+definition text: :mod:`hpcbinder.render.definition` does, from the :class:`BuildPlan`.
 """
 
 from __future__ import annotations

@@ -29,8 +29,8 @@ from typing import Any
 from spython.main.parse.parsers import DockerParser
 
 from hpcbinder.buildpacks.base import _REPO_PATH, BuildPack, Step
-from hpcbinder.checkout import leads_outside
 from hpcbinder.errors import RepoConfigError
+from hpcbinder.sources.checkout import leads_outside
 
 _IGNORED = {
     "EXPOSE": "Apptainer shares the host network; the server's port is chosen at launch",

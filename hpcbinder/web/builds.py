@@ -15,18 +15,18 @@ import logging
 import time
 from dataclasses import dataclass
 
-from hpcbinder import build
-from hpcbinder.buildrequest import (
+from hpcbinder.config import Site
+from hpcbinder.images import builder
+from hpcbinder.images.client import (
     BuildRefused,
     BuildServerClient,
     BuildServerError,
     ServerEvent,
     published_image,
 )
-from hpcbinder.config import Site
-from hpcbinder.images import ImageRecord
-from hpcbinder.pipeline import Fetched
-from hpcbinder.streams import SharedStream
+from hpcbinder.images.store import ImageRecord
+from hpcbinder.images.streams import SharedStream
+from hpcbinder.render.pipeline import Fetched
 from hpcbinder.web.events import Event, failed
 from hpcbinder.web.metrics import Metrics
 
@@ -116,7 +116,7 @@ class BuildCoordinator:
             )
         except BuildRefused as exc:
             await session.finish(failed(str(exc)))
-        except build.ImageBuildError as exc:
+        except builder.ImageBuildError as exc:
             self.metrics.build_finished("failure", time.monotonic() - started)
             tail = "".join(f"  | {line}\n" for line in exc.tail[-15:])
             await session.finish(failed(f"{exc}\n{tail}"))

@@ -14,12 +14,13 @@ from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from hpcbinder import __version__, apptainer, batch, repoproviders
-from hpcbinder.batchjobs import submit_run
-from hpcbinder.cluster import cluster_slurm
+from hpcbinder import __version__
 from hpcbinder.config import Site
 from hpcbinder.errors import UserError
-from hpcbinder.jobrequest import (
+from hpcbinder.images.streams import keep_alive
+from hpcbinder.jobs import batch
+from hpcbinder.jobs.batchjobs import submit_run
+from hpcbinder.jobs.request import (
     JobRequest,
     accounts_for,
     link_overrides,
@@ -27,8 +28,10 @@ from hpcbinder.jobrequest import (
     request_for,
     request_for_link,
 )
-from hpcbinder.slurm import PartitionLoad, SlurmError
-from hpcbinder.streams import keep_alive
+from hpcbinder.seams import apptainer
+from hpcbinder.seams.cluster import cluster_slurm
+from hpcbinder.seams.slurm import PartitionLoad, SlurmError
+from hpcbinder.sources import providers
 from hpcbinder.web.builds import Built
 from hpcbinder.web.events import KEEPALIVE, Event, failed
 from hpcbinder.web.launcher import LaunchFailed, server_name
@@ -62,7 +65,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
         self.set_status(code)
         self.finish(self.service.pages.get_template(name).render(service=self.service, **context))
 
-    def unconfirmed(self, repo: repoproviders.RepoProvider) -> bool:
+    def unconfirmed(self, repo: providers.RepoProvider) -> bool:
         """Whether a browser (the hub's cookie) asks to run ``repo`` before
         the researcher agreed to (:mod:`hpcbinder.web.trust`). A client that
         authenticated with the researcher's own valid token asks explicitly;
@@ -129,7 +132,7 @@ class LaunchPageHandler(BaseHandler):
         full = self.raw_spec("v2")
         link = {key: self.get_argument(key) for key in self.request.arguments}
         try:
-            repo = repoproviders.parse_spec(full, self.service.site.repos)
+            repo = providers.parse_spec(full, self.service.site.repos)
             request_for_link(self.service.site, link, user=self.user_name)
         except UserError as exc:
             self.page("error.html", 400, status=400, reason=str(exc))
@@ -164,7 +167,7 @@ class LaunchPageHandler(BaseHandler):
         )
 
 
-def readable_name(repo: repoproviders.RepoProvider) -> str:
+def readable_name(repo: providers.RepoProvider) -> str:
     """``org/repo @ ref`` for a page, from the clone URL and the ref."""
     tail = repo.url.rstrip("/").removesuffix(".git").split("/")[-2:]
     return f"{'/'.join(tail)} @ {repo.ref}"
@@ -180,7 +183,7 @@ class ConfirmHandler(BaseHandler):
     def post(self, provider: str, spec: str) -> None:
         full = self.raw_spec("confirm")
         try:
-            repo = repoproviders.parse_spec(full, self.service.site.repos)
+            repo = providers.parse_spec(full, self.service.site.repos)
         except UserError as exc:
             self.page("error.html", 400, status=400, reason=str(exc))
             return
@@ -196,7 +199,7 @@ class CancelHandler(BaseHandler):
     @web.authenticated
     async def post(self, provider: str, spec: str) -> None:
         try:
-            repo = repoproviders.parse_spec(self.raw_spec("cancel"), self.service.site.repos)
+            repo = providers.parse_spec(self.raw_spec("cancel"), self.service.site.repos)
             stopped = await self.service.launcher.cancel(self.user_name, server_name(repo.url))
         except UserError as exc:
             raise web.HTTPError(400, str(exc)) from exc
@@ -239,7 +242,7 @@ class BuildHandler(BaseHandler):
         service = self.service
         query = {key: self.get_argument(key) for key in self.request.arguments}
         try:
-            repo = repoproviders.parse_spec(spec, service.site.repos)
+            repo = providers.parse_spec(spec, service.site.repos)
             request_for_link(service.site, query, user=self.user_name)
         except UserError as exc:
             await self.emit(failed(str(exc)))
@@ -307,7 +310,7 @@ class BuildHandler(BaseHandler):
         return launch.result()
 
     def _options(
-        self, built: Built, repo: repoproviders.RepoProvider, query: dict[str, str]
+        self, built: Built, repo: providers.RepoProvider, query: dict[str, str]
     ) -> dict[str, Any]:
         fetched = built.fetched
         options: dict[str, Any] = {
@@ -334,7 +337,7 @@ class BatchHandler(BaseHandler):
         full = self.raw_spec("batch")
         service = self.service
         try:
-            repo = repoproviders.parse_spec(full, service.site.repos)
+            repo = providers.parse_spec(full, service.site.repos)
         except UserError as exc:
             self.page("error.html", 400, status=400, reason=str(exc), user=self.user_name)
             return

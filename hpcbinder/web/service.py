@@ -16,11 +16,12 @@ from jupyterhub.services.auth import HubOAuth
 from markupsafe import Markup
 from tornado.httpclient import AsyncHTTPClient
 
-from hpcbinder import proc, templating
-from hpcbinder.build import image_store
-from hpcbinder.cluster import cluster_slurm
 from hpcbinder.config import Site
-from hpcbinder.slurm import PartitionLoad, SlurmError
+from hpcbinder.images.builder import image_store
+from hpcbinder.render import templating
+from hpcbinder.seams import proc
+from hpcbinder.seams.cluster import cluster_slurm
+from hpcbinder.seams.slurm import PartitionLoad, SlurmError
 from hpcbinder.web.builds import BuildCoordinator
 from hpcbinder.web.launcher import HubAPI, Launcher
 from hpcbinder.web.metrics import Metrics

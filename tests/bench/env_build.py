@@ -20,8 +20,9 @@ import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
-from hpcbinder import apptainer, pipeline, render
-from hpcbinder.build import SCRATCH, Builder, BuildEvent, cache_dir
+from hpcbinder.images.builder import SCRATCH, Builder, BuildEvent, cache_dir
+from hpcbinder.render import definition, pipeline
+from hpcbinder.seams import apptainer
 from tests.bench.common import copy_tree, make_repo, report, site_in, timed, workspace
 
 REQUIREMENTS = "numpy==2.1.3\npandas==2.2.3\nmatplotlib==3.9.2\n"
@@ -97,7 +98,7 @@ def main() -> None:
                     *apptainer.contained_build(
                         naive_dir / "naive.sif",
                         naive_dir / "naive.def",
-                        binds=[apptainer.Bind(str(cache), render.BUILD_CACHE_IN_IMAGE)],
+                        binds=[apptainer.Bind(str(cache), definition.BUILD_CACHE_IN_IMAGE)],
                         workdir=naive_dir / SCRATCH,
                     ),
                 ],

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from hpcbinder.config import load_site
-from hpcbinder.slurm import SlurmCLI, SubmitOptions
+from hpcbinder.seams.slurm import SlurmCLI, SubmitOptions
 from tests.bench.common import report, timed
 from tests.conftest import free_port
 from tests.hubhelpers import close_hub, new_hub, stop_server, wait_ready

@@ -14,16 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from hpcbinder import batch, pipeline
-from hpcbinder.apptainer import launch_argv
-from hpcbinder.build import Builder, BuildEvent, cache_dir
 from hpcbinder.config import Site
-from hpcbinder.images import ImageRecord
-from hpcbinder.jobrequest import request_for
-from hpcbinder.pipeline import Fetched
-from hpcbinder.repoproviders import ResolvedRepo
-from hpcbinder.serverscript import ServerJob, render_server_script, workspace_for
-from hpcbinder.slurm import SubmitOptions
+from hpcbinder.images.builder import Builder, BuildEvent, cache_dir
+from hpcbinder.images.store import ImageRecord
+from hpcbinder.jobs import batch
+from hpcbinder.jobs.request import request_for
+from hpcbinder.jobs.serverscript import ServerJob, render_server_script, workspace_for
+from hpcbinder.render import pipeline
+from hpcbinder.render.pipeline import Fetched
+from hpcbinder.seams.apptainer import launch_argv
+from hpcbinder.seams.slurm import SubmitOptions
+from hpcbinder.sources.providers import ResolvedRepo
 from tests.conftest import SHARED_SCRATCH, DevCluster
 from tests.repohelpers import git, local_spec, site_for_tests
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcbinder.slurm import SubmitOptions
+from hpcbinder.seams.slurm import SubmitOptions
 from tests.conftest import DEVCLUSTER, DevCluster
 
 PID_DIR = Path("/run/hpcbinder-devcluster")

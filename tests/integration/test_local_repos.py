@@ -17,10 +17,10 @@ from urllib.parse import quote
 import pytest
 import yaml
 
-from hpcbinder import git, proc
 from hpcbinder.config import RepoPolicy
 from hpcbinder.errors import RepoNotAllowed
-from hpcbinder.repoproviders import parse_spec
+from hpcbinder.seams import git, proc
+from hpcbinder.sources.providers import parse_spec
 from tests.conftest import SITE_BIN, DevCluster, as_account, running_build_server
 from tests.repohelpers import local_spec
 
@@ -69,15 +69,15 @@ def snapshot(folder: Path) -> list[tuple[str, int, int]]:
 FETCH = """
 import sys
 from pathlib import Path
-from hpcbinder import repoproviders
+from hpcbinder.sources import providers
 from hpcbinder.config import RepoPolicy
 root, cache, *specs = sys.argv[1:]
 policy = RepoPolicy(protocols=["https", "file"], local_roots=[root])
 for spec in specs:
-    provider = repoproviders.parse_spec(spec, policy)
+    provider = providers.parse_spec(spec, policy)
     resolved = provider.resolve()
     print(resolved.url, resolved.commit)
-print(repoproviders.checkout(provider, resolved, Path(cache)))
+print(providers.checkout(provider, resolved, Path(cache)))
 """
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from hpcbinder.config import LoginNode
-from hpcbinder.remote import LoginNodeCommands, Tunnel, env_lines
+from hpcbinder.seams.remote import LoginNodeCommands, Tunnel, env_lines
 from tests.conftest import SHARED_SCRATCH, free_port
 from tests.sshhelpers import running_sshd
 

@@ -29,9 +29,10 @@ from urllib.parse import quote
 
 import pytest
 
-from hpcbinder import git, pipeline
 from hpcbinder.config import Site
 from hpcbinder.errors import RepoConfigError, RepoUnreachable
+from hpcbinder.render import pipeline
+from hpcbinder.seams import git
 from tests.conftest import SHARED_SCRATCH, SITE_BIN, DevCluster, as_account, running_build_server
 from tests.repohelpers import GIT_IDENTITY, local_spec, site_for_tests
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from hpcbinder.config import LoginNode
-from hpcbinder.proc import CommandRunner, LocalRunner
-from hpcbinder.remote import LoginNodeCommands
-from hpcbinder.serverjobs import JobDied, ServerJobs, ServerJobState
-from hpcbinder.slurm import SlurmCLI, SlurmDialect
+from hpcbinder.jobs.servers import JobDied, ServerJobs, ServerJobState
+from hpcbinder.seams.proc import CommandRunner, LocalRunner
+from hpcbinder.seams.remote import LoginNodeCommands
+from hpcbinder.seams.slurm import SlurmCLI, SlurmDialect
 from tests.conftest import DevCluster
 from tests.sshhelpers import running_sshd
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from hpcbinder.config import Site
-from hpcbinder.jobrequest import request_for
-from hpcbinder.serverscript import Seed, ServerJob, render_server_script, workspace_for
-from hpcbinder.slurm import SubmitOptions
+from hpcbinder.jobs.request import request_for
+from hpcbinder.jobs.serverscript import Seed, ServerJob, render_server_script, workspace_for
+from hpcbinder.seams.slurm import SubmitOptions
 from tests.conftest import DevCluster
 
 COMMIT = "a" * 40

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from hpcbinder import images, pipeline
 from hpcbinder.config import Site
-from hpcbinder.images import ImageStore
-from hpcbinder.jobrequest import request_for
-from hpcbinder.serverscript import ServerJob, render_server_script
-from hpcbinder.slurm import QueueState, SubmitOptions
+from hpcbinder.images import store as images
+from hpcbinder.images.store import ImageStore
+from hpcbinder.jobs.request import request_for
+from hpcbinder.jobs.serverscript import ServerJob, render_server_script
+from hpcbinder.render import pipeline
+from hpcbinder.seams.slurm import QueueState, SubmitOptions
 from tests.conftest import SHARED_SCRATCH, SITE_BIN, DevCluster, as_account, running_build_server
 from tests.repohelpers import local_spec, make_repo, site_for_tests
 
@@ -72,7 +73,7 @@ def report_use(
     """What the spawner does at a server's start, as ``user``."""
     code = (
         "import sys; from pathlib import Path\n"
-        "from hpcbinder.buildrequest import BuildServerClient\n"
+        "from hpcbinder.images.client import BuildServerClient\n"
         "from hpcbinder.config import load_site\n"
         "BuildServerClient(load_site(Path(sys.argv[1]))).record_use(sys.argv[2], sys.argv[3])\n"
     )

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from hpcbinder import pipeline
 from hpcbinder.config import Site
 from hpcbinder.errors import RepoNotAllowed
+from hpcbinder.render import pipeline
 from tests.conftest import SHARED_SCRATCH
 from tests.repohelpers import git, local_spec, site_for_tests
 

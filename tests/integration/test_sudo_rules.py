@@ -111,7 +111,7 @@ def test_the_hub_submits_with_its_token_in_the_environment_and_nothing_else(
     code = textwrap.dedent(
         f"""
         import asyncio
-        from hpcbinder.serverjobs import ServerJobs
+        from hpcbinder.jobs.servers import ServerJobs
         script = "#!/bin/sh\\n#SBATCH --output={out}\\nenv\\n"
         env = {{"JUPYTERHUB_API_TOKEN": "tok-123", "LD_LIBRARY_PATH": "/var/tmp/evil",
                 "PATH": "/var/tmp/evil:/usr/bin:/bin"}}

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from hpcbinder.batch import BatchError, expand_array, read_grid
-from hpcbinder.batchjobs import exit_status
-from hpcbinder.notebooks import NotebookError, check_parameters, declared_parameters
-from hpcbinder.slurm import JobInfo
+from hpcbinder.jobs.batch import BatchError, expand_array, read_grid
+from hpcbinder.jobs.batchjobs import exit_status
+from hpcbinder.jobs.notebooks import NotebookError, check_parameters, declared_parameters
+from hpcbinder.seams.slurm import JobInfo
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ import os
 import time
 from pathlib import Path
 
-from hpcbinder.build import cache_dir
-from hpcbinder.storegc import clean_build_caches
+from hpcbinder.images.builder import cache_dir
+from hpcbinder.images.gc import clean_build_caches
 from tests.repohelpers import site_for_tests
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from tornado import web
 
-from hpcbinder.buildserver import BuildQueue, _on_behalf
+from hpcbinder.images.server import BuildQueue, _on_behalf
 from tests.repohelpers import site_for_tests
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hpcbinder.buildlog import LogCap, cap_file, cut_marker
+from hpcbinder.images.buildlog import LogCap, cap_file, cut_marker
 
 
 def test_events_keep_head_and_tail_and_count_the_cut() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from hpcbinder.cli import main
+from hpcbinder.cli.main import main
 from hpcbinder.config import Site, SiteConfigError, load_site, parse_site
 
 

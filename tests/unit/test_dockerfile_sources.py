@@ -17,10 +17,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hpcbinder import pipeline
 from hpcbinder.buildpacks.base import RepoFiles
 from hpcbinder.buildpacks.dockerfile import DockerfileBuildPack
 from hpcbinder.errors import RepoConfigError, UserError
+from hpcbinder.render import pipeline
 from tests.repohelpers import git, local_spec, site_for_tests
 from tests.unit.test_injection import PROPERTY
 

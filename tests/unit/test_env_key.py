@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hpcbinder import pipeline
 from hpcbinder.config import Site
+from hpcbinder.render import pipeline
 from tests.repohelpers import git, local_spec, make_repo, site_for_tests
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from hpcbinder.build import ImageBuildError
-from hpcbinder.buildlog import REASON_CHARS, FailureReason
-from hpcbinder.buildrequest import ServerEvent, _raise_failure
+from hpcbinder.images.builder import ImageBuildError
+from hpcbinder.images.buildlog import REASON_CHARS, FailureReason
+from hpcbinder.images.client import ServerEvent, _raise_failure
 
 # Apptainer and the overlay script around a tool's output, as a build log has them.
 _BEFORE = [

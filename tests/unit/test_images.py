@@ -18,16 +18,18 @@ from types import SimpleNamespace
 
 import pytest
 
-from hpcbinder import images, proc, storegc
-from hpcbinder.batch import BatchRun, BatchTask, render_batch_script
-from hpcbinder.buildrequest import UseRequest
 from hpcbinder.config import Site
-from hpcbinder.images import ImageStore, LockLost, follow_events
-from hpcbinder.jobrefs import JobReferenceError, job_comment, references
-from hpcbinder.jobrequest import request_for
-from hpcbinder.processid import ProcessIdentity
-from hpcbinder.serverscript import Seed, ServerJob, render_server_script
-from hpcbinder.slurm import SlurmCLI, SlurmError
+from hpcbinder.images import gc as storegc
+from hpcbinder.images import store as images
+from hpcbinder.images.client import UseRequest
+from hpcbinder.images.jobrefs import JobReferenceError, job_comment, references
+from hpcbinder.images.store import ImageStore, LockLost, follow_events
+from hpcbinder.jobs.batch import BatchRun, BatchTask, render_batch_script
+from hpcbinder.jobs.request import request_for
+from hpcbinder.jobs.serverscript import Seed, ServerJob, render_server_script
+from hpcbinder.seams import proc
+from hpcbinder.seams.processid import ProcessIdentity
+from hpcbinder.seams.slurm import SlurmCLI, SlurmError
 
 KEY = "0123456789abcdef0123456789abcdef"
 COMMIT = "c" * 40
@@ -431,7 +433,7 @@ def test_a_launch_goes_on_when_its_use_cannot_be_reported(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The spawner's report to a build server that is down: logged, at once."""
-    from hpcbinder.spawner import ApptainerSlurmSpawner
+    from hpcbinder.hub.spawner import ApptainerSlurmSpawner
 
     site = Site.model_validate({"build": {"server_url": "http://127.0.0.1:9"}})
     spawner = SimpleNamespace(

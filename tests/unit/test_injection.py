@@ -19,10 +19,10 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hpcbinder import pipeline
 from hpcbinder.config import RepoPolicy
 from hpcbinder.errors import UserError
-from hpcbinder.repoproviders import parse_spec
+from hpcbinder.render import pipeline
+from hpcbinder.sources.providers import parse_spec
 from tests.repohelpers import git, local_spec, site_for_tests
 
 TOKENS = [*"ab-._/%:;|&$`'\"\\()<>{}*?!#~= \n\t\r", "%post", "%runscript", "\n%files\n", "$(id)"]

@@ -9,9 +9,9 @@ import pwd
 
 import pytest
 
-from hpcbinder import jobrequest
 from hpcbinder.config import Site, parse_site
-from hpcbinder.jobrequest import ResourceError, request_for, user_groups
+from hpcbinder.jobs import request as jobrequest
+from hpcbinder.jobs.request import ResourceError, request_for, user_groups
 
 SITE = """
 partitions:

@@ -35,5 +35,5 @@ def test_wheel_ships_templates_slurm_scripts_and_the_command(tmp_path: Path) -> 
     assert "hpcbinder/templates/README.md" in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    assert "hpcbinder = hpcbinder.cli:main" in text
+    assert "hpcbinder = hpcbinder.cli.main:main" in text
     assert wheel.name.startswith(f"hpcbinder-{hpcbinder.__version__}-")

@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from hpcbinder.jobrequest import accounts_for, partitions_for
-from hpcbinder.proc import CommandResult
-from hpcbinder.slurm import PartitionLoad, SlurmCLI
+from hpcbinder.jobs.request import accounts_for, partitions_for
+from hpcbinder.seams.proc import CommandResult
+from hpcbinder.seams.slurm import PartitionLoad, SlurmCLI
 from tests.repohelpers import site_for_tests
 
 

@@ -9,10 +9,10 @@ from urllib.parse import quote
 
 import pytest
 
-from hpcbinder import git, proc
 from hpcbinder.config import RepoPolicy
 from hpcbinder.errors import RepoNotAllowed, RepoUnreachable, SpecError
-from hpcbinder.repoproviders import (
+from hpcbinder.seams import git, proc
+from hpcbinder.sources.providers import (
     GitRepoProvider,
     ResolvedRepo,
     local_repo_path,

@@ -10,10 +10,10 @@ from urllib.parse import quote
 
 import pytest
 
-from hpcbinder import repoproviders
 from hpcbinder.config import RepoPolicy
 from hpcbinder.errors import RepoNotAllowed, RepoUnreachable, SpecError, UnknownRef
-from hpcbinder.repoproviders import parse_spec
+from hpcbinder.sources import providers
+from hpcbinder.sources.providers import parse_spec
 from tests.conftest import free_port, wait_for_port
 from tests.repohelpers import git
 
@@ -138,11 +138,11 @@ def test_local_specs_only_below_site_roots(repo: Path, tmp_path: Path) -> None:
 def test_checkout_is_exactly_the_commit_and_cached(repo: Path, tmp_path: Path) -> None:
     provider = parse_spec(file_spec(repo, "v1.0"), POLICY)
     resolved = provider.resolve()
-    first = repoproviders.checkout(provider, resolved, tmp_path / "cache")
+    first = providers.checkout(provider, resolved, tmp_path / "cache")
     assert (first / "a.txt").read_text() == "one\n"
     assert git(first, "rev-parse", "HEAD") == resolved.commit
     (first / "marker").write_text("kept")
-    again = repoproviders.checkout(provider, resolved, tmp_path / "cache")
+    again = providers.checkout(provider, resolved, tmp_path / "cache")
     assert again == first and (again / "marker").exists()  # no second fetch
     leftovers = [p.name for p in first.parent.iterdir() if p.name.startswith(".")]
     assert leftovers == []
@@ -179,7 +179,7 @@ def test_git_protocol_over_loopback(git_daemon: str, repo: Path, tmp_path: Path)
     provider = parse_spec(spec, POLICY)
     resolved = provider.resolve()
     assert resolved.commit == git(repo, "rev-parse", "feature/x")
-    checkout = repoproviders.checkout(provider, resolved, tmp_path / "cache")
+    checkout = providers.checkout(provider, resolved, tmp_path / "cache")
     assert (checkout / "a.txt").read_text() == "one\n"
     with pytest.raises(RepoNotAllowed, match="protocol 'git' is not allowed"):
         parse_spec(spec, RepoPolicy(protocols=["https"])).resolve()

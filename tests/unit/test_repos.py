@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from hpcbinder import pipeline
 from hpcbinder.errors import UserError
+from hpcbinder.render import pipeline
 from tests.repohelpers import cases, expected, local_spec, make_repo, site_for_tests
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from hpcbinder import jobrequest
 from hpcbinder.config import Site, SiteConfigError, parse_site
-from hpcbinder.jobrequest import ResourceError, link_overrides, request_for, request_for_link
-from hpcbinder.serverscript import ServerJob, render_server_script
+from hpcbinder.jobs import request as jobrequest
+from hpcbinder.jobs.request import ResourceError, link_overrides, request_for, request_for_link
+from hpcbinder.jobs.serverscript import ServerJob, render_server_script
 
 SITE = """
 partitions:

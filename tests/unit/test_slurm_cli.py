@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hpcbinder.slurm import SlurmCLI, SubmitOptions
+from hpcbinder.seams.slurm import SlurmCLI, SubmitOptions
 
 
 def test_each_option_is_one_argument_whatever_its_value() -> None:

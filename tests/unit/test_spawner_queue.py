@@ -11,8 +11,7 @@ from datetime import datetime
 
 import pytest
 
-from hpcbinder.proc import CommandResult
-from hpcbinder.serverjobs import (
+from hpcbinder.jobs.servers import (
     JobDied,
     LaunchProgress,
     QueueTimeout,
@@ -21,14 +20,15 @@ from hpcbinder.serverjobs import (
     ServerJobState,
     pending_reason,
 )
-from hpcbinder.slurm import SlurmCLI
+from hpcbinder.seams.proc import CommandResult
+from hpcbinder.seams.slurm import SlurmCLI
 
 JOB = "4242"
 TODAY = datetime(2026, 11, 23, 8, 0)
 
 
 class ScriptedSlurm:
-    """A :class:`hpcbinder.proc.CommandRunner`: each ``squeue -j`` answers
+    """A :class:`hpcbinder.seams.proc.CommandRunner`: each ``squeue -j`` answers
     with the next of ``states`` (the last repeats); other commands with
     fixed answers. Every argv is recorded."""
 

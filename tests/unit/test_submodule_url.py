@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hpcbinder.git import submodule_url
+from hpcbinder.seams.git import submodule_url
 
 
 @pytest.mark.parametrize(

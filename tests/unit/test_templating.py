@@ -8,7 +8,7 @@ import subprocess
 import jinja2
 import pytest
 
-from hpcbinder import templating
+from hpcbinder.render import templating
 
 
 def test_image_path_with_shell_syntax_stays_one_word(tmp_path) -> None:  # type: ignore[no-untyped-def]

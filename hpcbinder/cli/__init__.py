@@ -1,0 +1,1 @@
+"""The ``hpcbinder`` command line."""

@@ -1,0 +1,416 @@
+"""ApptainerSlurmSpawner: JupyterHub servers in Slurm jobs, inside a
+repository's Apptainer image, as the researcher.
+
+It keeps batchspawner's SlurmSpawner interface (so hub configs and the
+``batchspawner-singleuser`` port callback work as before) and replaces
+what batchspawner does unsafely: shell strings (argv lists here, via
+:mod:`hpcbinder.jobs.servers`), a hand-written script format (the Jinja2
+template slurm/server.sbatch.j2), a callback that sets any attribute (only
+``port`` is accepted here), a transient squeue failure ending the server,
+and a dead job going unnoticed until the start timeout.
+
+``user_options`` (the Binder service sets them; the options form sets
+``profile``): ``image`` (an env key of the store, or ``base:NAME``),
+``profile`` and the overrides of :data:`hpcbinder.jobs.request.OVERRIDABLE`,
+and ``workspace`` = {``slug``, ``checkout``, ``commit``, ``from_image``}.
+
+While the job waits in Slurm's queue, the spawner's progress events say
+where and why (partition, Slurm's reason in words, place in the queue,
+expected start), then the node it starts on, then that JupyterLab starts;
+the wait is bounded by the site's ``launch.max_queue_minutes`` (the job is
+cancelled), separately from ``launch.start_seconds`` for a started job to
+bring its server up: JupyterHub's ``start_timeout`` defaults to their sum.
+
+Every start or restart from an image of the store tells the build server
+(best effort: a launch never waits on it for long, nor fails for it), so
+that ``images gc`` keeps images whose servers are restarted from the hub
+without a new build request; the job's comment names its image and
+commit (:mod:`hpcbinder.images.jobrefs`) for as long as it waits or runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import math
+import pwd
+import re
+from collections.abc import AsyncIterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from batchspawner import JobStatus, SlurmSpawner
+from jupyterhub.apihandlers import APIHandler, default_handlers
+from jupyterhub.spawner import SpawnException
+from tornado import web
+from traitlets import Float, Integer, Unicode, default
+
+from hpcbinder.config import Site, load_site
+from hpcbinder.images.builder import image_store
+from hpcbinder.images.client import BuildServerClient, BuildServerError
+from hpcbinder.images.entrypoint import image_entrypoint
+from hpcbinder.jobs.request import OVERRIDABLE, request_for
+from hpcbinder.jobs.servers import (
+    JobDied,
+    LaunchProgress,
+    QueueTimeout,
+    QueueWatch,
+    ServerJobs,
+    ServerJobState,
+    ServerJobStatus,
+    accepts_connections,
+)
+from hpcbinder.jobs.serverscript import Seed, ServerJob, render_server_script, workspace_for
+from hpcbinder.seams.apptainer import base_argv, launch_argv
+from hpcbinder.seams.cluster import cluster_runner, cluster_slurm
+from hpcbinder.seams.remote import LoginNodeCommands, Tunnel
+
+_ENV_KEY = re.compile(r"[0-9a-f]{32}")
+_BASE = re.compile(r"base:([A-Za-z0-9][A-Za-z0-9_.-]{0,63})")
+#: Seconds of start_timeout beyond the queue wait and the server's start:
+#: submitting, and the hub's own steps around start().
+_START_MARGIN = 30
+#: Open tunnels, shared by this hub's spawners.
+_TUNNELS: dict[tuple[str, str], Tunnel] = {}
+_STATES = {
+    ServerJobState.PENDING: JobStatus.PENDING,
+    ServerJobState.RUNNING: JobStatus.RUNNING,
+    ServerJobState.UNKNOWN: JobStatus.UNKNOWN,
+    ServerJobState.GONE: JobStatus.NOTFOUND,
+}
+
+
+class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
+    site_file = Unicode(
+        "", help="The hpcbinder site file (default: $HPCBINDER_SITE or /etc/hpcbinder/site.yaml)."
+    ).tag(config=True)
+    query_retries = Integer(
+        4, help="Times a failing squeue is retried (with backoff) before the state is UNKNOWN."
+    ).tag(config=True)
+    query_backoff = Float(0.5, help="First retry delay in seconds; doubles each retry.").tag(
+        config=True
+    )
+    queue_detail_interval = Float(
+        10.0,
+        help="Seconds between the questions about a pending job's place in its "
+        "queue and expected start (its state is asked every startup_poll_interval).",
+    ).tag(config=True)
+
+    @default("start_timeout")
+    def _start_timeout_default(self) -> int:
+        return self._needed_start_timeout()
+
+    def _needed_start_timeout(self) -> int:
+        """The time a launch may take: the site's queue wait, plus the time
+        a started job has to bring its server up, plus a margin."""
+        launch = self.site.launch
+        return math.ceil(launch.max_queue_minutes * 60 + launch.start_seconds) + _START_MARGIN
+
+    @default("startup_poll_interval")
+    def _poll_default(self) -> float:
+        # One squeue as the user costs ~20 ms; batchspawner's 0.5 s is most of a launch.
+        return 0.2
+
+    @default("batchspawner_singleuser_cmd")
+    def _singleuser_default(self) -> str:
+        # In every site base: reports the port without importing JupyterHub first.
+        return "hpcbinder-singleuser"
+
+    @property
+    def site(self) -> Site:
+        cached: Site | None = getattr(self, "_hpcbinder_site", None)
+        if cached is None:
+            cached = load_site(Path(self.site_file) if self.site_file else None)
+            self._hpcbinder_site = cached
+        return cached
+
+    # --- the options form -------------------------------------------------
+
+    @default("options_form")
+    def _profiles_form(self) -> str:
+        choices = "\n".join(
+            f'<option value="{html.escape(name)}"'
+            f"{' selected' if name == self.site.default_profile else ''}>"
+            f"{html.escape(name)}{' — ' + html.escape(p.description) if p.description else ''}"
+            "</option>"
+            for name, p in self.site.profiles.items()
+        )
+        return f'<label for="profile">Resources</label>\n<select name="profile">{choices}</select>'
+
+    def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
+        return {"profile": formdata.get("profile", [""])[0]}
+
+    # --- what the job is made of --------------------------------------------
+
+    def _jobs(self) -> ServerJobs:
+        return ServerJobs(
+            self.user.name,
+            slurm=cluster_slurm(self.site),
+            retries=self.query_retries,
+            backoff=self.query_backoff,
+        )
+
+    def _image(self) -> tuple[str | None, list[str], list[str]]:
+        """The image the options name: its key in the store (None for a
+        site base), the ``apptainer exec`` argv that starts it and the
+        entrypoint the command runs through (the repository's start)."""
+        image = str(self.user_options.get("image") or f"base:{self.site.default_base}")
+        if _ENV_KEY.fullmatch(image):
+            record = image_store(self.site).lookup(image)
+            if record is None:
+                raise ValueError(f"image {image} is not in this site's store")
+            return image, launch_argv(record), image_entrypoint(record)
+        match = _BASE.fullmatch(image)
+        if match is None or match.group(1) not in self.site.bases:
+            raise ValueError(f"image must be an env key or base:NAME, not {image!r}")
+        return None, base_argv(self.site.base_image_path(match.group(1)).resolve()), []
+
+    async def _record_use(self, key: str) -> None:
+        """Tell the build server this server starts from image ``key``; log,
+        never fail, if it cannot be told."""
+        client = BuildServerClient(self.site)
+        try:
+            await asyncio.to_thread(client.record_use, key, self.user.name)
+        except BuildServerError as exc:
+            self.log.warning("Use of image %s by %s not recorded: %s", key, self.user.name, exc)
+
+    def server_job(self) -> ServerJob:
+        """The job for the current user_options, every value checked."""
+        options = self.user_options or {}
+        overrides = {key: options[key] for key in OVERRIDABLE if key in options}
+        request = request_for(self.site, options.get("profile"), overrides, user=self.user.name)
+        home = Path(pwd.getpwnam(self.user.name).pw_dir)
+        command = [self.batchspawner_singleuser_cmd, *self.cmd, *self.get_args()]
+        workspace = seed = None
+        spec = options.get("workspace")
+        if isinstance(spec, dict):
+            workspace = workspace_for(self.site, self.user.name, home, str(spec.get("slug", "")))
+            seed = Seed(
+                Path(str(spec.get("checkout", ""))),
+                str(spec.get("commit", "")),
+                bool(spec.get("from_image", False)),
+            )
+        key, image_argv, entrypoint = self._image()
+        return ServerJob(
+            self.user.name,
+            home,
+            request,
+            image_argv,
+            command,
+            workspace=workspace,
+            seed=seed,
+            job_name=f"hpcbinder-{self.user.name}-{self.name or 'default'}",
+            image_key=key,
+            entrypoint=tuple(entrypoint),
+        )
+
+    # --- batchspawner's hooks, without shell strings ------------------------------
+
+    async def submit_batch_script(self) -> str:
+        job = self.server_job()
+        if job.image_key is not None:
+            await self._record_use(job.image_key)
+        script = render_server_script(self.site, job)
+        self.job_id = await self._jobs().submit(script, self.get_env())
+        self.log.info("Submitted server job %s for %s", self.job_id, self.user.name)
+        return str(self.job_id)
+
+    async def query_job_status(self) -> JobStatus:
+        if not self.job_id:
+            self.job_status = ""
+            return JobStatus.NOTFOUND
+        status = await self._jobs().status(self.job_id)
+        self._set_job_status(status)
+        if status.state is ServerJobState.UNKNOWN:
+            self.log.warning("Slurm did not answer about job %s; keeping it", self.job_id)
+        return _STATES[status.state]
+
+    def _set_job_status(self, status: ServerJobStatus) -> None:
+        """Keep batchspawner's ``job_status`` (read by ``state_is*``) current."""
+        self.job_status = f"{status.state.value} {status.node}".strip()
+
+    def state_ispending(self) -> bool:
+        return str(self.job_status).startswith(ServerJobState.PENDING.value)
+
+    def state_isrunning(self) -> bool:
+        return str(self.job_status).startswith(ServerJobState.RUNNING.value)
+
+    def state_isunknown(self) -> bool:
+        return str(self.job_status).startswith(ServerJobState.UNKNOWN.value)
+
+    def state_gethost(self) -> str:
+        parts = str(self.job_status).split()
+        return parts[1] if len(parts) > 1 else ""
+
+    async def cancel_batch_job(self) -> None:
+        self.log.info("Cancelling server job %s", self.job_id)
+        await self._jobs().cancel(self.job_id)
+
+    def _check_quota(self) -> None:
+        limit = self.site.quotas.max_servers_per_user
+        others = [s for s in self.user.spawners.values() if s is not self and s.active]
+        if len(others) >= limit:
+            raise web.HTTPError(
+                403, f"{self.user.name} already runs {len(others)} servers, this site's limit"
+            )
+
+    _launch: LaunchProgress | None = None
+
+    async def start(self) -> tuple[str, int]:
+        self._launch = LaunchProgress()
+        try:
+            return await self._start(self._launch)
+        except JobDied as exc:
+            raise LaunchEnded(str(exc), reason="job_died", status_code=500) from exc
+        finally:
+            self._launch.finish()
+
+    async def _start(self, launch: LaunchProgress) -> tuple[str, int]:
+        self._check_quota()
+        if self.start_timeout < self._needed_start_timeout():
+            self.log.warning(
+                "start_timeout (%s s) is shorter than the site's launch limits need (%s s): "
+                "queued launches will time out early",
+                self.start_timeout,
+                self._needed_start_timeout(),
+            )
+        self.ip = self.traits()["ip"].default_value
+        self.port = 0
+        await self.submit_batch_script()
+        launch.add(10, f"Submitted Slurm job {self.job_id}")
+        jobs = self._jobs()
+        watch = QueueWatch(jobs, self.job_id, launch, self.queue_detail_interval)
+
+        async def on_status(status: ServerJobStatus) -> None:
+            self._set_job_status(status)
+            await watch(status)
+
+        try:
+            host = await jobs.wait_started(
+                self.job_id,
+                self.startup_poll_interval,
+                lambda: self.port != 0,
+                on_status=on_status,
+                max_queue_minutes=self.site.launch.max_queue_minutes,
+            )
+        except QueueTimeout as exc:
+            raise LaunchEnded(str(exc), reason="queue_timeout", status_code=503) from exc
+        self.log.info("Server job %s of %s runs on %s", self.job_id, self.user.name, host)
+        launch.add(80, f"Starting JupyterLab on {host}")
+        if self.site.cluster.tunnel:
+            tunnel = self._open_tunnel(host, self.port)
+            self.ip, self.port = "127.0.0.1", tunnel.local_port
+            listening = partial(asyncio.to_thread, tunnel.reaches_target)
+        else:
+            self.ip = host
+            listening = partial(accepts_connections, host, self.port)
+        await jobs.wait_listening(self.job_id, self.startup_poll_interval, listening)
+        self.db.commit()
+        self.log.info("Server of %s is up at %s:%s", self.user.name, self.ip, self.port)
+        return self.ip, self.port
+
+    async def progress(self) -> AsyncIterator[dict[str, Any]]:
+        """JupyterHub's progress events: this launch's steps, from the first."""
+        if self._launch is None:
+            return
+        async for event in self._launch.follow():
+            yield {"progress": event.percent, "message": event.message}
+
+    async def stop(self, now: bool = False) -> None:
+        self._close_tunnel()
+        await self.cancel_batch_job()
+        if now:
+            return
+        for _ in range(50):
+            if await self.query_job_status() not in (JobStatus.RUNNING, JobStatus.UNKNOWN):
+                return
+            await asyncio.sleep(0.2)
+        self.log.warning("Server job %s still runs after scancel", self.job_id)
+
+    async def poll(self) -> int | None:
+        status: int | None = await super().poll()
+        if status is None and self._tunnel_state and self._tunnel_key() not in _TUNNELS:
+            # A restarted hub: the proxy still routes to the tunnel's old port.
+            host, port, local_port = self._tunnel_state
+            self._open_tunnel(str(host), int(port), int(local_port))
+        return status
+
+    # --- the SSH tunnel to a compute node (cluster.tunnel) ------------------
+
+    _tunnel_state: list[Any] | None = None
+
+    def _tunnel_key(self) -> tuple[str, str]:
+        return self.user.name, self.name
+
+    def _open_tunnel(self, host: str, port: int, local_port: int = 0) -> Tunnel:
+        self._close_tunnel()
+        runner = cluster_runner(self.site)
+        if not isinstance(runner, LoginNodeCommands):
+            raise ValueError("cluster.tunnel needs cluster.login")
+        tunnel = Tunnel(partial(runner.transport, self.user.name), (host, port), local_port)
+        _TUNNELS[self._tunnel_key()] = tunnel
+        self._tunnel_state = [host, port, tunnel.local_port]
+        self.log.info(
+            "Tunnel 127.0.0.1:%s -> %s:%s for %s", tunnel.local_port, host, port, self.user.name
+        )
+        return tunnel
+
+    def _close_tunnel(self) -> None:
+        tunnel = _TUNNELS.pop(self._tunnel_key(), None)
+        if tunnel is not None:
+            tunnel.close()
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        self._tunnel_state = state.get("tunnel")
+
+    def get_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = super().get_state()
+        if self._tunnel_state:
+            state["tunnel"] = self._tunnel_state
+        return state
+
+    def clear_state(self) -> None:
+        super().clear_state()
+        self._close_tunnel()
+        self._tunnel_state = None
+
+
+class LaunchEnded(SpawnException):  # type: ignore[misc]
+    """A launch that ended for a reason a researcher can read: the queue
+    wait outlasted the site's limit (503: the cluster is busy, not
+    broken), or the job ended while starting (its output's last lines).
+    The hub shows the message as it is, without a traceback."""
+
+    def __init__(self, message: str, *, reason: str, status_code: int) -> None:
+        super().__init__(message, reason=reason, status_code=status_code)
+        self.jupyterhub_message = message
+
+
+class PortOnlyAPIHandler(APIHandler):  # type: ignore[misc]
+    """The job's callback (batchspawner-singleuser): it may set its port, nothing else."""
+
+    @web.authenticated
+    def post(self) -> None:
+        user = self.current_user
+        token = self.get_auth_token()
+        spawner = next((s for s in user.spawners.values() if s.api_token == token), None)
+        if spawner is None:
+            raise web.HTTPError(403, "not a server's token")
+        data = self.get_json_body() or {}
+        extra = sorted(set(data) - {"port"})
+        if extra:
+            self.log.warning("Rejected %s from the server job of %s", extra, user.name)
+            raise web.HTTPError(400, f"only 'port' may be set, not {', '.join(extra)}")
+        port = data.get("port")
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            raise web.HTTPError(400, "port must be an integer from 1 to 65535")
+        spawner.port = port
+        self.set_status(201)
+        self.finish({"message": "port set"})
+
+
+# Take batchspawner's route: its handler sets any attribute the job posts.
+default_handlers[:] = [h for h in default_handlers if h[0] != r"/api/batchspawner"]
+default_handlers.append((r"/api/batchspawner", PortOnlyAPIHandler))

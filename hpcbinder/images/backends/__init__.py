@@ -1,0 +1,70 @@
+"""Build backends: where a build's commands run.
+
+A build is a short list of argv commands (see :mod:`hpcbinder.images.builder`) run
+in one working directory as the build account. A backend runs them on this
+host (:class:`LocalBackend`), in a Slurm job on the build partition
+(:class:`SlurmBackend`) or on a build host over SSH (:class:`SSHBackend`),
+streaming their output and stopping them at the site's time limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from hpcbinder.config import Site
+
+
+@dataclass(frozen=True)
+class BuildStep:
+    """One command of a build, named for progress and error messages."""
+
+    name: str
+    argv: list[str]
+
+
+@dataclass(frozen=True)
+class BuildCommands:
+    """What to run for one build: commands, in order, in ``cwd``."""
+
+    steps: list[BuildStep]
+    cwd: Path
+    log: Path  # where the backend keeps the full output (in the staging folder)
+    timeout: float
+
+
+class BuildFailed(RuntimeError):
+    """A build command failed; ``tail`` holds the last lines of its output."""
+
+    def __init__(self, step: str, message: str, tail: list[str]) -> None:
+        self.step = step
+        self.tail = tail
+        super().__init__(f"{step}: {message}")
+
+
+#: Told what a backend started ("session 1234" or "slurm-job 56"), so that a
+#: build taking over from a dead one can stop it.
+OnStart = Callable[[str], None]
+
+
+class Backend(Protocol):
+    name: str
+
+    def run(self, build: BuildCommands, on_line: Callable[[str], None], on_start: OnStart) -> None:
+        """Run every command; :class:`BuildFailed` at the first that fails."""
+
+
+def backend_for(site: Site) -> Backend:
+    """The backend the site file chooses."""
+    from hpcbinder.images.backends.local import LocalBackend
+    from hpcbinder.images.backends.slurmjob import SlurmBackend
+    from hpcbinder.images.backends.ssh import SSHBackend
+
+    backends: dict[str, Callable[[Site], Backend]] = {
+        "local": LocalBackend,
+        "slurm": SlurmBackend,
+        "ssh": SSHBackend,
+    }
+    return backends[site.build.backend](site)

@@ -1,0 +1,341 @@
+"""The build server (``hpcbinder build-server``): the one process that
+fetches repositories, builds images and writes the image store, running as
+the build account.
+
+Researchers' CLI and the Binder service ask it over HTTP with a MUNGE
+credential (see :mod:`hpcbinder.images.client`); neither needs rights to the
+store, sudo to the build account, or a site file of its own that the
+server would trust: the server applies its own site file's policy.
+
+One build per spec runs at a time, shared by everyone who asks and run to
+its end whoever leaves; specs that render to the same environment share one
+build through the store's lock. At most ``binder.max_parallel_builds``
+build at once (the rest wait in a queue and hear their position), and one
+researcher may have ``build.max_builds_per_user`` builds in progress.
+
+As the store's owner it also records use: of an image at every request
+that finds it built (and at every build), of an image a launch reports
+(``POST /used``: the spawner starting or restarting a server), and of a
+checkout whenever it prepares a repository or starts a build from it;
+``images gc`` keeps what was used (see :mod:`hpcbinder.images.gc`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import pwd
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from tornado import web
+from tornado.iostream import StreamClosedError
+
+from hpcbinder.config import Site
+from hpcbinder.errors import UserError
+from hpcbinder.images import builder
+from hpcbinder.images import gc as storegc
+from hpcbinder.images.client import BuildRequest, ServerEvent, UseRequest
+from hpcbinder.images.streams import SharedStream, keep_alive
+from hpcbinder.render import pipeline
+from hpcbinder.render.pipeline import Fetched
+from hpcbinder.seams import munge
+from hpcbinder.sources import providers
+
+log = logging.getLogger("hpcbinder.images.server")
+KEEPALIVE_SECONDS = 10.0
+#: Phases of :class:`hpcbinder.images.builder.BuildEvent` passed on as log lines.
+_LOGGED = frozenset({"waiting", "building", "log", "smoke", "publishing"})
+
+BuildStream = SharedStream[ServerEvent, Fetched]
+_Request = TypeVar("_Request")
+
+
+async def _verified(body: bytes, parse: Callable[[str], _Request]) -> tuple[str, _Request]:
+    """The sender and the request a MUNGE credential carries (403 if it
+    does not verify, 400 if its request is malformed)."""
+    try:
+        verified = await asyncio.to_thread(munge.verify, body.decode(errors="replace"))
+        return verified.user, parse(verified.payload)
+    except munge.MungeError as exc:
+        raise web.HTTPError(403, reason=str(exc)[:200]) from exc
+    except ValueError as exc:
+        raise web.HTTPError(400, reason=f"malformed request: {exc}"[:200]) from exc
+
+
+def _on_behalf(site: Site, sender: str, for_user: str | None) -> str:
+    """Whom a request is for: the sender, or the researcher a service
+    account of ``build.requesters`` names (403 for anyone else)."""
+    if for_user is None or for_user == sender:
+        return sender
+    if sender not in site.build.requesters:
+        raise web.HTTPError(
+            403,
+            reason=f"{sender} may not ask for builds for others (site file: build.requesters)",
+        )
+    try:
+        uid = pwd.getpwnam(for_user).pw_uid
+    except KeyError:
+        uid = None
+    if uid == 0 or for_user == site.build.account or for_user in site.build.requesters:
+        # Their rights (to read repositories on this host) are not lent out.
+        raise web.HTTPError(403, reason=f"builds are asked for researchers, not {for_user}")
+    if uid is None:
+        raise web.HTTPError(400, reason=f"{for_user!r} is not an account on this host")
+    return for_user
+
+
+class BuildQueue:
+    """Starts, shares, queues and limits builds."""
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
+        self._streams: dict[str, BuildStream] = {}
+        self._owners: dict[str, str] = {}  # spec -> the researcher who started it
+        self._slots = asyncio.Semaphore(site.binder.max_parallel_builds)
+        self._queue: list[BuildStream] = []
+        self._preparing: Counter[str] = Counter()  # fetch-only requests, by researcher
+
+    def in_progress(self) -> Counter[str]:
+        return Counter(self._owners.values()) + self._preparing
+
+    def over_limit(self, user: str) -> ServerEvent | None:
+        """The refusal for a new request of ``user``'s, if they are at the
+        site's limit (builds and fetch-only requests count alike)."""
+        limit = self.site.build.max_builds_per_user
+        if self.in_progress()[user] < limit:
+            return None
+        return ServerEvent(
+            "failed",
+            f"{user} has {limit} builds in progress, this site's limit "
+            "(site file: build.max_builds_per_user); try again when one ends",
+            kind="user",
+        )
+
+    @contextlib.contextmanager
+    def preparing(self, user: str) -> Iterator[None]:
+        """Counts a fetch-only request against ``user``'s limit while it runs."""
+        self._preparing[user] += 1
+        try:
+            yield
+        finally:
+            self._preparing[user] -= 1
+
+    def stream(self, spec: str, user: str) -> BuildStream:
+        """The build of ``spec`` in progress, or a new one started for ``user``."""
+        stream = self._streams.get(spec)
+        if stream is not None and not stream.done:
+            return stream
+        stream = BuildStream(spec)
+        refusal = self.over_limit(user)
+        if refusal is not None:
+            stream.events.append(refusal)
+            stream.done = True
+            return stream
+        self._streams[spec] = stream
+        self._owners[spec] = user
+        task = asyncio.get_running_loop().create_task(self._run(stream))
+        task.add_done_callback(lambda _: self._forget(stream))
+        return stream
+
+    def _forget(self, stream: BuildStream) -> None:
+        if self._streams.get(stream.key) is stream:
+            del self._streams[stream.key]
+            self._owners.pop(stream.key, None)
+
+    async def _run(self, stream: BuildStream) -> None:
+        started = time.monotonic()
+        try:
+            await stream.publish(ServerEvent("fetching", f"Fetching {stream.key}…"))
+            prepared = await asyncio.to_thread(pipeline.prepare, stream.key, self.site)
+            await asyncio.to_thread(storegc.record_checkout_use, prepared.checkout)
+            for warning in prepared.rendered.warnings:
+                await stream.publish(ServerEvent("fetching", f"warning: {warning}"))
+            store = builder.image_store(self.site)
+            record = await asyncio.to_thread(store.lookup, prepared.rendered.env_key)
+            if record is None:
+                await self._build(stream, prepared)
+            else:  # record the use: gc keeps images people launch
+                user = self._owners.get(stream.key, "")
+                await asyncio.to_thread(store.record_use, record.key, user)
+            await stream.finish(ServerEvent("built"), prepared.fetched())
+            log.info(
+                "%s: image %s in %.1f s",
+                stream.key,
+                prepared.rendered.env_key,
+                time.monotonic() - started,
+            )
+        except UserError as exc:
+            await stream.finish(ServerEvent("failed", str(exc), kind="user"))
+        except builder.ImageBuildError as exc:
+            await stream.finish(
+                ServerEvent(
+                    "failed",
+                    exc.message,
+                    kind="build",
+                    key=exc.key,
+                    step=exc.step,
+                    tail=exc.tail[-30:],
+                    reason=exc.reason,
+                )
+            )
+        except Exception:  # a failed event beats a stream that just stops
+            log.exception("build of %s failed", stream.key)
+            await stream.finish(
+                ServerEvent(
+                    "failed", f"internal error while building {stream.key}", kind="internal"
+                )
+            )
+
+    async def _build(self, stream: BuildStream, prepared: pipeline.Prepared) -> None:
+        self._queue.append(stream)
+        await self._announce_queue()
+        try:
+            async with self._slots:
+                self._queue.remove(stream)
+                await self._announce_queue()
+                await self._build_now(stream, prepared)
+        finally:
+            if stream in self._queue:  # cancelled while queued
+                self._queue.remove(stream)
+
+    async def _announce_queue(self) -> None:
+        for position, waiting in enumerate(self._queue, 1):
+            await waiting.publish(
+                ServerEvent(
+                    "waiting",
+                    f"Waiting for a build slot: number {position} in the queue",
+                    queue_position=position,
+                )
+            )
+
+    async def _build_now(self, stream: BuildStream, prepared: pipeline.Prepared) -> None:
+        loop = asyncio.get_running_loop()
+        await stream.publish(ServerEvent("building", f"Building image {prepared.rendered.env_key}"))
+        # gc keeps a checkout for a build's time limit after its last use.
+        await asyncio.to_thread(storegc.record_checkout_use, prepared.checkout)
+
+        def emit(event: builder.BuildEvent) -> None:
+            if event.phase in _LOGGED:
+                line = ServerEvent("log", event.message.rstrip("\n"))
+                asyncio.run_coroutine_threadsafe(stream.publish(line), loop)
+
+        await asyncio.to_thread(builder.Builder(self.site).build_image, prepared, emit)
+
+
+class BuildRequestHandler(web.RequestHandler):
+    """``POST /build``: a MUNGE credential in, a stream of JSON lines out."""
+
+    _last_write = 0.0
+
+    @property
+    def site(self) -> Site:
+        site: Site = self.settings["site"]
+        return site
+
+    async def _send(self, event: ServerEvent) -> None:
+        self.write(event.to_line())
+        await self.flush()
+        self._last_write = time.monotonic()
+
+    async def _keepalive(self) -> None:
+        await keep_alive(
+            lambda: self._last_write,
+            lambda: self._send(ServerEvent("keepalive")),
+            KEEPALIVE_SECONDS,
+        )
+
+    async def post(self) -> None:
+        sender, request = await _verified(self.request.body, BuildRequest.from_json)
+        user = _on_behalf(self.site, sender, request.for_user)
+        log.info("%s asks for %r%s", sender, request.spec, f" for {user}" if user != sender else "")
+        self.set_header("Content-Type", "application/x-ndjson")
+        self.set_header("Cache-Control", "no-cache")
+        keepalive = asyncio.get_running_loop().create_task(self._keepalive())
+        try:
+            result = await self._answer(request, user)
+            if result is not None:
+                signed = await asyncio.to_thread(munge.sign, json.dumps(result.to_json()), sender)
+                await self._send(ServerEvent("done", credential=signed))
+        except StreamClosedError:
+            pass  # the client left; a build goes on for the others
+        finally:
+            keepalive.cancel()
+
+    async def _answer(self, request: BuildRequest, user: str) -> Fetched | None:
+        try:  # the build account's rights are never lent to read a repository
+            await asyncio.to_thread(providers.check_shareable, request.spec, self.site.repos)
+        except UserError as exc:
+            await self._send(ServerEvent("failed", str(exc), kind="user"))
+            return None
+        queue: BuildQueue = self.settings["queue"]
+        if request.prepare_only:
+            refusal = queue.over_limit(user)
+            if refusal is not None:
+                await self._send(refusal)
+                return None
+            try:
+                with queue.preparing(user):
+                    prepared = await asyncio.to_thread(pipeline.prepare, request.spec, self.site)
+            except UserError as exc:
+                await self._send(ServerEvent("failed", str(exc), kind="user"))
+                return None
+            await asyncio.to_thread(storegc.record_checkout_use, prepared.checkout)
+            return prepared.fetched()
+        stream = queue.stream(request.spec, user)
+        async for event in stream.follow():
+            if event.phase != "built":
+                await self._send(event)
+        result: Fetched | None = stream.result
+        return result
+
+
+class UseHandler(web.RequestHandler):
+    """``POST /used``: a MUNGE credential carrying a :class:`UseRequest`;
+    204 once the use is recorded, 404 for an image the store does not have."""
+
+    async def post(self) -> None:
+        site: Site = self.settings["site"]
+        sender, request = await _verified(self.request.body, UseRequest.from_json)
+        user = _on_behalf(site, sender, request.for_user)
+        store = builder.image_store(site)
+        if await asyncio.to_thread(store.lookup, request.key) is None:
+            raise web.HTTPError(404, reason=f"no image {request.key} in the store")
+        await asyncio.to_thread(store.record_use, request.key, user)
+        log.info("%s uses image %s%s", user, request.key, f" ({sender})" if user != sender else "")
+        self.set_status(204)
+        self.finish()
+
+
+class HealthHandler(web.RequestHandler):
+    def get(self) -> None:
+        self.finish({"ok": True})
+
+
+def make_app(site: Site) -> web.Application:
+    return web.Application(
+        [(r"/build", BuildRequestHandler), (r"/used", UseHandler), (r"/health", HealthHandler)],
+        site=site,
+        queue=BuildQueue(site),
+    )
+
+
+async def serve(site: Site, ip: str, port: int) -> None:
+    """Run until cancelled."""
+    logging.basicConfig(
+        level=logging.INFO, format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s"
+    )
+    make_app(site).listen(port, ip)
+    log.info("build server on %s:%s, image store %s", ip, port, site.image_store)
+    await asyncio.Event().wait()
+
+
+def options(site: Site) -> dict[str, Any]:
+    """Where the site's build server listens (``build.server_url``)."""
+    url = site.build.server_url.rstrip("/").removeprefix("http://")
+    host, _, port = url.rpartition(":")
+    return {"ip": host, "port": int(port)}

@@ -1,0 +1,1 @@
+"""Slurm jobs: resource requests, server and batch job scripts, run records."""

@@ -1,0 +1,387 @@
+"""BuildPlan + site → Apptainer definition text and env key. The only place
+that writes definitions.
+
+The definition names repository files by paths relative to the checkout
+(the builder runs ``apptainer build`` there), so the same environment gives
+the same text whatever commit or cache directory it came from. The env key
+hashes that text with the contents of exactly the files the build reads:
+a commit that changes only notebooks keeps its key and its image.
+
+Every value that reaches the text was validated by a full-match pattern
+(buildpacks, site file) or is shell-quoted by the template; as a last
+guard the rendered text must contain exactly the sections the template
+wrote, or rendering fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+from hpcbinder.buildpacks.base import ENV_FILES_DIR, REPO_DIR, BuildPlan
+from hpcbinder.buildpacks.conda import CONDA_ENV
+from hpcbinder.config import Site
+from hpcbinder.errors import RepoConfigError
+from hpcbinder.render import templating
+from hpcbinder.seams.apptainer import Bind
+
+#: Changes whenever the templates change what a build does.
+RENDERER_VERSION = "1"
+#: The Python environment of every site base: Jupyter server and default kernel.
+KERNEL_PREFIX = "/opt/hpcbinder/python"
+#: A repository's own Python packages (a venv that sees the base's packages).
+KERNEL_ENV = "/opt/hpcbinder/kernel"
+CA_IN_IMAGE = "/etc/hpcbinder/ca-bundle.crt"
+#: Where builders bind the build's download cache (site: build.cache_dir;
+#: one per repository, see build.cache_dir).
+BUILD_CACHE_IN_IMAGE = "/opt/hpcbinder/build-cache"
+#: Where an overlay build sees the checkout, the host's files (CA bundle) and its script.
+CONTEXT_IN_IMAGE = "/mnt/hpcbinder-context"
+HOST_FILES_IN_IMAGE = "/mnt/hpcbinder-files"
+OVERLAY_SCRIPT_IN_IMAGE = "/mnt/hpcbinder-build.sh"
+JULIA_VERSION = "1.10.5"
+#: The image's runscript, in a full build (%runscript) and an overlay alike.
+RUNSCRIPT_IN_IMAGE = "/.singularity.d/runscript"
+
+_SAFE_PATH = re.compile(r"/?[A-Za-z0-9_.+-]+(?:/[A-Za-z0-9_.+-]+)*/?")
+_DOCKER_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*")
+_SECTION = re.compile(r"^\s*%(\w+)")
+
+
+@dataclass(frozen=True)
+class BaseChoice:
+    """The image a repository builds on: a site base, or a Dockerfile's FROM."""
+
+    name: str
+    python: str
+    bootstrap: str  # "localimage" or "docker"
+    source: str  # a SIF path, or a docker reference
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A definition ready to build, and the key its image is stored under.
+
+    ``overlay_script`` is the same build as a script for an overlay on the
+    base (None where the image cannot be an overlay: Dockerfiles).
+    ``entrypoint`` is what every command run in the image goes through
+    (see :func:`entrypoint`).
+    """
+
+    definition: str
+    env_key: str
+    base: BaseChoice
+    warnings: list[str]
+    overlay_script: str | None = None
+    entrypoint: list[str] = field(default_factory=list)
+
+
+def _minor(version: str) -> int:
+    return int(version.split(".")[1])
+
+
+def choose_base(site: Site, plan: BuildPlan) -> BaseChoice:
+    """The base whose Python the repository asks for, by the site's policy."""
+    default = site.bases[site.default_base]
+
+    def choice(name: str, warnings: list[str] | None = None) -> BaseChoice:
+        image = _safe_path(str(site.base_image_path(name)), "site: image_store")
+        return BaseChoice(name, site.bases[name].python, "localimage", image, warnings or [])
+
+    offered = ", ".join(sorted({b.python for b in site.bases.values()}))
+    wanted = plan.python_version
+    if wanted is None or wanted == "3":
+        if plan.python_requires:
+            spec = SpecifierSet(plan.python_requires)
+            if Version(default.python) in spec:
+                return choice(site.default_base)
+            fits = sorted(
+                (n for n, b in site.bases.items() if Version(b.python) in spec),
+                key=lambda n: _minor(site.bases[n].python),
+            )
+            if fits:
+                return choice(fits[-1])
+            message = (
+                f"pyproject.toml requires-python {plan.python_requires!r} matches no "
+                f"Python of this site ({offered})"
+            )
+            if site.python_policy == "exact":
+                raise RepoConfigError("pyproject.toml", message)
+            return choice(site.default_base, [f"{message}; using {default.python}"])
+        return choice(site.default_base)
+    exact = [name for name, base in site.bases.items() if base.python == wanted]
+    if exact:
+        return choice(site.default_base if site.default_base in exact else sorted(exact)[0])
+    source = "runtime.txt" if plan.buildpack != "pipfile" else "Pipfile"
+    if site.python_policy == "exact":
+        raise RepoConfigError(
+            source,
+            f"Python {wanted} is not offered by this site (it offers {offered}; policy: exact)",
+        )
+    nearest = min(
+        site.bases,
+        key=lambda n: (
+            abs(_minor(site.bases[n].python) - _minor(wanted)),
+            -_minor(site.bases[n].python),
+        ),
+    )
+    return choice(
+        nearest,
+        [
+            f"Python {wanted} is not offered by this site; using the nearest, "
+            f"{site.bases[nearest].python}"
+        ],
+    )
+
+
+def _safe_path(value: str, what: str) -> str:
+    if not _SAFE_PATH.fullmatch(value) or ".." in value.split("/"):
+        raise RepoConfigError(
+            what, f"path {value[:80]!r} has characters this site does not accept in definitions"
+        )
+    return value
+
+
+def _check_sections(text: str, expected: list[str]) -> None:
+    found = [m.group(1) for line in text.splitlines() if (m := _SECTION.match(line))]
+    if found != expected:
+        raise RepoConfigError(
+            "(definition)",
+            f"a value would have changed the definition's sections ({found} instead of {expected})",
+        )
+
+
+def _normalised(text: str) -> str:
+    """Line endings and trailing space do not change an environment."""
+    lines = [line.rstrip() for line in text.replace("\r\n", "\n").split("\n")]
+    return "\n".join(line for line in lines if line) + "\n"
+
+
+def env_key(
+    definition: str, plan: BuildPlan, checkout: Path, tree_id: str | None, base_identity: str
+) -> str:
+    """Hash of everything the build reads, and of the entrypoint its image
+    records (only where there is one: images without keep their keys)."""
+    digest = hashlib.sha256()
+    header: dict[str, object] = {
+        "renderer": RENDERER_VERSION,
+        "base": base_identity,
+        "tree": tree_id if plan.reads_whole_repo else None,
+    }
+    if entry := entrypoint(plan):
+        header["entrypoint"] = entry
+    digest.update(json.dumps(header, sort_keys=True).encode())
+    digest.update(b"\0definition\0" + definition.encode())
+    for relative in plan.env_files:
+        content = (checkout / relative).read_text(encoding="utf-8")
+        digest.update(f"\0file\0{relative}\0".encode() + _normalised(content).encode())
+    return digest.hexdigest()[:32]
+
+
+def base_identity(site: Site, base: BaseChoice) -> str:
+    """What identifies the base image: its site settings and, once built,
+    the file itself (a rebuilt base changes every key built on it)."""
+    parts = [base.bootstrap, base.source]
+    if base.name in site.bases:
+        parts.append(site.bases[base.name].model_dump_json())
+    image = Path(base.source)
+    if base.bootstrap == "localimage" and image.is_file():
+        stat = image.stat()
+        parts.append(f"{stat.st_size}:{stat.st_mtime_ns}")
+    return "|".join(parts)
+
+
+def _build_context(site: Site) -> dict[str, object]:
+    """Values every definition template uses: the site's network and paths."""
+    network = site.network
+    ca_bundle = network.ca_bundle
+    return {
+        "ca_bundle": _safe_path(str(ca_bundle), "site: network.ca_bundle") if ca_bundle else None,
+        "ca_in_image": CA_IN_IMAGE,
+        "build_cache": BUILD_CACHE_IN_IMAGE if site.build.cache_dir else None,
+        "network": network,
+        "kernel_prefix": KERNEL_PREFIX,
+        "kernel_env": KERNEL_ENV,
+        "repo_dir": REPO_DIR,
+        "env_dir": ENV_FILES_DIR,
+        "conda_env": CONDA_ENV,
+        "julia_version": JULIA_VERSION,
+    }
+
+
+def _sections(has_files: bool, build_cache: bool) -> list[str]:
+    """The sections the definition templates write, in order."""
+    return [
+        "labels",
+        *(["files"] if has_files else []),
+        *(["setup"] if build_cache else []),
+        "environment",
+        "post",
+        "runscript",
+    ]
+
+
+def _repo_files(plan: BuildPlan) -> list[tuple[str, str]]:
+    """(checkout-relative source, target in the image) for the build."""
+    files = [(_safe_path(f, f), f"{ENV_FILES_DIR}/{f}") for f in plan.env_files]
+    if plan.reads_whole_repo:
+        files.append((".", REPO_DIR))
+    return files
+
+
+def overlay_host_binds(site: Site) -> list[Bind]:
+    """The host files an overlay build copies in, in the order
+    overlay.sh.j2 numbers them."""
+    ca_bundle = site.network.ca_bundle
+    return [Bind(str(ca_bundle), f"{HOST_FILES_IN_IMAGE}/0", read_only=True)] if ca_bundle else []
+
+
+def _overlay_script(plan: BuildPlan, site: Site, base: BaseChoice) -> str:
+    context = _build_context(site)
+    return templating.render(
+        "templates",
+        "overlay.sh.j2",
+        plan=plan,
+        base=base,
+        files=_repo_files(plan),
+        host_files=[CA_IN_IMAGE] if context["ca_bundle"] else [],
+        context_dir=CONTEXT_IN_IMAGE,
+        host_files_dir=HOST_FILES_IN_IMAGE,
+        **context,
+    )
+
+
+def _repo_definition(plan: BuildPlan, site: Site, base: BaseChoice) -> tuple[str, list[str]]:
+    files = _repo_files(plan)
+    context = _build_context(site)
+    text = templating.render(
+        "templates", "repo.def.j2", plan=plan, base=base, files=files, **context
+    )
+    return text, _sections(bool(files or context["ca_bundle"]), bool(context["build_cache"]))
+
+
+def map_from_image(site: Site, image: str, relative: str) -> BaseChoice:
+    """The bootstrap for a Dockerfile's FROM, through the site's table."""
+    target = site.dockerfiles.from_map.get(image)
+    if target is None:
+        if not site.dockerfiles.allow_unmapped:
+            raise RepoConfigError(
+                relative,
+                f"FROM {image}: this site builds only from the images in its dockerfiles.from_map",
+            )
+        target = f"docker://{image}"
+    if target.startswith("base:"):
+        name = target.removeprefix("base:")
+        if name not in site.bases:
+            raise RepoConfigError(relative, f"FROM {image} maps to unknown base {name!r}")
+        path = _safe_path(str(site.base_image_path(name)), "site: image_store")
+        return BaseChoice(name, site.bases[name].python, "localimage", path)
+    if target.startswith("docker://"):
+        reference = target.removeprefix("docker://")
+        if not _DOCKER_REF.fullmatch(reference):
+            raise RepoConfigError(relative, f"FROM {image}: invalid image reference {reference!r}")
+        return BaseChoice(target, "", "docker", reference)
+    return BaseChoice(target, "", "localimage", _safe_path(target, "site: dockerfiles.from_map"))
+
+
+def _dockerfile_definition(
+    plan: BuildPlan, recipe: dict[str, Any], site: Site
+) -> tuple[str, list[str], BaseChoice]:
+    relative = recipe["file"]
+    base = map_from_image(site, recipe["from"], relative)
+    files = [(_safe_path(src, relative), _safe_path(dst, relative)) for src, dst in recipe["files"]]
+    context = _build_context(site)
+    text = templating.render(
+        "templates",
+        "dockerfile.def.j2",
+        plan=plan,
+        base=base,
+        files=files,
+        recipe=recipe,
+        **context,
+    )
+    return text, _sections(bool(files or context["ca_bundle"]), bool(context["build_cache"])), base
+
+
+def base_packages(hub_major: int) -> list[str]:
+    """What every base installs into its Python: the single-user server that
+    matches the hub's major version, what batchspawner needs in the job, and
+    what batch jobs run notebooks with."""
+    return [
+        f"jupyterhub>={hub_major},<{hub_major + 1}",
+        "batchspawner>=1.3,<2",
+        "jupyterlab>=4,<5",
+        "notebook>=7,<8",
+        "ipykernel>=6",
+        # Installs a repository's requirements several times faster than pip.
+        "uv>=0.5",
+        # Batch mode executes notebooks with parameters (hpcbinder sbatch).
+        "papermill>=2.6,<3",
+    ]
+
+
+def render_base(site: Site, name: str, hub_major: int) -> str:
+    """The definition of site base image ``name``."""
+    base = site.bases[name]
+    if base.bootstrap == "debootstrap" and base.mirror is None:
+        raise RepoConfigError("site", f"bases.{name}.mirror: required for debootstrap")
+    context = _build_context(site)
+    text = templating.render(
+        "templates",
+        "base.def.j2",
+        base=base,
+        base_name=name,
+        packages=base_packages(hub_major),
+        **context,
+    )
+    expected = [*_sections(bool(context["ca_bundle"]), bool(context["build_cache"])), "test"]
+    _check_sections(text, expected)
+    return text
+
+
+#: Steps that install Debian packages. dpkg renames directories, which a kernel
+#: overlay in a user namespace refuses (EXDEV): such builds are full SIF builds.
+_DPKG_STEPS = frozenset({"r-setup"})
+
+
+def _runs_dpkg(plan: BuildPlan) -> bool:
+    steps = [*plan.env_steps, *plan.repo_steps]
+    return bool(plan.apt_packages) or any(step.kind in _DPKG_STEPS for step in steps)
+
+
+def entrypoint(plan: BuildPlan) -> list[str]:
+    """What every command in the image (the Jupyter server, a batch run)
+    runs through, as repo2docker runs ``start CMD ARGS...``: for a Nix
+    repository the runscript (nix-shell, then start inside it), else the
+    repository's ``start``; nothing for a Dockerfile (whose ENTRYPOINT the
+    runscript keeps) or where there is neither."""
+    if plan.dockerfile is not None:
+        return []
+    if plan.buildpack == "nix":
+        return [RUNSCRIPT_IN_IMAGE]
+    return [_safe_path(plan.start, "start")] if plan.start else []
+
+
+def render(plan: BuildPlan, site: Site, checkout: Path, tree_id: str | None = None) -> Rendered:
+    """The definition for ``plan`` on this site, and its env key."""
+    if plan.dockerfile is not None:
+        text, sections, base = _dockerfile_definition(plan, plan.dockerfile, site)
+    else:
+        base = choose_base(site, plan)
+        text, sections = _repo_definition(plan, site, base)
+    _check_sections(text, sections)
+    key = env_key(text, plan, checkout, tree_id, base_identity(site, base))
+    overlay = None
+    if plan.dockerfile is None and not _runs_dpkg(plan):
+        overlay = _overlay_script(plan, site, base)
+        _check_sections(overlay, [])
+    warnings = [*plan.warnings, *base.warnings]
+    return Rendered(text, key, base, warnings, overlay, entrypoint(plan))

@@ -1,0 +1,432 @@
+"""The seam around ``git``: list refs, fetch one commit, read tree ids.
+
+Every call runs with prompts disabled (a private or missing repository
+fails at once instead of waiting for a password) and with
+``GIT_ALLOW_PROTOCOL`` set to the site's allowed protocols, which git
+enforces for every transport it opens, including submodules and redirects.
+Values from users reach git only as separate argv entries after
+``--end-of-options`` or as the value of an option.
+
+A repository on this host (a ``file://`` URL the caller has checked is below
+the site's local roots) may belong to another account; git refuses those
+("dubious ownership"). Such calls name it as ``local_repo`` and git then
+trusts exactly that repository, in the one process that reads it: the
+``upload-pack`` serving the fetch gets ``-c safe.directory=PATH`` (and
+``PATH/.git``). Neither ``git -c`` nor ``GIT_CONFIG_COUNT`` would do: git
+clears both from the environment of a local transport's ``upload-pack``.
+The fetcher only reads that repository; everything it writes is its own.
+
+A repository and its server are untrusted: a fetch could be any size (a
+pack of gigabytes, a small pack that checks out to far more) or never end
+(a server that answers nothing, or slowly). Every call that reaches a
+repository therefore runs under :class:`FetchLimits`: git runs in its own
+process group, watched while it runs; past the time limit, or once what it
+wrote (the folder it fills and its own output) outgrows the size limit, the
+whole group is killed, the partial checkout removed, and the error names the
+site setting that set the limit.
+
+Submodules are fetched as repo2docker's ``git submodule update --init
+--recursive`` would, at the commits the repository pins, but not by ``git
+submodule``: each submodule's URL (a relative one resolved against its
+parent's) is first judged by the caller's policy (the site's protocols,
+allow/ban lists and local roots), then fetched like the repository itself,
+within the same limits and deadline. So git's ``protocol.file.allow``
+(which ``git submodule`` needs relaxed for ``file://``) stays as it is, and
+no submodule URL reaches git unchecked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpcbinder.seams import proc
+
+SHA = re.compile(r"[0-9a-f]{40}")
+_LS_REMOTE_LINE = re.compile(r"([0-9a-f]{40})\t(\S+)")
+#: Paths ``local_repo`` may be: absolute, nothing a shell or git would read
+#: specially (they are quoted as well).
+_LOCAL_REPO = re.compile(r"/[A-Za-z0-9._~/+=@-]*")
+#: A line of git's stderr that starts a new message (``fatal: ...``).
+_MESSAGE_START = re.compile(r"(?:fatal|error|warning|hint|remote):", re.IGNORECASE)
+_ERROR_START = re.compile(r"(?:fatal|error): ?", re.IGNORECASE)
+#: How long a git error (first line and its continuation) may get before
+#: only its first line is kept.
+_ERROR_CHARS = 300
+#: How often a running git is checked against its limits (at least: a
+#: check that takes longer, on a large checkout, waits twice as long).
+_WATCH_SECONDS = 0.2
+#: Submodules of submodules are fetched down to this depth.
+MAX_SUBMODULE_DEPTH = 4
+#: A gitlink (submodule) in ``git ls-files --stage`` output.
+_GITLINK = re.compile(r"160000 ([0-9a-f]{40}) 0\t(.+)")
+
+#: Judges a submodule URL by the site's policy: raises if it is not
+#: allowed, else returns its checked path for a repository on this host.
+UrlPolicy = Callable[[str], Path | None]
+
+
+class GitError(RuntimeError):
+    """git could not reach a repository or find what was asked for."""
+
+
+class FetchLimitExceeded(GitError):
+    """A fetch took more disk or time than the site allows, and was stopped."""
+
+
+@dataclass(frozen=True)
+class FetchLimits:
+    """The most disk (what git writes, its output included) and wall time
+    one call that reaches a repository may take, and the names of the site
+    settings that say so, for the error that tells which was reached."""
+
+    max_mb: int
+    seconds: float
+    max_mb_setting: str
+    seconds_setting: str
+
+
+def _env(protocols: Iterable[str]) -> dict[str, str]:
+    return {
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_ASKPASS": "true",
+        "SSH_ASKPASS": "true",
+        "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
+        "GIT_ALLOW_PROTOCOL": ":".join(protocols),
+    }
+
+
+def _git(
+    args: list[str],
+    what: str,
+    *,
+    protocols: Iterable[str],
+    limits: FetchLimits,
+    deadline: float,
+    cwd: Path | None = None,
+    watch: Sequence[Path] = (),
+) -> proc.CommandResult:
+    """git ``args`` in ``cwd``, in its own process group, stopped (the whole
+    group) by :class:`FetchLimitExceeded` (``what`` failed: why) once
+    ``deadline`` (``time.monotonic``) passes or once its output and the
+    folders in ``watch`` hold more than ``limits.max_mb``."""
+    argv = ["git", *args]
+    with tempfile.TemporaryDirectory(prefix="hpcbinder-git-") as tmp:
+        output = Path(tmp)
+        with (output / "out").open("w+b") as out, (output / "err").open("w+b") as err:
+            try:
+                child = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    cwd=cwd,
+                    env={**os.environ, **_env(protocols)},
+                    start_new_session=True,
+                )
+            except FileNotFoundError as exc:
+                raise proc.CommandError(argv, "is not installed (not found on PATH)") from exc
+            problem = _watch(child, limits, deadline, [output, *watch])
+            out.seek(0)
+            err.seek(0)
+            result = proc.CommandResult(
+                tuple(argv),
+                child.returncode,
+                out.read().decode(errors="replace"),
+                err.read().decode(errors="replace"),
+            )
+    if problem is not None:
+        raise FetchLimitExceeded(f"{what}: {problem}")
+    return result
+
+
+def _watch(
+    child: subprocess.Popen[bytes], limits: FetchLimits, deadline: float, folders: list[Path]
+) -> str | None:
+    """Wait for ``child`` to end; if it goes past ``limits`` first, kill its
+    process group and say which limit it reached. A limit is also reached if
+    the size is over when git ends between two checks."""
+    interval = _WATCH_SECONDS
+    while True:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=max(0.0, min(interval, deadline - time.monotonic())))
+        measured = time.monotonic()
+        size = _disk_use(folders)
+        interval = max(_WATCH_SECONDS, 2 * (time.monotonic() - measured))
+        problem = None
+        if size > limits.max_mb * 1024 * 1024:
+            problem = (
+                f"stopped after taking more than {limits.max_mb} MB "
+                f"(this site's limit, {limits.max_mb_setting})"
+            )
+        elif child.returncode is None and time.monotonic() >= deadline:
+            problem = (
+                f"stopped after {limits.seconds:g} s "
+                f"(this site's time limit, {limits.seconds_setting})"
+            )
+        if child.returncode is None and problem is not None:
+            proc.kill_session(child.pid)  # git's helpers (upload-pack, remote-https) too
+            child.wait()
+        if child.returncode is not None:
+            return problem
+
+
+def _disk_use(folders: Iterable[Path]) -> int:
+    """Bytes in the files below ``folders`` (files that vanish while counted,
+    as git renames its temporary packs, are skipped)."""
+    total = 0
+    for folder in folders:
+        for root, _dirs, files in os.walk(folder):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def _upload_pack(local_repo: Path | None) -> list[str]:
+    """The ``--upload-pack`` option that makes git trust ``local_repo``
+    (whoever owns it) for this one call; nothing for other URLs."""
+    if local_repo is None:
+        return []
+    path = str(local_repo)
+    if not _LOCAL_REPO.fullmatch(path) or "/../" in f"{path}/" or "/./" in f"{path}/":
+        raise ValueError(f"not a plain absolute repository path: {path!r}")
+    trusted = (path, f"{path.rstrip('/')}/.git")  # a bare repository, a work tree's
+    command = ["git", *(f"-c safe.directory={shlex.quote(p)}" for p in trusted), "upload-pack"]
+    return [f"--upload-pack={' '.join(command)}"]
+
+
+def _failed(what: str, result: proc.CommandResult) -> GitError:
+    return GitError(f"{what}: {error_message(result)}")
+
+
+def error_message(result: proc.CommandResult) -> str:
+    """What went wrong, in one line, from a failed git's output: the first
+    ``fatal:``/``error:`` message, with the lines continuing it if that stays
+    short; else git's last line; else its exit status."""
+    lines = [line.strip() for line in result.stderr.splitlines()]
+    start = next((i for i, line in enumerate(lines) if _ERROR_START.match(line)), None)
+    if start is None:
+        last = [line for line in lines if line]
+        return last[-1] if last else f"git exit status {result.returncode}"
+    message = [_ERROR_START.sub("", lines[start], count=1)]
+    for line in lines[start + 1 :]:
+        if not line or _MESSAGE_START.match(line):
+            break
+        message.append(line)
+    while len(message) > 1 and message[-1].endswith(":"):
+        message.pop()  # introduces advice (a command to run) that was cut off
+    joined = " ".join(message)
+    return joined if len(joined) <= _ERROR_CHARS else message[0]
+
+
+def ls_remote(
+    url: str,
+    *,
+    protocols: Iterable[str],
+    limits: FetchLimits,
+    local_repo: Path | None = None,
+) -> dict[str, str]:
+    """Every ref the remote advertises, name → commit (peeled tags as ``name^{}``).
+
+    ``local_repo``: ``url`` is ``file://`` + this path, checked to be a
+    repository git may read whoever owns it."""
+    what = f"cannot list refs of {url}"
+    result = _git(
+        ["ls-remote", *_upload_pack(local_repo), "--end-of-options", url],
+        what,
+        protocols=protocols,
+        limits=limits,
+        deadline=time.monotonic() + limits.seconds,
+    )
+    if not result.ok:
+        raise _failed(what, result)
+    refs = {}
+    for line in result.stdout.splitlines():
+        match = _LS_REMOTE_LINE.fullmatch(line.strip())
+        if match:
+            refs[match.group(2)] = match.group(1)
+    return refs
+
+
+def expand_short_sha(
+    url: str,
+    short: str,
+    *,
+    protocols: Iterable[str],
+    limits: FetchLimits,
+    local_repo: Path | None = None,
+) -> str | None:
+    """The full commit id that ``short`` abbreviates among the remote's
+    branches and tags, or None. Fetches commits only (no trees or blobs)
+    where the server allows it. ``local_repo``: as for :func:`ls_remote`."""
+    what = f"cannot fetch {url}"
+    deadline = time.monotonic() + limits.seconds
+    with tempfile.TemporaryDirectory(prefix="hpcbinder-sha-") as tmp:
+        work = Path(tmp)
+
+        def in_work(*args: str) -> proc.CommandResult:
+            return _git(
+                list(args),
+                what,
+                protocols=protocols,
+                limits=limits,
+                deadline=deadline,
+                cwd=work,
+                watch=[work],
+            )
+
+        proc.check(in_work("init", "-q", "--bare"))
+        fetched = in_work(
+            "fetch",
+            "-q",
+            "--filter=tree:0",
+            *_upload_pack(local_repo),
+            "--end-of-options",
+            url,
+            "+refs/heads/*:refs/heads/*",
+            "+refs/tags/*:refs/tags/*",
+        )
+        if not fetched.ok:
+            raise _failed(what, fetched)
+        found = in_work(
+            "rev-parse", "--verify", "--quiet", "--end-of-options", f"{short}^{{commit}}"
+        )
+        commit = found.stdout.strip()
+        return commit if found.ok and SHA.fullmatch(commit) else None
+
+
+@dataclass(frozen=True)
+class _Fetch:
+    """What every fetch of one checkout (the repository and its submodules) shares."""
+
+    protocols: list[str]
+    limits: FetchLimits
+    deadline: float
+    root: Path  # the whole checkout, measured against the size limit
+    policy: UrlPolicy
+
+    def git(self, args: list[str], what: str, cwd: Path) -> proc.CommandResult:
+        return _git(
+            args,
+            what,
+            protocols=self.protocols,
+            limits=self.limits,
+            deadline=self.deadline,
+            cwd=cwd,
+            watch=[self.root],
+        )
+
+
+def fetch_commit(
+    url: str,
+    commit: str,
+    dest: Path,
+    *,
+    protocols: Iterable[str],
+    limits: FetchLimits,
+    policy: UrlPolicy,
+    local_repo: Path | None = None,
+) -> None:
+    """A checkout of exactly ``commit`` in the new directory ``dest``, with
+    history depth 1 and its submodules at their pinned commits (each URL
+    judged by ``policy`` first); nothing at ``dest`` if it fails. ``limits``
+    bound the whole fetch: its time, and what ``dest`` (git objects and
+    checked-out files, submodules' too) holds. ``local_repo``: as for
+    :func:`ls_remote`."""
+    if not SHA.fullmatch(commit):
+        raise ValueError(f"not a full commit id: {commit!r}")
+    fetch = _Fetch(list(protocols), limits, time.monotonic() + limits.seconds, dest, policy)
+    dest.mkdir(parents=True)
+    try:
+        _fetch_into(fetch, url, commit, dest, local_repo, depth=0)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+
+
+def _fetch_into(
+    fetch: _Fetch, url: str, commit: str, folder: Path, local_repo: Path | None, depth: int
+) -> None:
+    """``commit`` of ``url`` checked out in the existing empty ``folder``,
+    then its submodules."""
+    what = f"cannot fetch commit {commit} of {url}"
+    steps = [
+        ["init", "-q"],
+        ["fetch", "-q", "--depth=1", *_upload_pack(local_repo), "--end-of-options", url, commit],
+        ["-c", "advice.detachedHead=false", "checkout", "-q", "--detach", commit],
+    ]
+    for args in steps:
+        result = fetch.git(args, what, folder)
+        if not result.ok:
+            raise _failed(what, result)
+    for path, pinned, sub_url in _submodules(fetch, folder, url, what):
+        if depth >= MAX_SUBMODULE_DEPTH:
+            raise GitError(f"{what}: submodules nest deeper than {MAX_SUBMODULE_DEPTH} levels")
+        target = folder / path
+        inside = f"{os.path.realpath(fetch.root)}/"
+        if target.is_symlink() or not os.path.realpath(target).startswith(inside):
+            raise GitError(f"{what}: submodule path {path!r} leads outside the repository")
+        target.mkdir(parents=True, exist_ok=True)
+        local = fetch.policy(sub_url)
+        _fetch_into(fetch, sub_url, pinned, target, local, depth + 1)
+
+
+def _submodules(fetch: _Fetch, folder: Path, url: str, what: str) -> list[tuple[str, str, str]]:
+    """(path, pinned commit, URL) of each submodule the checkout in
+    ``folder`` pins: gitlinks of its tree, with their URL in ``.gitmodules``
+    (relative ones resolved against ``url``). A gitlink without one fails."""
+    listed = fetch.git(["ls-files", "--stage", "-z"], what, folder)
+    gitlinks = [m.groups() for e in listed.stdout.split("\0") if (m := _GITLINK.fullmatch(e))]
+    if not gitlinks:
+        return []
+    if (folder / ".gitmodules").is_symlink():  # git refuses these too; never read one
+        raise GitError(f"{what}: .gitmodules is a symbolic link")
+    config = fetch.git(
+        ["config", "-z", "--file", ".gitmodules", "--get-regexp", r"^submodule\..*\.(path|url)$"],
+        what,
+        folder,
+    )
+    names: dict[str, str] = {}  # submodule name → path
+    urls: dict[str, str] = {}  # submodule name → url
+    for entry in filter(None, config.stdout.split("\0")):
+        key, _, value = entry.partition("\n")
+        name, _, field = key.removeprefix("submodule.").rpartition(".")
+        (names if field == "path" else urls)[name] = value
+    url_of_path = {path: urls[name] for name, path in names.items() if name in urls}
+    found = []
+    for commit, path in gitlinks:
+        if path not in url_of_path:
+            raise GitError(f"{what}: submodule {path!r} has no URL in .gitmodules")
+        found.append((path, commit, submodule_url(url, url_of_path[path])))
+    return found
+
+
+def submodule_url(parent: str, url: str) -> str:
+    """A submodule's ``url`` as git resolves it: ``./x`` and ``../x`` are
+    relative to the parent repository's URL (each ``../`` drops one part)."""
+    if not url.startswith(("./", "../")):
+        return url
+    base, rest = parent.rstrip("/"), url
+    while rest.startswith(("./", "../")):
+        if rest.startswith("../"):
+            cut = max(base.rfind("/"), base.rfind(":"))
+            base = base[:cut] if cut > 0 else base
+        rest = rest.split("/", 1)[1]
+    separator = "" if base.endswith(":") else "/"
+    return f"{base}{separator}{rest}"
+
+
+def tree_id(checkout: Path) -> str:
+    """The git tree id of the checked-out commit: a hash of every file in it."""
+    result = proc.check(proc.run(["git", "rev-parse", "HEAD^{tree}"], cwd=checkout, timeout=30))
+    return result.stdout.strip()

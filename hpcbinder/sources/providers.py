@@ -1,0 +1,418 @@
+"""Binder specs to commits and checkouts.
+
+A spec is what follows ``/v2/`` in a Binder link: ``gh/<org>/<repo>/<ref>``,
+``gl/<url-escaped path>/<ref>``, ``git/<url-escaped clone url>/<ref>`` and,
+for sites and tests, ``local/<url-escaped path>/<ref>``; refs are
+url-escaped too. Parsing is BinderHub's, so a mybinder.org link works by
+swapping the host.
+
+A provider turns its spec into a :class:`ResolvedRepo` (where to fetch, and
+the exact version) and fetches that version into a directory. Git hosts
+share :class:`GitRepoProvider`; an archive provider (Zenodo, Figshare,
+Dataverse) fits the same two methods with a record version for ``commit``.
+
+Repositories on this host's filesystem, whichever provider names them
+(``local/``, or ``git/`` with a ``file://`` URL), are allowed only below the
+site's ``repos.local_roots``, judged on real paths: :func:`local_repo_path`
+is that one check. Such a repository may belong to any account; git reads
+it whoever owns it (``safe.directory`` for exactly that path, see
+:mod:`hpcbinder.seams.git`), but builds it only when every account may read it
+(:func:`check_open_to_all`): the build account's rights are not lent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import stat
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+from urllib.parse import unquote, urlsplit
+
+from hpcbinder.config import RepoPolicy
+from hpcbinder.errors import RepoNotAllowed, RepoUnreachable, SpecError, UnknownRef
+from hpcbinder.seams import git
+
+_REF = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/+@-]{0,254}")
+_GH_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+_GL_PATH = re.compile(r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*")
+#: What a repository path on this host may be: absolute, and plain (git
+#: decodes %-escapes in file:// URLs, and ?/# are not part of a path to
+#: urlsplit but are to git, so none of them).
+_LOCAL_PATH = re.compile(r"/[A-Za-z0-9._~/+=@-]*")
+_FILE_URL = "file://"
+_CLONE_URL = re.compile(
+    r"(?:https?|git|ssh|file)://[A-Za-z0-9._~:/?#@+=%-]+"  # scheme://...
+    r"|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[A-Za-z0-9._~/+=%-]+"  # scp-like user@host:path
+)
+_SHORT_SHA = re.compile(r"[0-9a-f]{7,39}")
+
+
+@dataclass(frozen=True)
+class ResolvedRepo:
+    """A repository at an exact version: what the rest of the pipeline uses."""
+
+    spec: str
+    url: str
+    ref: str
+    commit: str
+
+
+def reaches_local_files(url: str) -> bool:
+    """Whether git would read ``url`` from this host's filesystem: ``file:``
+    in any spelling (a host part, one slash, upper case) and plain paths;
+    not ``scheme://`` URLs of other schemes or scp-like ``host:path``."""
+    if url.lower().startswith("file:"):
+        return True
+    if "://" in url:
+        return False
+    colon, slash = url.find(":"), url.find("/")
+    return colon < 0 or 0 <= slash < colon  # git's rule: a colon first is scp-like ssh
+
+
+def local_repo_path(url: str, roots: Iterable[Path]) -> Path | None:
+    """The real path of the repository on this host that ``url`` names,
+    checked to be below one of ``roots``; None for a URL git does not read
+    from this host's filesystem.
+
+    :class:`RepoNotAllowed` for every other URL that reaches the filesystem:
+    anything but ``file:///<absolute plain path>``, and paths whose real
+    location (symlinks and ``..`` resolved) or whose git directory (a
+    ``.git`` symlink or file, or the ``PATH.git`` git falls back to) is
+    outside the roots.
+    """
+    if not reaches_local_files(url):
+        return None
+    setting = "repos.local_roots"
+    path = url[len(_FILE_URL) :] if url.startswith(_FILE_URL) else ""
+    if not _LOCAL_PATH.fullmatch(path):
+        raise RepoNotAllowed(
+            f"{url}: a repository on this host must be named file:///<absolute path>, "
+            f"without host, %-escapes, ? or #, below the site's {setting}"
+        )
+    real_roots = [Path(os.path.realpath(root)) for root in roots]
+    if not real_roots:
+        setting += " is empty"
+
+    def outside(candidate: str) -> bool:
+        return not any(Path(candidate).is_relative_to(root) for root in real_roots)
+
+    real = os.path.realpath(path)
+    shown = path if real == path else f"{path} (really {real})"
+    if outside(real) or not _LOCAL_PATH.fullmatch(real):
+        raise RepoNotAllowed(f"{shown} is not below this site's local repository roots ({setting})")
+    # Where git's upload-pack may look for the repository (setup.c enter_repo).
+    for candidate in (f"{real}/.git", real, f"{real}.git/.git", f"{real}.git"):
+        gitdir = _gitfile_target(candidate) if os.path.isfile(candidate) else candidate
+        if gitdir is None or (os.path.lexists(gitdir) and outside(os.path.realpath(gitdir))):
+            raise RepoNotAllowed(
+                f"{shown}: its git directory {candidate} is not below this site's local "
+                f"repository roots ({setting})"
+            )
+        if os.path.lexists(os.path.join(gitdir, "objects", "info", "alternates")):
+            # git would read objects from the folders it names, wherever they are.
+            raise RepoNotAllowed(
+                f"{shown}: its git directory {gitdir} borrows objects from other "
+                "repositories (objects/info/alternates); make a standalone copy "
+                "(git repack -a -d, then remove that file)"
+            )
+    return Path(real)
+
+
+def check_open_to_all(path: Path) -> None:
+    """:class:`RepoNotAllowed` unless every account may read the repository
+    at the real ``path`` (mode bits: every folder above it searchable by
+    others, the repository, its git directory and objects readable). Its
+    checkout and image are readable by all, so a repository only some may
+    read is not built: the build account's rights are never lent."""
+    gitdir = path / ".git" if (path / ".git").is_dir() else path
+    checks = [(parent, stat.S_IXOTH) for parent in reversed(path.parents)]
+    both = stat.S_IROTH | stat.S_IXOTH
+    checks += [(path, both), (gitdir, both), (gitdir / "objects", both)]
+    for folder, bits in checks:
+        try:
+            info = folder.stat()
+        except OSError:
+            raise RepoNotAllowed(f"{path} is not a git repository on this host") from None
+        if not stat.S_ISDIR(info.st_mode) or info.st_mode & bits != bits:
+            raise RepoNotAllowed(
+                f"{path} is not readable by every account ({folder} is mode "
+                f"{stat.S_IMODE(info.st_mode):o}): a repository on this host is built only "
+                "when all can read it, as all can read its checkout and image"
+            )
+
+
+def check_shareable(spec: str, policy: RepoPolicy) -> None:
+    """For a spec naming a repository on this host: :func:`check_open_to_all`."""
+    provider = parse_spec(spec, policy)
+    local = provider.check_allowed() if isinstance(provider, GitRepoProvider) else None
+    if local is not None:
+        check_open_to_all(local)
+
+
+def _gitfile_target(gitfile: str) -> str | None:
+    """The folder a ``.git`` file (``gitdir: PATH``) points to, None if unreadable."""
+    try:
+        with open(gitfile, encoding="utf-8", errors="replace") as handle:
+            first = handle.readline(4096).strip()
+    except OSError:
+        return None
+    if not first.startswith("gitdir:"):
+        return None
+    return os.path.join(os.path.dirname(gitfile), first.removeprefix("gitdir:").strip())
+
+
+def check_ref(ref: str) -> str:
+    """``ref`` if it can name a branch, tag or commit; SpecError otherwise."""
+    bad = (
+        not _REF.fullmatch(ref)
+        or ".." in ref
+        or "//" in ref
+        or "@{" in ref
+        or ref.endswith((".", "/", ".lock"))
+    )
+    if bad:
+        raise SpecError(f"invalid ref {ref!r}: expected a branch, tag or commit name")
+    return ref
+
+
+class RepoProvider(ABC):
+    """One kind of spec."""
+
+    prefix: ClassVar[str]
+
+    def __init__(self, body: str, policy: RepoPolicy) -> None:
+        self.policy = policy
+        self.spec = f"{self.prefix}/{body}"
+        self.url, quoted_ref = self.parse(body)
+        self.ref = check_ref(unquote(quoted_ref))
+
+    @abstractmethod
+    def parse(self, body: str) -> tuple[str, str]:
+        """(clone url, url-escaped ref) from the spec after the prefix."""
+
+    @abstractmethod
+    def resolve(self) -> ResolvedRepo:
+        """The exact version ``ref`` names now."""
+
+    @abstractmethod
+    def fetch(self, resolved: ResolvedRepo, dest: Path) -> None:
+        """That version's files into the new directory ``dest``, within the
+        site's fetch limits (nothing at ``dest`` if it fails)."""
+
+    @staticmethod
+    def _split_last(body: str, what: str) -> tuple[str, str]:
+        head, sep, ref = body.partition("/")
+        if not sep or not head or not ref:
+            raise SpecError(f"malformed spec: expected {what}/<ref>")
+        return head, ref
+
+
+class GitRepoProvider(RepoProvider):
+    """Any provider whose repositories git clones."""
+
+    def protocols(self) -> list[str]:
+        return list(self.policy.protocols)
+
+    def limits(self) -> git.FetchLimits:
+        policy = self.policy
+        return git.FetchLimits(
+            policy.max_fetch_mb,
+            policy.fetch_timeout_seconds,
+            "repos.max_fetch_mb",
+            "repos.fetch_timeout_seconds",
+        )
+
+    def check_allowed(self, url: str | None = None) -> Path | None:
+        """RepoNotAllowed unless this site allows ``url`` (this spec's by
+        default); for a repository on this host, its checked real path."""
+        url = self.url if url is None else url
+        local = reaches_local_files(url)
+        scheme = "file" if local else (urlsplit(url).scheme or "ssh")
+        if scheme not in self.protocols():
+            raise RepoNotAllowed(f"{url}: protocol {scheme!r} is not allowed on this site")
+        path = local_repo_path(url, self.policy.local_roots)
+        # A local repository is judged by its real path too: a symlink
+        # neither escapes a ban nor borrows an allowed name.
+        seen = [url] if path is None else list(dict.fromkeys([url, f"{_FILE_URL}{path}"]))
+        judged = seen[-1]
+        if any(re.fullmatch(pattern, each) for pattern in self.policy.ban for each in seen):
+            raise RepoNotAllowed(f"{url} is banned on this site")
+        if self.policy.allow and not any(
+            re.fullmatch(pattern, judged) for pattern in self.policy.allow
+        ):
+            raise RepoNotAllowed(f"{url} is not on this site's allow list")
+        return path
+
+    def resolve(self) -> ResolvedRepo:
+        local = self.check_allowed()
+        url = self.url if local is None else f"{_FILE_URL}{local}"
+        if git.SHA.fullmatch(self.ref):
+            return ResolvedRepo(self.spec, url, self.ref, self.ref)
+        protocols = self.protocols()
+        try:
+            refs = git.ls_remote(url, protocols=protocols, limits=self.limits(), local_repo=local)
+        except git.GitError as exc:
+            raise RepoUnreachable(str(exc)) from exc
+        for name in (
+            self.ref if self.ref == "HEAD" or self.ref.startswith("refs/") else None,
+            f"refs/heads/{self.ref}",
+            f"refs/tags/{self.ref}^{{}}",
+            f"refs/tags/{self.ref}",
+        ):
+            if name is not None and name in refs:
+                return ResolvedRepo(self.spec, url, self.ref, refs[name])
+        if _SHORT_SHA.fullmatch(self.ref):
+            try:
+                commit = git.expand_short_sha(
+                    url, self.ref, protocols=protocols, limits=self.limits(), local_repo=local
+                )
+            except git.GitError as exc:
+                raise RepoUnreachable(str(exc)) from exc
+            if commit:
+                return ResolvedRepo(self.spec, url, self.ref, commit)
+        raise UnknownRef(f"{url} has no branch, tag or commit {self.ref!r}")
+
+    def check_submodule(self, url: str) -> Path | None:
+        """A submodule's URL judged as this repository's (protocols, allow,
+        ban, local roots). One on this host only if every account may read
+        it: who asked for the build is not known here, and the build
+        account's rights are not lent."""
+        local = self.check_allowed(url)
+        if local is not None:
+            check_open_to_all(local)
+        return local
+
+    def fetch(self, resolved: ResolvedRepo, dest: Path) -> None:
+        local = self.check_allowed(resolved.url)  # a ResolvedRepo may come from elsewhere
+        try:
+            git.fetch_commit(
+                resolved.url,
+                resolved.commit,
+                dest,
+                protocols=self.protocols(),
+                limits=self.limits(),
+                policy=self.check_submodule,
+                local_repo=local,
+            )
+        except git.GitError as exc:
+            raise RepoUnreachable(str(exc)) from exc
+
+
+class GitHubRepoProvider(GitRepoProvider):
+    prefix = "gh"
+
+    def parse(self, body: str) -> tuple[str, str]:
+        parts = body.split("/", 2)
+        if len(parts) != 3 or not all(parts):
+            raise SpecError("malformed spec: expected gh/<org>/<repo>/<ref>")
+        org, repo, ref = parts
+        repo = repo.removesuffix(".git")
+        if not (_GH_NAME.fullmatch(org) and _GH_NAME.fullmatch(repo)):
+            raise SpecError(f"invalid GitHub repository {org}/{repo}")
+        return f"https://{self.policy.github_host}/{org}/{repo}", ref
+
+
+class GitLabRepoProvider(GitRepoProvider):
+    prefix = "gl"
+
+    def parse(self, body: str) -> tuple[str, str]:
+        quoted_path, ref = self._split_last(body, "gl/<url-escaped namespace/project>")
+        path = unquote(quoted_path).removesuffix(".git")
+        if not _GL_PATH.fullmatch(path) or ".." in path.split("/"):
+            raise SpecError(f"invalid GitLab project path {path!r}")
+        return f"https://{self.policy.gitlab_host}/{path}", ref
+
+
+class GitUrlRepoProvider(GitRepoProvider):
+    prefix = "git"
+
+    def parse(self, body: str) -> tuple[str, str]:
+        quoted_url, ref = self._split_last(body, "git/<url-escaped clone url>")
+        url = unquote(quoted_url)
+        if not _CLONE_URL.fullmatch(url):
+            raise SpecError(f"invalid repository URL {url!r}")
+        return url, ref
+
+
+class LocalRepoProvider(GitRepoProvider):
+    """A git repository on the site's filesystem, below one of its local_roots."""
+
+    prefix = "local"
+
+    def parse(self, body: str) -> tuple[str, str]:
+        quoted_path, ref = self._split_last(body, "local/<url-escaped path>")
+        given = unquote(quoted_path)
+        path = os.path.realpath(given)
+        if not os.path.isabs(given) or not _LOCAL_PATH.fullmatch(path):
+            raise SpecError(f"invalid local repository path {given!r}")
+        local_repo_path(f"{_FILE_URL}{path}", self.policy.local_roots)
+        return f"{_FILE_URL}{path}", ref
+
+    def protocols(self) -> list[str]:
+        return ["file"]
+
+
+PROVIDERS: dict[str, type[RepoProvider]] = {
+    cls.prefix: cls
+    for cls in (GitHubRepoProvider, GitLabRepoProvider, GitUrlRepoProvider, LocalRepoProvider)
+}
+
+
+def parse_spec(spec: str, policy: RepoPolicy) -> RepoProvider:
+    """The provider for ``spec`` (``<provider>/<rest>``), its values checked."""
+    prefix, sep, body = spec.partition("/")
+    if not sep:
+        raise SpecError(f"malformed spec {spec!r}: expected <provider>/<repository>/<ref>")
+    cls = PROVIDERS.get(prefix)
+    if cls is None:
+        known = ", ".join(sorted(PROVIDERS))
+        raise SpecError(f"unknown provider {prefix!r} (this site knows: {known})")
+    return cls(body, policy)
+
+
+#: The shared checkout cache builds read from. Only trusted accounts may write
+#: it (a planted checkout would poison others' builds); others use their own.
+SHARED_CACHE = Path("/var/cache/hpcbinder/repos")
+
+
+def cache_root(policy: RepoPolicy) -> Path:
+    """Where checkouts are kept: the site's cache_dir, else the shared cache
+    if this account may write it, else the user's own cache."""
+    if policy.cache_dir is not None:
+        return policy.cache_dir
+    if os.access(SHARED_CACHE, os.W_OK):
+        return SHARED_CACHE
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "hpcbinder" / "repos"
+
+
+def checkout(provider: RepoProvider, resolved: ResolvedRepo, root: Path) -> Path:
+    """A directory holding ``resolved``, fetched once per (url, commit).
+
+    The fetch goes to a temporary sibling that is renamed into place, so a
+    checkout that exists is complete, and concurrent fetches of the same
+    version end with one of them kept.
+    """
+    url_hash = hashlib.sha256(resolved.url.encode()).hexdigest()[:16]
+    final = root / url_hash / resolved.commit
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{resolved.commit}-", dir=final.parent))
+    try:
+        provider.fetch(resolved, staging / "repo")
+        try:
+            (staging / "repo").rename(final)
+        except OSError:
+            if not final.is_dir():  # not a concurrent fetch that won: a real failure
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
