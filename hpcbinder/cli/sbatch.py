@@ -16,10 +16,11 @@ import click
 from hpcbinder.cli.common import EXIT_CONFIG, EXIT_FAILED, full_spec, request_image, site_in_force
 from hpcbinder.errors import UserError
 from hpcbinder.images.client import BuildServerError, published_image
+from hpcbinder.images.launch import launch_argv
 from hpcbinder.jobs import batch
 from hpcbinder.jobs.batchjobs import BatchJob, BatchJobs, exit_status, submit_run
 from hpcbinder.jobs.request import request_for
-from hpcbinder.seams import apptainer, proc
+from hpcbinder.seams import proc
 from hpcbinder.seams.cluster import cluster_slurm
 from hpcbinder.seams.slurm import JobInfo, SlurmError
 
@@ -109,7 +110,7 @@ def sbatch_command(
             site,
             fetched,
             record,
-            apptainer.launch_argv(record),
+            launch_argv(record),
             user=user,
             request=request,
             plan=plan,

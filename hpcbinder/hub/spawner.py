@@ -34,7 +34,6 @@ import asyncio
 import html
 import math
 import pwd
-import re
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
@@ -47,10 +46,11 @@ from tornado import web
 from traitlets import Float, Integer, Unicode, default
 
 from hpcbinder.config import Site, load_site
-from hpcbinder.images.builder import image_store
+from hpcbinder.errors import UserError
+from hpcbinder.hub.options import LaunchOptions
 from hpcbinder.images.client import BuildServerClient, BuildServerError
-from hpcbinder.images.entrypoint import image_entrypoint
-from hpcbinder.jobs.request import OVERRIDABLE, request_for
+from hpcbinder.images.launch import launch_image
+from hpcbinder.jobs.request import request_for
 from hpcbinder.jobs.servers import (
     JobDied,
     LaunchProgress,
@@ -62,12 +62,9 @@ from hpcbinder.jobs.servers import (
     accepts_connections,
 )
 from hpcbinder.jobs.serverscript import Seed, ServerJob, render_server_script, workspace_for
-from hpcbinder.seams.apptainer import base_argv, launch_argv
 from hpcbinder.seams.cluster import cluster_runner, cluster_slurm
 from hpcbinder.seams.remote import LoginNodeCommands, Tunnel
 
-_ENV_KEY = re.compile(r"[0-9a-f]{32}")
-_BASE = re.compile(r"base:([A-Za-z0-9][A-Za-z0-9_.-]{0,63})")
 #: Seconds of start_timeout beyond the queue wait and the server's start:
 #: submitting, and the hub's own steps around start().
 _START_MARGIN = 30
@@ -151,21 +148,6 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
             backoff=self.query_backoff,
         )
 
-    def _image(self) -> tuple[str | None, list[str], list[str]]:
-        """The image the options name: its key in the store (None for a
-        site base), the ``apptainer exec`` argv that starts it and the
-        entrypoint the command runs through (the repository's start)."""
-        image = str(self.user_options.get("image") or f"base:{self.site.default_base}")
-        if _ENV_KEY.fullmatch(image):
-            record = image_store(self.site).lookup(image)
-            if record is None:
-                raise ValueError(f"image {image} is not in this site's store")
-            return image, launch_argv(record), image_entrypoint(record)
-        match = _BASE.fullmatch(image)
-        if match is None or match.group(1) not in self.site.bases:
-            raise ValueError(f"image must be an env key or base:NAME, not {image!r}")
-        return None, base_argv(self.site.base_image_path(match.group(1)).resolve()), []
-
     async def _record_use(self, key: str) -> None:
         """Tell the build server this server starts from image ``key``; log,
         never fail, if it cannot be told."""
@@ -176,39 +158,41 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
             self.log.warning("Use of image %s by %s not recorded: %s", key, self.user.name, exc)
 
     def server_job(self) -> ServerJob:
-        """The job for the current user_options, every value checked."""
-        options = self.user_options or {}
-        overrides = {key: options[key] for key in OVERRIDABLE if key in options}
-        request = request_for(self.site, options.get("profile"), overrides, user=self.user.name)
+        """The job for the current user_options, every value checked (a
+        :class:`~hpcbinder.errors.UserError` names the first bad one)."""
+        options = LaunchOptions.parse(self.user_options)
+        request = request_for(
+            self.site, options.profile, options.resource_overrides(), user=self.user.name
+        )
         home = Path(pwd.getpwnam(self.user.name).pw_dir)
         command = [self.batchspawner_singleuser_cmd, *self.cmd, *self.get_args()]
         workspace = seed = None
-        spec = options.get("workspace")
-        if isinstance(spec, dict):
-            workspace = workspace_for(self.site, self.user.name, home, str(spec.get("slug", "")))
-            seed = Seed(
-                Path(str(spec.get("checkout", ""))),
-                str(spec.get("commit", "")),
-                bool(spec.get("from_image", False)),
-            )
-        key, image_argv, entrypoint = self._image()
+        if options.workspace is not None:
+            spec = options.workspace
+            workspace = workspace_for(self.site, self.user.name, home, spec.slug)
+            seed = Seed(spec.checkout_path, spec.commit, spec.from_image)
+        image = launch_image(self.site, options.image or f"base:{self.site.default_base}")
         return ServerJob(
             self.user.name,
             home,
             request,
-            image_argv,
+            image.argv,
             command,
             workspace=workspace,
             seed=seed,
             job_name=f"hpcbinder-{self.user.name}-{self.name or 'default'}",
-            image_key=key,
-            entrypoint=tuple(entrypoint),
+            image_key=image.key,
+            entrypoint=tuple(image.entrypoint),
         )
 
     # --- batchspawner's hooks, without shell strings ------------------------------
 
     async def submit_batch_script(self) -> str:
-        job = self.server_job()
+        try:
+            job = self.server_job()
+        except UserError as exc:
+            # The hub's API answers the request that started this spawn with it.
+            raise web.HTTPError(400, str(exc)) from exc
         if job.image_key is not None:
             await self._record_use(job.image_key)
         script = render_server_script(self.site, job)

@@ -33,9 +33,9 @@ from urllib.parse import urlsplit
 
 from hpcbinder.config import Site
 from hpcbinder.errors import UserError
-from hpcbinder.images.builder import ImageBuildError, image_store
+from hpcbinder.images.builder import ImageBuildError
 from hpcbinder.images.jobrefs import IMAGE_KEY
-from hpcbinder.images.store import ImageRecord
+from hpcbinder.images.store import ImageRecord, image_store
 from hpcbinder.render.pipeline import Fetched
 from hpcbinder.seams import munge, proc
 

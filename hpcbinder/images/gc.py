@@ -36,7 +36,7 @@ from pathlib import Path
 
 from hpcbinder.config import Site
 from hpcbinder.images import builder, jobrefs
-from hpcbinder.images.builder import image_store
+from hpcbinder.images.store import image_store
 from hpcbinder.seams import proc
 from hpcbinder.seams.slurm import SlurmCLI
 from hpcbinder.sources import providers

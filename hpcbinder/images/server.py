@@ -40,6 +40,7 @@ from hpcbinder.errors import UserError
 from hpcbinder.images import builder
 from hpcbinder.images import gc as storegc
 from hpcbinder.images.client import BuildRequest, ServerEvent, UseRequest
+from hpcbinder.images.store import image_store
 from hpcbinder.images.streams import SharedStream, keep_alive
 from hpcbinder.render import pipeline
 from hpcbinder.render.pipeline import Fetched
@@ -155,7 +156,7 @@ class BuildQueue:
             await asyncio.to_thread(storegc.record_checkout_use, prepared.checkout)
             for warning in prepared.rendered.warnings:
                 await stream.publish(ServerEvent("fetching", f"warning: {warning}"))
-            store = builder.image_store(self.site)
+            store = image_store(self.site)
             record = await asyncio.to_thread(store.lookup, prepared.rendered.env_key)
             if record is None:
                 await self._build(stream, prepared)
@@ -302,7 +303,7 @@ class UseHandler(web.RequestHandler):
         site: Site = self.settings["site"]
         sender, request = await _verified(self.request.body, UseRequest.from_json)
         user = _on_behalf(site, sender, request.for_user)
-        store = builder.image_store(site)
+        store = image_store(site)
         if await asyncio.to_thread(store.lookup, request.key) is None:
             raise web.HTTPError(404, reason=f"no image {request.key} in the store")
         await asyncio.to_thread(store.record_use, request.key, user)

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpcbinder.config import Site
 from hpcbinder.seams import proc
 from hpcbinder.seams.processid import ProcessIdentity
 from hpcbinder.seams.slurm import SlurmCLI, SlurmError
@@ -355,6 +356,11 @@ class ImageStore:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(name)
         return removed
+
+
+def image_store(site: Site) -> ImageStore:
+    """The site's store (``image_store``), written only by the build account."""
+    return ImageStore(site.image_store, owner=site.build.account)
 
 
 def _holder_running(holder: dict[str, Any]) -> bool:

@@ -32,8 +32,8 @@ import yaml
 from hpcbinder.buildpacks.base import REPO_DIR
 from hpcbinder.config import Site
 from hpcbinder.errors import UserError
-from hpcbinder.images.entrypoint import image_entrypoint
 from hpcbinder.images.jobrefs import job_comment
+from hpcbinder.images.launch import image_entrypoint
 from hpcbinder.images.store import ImageRecord
 from hpcbinder.jobs.notebooks import check_parameters
 from hpcbinder.jobs.request import JobRequest

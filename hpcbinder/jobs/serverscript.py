@@ -45,14 +45,14 @@ class ServerJob:
     user: str
     home: Path
     request: JobRequest
-    image_argv: list[str]  # ["apptainer", "exec", ..., IMAGE] (see apptainer.launch_argv)
+    image_argv: list[str]  # ["apptainer", "exec", ..., IMAGE] (see hpcbinder.images.launch)
     command: list[str]
     workspace: Path | None = None
     seed: Seed | None = None
     job_name: str = "hpcbinder-server"
     image_key: str | None = None  # the store's image (None: a site base); see jobrefs
     #: What the command runs through in the image: the repository's start
-    #: (see :mod:`hpcbinder.images.entrypoint`).
+    #: (see :mod:`hpcbinder.images.launch`).
     entrypoint: tuple[str, ...] = ()
 
 

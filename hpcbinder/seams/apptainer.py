@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpcbinder.images.store import ImageRecord
 from hpcbinder.seams import proc
 
 APPTAINER = "apptainer"
@@ -125,19 +124,11 @@ def contained_exec(
 _JOB_EXEC = [APPTAINER, "--quiet", "exec"]
 
 
-def launch_argv(record: ImageRecord) -> list[str]:
-    """``apptainer exec`` and what follows it up to the command, for a
-    published image (an overlay image is its overlay on its base).
-
-    Jobs add :func:`job_options` before the image."""
-    if record.meta.get("strategy") == "overlay":
-        return [*_JOB_EXEC, "--overlay", f"{record.path}:ro", record.meta["base_image"]]
-    return [*_JOB_EXEC, str(record.path)]
-
-
-def base_argv(image: Path) -> list[str]:
-    """``apptainer exec`` of a site base image (no repository environment)."""
-    return [*_JOB_EXEC, str(image)]
+def job_exec_argv(image: Path | str, *, overlay: Path | None = None) -> list[str]:
+    """``apptainer exec`` in a researcher's job, up to the command: ``image``
+    (a SIF), with ``overlay`` read-only on it. Jobs add :func:`job_options`
+    before the image."""
+    return [*_JOB_EXEC, *(["--overlay", f"{overlay}:ro"] if overlay else []), str(image)]
 
 
 def job_options(binds: Sequence[Bind], *, gpus: int) -> list[str]:

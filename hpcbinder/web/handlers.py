@@ -17,6 +17,8 @@ from tornado.iostream import StreamClosedError
 from hpcbinder import __version__
 from hpcbinder.config import Site
 from hpcbinder.errors import UserError
+from hpcbinder.hub.options import LaunchOptions, WorkspaceOptions
+from hpcbinder.images.launch import launch_argv
 from hpcbinder.images.streams import keep_alive
 from hpcbinder.jobs import batch
 from hpcbinder.jobs.batchjobs import submit_run
@@ -28,7 +30,6 @@ from hpcbinder.jobs.request import (
     request_for,
     request_for_link,
 )
-from hpcbinder.seams import apptainer
 from hpcbinder.seams.cluster import cluster_slurm
 from hpcbinder.seams.slurm import PartitionLoad, SlurmError
 from hpcbinder.sources import providers
@@ -287,7 +288,7 @@ class BuildHandler(BaseHandler):
             )
         )
 
-    async def _launch_relaying(self, name: str, options: dict[str, Any], started: float) -> str:
+    async def _launch_relaying(self, name: str, options: LaunchOptions, started: float) -> str:
         """The launch, with the hub's progress (Slurm's queue: partition,
         reason, place, expected start; then the node) relayed as
         ``launching`` events with the time waited so far, as BinderHub
@@ -311,21 +312,23 @@ class BuildHandler(BaseHandler):
 
     def _options(
         self, built: Built, repo: providers.RepoProvider, query: dict[str, str]
-    ) -> dict[str, Any]:
+    ) -> LaunchOptions:
+        """The server's options: the image just built, a workspace seeded
+        from the checkout, the link's profile and resources (checked
+        against the site's limits before the build)."""
         fetched = built.fetched
-        options: dict[str, Any] = {
-            "image": built.record.key,
-            "workspace": {
-                "slug": server_name(repo.url),
-                "checkout": str(fetched.checkout),
-                "commit": fetched.repo.commit,
-                "from_image": fetched.reads_whole_repo,
-            },
-        }
-        if query.get("profile"):
-            options["profile"] = query["profile"]
-        options.update(link_overrides(query))
-        return options
+        workspace = WorkspaceOptions(
+            slug=server_name(repo.url),
+            checkout=str(fetched.checkout),
+            commit=fetched.repo.commit,
+            from_image=fetched.reads_whole_repo,
+        )
+        return LaunchOptions(
+            image=built.record.key,
+            workspace=workspace,
+            profile=query.get("profile") or None,
+            **link_overrides(query),
+        )
 
 
 class BatchHandler(BaseHandler):
@@ -402,7 +405,7 @@ def submit_batch(
 ) -> tuple[str, Path]:
     """Check and submit one run of ``path`` as ``user``; (job id, run folder)."""
     plan = batch.plan_tasks(built.fetched, path, parameters)
-    launch = apptainer.launch_argv(built.record)
+    launch = launch_argv(built.record)
     run = batch.plan_run(
         site, built.fetched, built.record, launch, user=user, request=request, plan=plan
     )

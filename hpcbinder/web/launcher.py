@@ -9,6 +9,7 @@ the same image reuses it, and one running an older image is replaced.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import re
@@ -19,6 +20,7 @@ from urllib.parse import quote
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from hpcbinder.errors import UserError
+from hpcbinder.hub.options import LaunchOptions
 
 _UNSAFE = re.compile(r"[^a-z0-9]+")
 
@@ -118,30 +120,51 @@ class Launcher:
             raise LaunchFailed(_hub_reason(exc)) from exc
         return True
 
+    async def _request_spawn(self, user: str, name: str, options: LaunchOptions) -> None:
+        try:
+            path = f"/users/{quote(user)}/servers/{quote(name)}"
+            await self.hub.call("POST", path, options.user_options())
+        except HTTPClientError as exc:
+            raise LaunchFailed(_hub_reason(exc)) from exc
+
+    async def _until_pending(self, user: str, name: str, request: asyncio.Future[None]) -> None:
+        """Until the hub has the spawn under way, or answered ``request``
+        (its refusal raised). The hub answers a spawn request only when the
+        server is up or after its ``slow_spawn_timeout`` (10 s): the
+        progress (the job's place in the queue) is followed from the start."""
+        while not request.done():
+            server = await self._server(user, name)
+            if server is not None and server.get("pending") == "spawn":
+                return
+            await asyncio.wait({request}, timeout=0.25)
+        request.result()
+
     async def launch(
         self,
         user: str,
         name: str,
-        options: dict[str, Any],
+        options: LaunchOptions,
         on_message: Callable[[str], None] = lambda _: None,
     ) -> str:
         """Start (or reuse) ``user``'s server ``name``; its URL path. The
         hub's progress messages go to ``on_message`` as they come."""
         server = await self._server(user, name)
         if server is not None:
-            same_image = server.get("user_options", {}).get("image") == options.get("image")
+            same_image = server.get("user_options", {}).get("image") == options.image
             if server.get("ready") and same_image:
                 return str(server["url"])
             if server.get("pending") != "spawn" or not same_image:
                 await self._stop(user, name)
                 server = None
+        request: asyncio.Future[None] | None = None
         if server is None:
-            try:
-                await self.hub.call("POST", f"/users/{quote(user)}/servers/{quote(name)}", options)
-            except HTTPClientError as exc:
-                raise LaunchFailed(_hub_reason(exc)) from exc
-        self._cancelled.discard((user, name))
+            self._cancelled.discard((user, name))
+            request = asyncio.ensure_future(self._request_spawn(user, name, options))
+            await self._until_pending(user, name, request)
         final = await self.hub.progress(user, name, self.timeout, on_message)
+        if request is not None:
+            with contextlib.suppress(LaunchFailed):  # the progress says why
+                await request
         if (user, name) in self._cancelled:
             # The hub says "ready" for a spawn it interrupted, too.
             self._cancelled.discard((user, name))

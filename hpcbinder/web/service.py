@@ -17,7 +17,7 @@ from markupsafe import Markup
 from tornado.httpclient import AsyncHTTPClient
 
 from hpcbinder.config import Site
-from hpcbinder.images.builder import image_store
+from hpcbinder.images.store import image_store
 from hpcbinder.render import templating
 from hpcbinder.seams import proc
 from hpcbinder.seams.cluster import cluster_slurm

@@ -120,14 +120,29 @@ def test_hub_restart_keeps_servers_reachable(hub: Hub) -> None:
     assert execute(hub, server["url"], "print(1 + 1)").strip() == "2"
 
 
-def test_requests_over_the_partition_limits_fail_the_spawn(hub: Hub) -> None:
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        ({"cpus": "64"}, "cpus: 64 is over partition interactive's max_cpus (4)"),
+        ({"cpus": ["8"]}, "cpus: "),
+        ({"command": "id"}, "command: not an option a launch can set"),
+        ({"image": "../../etc/shadow"}, "image: not a valid value"),
+        ({"image": "f" * 32}, f"image: {'f' * 32} is not in this site's store"),
+        ({"workspace": {"slug": "x", "checkout": "/tmp", "commit": "HEAD"}}, "workspace.commit"),
+    ],
+)
+def test_bad_launch_options_are_refused_before_a_job(
+    hub: Hub, options: dict[str, object], reason: str
+) -> None:
+    """Options a client of the hub's API sends are checked before anything
+    is submitted: a 400 naming the bad one (not the hub's 500)."""
     with pytest.raises(HTTPClientError) as caught:
-        hub.api("POST", "/users/alice/servers/toobig", {"image": "base:default", "cpus": "64"})
-        wait_ready(hub, "alice", "toobig")
-    assert caught.value.code == 500
-    assert "cpus: 64 is over partition interactive's max_cpus (4)" in hub.log.read_text()
+        hub.api("POST", "/users/alice/servers/bad", {"image": "base:default", **options})
+    assert caught.value.code == 400
+    assert caught.value.response is not None
+    assert reason in json.loads(caught.value.response.body)["message"]
     jobs = subprocess.run(
-        ["squeue", "-h", "-u", "alice", "-n", "hpcbinder-alice-toobig"],
+        ["squeue", "-h", "-u", "alice", "-n", "hpcbinder-alice-bad"],
         capture_output=True,
         text=True,
         check=True,

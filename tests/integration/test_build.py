@@ -19,12 +19,11 @@ import pytest
 
 from hpcbinder.config import Site
 from hpcbinder.images.builder import Builder, BuildEvent, ImageBuildError
-from hpcbinder.images.entrypoint import image_entrypoint
+from hpcbinder.images.launch import image_entrypoint, launch_argv
 from hpcbinder.images.store import ImageRecord
 from hpcbinder.jobs.request import request_for
 from hpcbinder.jobs.serverscript import ServerJob, render_server_script, workspace_for
 from hpcbinder.render import pipeline
-from hpcbinder.seams.apptainer import launch_argv
 from hpcbinder.seams.slurm import SubmitOptions
 from tests.conftest import SHARED_SCRATCH, SITE_BIN, DevCluster, as_account, running_build_server
 from tests.repohelpers import git, local_spec, make_repo, site_for_tests

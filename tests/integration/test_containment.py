@@ -16,13 +16,13 @@ import pytest
 
 from hpcbinder.config import Site
 from hpcbinder.images.builder import Builder, BuildEvent, cache_dir
+from hpcbinder.images.launch import launch_argv
 from hpcbinder.images.store import ImageRecord
 from hpcbinder.jobs import batch
 from hpcbinder.jobs.request import request_for
 from hpcbinder.jobs.serverscript import ServerJob, render_server_script, workspace_for
 from hpcbinder.render import pipeline
 from hpcbinder.render.pipeline import Fetched
-from hpcbinder.seams.apptainer import launch_argv
 from hpcbinder.seams.slurm import SubmitOptions
 from hpcbinder.sources.providers import ResolvedRepo
 from tests.conftest import SHARED_SCRATCH, DevCluster
