@@ -21,20 +21,72 @@
       });
     };
   }
+  // Only an answer that a server was stopped ends the page's launch: else
+  // the launch goes on and the page keeps following it.
   cancel.onclick = function () {
     cancel.disabled = true;
     fetch(config.cancelUrl, {
       method: "POST",
       credentials: "same-origin",
       headers: { "X-XSRFToken": config.xsrf },
-    }).then(function (response) {
-      source.close();
-      mark("failed");
-      status.textContent = response.ok ? "Cancelled: the queued job is gone." : "Could not cancel.";
-      status.className = "failed";
-      cancel.hidden = true;
-    });
+    })
+      .then(function (response) {
+        return response.ok ? response.json() : Promise.reject(new Error("HTTP " + response.status));
+      })
+      .then(function (answer) {
+        if (!answer.cancelled) {
+          throw new Error("no server was started yet");
+        }
+        source.close();
+        stopClock();
+        mark("cancelled");
+        status.textContent = "Cancelled: the server and its queued job are gone.";
+        status.className = "";
+        cancel.hidden = true;
+      })
+      .catch(function (error) {
+        cancel.disabled = false;
+        status.textContent = "Could not cancel (" + error.message + "); the launch goes on.";
+      });
   };
+  // Slurm's queue may stay silent for long: the page counts the time since
+  // the launch began on its own, set by the "(N s)" the service ends each
+  // launching event with (so a reloaded page counts from the launch too).
+  const WAITED = / \((\d+) s\)$/;
+  const waited = document.getElementById("waited");
+  const elapsed = document.getElementById("elapsed");
+  let launchStarted = null;
+  let ticker = null;
+  function duration(seconds) {
+    if (seconds < 60) {
+      return seconds + " s";
+    }
+    const minutes = Math.floor(seconds / 60);
+    if (minutes < 60) {
+      return minutes + " min " + String(seconds % 60).padStart(2, "0") + " s";
+    }
+    return Math.floor(minutes / 60) + " h " + String(minutes % 60).padStart(2, "0") + " min";
+  }
+  function tick() {
+    elapsed.textContent = duration(Math.max(0, Math.floor((Date.now() - launchStarted) / 1000)));
+  }
+  // A launching event's line without its time, which the clock shows instead.
+  function launchLine(line) {
+    const found = WAITED.exec(line);
+    if (launchStarted === null || found) {
+      launchStarted = Date.now() - (found ? Number(found[1]) * 1000 : 0);
+    }
+    if (ticker === null) {
+      waited.hidden = false;
+      ticker = setInterval(tick, 1000);
+    }
+    tick();
+    return found ? line.slice(0, found.index) : line;
+  }
+  function stopClock() {
+    clearInterval(ticker);
+    ticker = null;
+  }
   function mark(phase) {
     document.querySelectorAll("#phases li").forEach(function (item) {
       item.classList.toggle("current", item.dataset.phase === phase);
@@ -50,11 +102,13 @@
     }
     if (event.phase === "failed") {
       source.close();
+      stopClock();
       cancel.hidden = true;
       status.textContent = event.message.trim().split("\n")[0];
       status.className = "failed";
     } else if (event.phase === "ready") {
       source.close();
+      stopClock();
       cancel.hidden = true;
       if (notifyWhenReady) {
         new Notification("Your Binder is ready", { body: document.title });
@@ -62,12 +116,14 @@
       status.textContent = "Ready: opening your server…";
       window.location.href = event.url;
     } else {
+      const line = event.message.trim().split("\n").pop();
       cancel.hidden = event.phase !== "launching";
-      status.textContent = event.message.trim().split("\n").pop();
+      status.textContent = event.phase === "launching" ? launchLine(line) : line;
     }
   };
   source.onerror = function () {
     if (document.body.dataset.phase !== "ready" && document.body.dataset.phase !== "failed") {
+      stopClock();
       status.textContent = "Lost the connection to the build; reload to follow it again.";
       status.className = "failed";
       source.close();
