@@ -82,6 +82,28 @@ def _url(value: str) -> str:
     return value
 
 
+_CONDA_CHANNEL_NAME = re.compile(r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*")
+
+
+def _conda_channel(value: str) -> str:
+    """A channel name (micromamba resolves it under the channel alias) or a
+    URL; ``defaults`` is refused: it stands for several channels that the
+    pre-flight check could not name one by one."""
+    if value == "defaults":
+        raise ValueError(
+            "'defaults' stands for several Anaconda channels: list their URLs instead "
+            "(e.g. https://repo.anaconda.com/pkgs/main)"
+        )
+    if "://" in value:
+        return _url(value)
+    if not _CONDA_CHANNEL_NAME.fullmatch(value):
+        raise ValueError(
+            "expected a channel name (e.g. conda-forge, found under conda_channel_alias) "
+            "or an http(s):// or file:// URL"
+        )
+    return value
+
+
 def _hostname(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9.-]+(:\d+)?", value):
         raise ValueError("expected a host name")
@@ -92,6 +114,7 @@ SlurmTime = Annotated[str, AfterValidator(_slurm_time)]
 Regex = Annotated[str, AfterValidator(_regex)]
 Url = Annotated[str, AfterValidator(_url)]
 Hostname = Annotated[str, AfterValidator(_hostname)]
+CondaChannel = Annotated[str, AfterValidator(_conda_channel)]
 Name = Annotated[str, AfterValidator(_name)]
 Account = Annotated[str, AfterValidator(_account)]
 Constraint = Annotated[str, AfterValidator(_constraint)]
@@ -348,9 +371,16 @@ class BaseImage(_Strict):
     ``oras``, a SIF path for ``localimage``. The image must provide
     ``python{python}`` with its venv module; hpcbinder installs Jupyter and
     batchspawner into /opt/hpcbinder/python.
+
+    ``r`` declares the R version (major.minor) that the base's Debian
+    release installs (``r-base-core``), e.g. ``"4.2"`` for bookworm: R
+    repositories whose runtime.txt names a version pick a base by it (see
+    ``r_policy``), and their builds check it. Without it a base is not
+    chosen for an R version.
     """
 
     python: Annotated[str, Field(pattern=r"^3\.\d{1,2}$")] = "3.11"
+    r: Annotated[str, Field(pattern=r"^\d\.\d{1,2}$")] | None = None
     bootstrap: Literal["debootstrap", "docker", "oras", "localimage"] = "debootstrap"
     source: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")] = "bookworm"
     mirror: Url | None = None
@@ -383,12 +413,25 @@ class Mirrors(_Strict):
     """Package sources the builds use; sites point them at local mirrors."""
 
     pypi_index: Url | None = None
-    conda_channels: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9._:/-]+$")]] = ["conda-forge"]
+    conda_channels: list[CondaChannel] = ["conda-forge"]
+    #: Where channel names (``conda-forge``) are found, as micromamba's
+    #: ``channel_alias``: a site's conda mirror serves them all.
+    conda_channel_alias: Url = "https://conda.anaconda.org"
     micromamba_url: Url = "https://micro.mamba.pm/api/micromamba/linux-64/latest"
     cran: Url = "https://packagemanager.posit.co/cran"
     julia_downloads: Url = "https://julialang-s3.julialang.org/bin/linux/x64"
     julia_pkg_server: Url = "https://pkg.julialang.org"
     nix_installer: Url = "https://nixos.org/nix/install"
+
+    @property
+    def conda_channel_urls(self) -> list[str]:
+        """The site's channels as micromamba reaches them: a URL as it is,
+        a name under the channel alias."""
+        alias = self.conda_channel_alias.rstrip("/")
+        return [
+            channel.rstrip("/") if "://" in channel else f"{alias}/{channel}"
+            for channel in self.conda_channels
+        ]
 
 
 class Network(_Strict):
@@ -492,6 +535,9 @@ class Site(_Strict):
     bases: dict[Name, BaseImage] = Field(default_factory=lambda: {"default": BaseImage()})
     default_base: Name = "default"
     python_policy: Literal["exact", "nearest"] = "nearest"
+    #: How runtime.txt's ``r-X.Y-DATE`` picks among the bases that declare
+    #: ``r``: only that version (``exact``), or the nearest one with a warning.
+    r_policy: Literal["exact", "nearest"] = "nearest"
     repos: RepoPolicy = RepoPolicy()
     network: Network = Network()
     dockerfiles: Dockerfiles = Dockerfiles()

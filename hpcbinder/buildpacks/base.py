@@ -68,6 +68,8 @@ class BuildPlan:
     reads_whole_repo: bool
     warnings: list[str]
     dockerfile: dict[str, Any] | None = None
+    #: The R version runtime.txt asks for (``r-X.Y-YYYY-MM-DD``), which picks a base.
+    r_version: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -183,6 +185,9 @@ class BuildPack:
     def python_requires(self) -> str | None:
         return None
 
+    def r_version(self) -> str | None:
+        return None
+
     # --- hooks -------------------------------------------------------------
 
     def apt_packages(self) -> set[str]:
@@ -247,5 +252,6 @@ class BuildPack:
             start=self.start(),
             reads_whole_repo=self.reads_whole_repo(repo_steps),
             dockerfile=self.dockerfile(),
+            r_version=self.r_version(),
             warnings=list(self._warnings),
         )

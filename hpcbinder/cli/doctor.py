@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcbinder.config import Site
+from hpcbinder.errors import UserError
+from hpcbinder.images.builder import base_is_current
 from hpcbinder.jobs.servers import SERVER_LOG_READER
 from hpcbinder.render import templating
 from hpcbinder.seams import apptainer, proc
@@ -212,16 +214,41 @@ def check_image_store(site: Site) -> CheckResult:
     return _ok(name, f"{store} written only by {account}")
 
 
-def check_base_image(site: Site) -> CheckResult:
-    name = "base image"
-    image = site.base_image_path(site.default_base)
-    if not image.is_file():
-        return _warn(
-            name,
-            f"{site.default_base!r} is not built yet ({image})",
-            f"hpcbinder base build {site.default_base}",
-        )
-    return _ok(name, f"{site.default_base!r} at {image}")
+def check_base_images(site: Site) -> CheckResult:
+    """Every base of the site file is built, from the definition the site
+    file gives it now: runtime.txt may pick any of them, and a base left
+    behind by a site-file change (another mirror, release or CA bundle)
+    would build repositories on what the site no longer declares."""
+    name = "base images"
+    fix = f"hpcbinder base build --missing (as {site.build.account})"
+    try:
+        hub_major: int | None = int(importlib.metadata.version("jupyterhub").split(".")[0])
+    except importlib.metadata.PackageNotFoundError:
+        hub_major = None  # the jupyterhub check says so; built is all we can tell
+    missing, stale = [], []
+    for base in site.bases:
+        if not site.base_image_path(base).is_file():
+            missing.append(base)
+            continue
+        if hub_major is None:
+            continue
+        try:
+            current = base_is_current(site, base, hub_major)
+        except UserError as exc:
+            return _fail(name, str(exc), "correct the base in the site file")
+        except (OSError, ValueError):  # unreadable metadata: rebuilding is the fix too
+            current = False
+        if not current:
+            stale.append(base)
+    problems = []
+    if missing:
+        problems.append(f"not built yet: {', '.join(missing)}")
+    if stale:
+        problems.append(f"built from another definition than the site file's: {', '.join(stale)}")
+    if problems:
+        return _warn(name, "; ".join(problems), fix)
+    offered = ", ".join(f"{base} (Python {image.python})" for base, image in site.bases.items())
+    return _ok(name, f"{offered} in {site.image_store / 'bases'}")
 
 
 def check_jupyter() -> CheckResult:
@@ -343,7 +370,7 @@ def run_checks(site: Site, slurm: SlurmCLI, job_user: str | None = None) -> list
         lambda: check_fakeroot(site),
         check_fuse,
         lambda: check_image_store(site),
-        lambda: check_base_image(site),
+        lambda: check_base_images(site),
         check_jupyter,
         lambda: check_sudo_rules(site, job_user),
     ]

@@ -31,8 +31,9 @@ from hpcbinder.errors import UserError
 from hpcbinder.images import builder as build
 from hpcbinder.images import gc as storegc
 from hpcbinder.images.client import BuildServerError, published_image
-from hpcbinder.images.entrypoint import image_entrypoint
-from hpcbinder.seams import apptainer, proc
+from hpcbinder.images.launch import image_entrypoint, launch_argv
+from hpcbinder.images.store import image_store
+from hpcbinder.seams import proc
 from hpcbinder.seams.cluster import cluster_slurm
 from hpcbinder.seams.slurm import SlurmError
 
@@ -142,7 +143,7 @@ def build_command(ctx: click.Context, spec: str, ref: str | None, verbose: bool)
     except BuildServerError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_FAILED)
-    run = [*apptainer.launch_argv(record), *image_entrypoint(record)]
+    run = [*launch_argv(record), *image_entrypoint(record)]
     click.echo(f"run it with: {shlex.join(run)} COMMAND", err=True)
     click.echo(record.path)
 
@@ -172,7 +173,7 @@ def base_build(ctx: click.Context, names: tuple[str, ...], verbose: bool, missin
     hub_major = int(importlib.metadata.version("jupyterhub").split(".")[0])
     builder = build.Builder(site)
     for name in names or tuple(site.bases):
-        if missing and builder.base_is_current(name, hub_major):
+        if missing and build.base_is_current(site, name, hub_major):
             click.echo(f"{site.base_image_path(name)} (up to date)")
             continue
         try:
@@ -195,7 +196,7 @@ def images_group() -> None:
 @click.pass_context
 def images_ls(ctx: click.Context) -> None:
     """Every published image: key, size, build time, spec."""
-    store = build.image_store(site_in_force(ctx))
+    store = image_store(site_in_force(ctx))
     for record in store.records():
         meta = record.meta
         click.echo(
@@ -210,7 +211,7 @@ def images_ls(ctx: click.Context) -> None:
 @click.pass_context
 def images_show(ctx: click.Context, key: str) -> None:
     """An image's metadata as JSON, with when it was last used (what gc goes by)."""
-    store = build.image_store(site_in_force(ctx))
+    store = image_store(site_in_force(ctx))
     record = store.lookup(_checked_key(key))
     if record is None:
         click.echo(f"error: no image with key {key}", err=True)
@@ -228,7 +229,7 @@ def images_rm(ctx: click.Context, key: str) -> None:
     """Remove an image (running containers keep working)."""
     site = site_in_force(ctx)
     _require_build_account(site)
-    if not build.image_store(site).remove(_checked_key(key)):
+    if not image_store(site).remove(_checked_key(key)):
         click.echo(f"error: no image with key {key}", err=True)
         sys.exit(1)
     click.echo(f"removed {key}")

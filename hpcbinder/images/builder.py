@@ -39,9 +39,17 @@ from pathlib import Path
 from typing import Any
 
 from hpcbinder.config import Site
-from hpcbinder.images import buildlog, entrypoint
+from hpcbinder.images import buildlog, launch
 from hpcbinder.images.backends import Backend, BuildCommands, BuildFailed, BuildStep, backend_for
-from hpcbinder.images.store import IMAGE, LOG, BuildLock, ImageRecord, ImageStore, follow_events
+from hpcbinder.images.store import (
+    IMAGE,
+    LOG,
+    BuildLock,
+    ImageRecord,
+    ImageStore,
+    follow_events,
+    image_store,
+)
 from hpcbinder.render import definition as render
 from hpcbinder.render.pipeline import Prepared
 from hpcbinder.seams import apptainer
@@ -96,8 +104,15 @@ def _message(failed: BuildFailed) -> str:
     return str(failed).removeprefix(f"{failed.step}: ")
 
 
-def image_store(site: Site) -> ImageStore:
-    return ImageStore(site.image_store, owner=site.build.account)
+def base_is_current(site: Site, name: str, hub_major: int) -> bool:
+    """Base ``name`` exists and was built from the definition the site file
+    gives it now (``base build --missing`` and ``doctor`` ask)."""
+    current = site.base_image_path(name)
+    meta = current.resolve().with_suffix(".json")
+    if not current.is_file() or not meta.is_file():
+        return False
+    built_from = json.loads(meta.read_text()).get("definition")
+    return bool(built_from == render.render_base(site, name, hub_major))
 
 
 #: The folder of ``build.cache_dir`` holding one download cache per env key.
@@ -354,15 +369,6 @@ class Builder:
 
     # --- site base images --------------------------------------------------------
 
-    def base_is_current(self, name: str, hub_major: int) -> bool:
-        """Base ``name`` exists and was built from the definition it has now."""
-        current = self.site.base_image_path(name)
-        meta = current.resolve().with_suffix(".json")
-        if not current.is_file() or not meta.is_file():
-            return False
-        built_from = json.loads(meta.read_text()).get("definition")
-        return bool(built_from == render.render_base(self.site, name, hub_major))
-
     def build_base(self, name: str, hub_major: int, emit: Emit) -> Path:
         """Build site base ``name`` and make it current.
 
@@ -492,5 +498,5 @@ class Builder:
             "build_log": str(self.store.image_dir(prepared.rendered.env_key) / LOG),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "backend": self.backend.name,
-            entrypoint.META_FIELD: prepared.rendered.entrypoint,
+            launch.ENTRYPOINT_FIELD: prepared.rendered.entrypoint,
         }

@@ -34,10 +34,15 @@ _REASON = re.compile(
     r"|Error(?: in |: )"  # R ("Error in library(x) : there is no package called 'x'")
     r"|(?:critical|error)\s+libmamba\b"  # micromamba
     r"|curl: \(\d+\)"  # a download that failed ("curl: (6) Could not resolve host")
+    r"|hpcbinder: "  # the build's own checks ("hpcbinder: cannot reach the conda channel ...")
     r"|\[?[A-Za-z_][\w.]*(?:Error|Exception)\]?: "  # Python, pipenv
     r"|.*(?:No matching distribution|not available)"  # pip; R ("package 'x' is not available")
     r")"
 )
+#: A line the build's own checks print ("hpcbinder: R package 'x' could not
+#: be installed from URL ..."): they know why, so such a line is the reason
+#: even where a tool's line matched before it (R CMD INSTALL's "ERROR: ...").
+_OWN = re.compile(r"\s*hpcbinder: ")
 #: A line that continues the one before it ("  cause: Because ...").
 _CONTINUED = re.compile(r"\s+\S")
 
@@ -112,13 +117,20 @@ def cap_file(path: Path, head: int = HEAD_LINES, tail: int = TAIL_LINES) -> None
 
 class FailureReason:
     """The first line of a build's output that says why it failed, with
-    the indented lines that continue it (uv prints its cause below)."""
+    the indented lines that continue it (uv prints its cause below); the
+    first line of the build's own checks wins over a tool's."""
 
     def __init__(self) -> None:
         self._lines: list[str] = []
         self._complete = False
+        self._own = False
 
     def line(self, text: str) -> None:
+        if self._own:
+            return
+        if _OWN.match(text):
+            self._lines, self._own = [text.strip()], True
+            return
         if self._complete:
             return
         if not self._lines:

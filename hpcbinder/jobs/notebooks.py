@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 
 from hpcbinder.errors import UserError
 
 PARAMETERS_TAG = "parameters"
+#: An assignment in an R notebook's parameters cell (``alpha <- 1``, ``n = 3``).
+_R_ASSIGNMENT = re.compile(r"\s*([A-Za-z.][A-Za-z0-9._]*)\s*(?:<-|=(?!=))")
 
 
 class NotebookError(UserError):
@@ -40,6 +43,10 @@ def _cell_names(source: str) -> set[str]:
     return names
 
 
+def _r_cell_names(source: str) -> set[str]:
+    return {m.group(1) for line in source.splitlines() if (m := _R_ASSIGNMENT.match(line))}
+
+
 def declared_parameters(path: Path, shown: str) -> set[str] | None:
     """The names assigned in the notebook's cell tagged ``parameters``, or
     None when it has no such cell. ``shown`` names the notebook in errors."""
@@ -53,6 +60,9 @@ def declared_parameters(path: Path, shown: str) -> set[str] | None:
         if cell.get("cell_type") == "code" and PARAMETERS_TAG in tags:
             source = cell.get("source", "")
             text = "".join(source) if isinstance(source, list) else str(source)
+            kernel = document.get("metadata", {}).get("kernelspec", {})
+            if str(kernel.get("language", "")).lower() == "r":
+                return _r_cell_names(text)
             try:
                 return _cell_names(text)
             except SyntaxError as exc:

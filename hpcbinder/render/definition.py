@@ -64,6 +64,8 @@ class BaseChoice:
     bootstrap: str  # "localimage" or "docker"
     source: str  # a SIF path, or a docker reference
     warnings: list[str] = field(default_factory=list)
+    #: The R version the site declares for this base (bases.NAME.r), if any.
+    r: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,38 +90,88 @@ def _minor(version: str) -> int:
     return int(version.split(".")[1])
 
 
+def _r_number(version: str) -> int:
+    major, minor = version.split(".")
+    return int(major) * 100 + int(minor)
+
+
+def _site_base(site: Site, name: str, warnings: list[str] | None = None) -> BaseChoice:
+    image = _safe_path(str(site.base_image_path(name)), "site: image_store")
+    base = site.bases[name]
+    return BaseChoice(name, base.python, "localimage", image, warnings or [], base.r)
+
+
+def _choose_r_base(site: Site, wanted: str) -> BaseChoice:
+    """The base whose declared R (bases.NAME.r) runtime.txt asks for, by
+    the site's r_policy; the default base where no base declares one."""
+    declared = {name: base.r for name, base in site.bases.items() if base.r is not None}
+    if not declared:
+        return _site_base(
+            site,
+            site.default_base,
+            [
+                f"runtime.txt asks for R {wanted}; this site's bases declare no R version "
+                "(site: bases.NAME.r), so the default base's Debian R is used"
+            ],
+        )
+    exact = sorted(name for name, r in declared.items() if r == wanted)
+    if exact:
+        return _site_base(site, site.default_base if site.default_base in exact else exact[0])
+    offered = ", ".join(sorted(set(declared.values()), key=_r_number))
+    if site.r_policy == "exact":
+        raise RepoConfigError(
+            "runtime.txt",
+            f"R {wanted} is not offered by this site (it offers {offered}; r_policy: exact)",
+        )
+    nearest = min(
+        sorted(declared),
+        key=lambda name: (
+            abs(_r_number(declared[name]) - _r_number(wanted)),
+            -_r_number(declared[name]),
+            name != site.default_base,
+        ),
+    )
+    return _site_base(
+        site,
+        nearest,
+        [
+            f"R {wanted} is not offered by this site; using the nearest, "
+            f"{declared[nearest]} (base {nearest})"
+        ],
+    )
+
+
 def choose_base(site: Site, plan: BuildPlan) -> BaseChoice:
-    """The base whose Python the repository asks for, by the site's policy."""
+    """The base whose R or Python the repository asks for, by the site's policy."""
+    if plan.r_version is not None:
+        return _choose_r_base(site, plan.r_version)
     default = site.bases[site.default_base]
-
-    def choice(name: str, warnings: list[str] | None = None) -> BaseChoice:
-        image = _safe_path(str(site.base_image_path(name)), "site: image_store")
-        return BaseChoice(name, site.bases[name].python, "localimage", image, warnings or [])
-
     offered = ", ".join(sorted({b.python for b in site.bases.values()}))
     wanted = plan.python_version
     if wanted is None or wanted == "3":
         if plan.python_requires:
             spec = SpecifierSet(plan.python_requires)
             if Version(default.python) in spec:
-                return choice(site.default_base)
+                return _site_base(site, site.default_base)
             fits = sorted(
                 (n for n, b in site.bases.items() if Version(b.python) in spec),
                 key=lambda n: _minor(site.bases[n].python),
             )
             if fits:
-                return choice(fits[-1])
+                return _site_base(site, fits[-1])
             message = (
                 f"pyproject.toml requires-python {plan.python_requires!r} matches no "
                 f"Python of this site ({offered})"
             )
             if site.python_policy == "exact":
                 raise RepoConfigError("pyproject.toml", message)
-            return choice(site.default_base, [f"{message}; using {default.python}"])
-        return choice(site.default_base)
+            return _site_base(site, site.default_base, [f"{message}; using {default.python}"])
+        return _site_base(site, site.default_base)
     exact = [name for name, base in site.bases.items() if base.python == wanted]
     if exact:
-        return choice(site.default_base if site.default_base in exact else sorted(exact)[0])
+        return _site_base(
+            site, site.default_base if site.default_base in exact else sorted(exact)[0]
+        )
     source = "runtime.txt" if plan.buildpack != "pipfile" else "Pipfile"
     if site.python_policy == "exact":
         raise RepoConfigError(
@@ -133,7 +185,8 @@ def choose_base(site: Site, plan: BuildPlan) -> BaseChoice:
             -_minor(site.bases[n].python),
         ),
     )
-    return choice(
+    return _site_base(
+        site,
         nearest,
         [
             f"Python {wanted} is not offered by this site; using the nearest, "
@@ -191,7 +244,9 @@ def base_identity(site: Site, base: BaseChoice) -> str:
     the file itself (a rebuilt base changes every key built on it)."""
     parts = [base.bootstrap, base.source]
     if base.name in site.bases:
-        parts.append(site.bases[base.name].model_dump_json())
+        # Not ``r``: a declaration the choice reads (and R builds check in
+        # their text); declaring it does not rebuild every image.
+        parts.append(site.bases[base.name].model_dump_json(exclude={"r"}))
     image = Path(base.source)
     if base.bootstrap == "localimage" and image.is_file():
         stat = image.stat()

@@ -1,0 +1,2 @@
+install.packages("hpcbinderdemo")
+install.packages("hpcbindernosuch")
