@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from hpcbinder.errors import UserError
+
 #: Where a site's file is looked for when neither --site nor $HPCBINDER_SITE names one.
 SYSTEM_SITE_FILE = Path("/etc/hpcbinder/site.yaml")
 SITE_ENV = "HPCBINDER_SITE"
@@ -592,7 +594,7 @@ class Site(_Strict):
         return self
 
 
-class SiteConfigError(ValueError):
+class SiteConfigError(UserError):
     """The site file cannot be used; ``problems`` lists each as 'path: message'."""
 
     def __init__(self, source: str, problems: list[str]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hpcbinder.buildpacks.base import BuildPack, BuildPlan, RepoFiles, Step
+from hpcbinder.buildpacks.base import BuildPack, BuildPlan, RepoFiles, Step, StepKind
 from hpcbinder.buildpacks.conda import CondaBuildPack
 from hpcbinder.buildpacks.dockerfile import DockerfileBuildPack
 from hpcbinder.buildpacks.julia import JuliaProjectBuildPack
@@ -38,7 +38,7 @@ def detect(checkout: Path) -> BuildPlan:
     candidates = (buildpack_class(repo) for buildpack_class in BUILDPACKS)
     buildpack = next((bp for bp in candidates if bp.detect()), None) or DEFAULT_BUILDPACK(repo)
     plan = buildpack.plan()
-    uses_install_r = any(s.kind == "r-install-script" for s in plan.env_steps)
+    uses_install_r = any(s.kind is StepKind.R_INSTALL_SCRIPT for s in plan.env_steps)
     if repo.has("install.R") and not uses_install_r:
         plan.warnings.append(
             f"{repo.path('install.R')} is ignored: R is set up by runtime.txt "

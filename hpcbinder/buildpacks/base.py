@@ -9,6 +9,7 @@ definition text: :mod:`hpcbinder.render.definition` does, from the :class:`Build
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -32,12 +33,33 @@ _PYTHON_RUNTIME = re.compile(r"python-(\d+)(?:\.(\d+))?(?:\.(\d+))?")
 _R_RUNTIME = re.compile(r"r-(?:(\d+\.\d+(?:\.\d+)?)-)?(\d{4}-\d{2}-\d{2})")
 
 
+class StepKind(enum.StrEnum):
+    """The build steps there are, each rendered by its template
+    (``templates/steps/<value>.sh.j2``; a unit test checks both ways)."""
+
+    CONDA_ENV = "conda-env"
+    JULIA_INSTANTIATE = "julia-instantiate"
+    JULIA_SETUP = "julia-setup"
+    NIX_SHELL = "nix-shell"
+    PIP_INSTALL_REPO = "pip-install-repo"
+    PIP_REQUIREMENTS = "pip-requirements"
+    PIPFILE = "pipfile"
+    POST_BUILD = "post-build"
+    R_DESCRIPTION = "r-description"
+    R_INSTALL_SCRIPT = "r-install-script"
+    R_SETUP = "r-setup"
+
+    @property
+    def template(self) -> str:
+        return f"steps/{self.value}.sh.j2"
+
+
 @dataclass(frozen=True)
 class Step:
-    """One build step: ``kind`` names its template (templates/steps/KIND.sh.j2),
-    ``params`` are the validated values it needs."""
+    """One build step: ``kind`` names its template, ``params`` are the
+    validated values it needs."""
 
-    kind: str
+    kind: StepKind
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -216,7 +238,7 @@ class BuildPack:
     def repo_steps(self) -> list[Step]:
         """Steps that need the whole repository in the image."""
         if self.repo.has("postBuild"):
-            return [Step("post-build", {"script": self.repo.path("postBuild")})]
+            return [Step(StepKind.POST_BUILD, {"script": self.repo.path("postBuild")})]
         return []
 
     def environment(self) -> dict[str, str]:

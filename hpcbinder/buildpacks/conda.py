@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from hpcbinder.buildpacks.base import BuildPack, Step, in_image
+from hpcbinder.buildpacks.base import BuildPack, Step, StepKind, in_image
 from hpcbinder.errors import RepoConfigError
 
 #: The conda environment that becomes the notebook kernel.
@@ -75,14 +75,14 @@ class CondaBuildPack(BuildPack):
         steps = [
             *super().env_steps(),
             Step(
-                "conda-env",
+                StepKind.CONDA_ENV,
                 {"file": in_image(self._file()), "python": self.conda_python()},
             ),
         ]
         if self.has_r() and self.repo.has("install.R"):
             steps.append(
                 Step(
-                    "r-install-script",
+                    StepKind.R_INSTALL_SCRIPT,
                     {"file": in_image(self.repo.path("install.R")), "conda": True},
                 )
             )

@@ -3,7 +3,7 @@ instantiated with the site's Julia download mirror and package server."""
 
 from __future__ import annotations
 
-from hpcbinder.buildpacks.base import Step, in_image
+from hpcbinder.buildpacks.base import Step, StepKind, in_image
 from hpcbinder.buildpacks.python import PythonBuildPack, parse_toml
 
 
@@ -39,6 +39,6 @@ class JuliaProjectBuildPack(PythonBuildPack):
         project_dir = in_image(self.repo.binder_dir or ".")
         return [
             *super().env_steps(),
-            Step("julia-setup", {"compat": self.julia_compat()}),
-            Step("julia-instantiate", {"project": project_dir}),
+            Step(StepKind.JULIA_SETUP, {"compat": self.julia_compat()}),
+            Step(StepKind.JULIA_INSTANTIATE, {"project": project_dir}),
         ]

@@ -3,7 +3,7 @@ nix-shell when the server starts."""
 
 from __future__ import annotations
 
-from hpcbinder.buildpacks.base import BuildPack, Step, in_image
+from hpcbinder.buildpacks.base import BuildPack, Step, StepKind, in_image
 
 
 class NixBuildPack(BuildPack):
@@ -18,7 +18,7 @@ class NixBuildPack(BuildPack):
     def env_steps(self) -> list[Step]:
         return [
             *super().env_steps(),
-            Step("nix-shell", {"file": in_image(self.repo.path("default.nix"))}),
+            Step(StepKind.NIX_SHELL, {"file": in_image(self.repo.path("default.nix"))}),
         ]
 
     def environment(self) -> dict[str, str]:

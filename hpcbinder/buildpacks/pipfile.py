@@ -32,7 +32,7 @@ from typing import Any
 
 from packaging.markers import InvalidMarker, Marker
 
-from hpcbinder.buildpacks.base import BuildPack, Step
+from hpcbinder.buildpacks.base import BuildPack, Step, StepKind
 from hpcbinder.buildpacks.python import parse_toml
 from hpcbinder.errors import RepoConfigError
 
@@ -270,7 +270,7 @@ class PipfileBuildPack(BuildPack):
         definition (hence the env key) and need no repository file."""
         requirements = self.requirements
         return Step(
-            "pipfile",
+            StepKind.PIPFILE,
             {
                 "locked": self.locked,
                 "requirements": requirements.requirements,

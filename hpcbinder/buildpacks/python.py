@@ -13,7 +13,7 @@ from typing import Any
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
-from hpcbinder.buildpacks.base import BuildPack, Step, in_image
+from hpcbinder.buildpacks.base import BuildPack, Step, StepKind, in_image
 from hpcbinder.errors import RepoConfigError
 
 # A requirement that reads other files of the repository: the install then
@@ -76,7 +76,7 @@ class PythonBuildPack(BuildPack):
     def _requirements_step(self, in_repo: bool) -> Step:
         relative = self.repo.path("requirements.txt")
         return Step(
-            "pip-requirements",
+            StepKind.PIP_REQUIREMENTS,
             {"file": relative if in_repo else in_image(relative), "in_repo": in_repo},
         )
 
@@ -102,5 +102,5 @@ class PythonBuildPack(BuildPack):
         if self.requirements_are_local:
             steps.append(self._requirements_step(in_repo=True))
         if self.is_python_package:
-            steps.append(Step("pip-install-repo"))
+            steps.append(Step(StepKind.PIP_INSTALL_REPO))
         return [*steps, *super().repo_steps()]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from hpcbinder.buildpacks.base import Step, in_image
+from hpcbinder.buildpacks.base import Step, StepKind, in_image
 from hpcbinder.buildpacks.python import PythonBuildPack
 
 #: How old the CRAN snapshot is when only a DESCRIPTION file asks for R.
@@ -60,13 +60,15 @@ class RBuildPack(PythonBuildPack):
         return files
 
     def env_steps(self) -> list[Step]:
-        steps = [*super().env_steps(), Step("r-setup", self._cran())]
+        steps = [*super().env_steps(), Step(StepKind.R_SETUP, self._cran())]
         if self.repo.has("install.R"):
             file = in_image(self.repo.path("install.R"))
-            steps.append(Step("r-install-script", {"file": file, "conda": False, **self._cran()}))
+            steps.append(
+                Step(StepKind.R_INSTALL_SCRIPT, {"file": file, "conda": False, **self._cran()})
+            )
         return steps
 
     def repo_steps(self) -> list[Step]:
         if self.repo.has_top_level("DESCRIPTION"):
-            return [Step("r-description", self._cran()), *super().repo_steps()]
+            return [Step(StepKind.R_DESCRIPTION, self._cran()), *super().repo_steps()]
         return super().repo_steps()

@@ -1,5 +1,6 @@
-"""What the command-line modules share: the site file in force, the front
-half of the pipeline with one-line errors, and build progress on stderr."""
+"""What the command-line modules share: the one place errors end a command,
+the site file in force, the front half of the pipeline, and build progress
+on stderr."""
 
 from __future__ import annotations
 
@@ -13,22 +14,45 @@ import click
 from hpcbinder.config import Site, SiteConfigError, load_site
 from hpcbinder.errors import UserError
 from hpcbinder.images import builder
-from hpcbinder.images.client import BuildRefused, BuildServerClient, BuildServerError, ServerEvent
+from hpcbinder.images.client import BuildServerClient, BuildServerError, ServerEvent
 from hpcbinder.render import pipeline
 from hpcbinder.render.pipeline import Fetched
+from hpcbinder.seams import proc
+from hpcbinder.seams.slurm import SlurmError
 
+#: Exit status of bad input (a spec, a repository's or the site's configuration).
 EXIT_CONFIG = 2
+#: Exit status of a failure (a build, the build server, Slurm).
 EXIT_FAILED = 1
 
 
+class CommandLine(click.Group):
+    """The ``hpcbinder`` group: every error a user or sysadmin can cause,
+    and every failure of an outside system, ends the command here as its
+    one-line reason (a site file's problems one a line, a failed build's
+    log tail), never as a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except SiteConfigError as exc:
+            report_config_error(exc)
+            sys.exit(EXIT_CONFIG)
+        except UserError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_CONFIG)
+        except builder.ImageBuildError as exc:
+            report_build_error(exc)
+            sys.exit(EXIT_FAILED)
+        except (BuildServerError, SlurmError, proc.CommandError) as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_FAILED)
+
+
 def site_in_force(ctx: click.Context) -> Site:
-    """The site file in force; a bad one ends the command with each problem."""
+    """The site file in force (a bad one is a :class:`SiteConfigError`)."""
     path: Path | None = ctx.find_root().params.get("site")
-    try:
-        return load_site(path)
-    except SiteConfigError as exc:
-        report_config_error(exc)
-        sys.exit(EXIT_CONFIG)
+    return load_site(path)
 
 
 def report_config_error(exc: SiteConfigError) -> None:
@@ -42,13 +66,8 @@ def full_spec(spec: str, ref: str | None) -> str:
 
 
 def prepare(site: Site, spec: str) -> pipeline.Prepared:
-    """Resolve, fetch, detect and render (warnings to stderr), or end with
-    the one-line reason."""
-    try:
-        prepared = pipeline.prepare(spec, site)
-    except UserError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_CONFIG)
+    """Resolve, fetch, detect and render, warnings to stderr."""
+    prepared = pipeline.prepare(spec, site)
     for warning in prepared.rendered.warnings:
         click.echo(f"warning: {warning}", err=True)
     return prepared
@@ -81,21 +100,9 @@ class ProgressDisplay:
 
 def request_image(site: Site, spec: str, verbose: bool, *, prepare_only: bool = False) -> Fetched:
     """Ask the build server to fetch (and unless ``prepare_only``, build)
-    ``spec``, showing its progress; or end with the one-line reason."""
+    ``spec``, showing its progress."""
     display = ProgressDisplay(verbose)
-    try:
-        fetched = BuildServerClient(site).request(
-            spec, display.server_event, prepare_only=prepare_only
-        )
-    except BuildRefused as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_CONFIG)
-    except builder.ImageBuildError as exc:
-        report_build_error(exc)
-        sys.exit(EXIT_FAILED)
-    except BuildServerError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_FAILED)
+    fetched = BuildServerClient(site).request(spec, display.server_event, prepare_only=prepare_only)
     if prepare_only:
         for warning in fetched.warnings:
             click.echo(f"warning: {warning}", err=True)

@@ -15,22 +15,20 @@ import click
 from hpcbinder import __version__
 from hpcbinder.cli import doctor
 from hpcbinder.cli.common import (
-    EXIT_CONFIG,
     EXIT_FAILED,
+    CommandLine,
     ProgressDisplay,
     full_spec,
     prepare,
-    report_build_error,
-    report_config_error,
     request_image,
     site_in_force,
 )
 from hpcbinder.cli.sbatch import jobs_group, sbatch_command
-from hpcbinder.config import Site, SiteConfigError, load_site
+from hpcbinder.config import Site, load_site
 from hpcbinder.errors import UserError
 from hpcbinder.images import builder as build
 from hpcbinder.images import gc as storegc
-from hpcbinder.images.client import BuildServerError, published_image
+from hpcbinder.images.client import published_image
 from hpcbinder.images.launch import image_entrypoint, launch_argv
 from hpcbinder.images.store import image_store
 from hpcbinder.seams import proc
@@ -38,7 +36,7 @@ from hpcbinder.seams.cluster import cluster_slurm
 from hpcbinder.seams.slurm import SlurmError
 
 
-@click.group()
+@click.group(cls=CommandLine)
 @click.version_option(__version__, prog_name="hpcbinder")
 @click.option(
     "--site",
@@ -88,11 +86,7 @@ def config_group() -> None:
 @click.pass_context
 def config_check(ctx: click.Context, path: Path | None) -> None:
     """Validate a site file and print every problem with its place in the file."""
-    try:
-        site = load_site(path or ctx.find_root().params.get("site"))
-    except SiteConfigError as exc:
-        report_config_error(exc)
-        sys.exit(EXIT_CONFIG)
+    site = load_site(path or ctx.find_root().params.get("site"))
     click.echo(
         f"site file is valid: {len(site.partitions)} partitions, "
         f"{len(site.bases)} base images, image store {site.image_store}"
@@ -138,11 +132,7 @@ def build_command(ctx: click.Context, spec: str, ref: str | None, verbose: bool)
     site's build server: build.server_url)."""
     site = site_in_force(ctx)
     fetched = request_image(site, full_spec(spec, ref), verbose)
-    try:
-        record = published_image(site, fetched)
-    except BuildServerError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_FAILED)
+    record = published_image(site, fetched)
     run = [*launch_argv(record), *image_entrypoint(record)]
     click.echo(f"run it with: {shlex.join(run)} COMMAND", err=True)
     click.echo(record.path)
@@ -176,15 +166,7 @@ def base_build(ctx: click.Context, names: tuple[str, ...], verbose: bool, missin
         if missing and build.base_is_current(site, name, hub_major):
             click.echo(f"{site.base_image_path(name)} (up to date)")
             continue
-        try:
-            path = builder.build_base(name, hub_major, ProgressDisplay(verbose))
-        except UserError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_CONFIG)
-        except build.ImageBuildError as exc:
-            report_build_error(exc)
-            sys.exit(1)
-        click.echo(path)
+        click.echo(builder.build_base(name, hub_major, ProgressDisplay(verbose)))
 
 
 @main.group("images")
@@ -280,12 +262,10 @@ def images_gc(ctx: click.Context, days: float, keep: int) -> None:
 def _require_build_account(site: Site) -> None:
     """Only the build account writes the image store (never root at run time)."""
     if proc.current_user() != site.build.account:
-        click.echo(
-            f"error: run this as the build account {site.build.account} (site file: "
-            f"build.account), e.g. sudo -u {site.build.account} hpcbinder ...",
-            err=True,
+        raise UserError(
+            f"run this as the build account {site.build.account} (site file: "
+            f"build.account), e.g. sudo -u {site.build.account} hpcbinder ..."
         )
-        sys.exit(EXIT_CONFIG)
 
 
 def _checked_key(key: str) -> str:

@@ -9,25 +9,18 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 import click
 
-from hpcbinder.cli.common import EXIT_CONFIG, EXIT_FAILED, full_spec, request_image, site_in_force
-from hpcbinder.errors import UserError
-from hpcbinder.images.client import BuildServerError, published_image
+from hpcbinder.cli.common import full_spec, request_image, site_in_force
+from hpcbinder.images.client import published_image
 from hpcbinder.images.launch import launch_argv
 from hpcbinder.jobs import batch
-from hpcbinder.jobs.batchjobs import BatchJob, BatchJobs, exit_status, submit_run
+from hpcbinder.jobs.batchjobs import BatchJobs, exit_status, submit_run
 from hpcbinder.jobs.request import request_for
 from hpcbinder.seams import proc
 from hpcbinder.seams.cluster import cluster_slurm
-from hpcbinder.seams.slurm import JobInfo, SlurmError
-
-
-def _fail(exc: Exception, status: int = EXIT_CONFIG) -> NoReturn:
-    click.echo(f"error: {exc}", err=True)
-    sys.exit(status)
+from hpcbinder.seams.slurm import JobInfo
 
 
 @click.command("sbatch", context_settings={"show_default": True})
@@ -92,44 +85,30 @@ def sbatch_command(
         "account": account,
         "qos": qos,
     }
-    try:
-        request = request_for(site, profile, overrides, user=user)
-        grid = batch.read_grid(param_grid) if param_grid else None
-    except UserError as exc:
-        _fail(exc)
+    request = request_for(site, profile, overrides, user=user)
+    grid = batch.read_grid(param_grid) if param_grid else None
     spec = full_spec(spec, ref)
     fetched = request_image(site, spec, verbose, prepare_only=True)
-    try:
-        plan = batch.plan_tasks(fetched, path, dict(params), grid, array, list(args))
-    except UserError as exc:
-        _fail(exc)
+    plan = batch.plan_tasks(fetched, path, dict(params), grid, array, list(args))
     fetched = request_image(site, spec, verbose)
-    try:
-        record = published_image(site, fetched)
-        run = batch.plan_run(
-            site,
-            fetched,
-            record,
-            launch_argv(record),
-            user=user,
-            request=request,
-            plan=plan,
-            output_dir=output_dir,
-        )
-        script = batch.render_batch_script(run)
-    except UserError as exc:
-        _fail(exc)
-    except BuildServerError as exc:
-        _fail(exc, EXIT_FAILED)
+    record = published_image(site, fetched)
+    run = batch.plan_run(
+        site,
+        fetched,
+        record,
+        launch_argv(record),
+        user=user,
+        request=request,
+        plan=plan,
+        output_dir=output_dir,
+    )
+    script = batch.render_batch_script(run)
     if emit_script:
         click.echo(script, nl=False)
         return
     slurm = cluster_slurm(site)
     jobs = BatchJobs(user, slurm)
-    try:
-        job_id = submit_run(run, script, slurm)
-    except SlurmError as exc:
-        _fail(exc, EXIT_FAILED)
+    job_id = submit_run(run, script, slurm)
     jobs.remember(job_id, run)
     click.echo(f"submitted job {job_id}: outputs in {run.run_dir}/job-{job_id}", err=True)
     click.echo(job_id)
@@ -178,20 +157,13 @@ def jobs_ls(jobs: BatchJobs) -> None:
         click.echo("  ".join([*cells, row[4]]))
 
 
-def _job(jobs: BatchJobs, job_id: str) -> BatchJob:
-    try:
-        return jobs.get(job_id)
-    except UserError as exc:
-        _fail(exc)
-
-
 @jobs_group.command("logs")
 @click.argument("job_id")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the job ends.")
 @click.pass_obj
 def jobs_logs(jobs: BatchJobs, job_id: str, follow: bool) -> None:
     """The job's Slurm output (each array task's lines prefixed with its index)."""
-    job = _job(jobs, job_id)
+    job = jobs.get(job_id)
     if follow and jobs.slurm_state(job) is not None:
         jobs.follow(job, click.echo)
         return
@@ -204,11 +176,8 @@ def jobs_logs(jobs: BatchJobs, job_id: str, follow: bool) -> None:
 @click.pass_obj
 def jobs_cancel(jobs: BatchJobs, job_id: str) -> None:
     """Cancel the job (its partial outputs are kept, marked INCOMPLETE)."""
-    job = _job(jobs, job_id)
-    try:
-        jobs.cancel(job)
-    except (SlurmError, proc.CommandError) as exc:
-        _fail(exc, EXIT_FAILED)
+    job = jobs.get(job_id)
+    jobs.cancel(job)
     click.echo(f"cancelled {job_id}", err=True)
 
 
@@ -217,7 +186,7 @@ def jobs_cancel(jobs: BatchJobs, job_id: str) -> None:
 @click.pass_obj
 def jobs_outputs(jobs: BatchJobs, job_id: str) -> None:
     """Each task's output folder, whether it is complete, and its files."""
-    job = _job(jobs, job_id)
+    job = jobs.get(job_id)
     live = jobs.slurm_state(job)
     tasks = job.tasks()
     if not tasks:

@@ -25,9 +25,9 @@ from typing import Any
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from hpcbinder.buildpacks.base import ENV_FILES_DIR, REPO_DIR, BuildPlan
+from hpcbinder.buildpacks.base import ENV_FILES_DIR, REPO_DIR, BuildPlan, StepKind
 from hpcbinder.buildpacks.conda import CONDA_ENV
-from hpcbinder.config import Site
+from hpcbinder.config import Site, SiteConfigError
 from hpcbinder.errors import RepoConfigError
 from hpcbinder.render import templating
 from hpcbinder.seams.apptainer import Bind
@@ -96,7 +96,7 @@ def _r_number(version: str) -> int:
 
 
 def _site_base(site: Site, name: str, warnings: list[str] | None = None) -> BaseChoice:
-    image = _safe_path(str(site.base_image_path(name)), "site: image_store")
+    image = _safe_site_path(str(site.base_image_path(name)), "image_store")
     base = site.bases[name]
     return BaseChoice(name, base.python, "localimage", image, warnings or [], base.r)
 
@@ -196,11 +196,27 @@ def choose_base(site: Site, plan: BuildPlan) -> BaseChoice:
 
 
 def _safe_path(value: str, what: str) -> str:
-    if not _SAFE_PATH.fullmatch(value) or ".." in value.split("/"):
+    """``value`` (a path of the repository's file ``what``) as definitions may hold it."""
+    if not _is_safe_path(value):
         raise RepoConfigError(
             what, f"path {value[:80]!r} has characters this site does not accept in definitions"
         )
     return value
+
+
+def _safe_site_path(value: str, setting: str) -> str:
+    """``value`` (from the site file's ``setting``) as definitions may hold
+    it: a bad one is the sysadmin's to fix, not the repository's."""
+    if not _is_safe_path(value):
+        raise SiteConfigError(
+            "site file",
+            [f"{setting}: path {value[:80]!r} has characters definitions cannot hold"],
+        )
+    return value
+
+
+def _is_safe_path(value: str) -> bool:
+    return bool(_SAFE_PATH.fullmatch(value)) and ".." not in value.split("/")
 
 
 def _check_sections(text: str, expected: list[str]) -> None:
@@ -259,7 +275,7 @@ def _build_context(site: Site) -> dict[str, object]:
     network = site.network
     ca_bundle = network.ca_bundle
     return {
-        "ca_bundle": _safe_path(str(ca_bundle), "site: network.ca_bundle") if ca_bundle else None,
+        "ca_bundle": _safe_site_path(str(ca_bundle), "network.ca_bundle") if ca_bundle else None,
         "ca_in_image": CA_IN_IMAGE,
         "build_cache": BUILD_CACHE_IN_IMAGE if site.build.cache_dir else None,
         "network": network,
@@ -337,14 +353,14 @@ def map_from_image(site: Site, image: str, relative: str) -> BaseChoice:
         name = target.removeprefix("base:")
         if name not in site.bases:
             raise RepoConfigError(relative, f"FROM {image} maps to unknown base {name!r}")
-        path = _safe_path(str(site.base_image_path(name)), "site: image_store")
+        path = _safe_site_path(str(site.base_image_path(name)), "image_store")
         return BaseChoice(name, site.bases[name].python, "localimage", path)
     if target.startswith("docker://"):
         reference = target.removeprefix("docker://")
         if not _DOCKER_REF.fullmatch(reference):
             raise RepoConfigError(relative, f"FROM {image}: invalid image reference {reference!r}")
         return BaseChoice(target, "", "docker", reference)
-    return BaseChoice(target, "", "localimage", _safe_path(target, "site: dockerfiles.from_map"))
+    return BaseChoice(target, "", "localimage", _safe_site_path(target, "dockerfiles.from_map"))
 
 
 def _dockerfile_definition(
@@ -404,7 +420,7 @@ def render_base(site: Site, name: str, hub_major: int) -> str:
 
 #: Steps that install Debian packages. dpkg renames directories, which a kernel
 #: overlay in a user namespace refuses (EXDEV): such builds are full SIF builds.
-_DPKG_STEPS = frozenset({"r-setup"})
+_DPKG_STEPS = frozenset({StepKind.R_SETUP})
 
 
 def _runs_dpkg(plan: BuildPlan) -> bool:

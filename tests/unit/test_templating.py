@@ -8,6 +8,7 @@ import subprocess
 import jinja2
 import pytest
 
+from hpcbinder.buildpacks.base import StepKind
 from hpcbinder.render import templating
 
 
@@ -37,3 +38,11 @@ def test_undefined_values_are_errors_not_empty_strings() -> None:
 def test_resources_are_found_from_a_checkout() -> None:
     assert (templating.resource_dir("slurm") / "devcluster").is_file()
     assert (templating.resource_dir("templates") / "README.md").is_file()
+
+
+def test_every_step_kind_has_its_template_and_no_template_is_orphaned() -> None:
+    steps = templating.resource_dir("templates") / "steps"
+    for kind in StepKind:
+        assert (steps.parent / kind.template).is_file(), kind
+    rendered_by_steps = {path.name.removesuffix(".sh.j2") for path in steps.glob("*.sh.j2")}
+    assert rendered_by_steps == {kind.value for kind in StepKind}
