@@ -65,7 +65,7 @@ def full_spec(spec: str, ref: str | None) -> str:
     return spec if ref is None else f"{spec.rstrip('/')}/{quote(ref, safe='')}"
 
 
-def prepare(site: Site, spec: str) -> pipeline.Prepared:
+def prepare_with_warnings(site: Site, spec: str) -> pipeline.Prepared:
     """Resolve, fetch, detect and render, warnings to stderr."""
     prepared = pipeline.prepare(spec, site)
     for warning in prepared.rendered.warnings:

@@ -327,7 +327,7 @@ def check_job(site: Site, slurm: SlurmCLI, user: str) -> CheckResult:
     """Submit a real job as ``user`` that runs Apptainer on a compute node."""
     name = "test job"
     base = site.base_image_path(site.default_base)
-    script = templating.render(
+    script = templating.render_text(
         "slurm", "doctor.sbatch.j2", image=str(base) if base.is_file() else ""
     )
     output = Path(NODE_TMP) / f"hpcbinder-doctor-{user}-{os.getpid()}.out"

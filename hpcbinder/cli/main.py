@@ -19,7 +19,7 @@ from hpcbinder.cli.common import (
     CommandLine,
     ProgressDisplay,
     full_spec,
-    prepare,
+    prepare_with_warnings,
     request_image,
     site_in_force,
 )
@@ -106,7 +106,7 @@ def config_check(ctx: click.Context, path: Path | None) -> None:
 def render_command(ctx: click.Context, spec: str, ref: str | None, show_plan: bool) -> None:
     """Print the Apptainer definition for SPEC (e.g. gh/org/repo/HEAD); builds nothing."""
     site = site_in_force(ctx)
-    prepared = prepare(site, full_spec(spec, ref))
+    prepared = prepare_with_warnings(site, full_spec(spec, ref))
     if show_plan:
         document = {
             "spec": prepared.repo.spec,
@@ -284,7 +284,7 @@ def build_server_command(ctx: click.Context) -> None:
 
     site = site_in_force(ctx)
     _require_build_account(site)
-    asyncio.run(buildserver.serve(site, **buildserver.options(site)))
+    asyncio.run(buildserver.run_build_server(site, **buildserver.options(site)))
 
 
 main.add_command(sbatch_command)

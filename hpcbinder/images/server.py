@@ -312,25 +312,29 @@ class UseHandler(web.RequestHandler):
         self.finish()
 
 
-class HealthHandler(web.RequestHandler):
+class BuildServerHealthHandler(web.RequestHandler):
     def get(self) -> None:
         self.finish({"ok": True})
 
 
-def make_app(site: Site) -> web.Application:
+def build_server_app(site: Site) -> web.Application:
     return web.Application(
-        [(r"/build", BuildRequestHandler), (r"/used", UseHandler), (r"/health", HealthHandler)],
+        [
+            (r"/build", BuildRequestHandler),
+            (r"/used", UseHandler),
+            (r"/health", BuildServerHealthHandler),
+        ],
         site=site,
         queue=BuildQueue(site),
     )
 
 
-async def serve(site: Site, ip: str, port: int) -> None:
+async def run_build_server(site: Site, ip: str, port: int) -> None:
     """Run until cancelled."""
     logging.basicConfig(
         level=logging.INFO, format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s"
     )
-    make_app(site).listen(port, ip)
+    build_server_app(site).listen(port, ip)
     log.info("build server on %s:%s, image store %s", ip, port, site.image_store)
     await asyncio.Event().wait()
 

@@ -278,7 +278,7 @@ def render_batch_script(run: BatchRun) -> str:
     ]
     # The job's log, named as sbatch would (slurm-%A_%a.out, slurm-%j.out).
     log = "slurm-${job}_${task}.out" if run.array else "slurm-${SLURM_JOB_ID}.out"
-    return templating.render(
+    return templating.render_text(
         "slurm",
         "batch.sbatch.j2",
         job_name=_SLUG_CHARS.sub("-", f"hpcbinder-batch-{PurePosixPath(run.path).stem}")[:64],

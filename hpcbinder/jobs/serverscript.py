@@ -93,7 +93,7 @@ def render_server_script(site: Site, job: ServerJob) -> str:
     # Without a repository (a base image from the spawn page) the server
     # still gets a workspace of its own, never the home itself.
     workspace = job.workspace or workspace_for(site, job.user, job.home, "default")
-    return templating.render(
+    return templating.render_text(
         "slurm",
         "server.sbatch.j2",
         job_name=job.job_name if _SLUG.fullmatch(job.job_name) else "hpcbinder-server",

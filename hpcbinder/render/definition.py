@@ -317,7 +317,7 @@ def overlay_host_binds(site: Site) -> list[Bind]:
 
 def _overlay_script(plan: BuildPlan, site: Site, base: BaseChoice) -> str:
     context = _build_context(site)
-    return templating.render(
+    return templating.render_text(
         "templates",
         "overlay.sh.j2",
         plan=plan,
@@ -333,7 +333,7 @@ def _overlay_script(plan: BuildPlan, site: Site, base: BaseChoice) -> str:
 def _repo_definition(plan: BuildPlan, site: Site, base: BaseChoice) -> tuple[str, list[str]]:
     files = _repo_files(plan)
     context = _build_context(site)
-    text = templating.render(
+    text = templating.render_text(
         "templates", "repo.def.j2", plan=plan, base=base, files=files, **context
     )
     return text, _sections(bool(files or context["ca_bundle"]), bool(context["build_cache"]))
@@ -370,7 +370,7 @@ def _dockerfile_definition(
     base = map_from_image(site, recipe["from"], relative)
     files = [(_safe_path(src, relative), _safe_path(dst, relative)) for src, dst in recipe["files"]]
     context = _build_context(site)
-    text = templating.render(
+    text = templating.render_text(
         "templates",
         "dockerfile.def.j2",
         plan=plan,
@@ -405,7 +405,7 @@ def render_base(site: Site, name: str, hub_major: int) -> str:
     if base.bootstrap == "debootstrap" and base.mirror is None:
         raise RepoConfigError("site", f"bases.{name}.mirror: required for debootstrap")
     context = _build_context(site)
-    text = templating.render(
+    text = templating.render_text(
         "templates",
         "base.def.j2",
         base=base,
@@ -441,7 +441,9 @@ def entrypoint(plan: BuildPlan) -> list[str]:
     return [_safe_path(plan.start, "start")] if plan.start else []
 
 
-def render(plan: BuildPlan, site: Site, checkout: Path, tree_id: str | None = None) -> Rendered:
+def render_definition(
+    plan: BuildPlan, site: Site, checkout: Path, tree_id: str | None = None
+) -> Rendered:
     """The definition for ``plan`` on this site, and its env key."""
     if plan.dockerfile is not None:
         text, sections, base = _dockerfile_definition(plan, plan.dockerfile, site)

@@ -80,4 +80,4 @@ def prepare(spec: str, site: Site) -> Prepared:
     check_links(checkout)  # before anything reads or copies a file of it
     plan = buildpacks.detect(checkout)
     tree = git.tree_id(checkout) if plan.reads_whole_repo else None
-    return Prepared(resolved, checkout, plan, render.render(plan, site, checkout, tree))
+    return Prepared(resolved, checkout, plan, render.render_definition(plan, site, checkout, tree))

@@ -52,6 +52,6 @@ def environment(name: ResourceName) -> jinja2.Environment:
     return env
 
 
-def render(name: ResourceName, template: str, **values: object) -> str:
+def render_text(name: ResourceName, template: str, **values: object) -> str:
     """Render ``template`` from the ``name`` resources with ``values``."""
     return environment(name).get_template(template).render(**values)

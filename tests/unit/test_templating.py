@@ -15,7 +15,7 @@ from hpcbinder.render import templating
 def test_image_path_with_shell_syntax_stays_one_word(tmp_path) -> None:  # type: ignore[no-untyped-def]
     marker = tmp_path / "pwned"
     image = f"/x/$(touch {marker}); touch {marker} `touch {marker}`.sif"
-    script = templating.render("slurm", "doctor.sbatch.j2", image=image)
+    script = templating.render_text("slurm", "doctor.sbatch.j2", image=image)
     exec_line = next(line for line in script.splitlines() if line.startswith("apptainer exec"))
     assert shlex.split(exec_line) == ["apptainer", "exec", image, "true"]
     # Run the script with a stand-in apptainer: nothing the value holds may execute.
@@ -32,7 +32,7 @@ def test_image_path_with_shell_syntax_stays_one_word(tmp_path) -> None:  # type:
 
 def test_undefined_values_are_errors_not_empty_strings() -> None:
     with pytest.raises(jinja2.UndefinedError):
-        templating.render("slurm", "doctor.sbatch.j2")
+        templating.render_text("slurm", "doctor.sbatch.j2")
 
 
 def test_resources_are_found_from_a_checkout() -> None:

@@ -37,7 +37,7 @@ class SlurmBackend:
 
     def run(self, build: BuildCommands, on_line: Callable[[str], None], on_start: OnStart) -> None:
         settings = self.site.build
-        script = templating.render(
+        script = templating.render_text(
             "slurm", "build.sbatch.j2", steps=build.steps, cwd=str(build.cwd), marker=STEP_MARKER
         )
         options = SubmitOptions(
