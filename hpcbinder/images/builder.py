@@ -185,6 +185,14 @@ class Builder:
 
     # --- the entry point -----------------------------------------------------
 
+    def _try_lock(self, key: str) -> BuildLock | None:
+        """The store's lock for ``key``; what a dead build's backend left
+        running (its Slurm job) is stopped through this builder's backend."""
+        lock = self.store.try_lock(key)
+        for started in lock.leftovers if lock is not None else []:
+            self.backend.stop_leftover(started)
+        return lock
+
     def build_image(self, prepared: Prepared, emit: Emit) -> ImageRecord:
         key = prepared.rendered.env_key
         started = time.monotonic()
@@ -194,7 +202,7 @@ class Builder:
                 self.store.record_use(record.key)
                 emit(BuildEvent("ready", str(record.path), time.monotonic() - started))
                 return record
-            lock = self.store.try_lock(key)
+            lock = self._try_lock(key)
             if lock is None:
                 record = self._follow(key, started, emit)
                 if record is not None:
@@ -379,7 +387,7 @@ class Builder:
         definition_text = render.render_base(self.site, name, hub_major)
         key = f"base-{name}"
         started = time.monotonic()
-        lock = self.store.try_lock(key)
+        lock = self._try_lock(key)
         if lock is None:
             raise ImageBuildError(key, "lock", "another build of this base is running", [])
         with lock:

@@ -56,7 +56,6 @@ from typing import Any
 from hpcbinder.config import Site
 from hpcbinder.seams import proc
 from hpcbinder.seams.processid import ProcessIdentity
-from hpcbinder.seams.slurm import SlurmCLI, SlurmError
 
 STALE_AFTER = 60.0  # seconds without a heartbeat before a lock is taken over
 HEARTBEAT = 5.0
@@ -167,19 +166,20 @@ class ImageStore:
         locks = self._dir("locks")
         path = self.lock_path(key)
         me = ProcessIdentity.current().to_json()
+        leftovers: list[str] = []
         for _ in range(3):
             token = uuid.uuid4().hex
             holder = {"host": socket.gethostname(), "token": token, "started": time.time(), **me}
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                if not self._take_over_if_stale(path, locks):
+                if not self._take_over_if_stale(path, locks, leftovers):
                     return None
                 continue
             with os.fdopen(fd, "w") as handle:
                 json.dump(holder, handle)
             self.own(path)
-            return BuildLock(self, key, token)
+            return BuildLock(self, key, token, leftovers)
         return None
 
     def lock_holder(self, key: str) -> dict[str, Any] | None:
@@ -201,15 +201,16 @@ class ImageStore:
             return True
         return age > STALE_AFTER
 
-    def _take_over_if_stale(self, path: Path, locks: Path) -> bool:
-        """Remove ``path`` if it is stale; True if the caller may retry."""
+    def _take_over_if_stale(self, path: Path, locks: Path, leftovers: list[str]) -> bool:
+        """Remove ``path`` if it is stale; True if the caller may retry.
+        What the dead build's backend started is added to ``leftovers``."""
         if not self.is_stale(path):
             return False
         try:
             judged = json.loads(path.read_text()).get("token")
         except (FileNotFoundError, json.JSONDecodeError):
             judged = None
-        self._stop_leftovers(path)
+        leftovers.extend(self._stop_sessions(path))
         tombstone = locks / f".{path.name}.stale-{uuid.uuid4().hex}"
         try:
             path.rename(tombstone)
@@ -226,25 +227,27 @@ class ImageStore:
         tombstone.unlink(missing_ok=True)
         return True
 
-    def _stop_leftovers(self, lock: Path) -> None:
-        """End what a dead build started: its process sessions (same host)
-        and its Slurm jobs, as recorded next to its lock."""
+    def _stop_sessions(self, lock: Path) -> list[str]:
+        """End the process sessions a dead build started on this host, as
+        recorded next to its lock; the rest of what it recorded (its
+        backend's Slurm jobs) for the new holder's backend to stop."""
         started = lock.with_suffix(".started")
         try:
             holder = json.loads(lock.read_text())
             lines = started.read_text().splitlines()
         except (FileNotFoundError, json.JSONDecodeError):
-            return
+            return []
+        others = []
         for line in lines:
             kind, _, ident = line.partition(" ")
-            if kind == "session" and holder.get("host") == socket.gethostname():
+            if kind != "session":
+                others.append(line)
+            elif holder.get("host") == socket.gethostname():
                 session = _recorded_session(ident)
                 if session is not None and session.leads_its_group():
                     proc.kill_session(session.pid)
-            elif kind == "slurm-job":
-                with contextlib.suppress(SlurmError, ValueError, proc.CommandError):
-                    SlurmCLI().cancel(ident, user=self.owner)
         started.unlink(missing_ok=True)
+        return others
 
     # --- writing ---------------------------------------------------------------
 
@@ -403,10 +406,15 @@ def _alive(pid: int) -> bool:
 class BuildLock:
     """The right to build one key. Refreshes its heartbeat until released."""
 
-    def __init__(self, store: ImageStore, key: str, token: str) -> None:
+    def __init__(
+        self, store: ImageStore, key: str, token: str, leftovers: list[str] | None = None
+    ) -> None:
         self.store = store
         self.key = key
         self.token = token
+        #: What a dead build of this key had started that is not a process
+        #: of this host (``slurm-job ID``): the builder's backend stops it.
+        self.leftovers = leftovers or []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
         self._thread.start()
@@ -427,7 +435,7 @@ class BuildLock:
         """Record a process session (``session PID``, written down with the
         process's boot id and start time, so that a take-over signals it
         only while it is still that process) or a Slurm job
-        (``slurm-job ID``) this build started (see _stop_leftovers)."""
+        (``slurm-job ID``) this build started (see _stop_sessions)."""
         kind, _, ident = what.partition(" ")
         if kind == "session" and ident.isdigit():
             leader = ProcessIdentity.of(int(ident))

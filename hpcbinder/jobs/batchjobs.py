@@ -117,9 +117,10 @@ class BatchJob:
 class BatchJobs:
     """The hpcbinder batch jobs of one user."""
 
-    def __init__(self, user: str, slurm: SlurmCLI | None = None) -> None:
+    def __init__(self, user: str, slurm: SlurmCLI) -> None:
+        """``slurm``: the site's cluster client (:func:`hpcbinder.seams.cluster.cluster_slurm`)."""
         self.user = user
-        self.slurm = slurm or SlurmCLI()
+        self.slurm = slurm
         self.index = _home(user) / JOB_INDEX
 
     def all(self) -> list[BatchJob]:

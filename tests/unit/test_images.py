@@ -21,6 +21,8 @@ import pytest
 from hpcbinder.config import Site
 from hpcbinder.images import gc as storegc
 from hpcbinder.images import store as images
+from hpcbinder.images.backends.slurmjob import SlurmBackend
+from hpcbinder.images.builder import Builder
 from hpcbinder.images.client import UseRequest
 from hpcbinder.images.jobrefs import JobReferenceError, job_comment, references
 from hpcbinder.images.store import ImageStore, LockLost, follow_events
@@ -92,6 +94,40 @@ def test_lock_without_heartbeat_is_taken_over_only_when_stale(tmp_path: Path) ->
     lock = store.try_lock(KEY)
     assert lock is not None and lock.held()
     lock.release()
+
+
+class ScriptedCancels:
+    """A :class:`hpcbinder.seams.proc.CommandRunner` that records argv."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, ...]] = []
+
+    def run(self, argv: Sequence[str], **_: object) -> proc.CommandResult:
+        self.calls.append(tuple(argv))
+        return proc.CommandResult(tuple(argv), 0, "", "")
+
+
+def test_a_dead_builds_slurm_job_is_cancelled_by_the_builder_that_takes_over(
+    tmp_path: Path,
+) -> None:
+    """The store hands the dead build's job to the new holder; the store
+    itself never runs Slurm: the builder's backend cancels it."""
+    site = Site.model_validate({"image_store": str(tmp_path), "build": {"backend": "slurm"}})
+    store = ImageStore(tmp_path)
+    (tmp_path / "locks").mkdir()
+    lock_path = store.lock_path(KEY)
+    lock_path.write_text(json.dumps({"host": "another-host", "pid": 1, "token": "t"}))
+    lock_path.with_suffix(".started").write_text("slurm-job 4242\n")
+    old = time.time() - images.STALE_AFTER - 5
+    os.utime(lock_path, (old, old))
+    slurm = ScriptedCancels()
+    builder = Builder(site, store, SlurmBackend(site, SlurmCLI(slurm)))
+    lock = builder._try_lock(KEY)
+    assert lock is not None and lock.leftovers == ["slurm-job 4242"]
+    lock.release()
+    cancels = [argv for argv in slurm.calls if "scancel" in argv]
+    assert cancels and cancels[0][-1] == "4242"
+    assert not lock_path.with_suffix(".started").exists()
 
 
 def test_followers_see_events_until_the_build_ends(tmp_path: Path) -> None:

@@ -55,6 +55,10 @@ class Backend(Protocol):
     def run(self, build: BuildCommands, on_line: Callable[[str], None], on_start: OnStart) -> None:
         """Run every command; :class:`BuildFailed` at the first that fails."""
 
+    def stop_leftover(self, started: str) -> None:
+        """Stop what a dead build told ``on_start`` it started, if this
+        backend started it and it still runs (best effort)."""
+
 
 def backend_for(site: Site) -> Backend:
     """The backend the site file chooses."""

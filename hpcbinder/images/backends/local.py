@@ -19,6 +19,9 @@ class LocalBackend:
     def __init__(self, site: Site) -> None:
         self.account = site.build.account
 
+    def stop_leftover(self, started: str) -> None:
+        """Nothing to stop: Process sessions on this host are the store's to stop."""
+
     def run(self, build: BuildCommands, on_line: Callable[[str], None], on_start: OnStart) -> None:
         deadline = time.monotonic() + build.timeout
         tail: deque[str] = deque(maxlen=TAIL_LINES)

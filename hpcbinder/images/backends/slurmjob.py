@@ -8,6 +8,7 @@ set a minute later as a second guard.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import deque
@@ -17,6 +18,7 @@ from hpcbinder.config import Site
 from hpcbinder.images.backends import BuildCommands, BuildFailed, OnStart
 from hpcbinder.images.backends.local import TAIL_LINES
 from hpcbinder.render import templating
+from hpcbinder.seams import proc
 from hpcbinder.seams.slurm import SlurmCLI, SlurmError, SubmitOptions
 
 STEP_MARKER = "hpcbinder-build-step: "
@@ -34,6 +36,13 @@ class SlurmBackend:
     def __init__(self, site: Site, slurm: SlurmCLI | None = None) -> None:
         self.site = site
         self.slurm = slurm or SlurmCLI()
+
+    def stop_leftover(self, started: str) -> None:
+        """Cancel a dead build's job (``slurm-job ID``) as the build account."""
+        kind, _, job_id = started.partition(" ")
+        if kind == "slurm-job":
+            with contextlib.suppress(SlurmError, ValueError, proc.CommandError):
+                self.slurm.cancel(job_id, user=self.site.build.account)
 
     def run(self, build: BuildCommands, on_line: Callable[[str], None], on_start: OnStart) -> None:
         settings = self.site.build

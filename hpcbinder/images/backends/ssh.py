@@ -30,6 +30,9 @@ class SSHBackend:
             raise ValueError("build.ssh is not configured")
         self.host = site.build.ssh
 
+    def stop_leftover(self, started: str) -> None:
+        """Nothing to stop: A build's remote commands end with its SSH connection."""
+
     def run(self, build: BuildCommands, on_line: Callable[[str], None], on_start: OnStart) -> None:
         # Remote steps end by themselves (timeout on the build host): nothing to record.
         del on_start
