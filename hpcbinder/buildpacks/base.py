@@ -64,6 +64,24 @@ class Step:
 
 
 @dataclass(frozen=True)
+class DockerRecipe:
+    """A repository's Dockerfile as the definition needs it: checked, COPY
+    and ADD turned into ``files`` (repository path, image path)."""
+
+    from_image: str  # the FROM line as written (the site maps it)
+    file: str  # the Dockerfile's path in the repository
+    files: list[tuple[str, str]]
+    post: list[str]  # RUN lines, for %post
+    environment: list[str]  # ENV assignments
+    labels: list[str]
+    workdir: str | None
+    entrypoint: list[str]
+    cmd: list[str]
+    #: JSON (exec) form: a list of words; shell form: text the author wrote for sh.
+    exec_form: bool
+
+
+@dataclass(frozen=True)
 class Runtime:
     """What runtime.txt asks for."""
 
@@ -89,7 +107,7 @@ class BuildPlan:
     start: str | None
     reads_whole_repo: bool
     warnings: list[str]
-    dockerfile: dict[str, Any] | None = None
+    dockerfile: DockerRecipe | None = None
     #: The R version runtime.txt asks for (``r-X.Y-YYYY-MM-DD``), which picks a base.
     r_version: str | None = None
 
@@ -251,7 +269,7 @@ class BuildPack:
     def start(self) -> str | None:
         return in_image(self.repo.path("start")) if self.repo.has("start") else None
 
-    def dockerfile(self) -> dict[str, Any] | None:
+    def dockerfile(self) -> DockerRecipe | None:
         return None
 
     def reads_whole_repo(self, repo_steps: list[Step]) -> bool:

@@ -24,11 +24,10 @@ import tempfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 from spython.main.parse.parsers import DockerParser
 
-from hpcbinder.buildpacks.base import _REPO_PATH, BuildPack, Step
+from hpcbinder.buildpacks.base import _REPO_PATH, BuildPack, DockerRecipe, Step
 from hpcbinder.errors import RepoConfigError
 from hpcbinder.sources.checkout import leads_outside
 
@@ -231,15 +230,10 @@ class DockerfileBuildPack(BuildPack):
     def reads_whole_repo(self, repo_steps: list[Step]) -> bool:
         return True  # COPY and ADD read any file of the repository
 
-    def dockerfile(self) -> dict[str, Any]:
+    def dockerfile(self) -> DockerRecipe:
         image = self.from_image  # first: a bad FROM is the error to report
         cleaned, files = self.translated
-        return {
-            "from": image,
-            "file": self.relative,
-            "files": [list(pair) for pair in files],
-            **convert(cleaned, self.relative),
-        }
+        return convert(cleaned, self.relative, image, [(src, dst) for src, dst in files])
 
 
 def _words(value: object) -> list[str]:
@@ -248,8 +242,11 @@ def _words(value: object) -> list[str]:
     return [] if not value else [str(value)]
 
 
-def convert(dockerfile_text: str, relative: str) -> dict[str, Any]:
-    """spython's reading of a (cleaned, COPY-free) Dockerfile, as plain data."""
+def convert(
+    dockerfile_text: str, relative: str, from_image: str, files: list[tuple[str, str]]
+) -> DockerRecipe:
+    """spython's reading of a (cleaned, COPY-free) Dockerfile, with its FROM
+    image and the ``files`` its COPY and ADD lines became."""
     with tempfile.TemporaryDirectory(prefix="hpcbinder-dockerfile-") as tmp:
         path = Path(tmp) / "Dockerfile"
         path.write_text(dockerfile_text, encoding="utf-8")
@@ -260,15 +257,17 @@ def convert(dockerfile_text: str, relative: str) -> dict[str, Any]:
             raise RepoConfigError(relative, f"spython cannot convert it ({exc!r})") from exc
     (recipe,) = recipes.values()
     post = [line.rstrip("\n") for line in recipe.install if line.strip()]
-    return {
-        "post": post,
-        "environment": [str(e) for e in recipe.environ],
-        "labels": [
+    return DockerRecipe(
+        from_image=from_image,
+        file=relative,
+        files=files,
+        post=post,
+        environment=[str(e) for e in recipe.environ],
+        labels=[
             " ".join(label) if isinstance(label, list) else str(label) for label in recipe.labels
         ],
-        "workdir": str(recipe.workdir) if recipe.workdir else None,
-        "entrypoint": _words(recipe.entrypoint),
-        "cmd": _words(recipe.cmd),
-        # JSON (exec) form is a list; shell form a string the author wrote for sh.
-        "exec_form": isinstance(recipe.entrypoint or recipe.cmd, list),
-    }
+        workdir=str(recipe.workdir) if recipe.workdir else None,
+        entrypoint=_words(recipe.entrypoint),
+        cmd=_words(recipe.cmd),
+        exec_form=isinstance(recipe.entrypoint or recipe.cmd, list),
+    )

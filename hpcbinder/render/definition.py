@@ -20,12 +20,11 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from hpcbinder.buildpacks.base import ENV_FILES_DIR, REPO_DIR, BuildPlan, StepKind
+from hpcbinder.buildpacks.base import ENV_FILES_DIR, REPO_DIR, BuildPlan, DockerRecipe, StepKind
 from hpcbinder.buildpacks.conda import CONDA_ENV
 from hpcbinder.config import Site, SiteConfigError
 from hpcbinder.errors import RepoConfigError
@@ -364,11 +363,11 @@ def map_from_image(site: Site, image: str, relative: str) -> BaseChoice:
 
 
 def _dockerfile_definition(
-    plan: BuildPlan, recipe: dict[str, Any], site: Site
+    plan: BuildPlan, recipe: DockerRecipe, site: Site
 ) -> tuple[str, list[str], BaseChoice]:
-    relative = recipe["file"]
-    base = map_from_image(site, recipe["from"], relative)
-    files = [(_safe_path(src, relative), _safe_path(dst, relative)) for src, dst in recipe["files"]]
+    relative = recipe.file
+    base = map_from_image(site, recipe.from_image, relative)
+    files = [(_safe_path(src, relative), _safe_path(dst, relative)) for src, dst in recipe.files]
     context = _build_context(site)
     text = templating.render_text(
         "templates",
