@@ -182,9 +182,9 @@ def images_ls(ctx: click.Context) -> None:
     for record in store.records():
         meta = record.meta
         click.echo(
-            f"{record.key}  {meta.get('size_bytes', 0) / 2**20:8.1f} MB  "
-            f"{meta.get('created', '?')}  {meta.get('buildpack', '?'):10}  "
-            f"{meta.get('spec', '?')}"
+            f"{record.key}  {meta.size_bytes / 2**20:8.1f} MB  "
+            f"{meta.created or '?'}  {meta.buildpack or '?':10}  "
+            f"{meta.spec or '?'}"
         )
 
 
@@ -200,7 +200,9 @@ def images_show(ctx: click.Context, key: str) -> None:
         sys.exit(1)
     last_used = datetime.fromtimestamp(store.last_used(record), UTC).isoformat(timespec="seconds")
     click.echo(
-        json.dumps({"path": str(record.path), "last_used": last_used, **record.meta}, indent=2)
+        json.dumps(
+            {"path": str(record.path), "last_used": last_used, **record.meta.model_dump()}, indent=2
+        )
     )
 
 

@@ -39,12 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from hpcbinder.config import Site
-from hpcbinder.images import buildlog, launch
+from hpcbinder.images import buildlog
 from hpcbinder.images.backends import Backend, BuildCommands, BuildFailed, BuildStep, backend_for
 from hpcbinder.images.store import (
     IMAGE,
     LOG,
     BuildLock,
+    ImageMeta,
     ImageRecord,
     ImageStore,
     follow_events,
@@ -486,25 +487,23 @@ class Builder:
         ]
         return BuildCommands(steps, prepared.checkout, staging / LOG, timeout)
 
-    def _meta(
-        self, prepared: Prepared, strategy: str, staging: Path, seconds: float
-    ) -> dict[str, Any]:
+    def _meta(self, prepared: Prepared, strategy: str, staging: Path, seconds: float) -> ImageMeta:
         artifact = staging / (OVERLAY if strategy == "overlay" else IMAGE)
-        return {
-            "key": prepared.rendered.env_key,
-            "spec": prepared.repo.spec,
-            "url": prepared.repo.url,
-            "commit": prepared.repo.commit,
-            "buildpack": prepared.plan.buildpack,
-            "base": prepared.rendered.base.name,
-            "base_image": os.path.realpath(prepared.rendered.base.source),
-            "strategy": strategy,
-            "artifact": artifact.name,
-            "definition": prepared.rendered.definition,
-            "build_seconds": round(seconds, 2),
-            "size_bytes": artifact.stat().st_size,
-            "build_log": str(self.store.image_dir(prepared.rendered.env_key) / LOG),
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "backend": self.backend.name,
-            launch.ENTRYPOINT_FIELD: prepared.rendered.entrypoint,
-        }
+        return ImageMeta(
+            key=prepared.rendered.env_key,
+            spec=prepared.repo.spec,
+            url=prepared.repo.url,
+            commit=prepared.repo.commit,
+            buildpack=prepared.plan.buildpack,
+            base=prepared.rendered.base.name,
+            base_image=os.path.realpath(prepared.rendered.base.source),
+            strategy="overlay" if strategy == "overlay" else "sif",
+            artifact=artifact.name,
+            definition=prepared.rendered.definition,
+            build_seconds=round(seconds, 2),
+            size_bytes=artifact.stat().st_size,
+            build_log=str(self.store.image_dir(prepared.rendered.env_key) / LOG),
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            backend=self.backend.name,
+            entrypoint=list(prepared.rendered.entrypoint),
+        )

@@ -25,8 +25,6 @@ from hpcbinder.errors import UserError
 from hpcbinder.images.store import ImageRecord, image_store
 from hpcbinder.seams import apptainer
 
-#: The image metadata field that holds the entrypoint (an argv prefix).
-ENTRYPOINT_FIELD = "entrypoint"
 _PATH_IN_IMAGE = re.compile(r"/[A-Za-z0-9_.+-]+(?:/[A-Za-z0-9_.+-]+)*")
 _ENV_KEY = re.compile(r"[0-9a-f]{32}")
 _BASE = re.compile(r"base:([A-Za-z0-9][A-Za-z0-9_.-]{0,63})")
@@ -50,22 +48,17 @@ def image_entrypoint(record: ImageRecord | None) -> list[str]:
     ``None``, or an image that has none)."""
     if record is None:
         return []
-    words = record.meta.get(ENTRYPOINT_FIELD) or []
-    if not isinstance(words, list) or not all(
-        isinstance(word, str) and _PATH_IN_IMAGE.fullmatch(word) and ".." not in word.split("/")
-        for word in words
-    ):
-        raise ValueError(
-            f"image {record.key}: invalid {ENTRYPOINT_FIELD} in its metadata: {words!r}"
-        )
+    words = record.meta.entrypoint
+    if not all(_PATH_IN_IMAGE.fullmatch(word) and ".." not in word.split("/") for word in words):
+        raise ValueError(f"image {record.key}: invalid entrypoint in its metadata: {words!r}")
     return list(words)
 
 
 def launch_argv(record: ImageRecord) -> list[str]:
     """``apptainer exec`` of a published image, up to the command (an
     overlay image is its overlay on its base)."""
-    if record.meta.get("strategy") == "overlay":
-        return apptainer.job_exec_argv(record.meta["base_image"], overlay=record.path)
+    if record.meta.strategy == "overlay":
+        return apptainer.job_exec_argv(record.meta.base_image, overlay=record.path)
     return apptainer.job_exec_argv(record.path)
 
 

@@ -51,7 +51,9 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from hpcbinder.config import Site
 from hpcbinder.seams import proc
@@ -73,13 +75,42 @@ class LockLost(OSError):
     must not publish. An OSError, as any other failure to write the store."""
 
 
+class ImageMeta(BaseModel):
+    """What the store records of a published image (its ``meta.json``).
+
+    Written by the builder at publish time; fields a newer hpcbinder adds
+    are kept when an older one reads the file (``extra="allow"``)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    key: str
+    spec: str = ""
+    url: str = ""
+    commit: str = ""
+    buildpack: str = ""
+    base: str = ""  # the site base it was built on
+    base_image: str = ""  # that base's SIF (an overlay is started on it)
+    #: ``overlay``: a squashfs overlay started on ``base_image``; ``sif``: a whole SIF.
+    strategy: Literal["overlay", "sif"] = "sif"
+    artifact: str = IMAGE  # the file in the image's folder
+    definition: str = ""
+    build_seconds: float = 0.0
+    size_bytes: int = 0
+    build_log: str = ""
+    created: str = ""
+    backend: str = ""
+    #: What every command in the image runs through (the repository's start);
+    #: see :mod:`hpcbinder.images.launch`.
+    entrypoint: list[str] = []
+
+
 @dataclass(frozen=True)
 class ImageRecord:
     """A published image and what is known about it."""
 
     key: str
     path: Path
-    meta: dict[str, Any]
+    meta: ImageMeta
 
 
 class ImageStore:
@@ -143,8 +174,8 @@ class ImageStore:
         meta_file = folder / META
         if not meta_file.is_file():
             return None
-        meta = json.loads(meta_file.read_text())
-        artifact = folder / str(meta.get("artifact", IMAGE))
+        meta = ImageMeta.model_validate_json(meta_file.read_text())
+        artifact = folder / meta.artifact
         return ImageRecord(key, artifact, meta) if artifact.is_file() else None
 
     def records(self) -> list[ImageRecord]:
@@ -263,14 +294,14 @@ class ImageStore:
         self.own(staging)
         return staging
 
-    def publish(self, lock: BuildLock, staging: Path, meta: dict[str, Any]) -> ImageRecord:
+    def publish(self, lock: BuildLock, staging: Path, meta: ImageMeta) -> ImageRecord:
         """Make the staged image the published one, atomically, if ``lock``
         is still held (:class:`LockLost` otherwise). An image already
         published for the key is never replaced (the rename fails)."""
         key = lock.key
         if not lock.held():
             raise LockLost(f"the build lock of {key} was taken over; not publishing")
-        (staging / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        (staging / META).write_text(meta.model_dump_json(indent=2))
         self.own_tree(staging)
         target = self.image_dir(key)
         self._dir("envs")

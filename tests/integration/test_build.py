@@ -125,8 +125,8 @@ def test_fixture_builds_and_verifies(workspace: Path, case: str, backend: str) -
     record, events = build(site, repo)
     phases = [e.phase for e in events]
     assert phases[0] == "building" and phases[-1] == "ready"
-    assert record.meta["strategy"] == ("sif" if case == "base/apt" else "overlay")
-    assert record.meta["backend"] == backend
+    assert record.meta.strategy == ("sif" if case == "base/apt" else "overlay")
+    assert record.meta.backend == backend
     verified = run_verify(record, repo)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     no_leftovers(site, record.key)
@@ -409,7 +409,7 @@ def test_fixture_builds_over_ssh(workspace: Path, sshd: dict[str, Any], case: st
     repo = make_repo(case, workspace / "repos" / "repo")
     site = make_site(workspace, backend="ssh", ssh=sshd)
     record, events = build(site, repo)
-    assert events[-1].phase == "ready" and record.meta["backend"] == "ssh"
+    assert events[-1].phase == "ready" and record.meta.backend == "ssh"
     assert any(e.phase == "log" for e in events)
     verified = run_verify(record, repo)
     assert verified.returncode == 0, verified.stdout + verified.stderr

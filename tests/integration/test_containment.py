@@ -17,7 +17,7 @@ import pytest
 from hpcbinder.config import Site
 from hpcbinder.images.builder import Builder, BuildEvent, cache_dir
 from hpcbinder.images.launch import launch_argv
-from hpcbinder.images.store import ImageRecord
+from hpcbinder.images.store import ImageMeta, ImageRecord
 from hpcbinder.jobs import batch
 from hpcbinder.jobs.request import request_for
 from hpcbinder.jobs.serverscript import ServerJob, render_server_script, workspace_for
@@ -137,7 +137,7 @@ def test_a_hostile_build_reaches_nothing_and_leaves_nothing(root: Path, strategy
     assert own_cache is not None
     try:
         record = build(site, hostile)
-        assert record.meta["strategy"] == strategy
+        assert record.meta.strategy == strategy
         assert hostile_files(tag, site, own_cache) == []
         assert running(sleep) == []
     finally:
@@ -155,7 +155,7 @@ def test_a_hostile_build_reaches_nothing_and_leaves_nothing(root: Path, strategy
         },
     )
     other = build(site, checker)
-    assert other.meta["strategy"] == "overlay"
+    assert other.meta.strategy == "overlay"
     other_cache = cache_dir(site, pipeline.prepare(local_spec(checker), site).rendered.env_key)
     assert other_cache is not None and list(other_cache.rglob(f"*{tag}*")) == []
 
@@ -195,7 +195,7 @@ def test_a_server_sees_its_workspace_not_the_home(
         "alice",
         home,
         request_for(site, None, {"time": "00:05:00"}, user="alice"),
-        launch_argv(ImageRecord("0" * 32, DEV_BASE.resolve(), {"strategy": "sif"})),
+        launch_argv(ImageRecord("0" * 32, DEV_BASE.resolve(), ImageMeta(key="0" * 32))),
         ["sh", "-c", PROBE],
         workspace=workspace,
     )
@@ -216,7 +216,7 @@ def run_script(devcluster: DevCluster, shared_dir: Path, script: str, run_dir: P
     (checkout / "run.sh").write_text(script)
     site = Site()
     repo = ResolvedRepo("local/x/HEAD", "file:///x/probe", "HEAD", "b" * 40)
-    record = ImageRecord("0" * 32, DEV_BASE.resolve(), {"strategy": "sif"})
+    record = ImageRecord("0" * 32, DEV_BASE.resolve(), ImageMeta(key="0" * 32))
     run = batch.plan_run(
         site,
         Fetched(repo, checkout, "0" * 32, False),

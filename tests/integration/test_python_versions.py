@@ -109,7 +109,7 @@ def test_python_313_builds_and_launches_jupyterlab_on_the_trixie_base(
     site = two_base_site(two_bases, workspace={"root": str(two_bases / "ws"), "mode": "ephemeral"})
     record, events = build(site, repo)
     assert events[-1].phase == "ready"
-    assert record.meta["base"] == "py313"
+    assert record.meta.base == "py313"
     ran = as_account("alice", [*launch_argv(record), "python", "-c", PROBE], timeout=120)
     assert ran.stdout.strip() == PROBED, ran.stdout + ran.stderr
 

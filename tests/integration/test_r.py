@@ -289,6 +289,6 @@ def test_an_r_version_picks_the_base_that_declares_it(
     }
     record, events = build(r_site(two_bases, cran, bases=bases), repo)
     assert events[-1].phase == "ready"
-    assert record.meta["base"] == "py313", record.meta
+    assert record.meta.base == "py313", record.meta
     verified = run_verify(record, repo)
     assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -94,7 +94,7 @@ def fake_image(store: ImageStore, key: str, last_used_days_ago: float) -> None:
     with lock:
         staging = store.new_staging(key)
         store.write(staging / images.IMAGE, "not really a SIF")
-        store.publish(lock, staging, {"key": key, "spec": "fake"})
+        store.publish(lock, staging, images.ImageMeta(key=key, spec="fake"))
     store.record_use(key, "alice", at=time.time() - last_used_days_ago * DAY)
 
 

@@ -44,7 +44,7 @@ def publish(store: ImageStore, key: str, age_days: float = 0) -> None:
     with lock:
         staging = store.new_staging(key)
         (staging / images.IMAGE).write_bytes(b"sif")
-        store.publish(lock, staging, {"key": key})
+        store.publish(lock, staging, images.ImageMeta(key=key))
     if age_days:
         store.record_use(key, "alice", at=time.time() - age_days * DAY)
 
@@ -311,11 +311,11 @@ def test_publish_needs_the_lock_and_never_replaces_an_image(tmp_path: Path) -> N
     fast = images.BuildLock(store, KEY, "fast")
     theirs = store.new_staging(KEY + "x")  # (a folder of their own)
     (theirs / images.IMAGE).write_bytes(b"the fast build's")
-    store.publish(fast, theirs, {"key": KEY, "by": "fast"})
+    store.publish(fast, theirs, images.ImageMeta(key=KEY, spec="fast"))
     with pytest.raises(LockLost, match="taken over"):
-        store.publish(slow, staged, {"key": KEY, "by": "slow"})
+        store.publish(slow, staged, images.ImageMeta(key=KEY, spec="slow"))
     record = store.lookup(KEY)
-    assert record is not None and record.meta["by"] == "fast"
+    assert record is not None and record.meta.spec == "fast"
     assert record.path.read_bytes() == b"the fast build's"
     fast.release()
     slow.release()
