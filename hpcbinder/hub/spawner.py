@@ -64,6 +64,7 @@ from hpcbinder.jobs.servers import (
 from hpcbinder.jobs.serverscript import Seed, ServerJob, render_server_script, workspace_for
 from hpcbinder.seams.cluster import cluster_runner, cluster_slurm
 from hpcbinder.seams.remote import LoginNodeCommands, Tunnel
+from hpcbinder.seams.slurm import SlurmCLI
 
 #: Seconds of start_timeout beyond the queue wait and the server's start:
 #: submitting, and the hub's own steps around start().
@@ -140,10 +141,15 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
 
     # --- what the job is made of --------------------------------------------
 
+    #: The Slurm client the jobs go through; None: the site's
+    #: (:func:`~hpcbinder.seams.cluster.cluster_slurm`). The spawner's one
+    #: way to Slurm, so tests can give it a scripted command runner.
+    slurm: SlurmCLI | None = None
+
     def _jobs(self) -> ServerJobs:
         return ServerJobs(
             self.user.name,
-            slurm=cluster_slurm(self.site),
+            slurm=cluster_slurm(self.site) if self.slurm is None else self.slurm,
             retries=self.query_retries,
             backoff=self.query_backoff,
         )

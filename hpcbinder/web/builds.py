@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from hpcbinder.config import Site
 from hpcbinder.images import builder
@@ -50,13 +52,23 @@ def _relayed(event: ServerEvent) -> Event:
     return Event(phase, event.message + "\n")
 
 
-class BuildCoordinator:
-    """One build-server request per spec, shared by its viewers."""
+class BuildRequester(Protocol):
+    """What the coordinator asks of the build server
+    (:meth:`BuildServerClient.request`): the seam tests fake."""
 
-    def __init__(self, site: Site, metrics: Metrics) -> None:
+    def request(
+        self, spec: str, on_event: Callable[[ServerEvent], None], *, for_user: str | None = None
+    ) -> Fetched: ...
+
+
+class BuildCoordinator:
+    """One build-server request per spec, shared by its viewers. ``client``:
+    the site's build server unless given."""
+
+    def __init__(self, site: Site, metrics: Metrics, client: BuildRequester | None = None) -> None:
         self.site = site
         self.metrics = metrics
-        self.client = BuildServerClient(site)
+        self.client = BuildServerClient(site) if client is None else client
         self._sessions: dict[str, BuildSession] = {}
         self._building: set[str] = set()
         self._queued: set[str] = set()

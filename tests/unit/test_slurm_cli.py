@@ -1,10 +1,23 @@
-"""What reaches Slurm's commands: one argument per option, job ids checked."""
+"""What reaches Slurm's commands (one argument per option, job ids
+checked) and how their answers are read (sbatch --parsable, scontrol, squeue,
+sinfo, scontrol ping, scancel), with a runner that answers from text."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
 import pytest
 
-from hpcbinder.seams.slurm import SlurmCLI, SubmitOptions
+from hpcbinder.seams.proc import CommandError, CommandResult
+from hpcbinder.seams.slurm import (
+    PartitionState,
+    QueueEntry,
+    QueueState,
+    SlurmCLI,
+    SlurmError,
+    SubmitOptions,
+)
 
 
 def test_each_option_is_one_argument_whatever_its_value() -> None:
@@ -18,3 +31,175 @@ def test_malformed_job_ids_never_reach_scontrol(job_id: str) -> None:
         SlurmCLI().job(job_id)
     with pytest.raises(ValueError, match="not a Slurm job id"):
         SlurmCLI().cancel(job_id)
+
+
+class Replies:
+    """A :class:`hpcbinder.seams.proc.CommandRunner` that answers with the
+    next of ``replies`` (exit status, stdout, stderr), recording each call."""
+
+    def __init__(self, *replies: tuple[int, str, str]) -> None:
+        self.replies = list(replies)
+        self.calls: list[tuple[tuple[str, ...], str | None, str | None]] = []
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        user: str | None = None,
+        input_text: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 60.0,
+    ) -> CommandResult:
+        self.calls.append((tuple(argv), user, input_text))
+        return CommandResult(tuple(argv), *self.replies.pop(0))
+
+
+def ok(stdout: str) -> tuple[int, str, str]:
+    return 0, stdout, ""
+
+
+GONE = (1, "", "slurm_load_jobs error: Invalid job id specified\n")
+JOB_RECORD = (
+    "JobId=4242 JobName=hpcbinder-alice-default UserId=alice(1001) GroupId=hpcusers(1001) "
+    "Priority=1 JobState={state} Reason={reason} Dependency=(null) ExitCode={exit} "
+    "RunTime=00:00:03 Partition=interactive NodeList={nodes} BatchHost=vm "
+    "StdOut=/home/alice/.hpcbinder-server-4242.log\n"
+)
+
+
+@pytest.mark.parametrize("answer", ["4242\n", "4242;cluster2\n"])
+def test_sbatch_parsable_answers_give_the_job_id(answer: str) -> None:
+    slurm = Replies(ok(answer))
+    job = SlurmCLI(slurm).submit("#!/bin/sh\n", SubmitOptions(cpus=2), user="alice")
+    assert job == "4242"
+    [(argv, user, script)] = slurm.calls
+    assert argv == ("sbatch", "--parsable", "--cpus-per-task=2")
+    assert (user, script) == ("alice", "#!/bin/sh\n")
+
+
+@pytest.mark.parametrize(
+    ("answer", "says"),
+    [
+        ((1, "", "sbatch: error: invalid partition specified: gpu\n"), "invalid partition"),
+        ((0, "Submitted batch job 4242\n", ""), "Submitted batch job"),  # not --parsable
+        ((0, "", ""), "refused"),
+    ],
+)
+def test_sbatch_refusals_are_slurm_errors_with_its_words(
+    answer: tuple[int, str, str], says: str
+) -> None:
+    with pytest.raises(SlurmError, match="sbatch refused the job") as refused:
+        SlurmCLI(Replies(answer)).submit("#!/bin/sh\n", SubmitOptions())
+    assert says in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("state", "reason", "exit", "expected"),
+    [
+        ("COMPLETED", "None", "0:0", (0, 0, True)),
+        ("FAILED", "NonZeroExitCode", "3:0", (3, 0, True)),
+        ("CANCELLED", "None", "0:9", (0, 9, True)),  # killed by a signal
+        ("RUNNING", "None", "0:0", (0, 0, False)),
+        ("PENDING", "Resources", "", (None, None, False)),
+    ],
+)
+def test_scontrol_job_records_are_read_field_by_field(
+    state: str, reason: str, exit: str, expected: tuple[int | None, int | None, bool]
+) -> None:
+    record = JOB_RECORD.format(state=state, reason=reason, exit=exit, nodes="vm")
+    slurm = Replies(ok(record))
+    info = SlurmCLI(slurm).job("4242")
+    assert slurm.calls[0][0] == ("scontrol", "-o", "show", "job", "4242")
+    assert info is not None
+    assert (info.job_id, info.state, info.reason, info.partition, info.node_list) == (
+        "4242",
+        state,
+        reason,
+        "interactive",
+        "vm",
+    )
+    assert info.stdout_path == "/home/alice/.hpcbinder-server-4242.log"
+    assert (info.exit_code, info.signal, info.finished) == expected
+
+
+def test_a_forgotten_job_is_none_and_other_failures_raise() -> None:
+    assert SlurmCLI(Replies(GONE)).job("4242") is None
+    with pytest.raises(CommandError, match="exited with status 1"):
+        SlurmCLI(Replies((1, "", "slurm_load_jobs error: Unable to contact\n"))).job("4242")
+
+
+def test_wait_returns_the_finished_record_and_gives_up_on_a_forgotten_job() -> None:
+    running = ok(JOB_RECORD.format(state="RUNNING", reason="None", exit="0:0", nodes="vm"))
+    done = ok(JOB_RECORD.format(state="TIMEOUT", reason="TimeLimit", exit="0:15", nodes="vm"))
+    info = SlurmCLI(Replies(running, done)).wait("4242", timeout=5, poll=0)
+    assert (info.state, info.signal) == ("TIMEOUT", 15)
+    with pytest.raises(SlurmError, match="no longer known"):
+        SlurmCLI(Replies(running, GONE)).wait("4242", timeout=5, poll=0)
+    ticks = iter(range(100))
+    with pytest.raises(SlurmError, match="still RUNNING after 1 s"):
+        SlurmCLI(Replies(running, running, running)).wait(
+            "4242", timeout=1, poll=0, clock=lambda: next(ticks)
+        )
+
+
+@pytest.mark.parametrize(
+    ("line", "entry"),
+    [
+        ("RUNNING vm interactive None", QueueEntry(QueueState.RUNNING, "vm", "interactive")),
+        ("COMPLETING vm interactive None", QueueEntry(QueueState.RUNNING, "vm", "interactive")),
+        (
+            "PENDING n/a gpu ReqNodeNotAvail,_UnavailableNodes:vm",
+            QueueEntry(QueueState.PENDING, "", "gpu", "ReqNodeNotAvail,_UnavailableNodes:vm"),
+        ),
+        ("CONFIGURING vm gpu None", QueueEntry(QueueState.PENDING, "", "gpu", "None")),
+        ("COMPLETED vm interactive None", QueueEntry(QueueState.GONE)),
+        ("", QueueEntry(QueueState.GONE)),  # squeue no longer lists it
+    ],
+)
+def test_squeue_lines_are_read_as_states(line: str, entry: QueueEntry) -> None:
+    slurm = Replies(ok(line + "\n"))
+    assert SlurmCLI(slurm).queue_entry("4242", user="alice") == entry
+    assert slurm.calls[0][:2] == (("squeue", "-h", "-o", "%T %B %P %r", "-j", "4242"), "alice")
+
+
+def test_squeue_without_an_answer_is_an_error_not_a_gone_job() -> None:
+    failing = Replies((1, "", "squeue: error: Unable to contact slurm controller\n"))
+    with pytest.raises(SlurmError, match="Unable to contact"):
+        SlurmCLI(failing).queue_entry("4242")
+    assert SlurmCLI(Replies(GONE)).queue_entry("4242") == QueueEntry(QueueState.GONE)
+    never_asked = Replies()
+    assert SlurmCLI(never_asked).queue_entry("1;id") == QueueEntry(QueueState.GONE)
+    assert never_asked.calls == []
+
+
+def test_expected_start_is_none_until_the_scheduler_has_one() -> None:
+    assert SlurmCLI(Replies(ok("N/A\n"))).expected_start("4242") is None
+    assert SlurmCLI(Replies((1, "", "error\n"))).expected_start("4242") is None
+    start = SlurmCLI(Replies(ok("2026-11-23T09:12:00\n"))).expected_start("4242")
+    assert start == datetime(2026, 11, 23, 9, 12)
+
+
+def test_sinfo_partitions_with_default_and_node_state_flags() -> None:
+    sinfo = "interactive*|up|idle\ninteractive*|up|drained*\ngpu|down|mixed~\nbroken line\n"
+    parts = SlurmCLI(Replies(ok(sinfo))).partitions()
+    assert parts["interactive"] == PartitionState(
+        "interactive", True, frozenset({"idle", "drained"}), is_default=True
+    )
+    assert parts["interactive"].usable
+    assert parts["gpu"] == PartitionState("gpu", False, frozenset({"mixed"}), is_default=False)
+    assert not parts["gpu"].usable  # down, whatever its nodes
+
+
+def test_ping_names_the_controller_or_says_why_not() -> None:
+    up = ok("Slurmctld(primary) at vm is UP\n")
+    assert SlurmCLI(Replies(up)).ping() == "vm"
+    down = (1, "Slurmctld(primary) at vm is DOWN\n", "")
+    with pytest.raises(SlurmError, match="not reachable: Slurmctld\\(primary\\) at vm is DOWN"):
+        SlurmCLI(Replies(down)).ping()
+
+
+def test_a_failed_scancel_is_an_error() -> None:
+    slurm = Replies((1, "", "scancel: error: Kill job error on job id 4242: Access denied\n"))
+    with pytest.raises(CommandError, match="Access denied"):
+        SlurmCLI(slurm).cancel("4242", user="bob")
+    assert slurm.calls[0][:2] == (("scancel", "4242"), "bob")

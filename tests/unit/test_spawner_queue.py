@@ -6,7 +6,6 @@ site's queue limit cancels the job. Slurm is a scripted command runner."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 import pytest
@@ -20,64 +19,10 @@ from hpcbinder.jobs.servers import (
     ServerJobState,
     pending_reason,
 )
-from hpcbinder.seams.proc import CommandResult
 from hpcbinder.seams.slurm import SlurmCLI
+from tests.unit.fakes import DOWN, GONE, JOB, RUNNING, ScriptedSlurm, pending
 
-JOB = "4242"
 TODAY = datetime(2026, 11, 23, 8, 0)
-
-
-class ScriptedSlurm:
-    """A :class:`hpcbinder.seams.proc.CommandRunner`: each ``squeue -j`` answers
-    with the next of ``states`` (the last repeats); other commands with
-    fixed answers. Every argv is recorded."""
-
-    def __init__(
-        self,
-        states: list[tuple[int, str, str]],
-        *,
-        start: str = "N/A",
-        pending: str = "4240\n4242\n4243\n",
-        private_data: str = "none",
-    ) -> None:
-        self.states = states
-        self.start = start
-        self.pending = pending
-        self.private_data = private_data
-        self.calls: list[tuple[str, ...]] = []
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        user: str | None = None,
-        input_text: str | None = None,
-        env: Mapping[str, str] | None = None,
-        timeout: float = 60.0,
-    ) -> CommandResult:
-        argv = tuple(argv)
-        self.calls.append(argv)
-        if argv[0] == "scontrol":
-            return CommandResult(argv, 0, f"PrivateData             = {self.private_data}\n", "")
-        if argv[0] == "scancel":
-            return CommandResult(argv, 0, "", "")
-        if argv[0].endswith("hpcbinder-server-log"):
-            return CommandResult(argv, 0, "FATAL: out of memory\n", "")
-        if "--start" in argv:
-            return CommandResult(argv, 0, self.start + "\n", "")
-        if "PENDING" in argv:
-            return CommandResult(argv, 0, self.pending, "")
-        code, out, err = self.states[0] if len(self.states) == 1 else self.states.pop(0)
-        return CommandResult(argv, code, out, err)
-
-
-def pending(reason: str, partition: str = "interactive") -> tuple[int, str, str]:
-    return 0, f"PENDING n/a {partition} {reason}\n", ""
-
-
-RUNNING = (0, "RUNNING vm interactive None\n", "")
-GONE = (1, "", "slurm_load_jobs error: Invalid job id specified\n")
-DOWN = (1, "", "squeue: error: Unable to contact slurm controller (connect failure)\n")
 
 
 def watched(slurm: ScriptedSlurm) -> tuple[ServerJobs, LaunchProgress, QueueWatch]:

@@ -1,0 +1,87 @@
+"""Fakes of the outside systems for fast unit tests: a scripted Slurm
+(a :class:`hpcbinder.seams.proc.CommandRunner`) and its answers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from hpcbinder.seams.proc import CommandResult
+
+JOB = "4242"
+Answer = tuple[int, str, str]  # exit status, stdout, stderr
+
+
+def pending(reason: str, partition: str = "interactive") -> Answer:
+    return 0, f"PENDING n/a {partition} {reason}\n", ""
+
+
+RUNNING = (0, "RUNNING vm interactive None\n", "")
+GONE = (1, "", "slurm_load_jobs error: Invalid job id specified\n")
+DOWN = (1, "", "squeue: error: Unable to contact slurm controller (connect failure)\n")
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One sbatch as the fake saw it: as whom, the script, its environment."""
+
+    user: str | None
+    script: str
+    env: dict[str, str]
+
+
+class ScriptedSlurm:
+    """A :class:`hpcbinder.seams.proc.CommandRunner`: each ``squeue -j`` answers
+    with the next of ``states`` (the last repeats) until ``scancel``, then
+    the job is gone; sbatch submits job :data:`JOB`; other commands have
+    fixed answers. Every argv is recorded, and every submission."""
+
+    def __init__(
+        self,
+        states: list[Answer],
+        *,
+        start: str = "N/A",
+        pending: str = "4240\n4242\n4243\n",
+        private_data: str = "none",
+    ) -> None:
+        self.states = states
+        self.start = start
+        self.pending = pending
+        self.private_data = private_data
+        self.calls: list[tuple[str, ...]] = []
+        self.submissions: list[Submission] = []
+        self.cancelled = False
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        user: str | None = None,
+        input_text: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 60.0,
+    ) -> CommandResult:
+        argv = tuple(argv)
+        self.calls.append(argv)
+        if argv[0] == "sbatch":
+            self.submissions.append(Submission(user, input_text or "", dict(env or {})))
+            return CommandResult(argv, 0, f"{JOB}\n", "")
+        if argv[0] == "scontrol":
+            return CommandResult(argv, 0, f"PrivateData             = {self.private_data}\n", "")
+        if argv[0] == "scancel":
+            self.cancelled = True
+            return CommandResult(argv, 0, "", "")
+        if argv[0].endswith("hpcbinder-server-log"):
+            return CommandResult(argv, 0, "FATAL: out of memory\n", "")
+        if "--start" in argv:
+            return CommandResult(argv, 0, self.start + "\n", "")
+        if "PENDING" in argv:
+            return CommandResult(argv, 0, self.pending, "")
+        if self.cancelled:
+            return CommandResult(argv, *GONE)
+        code, out, err = self.states[0] if len(self.states) == 1 else self.states.pop(0)
+        return CommandResult(argv, code, out, err)
+
+    def squeue_queries(self) -> int:
+        """How many times the job's state was asked."""
+        return sum(1 for call in self.calls if call[:2] == ("squeue", "-h") and "-j" in call)
