@@ -85,12 +85,10 @@ class Rendered:
     entrypoint: list[str] = field(default_factory=list)
 
 
-def _minor(version: str) -> int:
-    return int(version.split(".")[1])
-
-
-def _r_number(version: str) -> int:
-    major, minor = version.split(".")
+def _version_number(version: str) -> int:
+    """``X.Y`` (or ``X.Y.Z``) as one number, to order versions and measure
+    how far apart they are (text order puts 3.10 before 3.9)."""
+    major, minor = version.split(".")[:2]
     return int(major) * 100 + int(minor)
 
 
@@ -98,6 +96,46 @@ def _site_base(site: Site, name: str, warnings: list[str] | None = None) -> Base
     image = _safe_site_path(str(site.base_image_path(name)), "image_store")
     base = site.bases[name]
     return BaseChoice(name, base.python, "localimage", image, warnings or [], base.r)
+
+
+def _base_by_version(
+    site: Site,
+    declared: dict[str, str],
+    wanted: str,
+    *,
+    language: str,
+    source: str,
+    policy: str,
+    exact_only: bool,
+) -> BaseChoice:
+    """The base whose ``declared`` version of ``language`` is ``wanted`` (the
+    default base first); else the nearest (the newer of two as near), with a
+    warning, or under the ``exact`` policy an error naming ``source`` and the
+    site setting ``policy``. One rule for Python and R, so both behave alike."""
+    exact = sorted(name for name, version in declared.items() if version == wanted)
+    if exact:
+        return _site_base(site, site.default_base if site.default_base in exact else exact[0])
+    offered = ", ".join(sorted(set(declared.values()), key=_version_number))
+    if exact_only:
+        raise RepoConfigError(
+            source,
+            f"{language} {wanted} is not offered by this site "
+            f"(it offers {offered}; {policy}: exact)",
+        )
+    nearest = min(
+        sorted(declared),
+        key=lambda name: (
+            abs(_version_number(declared[name]) - _version_number(wanted)),
+            -_version_number(declared[name]),
+            name != site.default_base,
+        ),
+    )
+    label = declared[nearest] if language == "Python" else f"{declared[nearest]} (base {nearest})"
+    return _site_base(
+        site,
+        nearest,
+        [f"{language} {wanted} is not offered by this site; using the nearest, {label}"],
+    )
 
 
 def _choose_r_base(site: Site, wanted: str) -> BaseChoice:
@@ -113,30 +151,14 @@ def _choose_r_base(site: Site, wanted: str) -> BaseChoice:
                 "(site: bases.NAME.r), so the default base's Debian R is used"
             ],
         )
-    exact = sorted(name for name, r in declared.items() if r == wanted)
-    if exact:
-        return _site_base(site, site.default_base if site.default_base in exact else exact[0])
-    offered = ", ".join(sorted(set(declared.values()), key=_r_number))
-    if site.r_policy == "exact":
-        raise RepoConfigError(
-            "runtime.txt",
-            f"R {wanted} is not offered by this site (it offers {offered}; r_policy: exact)",
-        )
-    nearest = min(
-        sorted(declared),
-        key=lambda name: (
-            abs(_r_number(declared[name]) - _r_number(wanted)),
-            -_r_number(declared[name]),
-            name != site.default_base,
-        ),
-    )
-    return _site_base(
+    return _base_by_version(
         site,
-        nearest,
-        [
-            f"R {wanted} is not offered by this site; using the nearest, "
-            f"{declared[nearest]} (base {nearest})"
-        ],
+        declared,
+        wanted,
+        language="R",
+        source="runtime.txt",
+        policy="r_policy",
+        exact_only=site.r_policy == "exact",
     )
 
 
@@ -144,54 +166,43 @@ def choose_base(site: Site, plan: BuildPlan) -> BaseChoice:
     """The base whose R or Python the repository asks for, by the site's policy."""
     if plan.r_version is not None:
         return _choose_r_base(site, plan.r_version)
-    default = site.bases[site.default_base]
-    offered = ", ".join(sorted({b.python for b in site.bases.values()}))
+    pythons = {name: base.python for name, base in site.bases.items()}
     wanted = plan.python_version
     if wanted is None or wanted == "3":
         if plan.python_requires:
-            spec = SpecifierSet(plan.python_requires)
-            if Version(default.python) in spec:
-                return _site_base(site, site.default_base)
-            fits = sorted(
-                (n for n, b in site.bases.items() if Version(b.python) in spec),
-                key=lambda n: _minor(site.bases[n].python),
-            )
-            if fits:
-                return _site_base(site, fits[-1])
-            message = (
-                f"pyproject.toml requires-python {plan.python_requires!r} matches no "
-                f"Python of this site ({offered})"
-            )
-            if site.python_policy == "exact":
-                raise RepoConfigError("pyproject.toml", message)
-            return _site_base(site, site.default_base, [f"{message}; using {default.python}"])
+            return _base_by_requires_python(site, plan.python_requires)
         return _site_base(site, site.default_base)
-    exact = [name for name, base in site.bases.items() if base.python == wanted]
-    if exact:
-        return _site_base(
-            site, site.default_base if site.default_base in exact else sorted(exact)[0]
-        )
-    source = "runtime.txt" if plan.buildpack != "pipfile" else "Pipfile"
-    if site.python_policy == "exact":
-        raise RepoConfigError(
-            source,
-            f"Python {wanted} is not offered by this site (it offers {offered}; policy: exact)",
-        )
-    nearest = min(
-        site.bases,
-        key=lambda n: (
-            abs(_minor(site.bases[n].python) - _minor(wanted)),
-            -_minor(site.bases[n].python),
-        ),
-    )
-    return _site_base(
+    return _base_by_version(
         site,
-        nearest,
-        [
-            f"Python {wanted} is not offered by this site; using the nearest, "
-            f"{site.bases[nearest].python}"
-        ],
+        pythons,
+        wanted,
+        language="Python",
+        source="runtime.txt" if plan.buildpack != "pipfile" else "Pipfile",
+        policy="python_policy",
+        exact_only=site.python_policy == "exact",
     )
+
+
+def _base_by_requires_python(site: Site, requires: str) -> BaseChoice:
+    """The default base if its Python meets pyproject.toml's requires-python,
+    else the newest base that does, else (under ``nearest``) the default."""
+    spec = SpecifierSet(requires)
+    default = site.bases[site.default_base]
+    if Version(default.python) in spec:
+        return _site_base(site, site.default_base)
+    fits = sorted(
+        (n for n, b in site.bases.items() if Version(b.python) in spec),
+        key=lambda n: _version_number(site.bases[n].python),
+    )
+    if fits:
+        return _site_base(site, fits[-1])
+    offered = ", ".join(sorted({b.python for b in site.bases.values()}, key=_version_number))
+    message = (
+        f"pyproject.toml requires-python {requires!r} matches no Python of this site ({offered})"
+    )
+    if site.python_policy == "exact":
+        raise RepoConfigError("pyproject.toml", message + " (python_policy: exact)")
+    return _site_base(site, site.default_base, [f"{message}; using {default.python}"])
 
 
 def _safe_path(value: str, what: str) -> str:
