@@ -25,13 +25,13 @@ from pydantic import (
 )
 
 from hpcbinder.errors import UserError
+from hpcbinder.patterns import SITE_NAME
 
 #: Where a site's file is looked for when neither --site nor $HPCBINDER_SITE names one.
 SYSTEM_SITE_FILE = Path("/etc/hpcbinder/site.yaml")
 SITE_ENV = "HPCBINDER_SITE"
 
 _SLURM_TIME = re.compile(r"(?:(\d+)-)?(\d{1,2}):([0-5]\d):([0-5]\d)")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _ACCOUNT = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 #: Slurm node features joined by its operators (``intel&ib``,
 #: ``[rack1|rack2]``, ``gpu*2``): no spaces, quotes or '#', so the value is
@@ -48,7 +48,7 @@ def _slurm_time(value: str) -> str:
 
 
 def _name(value: str) -> str:
-    if not _NAME.fullmatch(value):
+    if not SITE_NAME.fullmatch(value):
         raise ValueError("expected letters, digits, '_', '.' or '-' (at most 64)")
     return value
 

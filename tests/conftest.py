@@ -59,7 +59,7 @@ def _cluster_problem(slurm: SlurmCLI) -> str | None:
 
 @pytest.fixture(scope="session")
 def devcluster() -> DevCluster:
-    slurm = SlurmCLI()
+    slurm = SlurmCLI(proc.LocalRunner())
     problem = _cluster_problem(slurm)
     if problem is not None:
         message = f"dev cluster not usable: {problem} (start it: slurm/devcluster up)"

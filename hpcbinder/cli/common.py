@@ -15,6 +15,7 @@ from hpcbinder.config import Site, SiteConfigError, load_site
 from hpcbinder.errors import UserError
 from hpcbinder.images import builder
 from hpcbinder.images.client import BuildServerClient, BuildServerError, ServerEvent
+from hpcbinder.images.store import BuildEvent
 from hpcbinder.render import pipeline
 from hpcbinder.render.pipeline import Fetched
 from hpcbinder.seams import proc
@@ -83,9 +84,9 @@ class ProgressDisplay:
         self.started = time.monotonic()
 
     def server_event(self, event: ServerEvent) -> None:
-        self(builder.BuildEvent(event.phase, event.message, time.monotonic() - self.started))
+        self(BuildEvent(event.phase, event.message, time.monotonic() - self.started))
 
-    def __call__(self, event: builder.BuildEvent) -> None:
+    def __call__(self, event: BuildEvent) -> None:
         stamp = f"[{event.elapsed:6.1f}s]"
         if event.phase == "log":
             if self.verbose:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import re
 import shlex
 import sys
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from hpcbinder.images import gc as storegc
 from hpcbinder.images.client import published_image
 from hpcbinder.images.launch import image_entrypoint, launch_argv
 from hpcbinder.images.store import image_store
+from hpcbinder.patterns import ENV_KEY
 from hpcbinder.seams import proc
 from hpcbinder.seams.cluster import cluster_slurm
 from hpcbinder.seams.slurm import SlurmError
@@ -271,7 +271,7 @@ def _require_build_account(site: Site) -> None:
 
 
 def _checked_key(key: str) -> str:
-    if not re.fullmatch(r"[0-9a-f]{32}", key):
+    if not ENV_KEY.fullmatch(key):
         raise click.BadParameter(f"{key!r} is not an env key (32 hex digits)")
     return key
 

@@ -148,9 +148,7 @@ def jobs_ls(jobs: BatchJobs) -> None:
     rows = [("JOB", "STATE", "REPOSITORY", "COMMIT", "RUN")]
     for job in jobs.all():
         record = job.record
-        rows.append(
-            (job.job_id, jobs.state(job), record["spec"], record["commit"][:12], record["run"])
-        )
+        rows.append((job.job_id, jobs.state(job), record.spec, record.commit[:12], record.run))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         cells = [row[i].ljust(widths[i]) for i in range(4)]

@@ -27,9 +27,10 @@ from pydantic import (
 
 from hpcbinder.errors import UserError
 from hpcbinder.jobs.request import OVERRIDABLE
+from hpcbinder.patterns import COMMIT, ENV_KEY, SITE_NAME
 
 #: An image of the store (its env key) or a site base (``base:NAME``).
-IMAGE = re.compile(r"[0-9a-f]{32}|base:[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+IMAGE = re.compile(rf"{ENV_KEY.pattern}|base:{SITE_NAME.pattern}")
 _Text = Annotated[str, StringConstraints(max_length=200)]
 
 
@@ -55,7 +56,7 @@ class WorkspaceOptions(_Options):
 
     slug: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")]
     checkout: Annotated[str, Field(pattern=r"^/[A-Za-z0-9_.+/-]*$", max_length=4096)]
-    commit: Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")]
+    commit: Annotated[str, Field(pattern=rf"^{COMMIT.pattern}$")]
     #: postBuild ran: the workspace is seeded from the repository as built
     #: into the image, not from the checkout.
     from_image: bool = False

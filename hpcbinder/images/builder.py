@@ -33,10 +33,8 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from hpcbinder.config import Site
 from hpcbinder.images import buildlog
@@ -44,6 +42,7 @@ from hpcbinder.images.backends import Backend, BuildCommands, BuildFailed, Build
 from hpcbinder.images.store import (
     IMAGE,
     LOG,
+    BuildEvent,
     BuildLock,
     ImageMeta,
     ImageRecord,
@@ -62,19 +61,6 @@ OVERLAY_SCRIPT = "overlay-build.sh"
 #: In a staging folder: the build's /tmp, /var/tmp and home (removed before publishing).
 SCRATCH = "scratch"
 STAGING_IN_IMAGE = "/mnt/hpcbinder-staging"
-
-
-@dataclass(frozen=True)
-class BuildEvent:
-    """One step of progress: ``phase`` is waiting, building, log, smoke,
-    publishing, ready or failed."""
-
-    phase: str
-    message: str
-    elapsed: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 Emit = Callable[[BuildEvent], None]
@@ -168,7 +154,7 @@ def _relay(lock: BuildLock, emit: Emit) -> Emit:
     """``emit`` that also records each event for processes following the build."""
 
     def relay(event: BuildEvent) -> None:
-        lock.emit(event.to_json())
+        lock.emit(event)
         emit(event)
 
     return relay
@@ -194,26 +180,27 @@ class Builder:
             self.backend.stop_leftover(started)
         return lock
 
-    def build_image(self, prepared: Prepared, emit: Emit) -> ImageRecord:
+    def build_image(self, prepared: Prepared, emit: Emit, user: str = "") -> ImageRecord:
+        """The image of ``prepared``: found in the store (its use by ``user``
+        recorded), followed while another process builds it, or built."""
         key = prepared.rendered.env_key
         started = time.monotonic()
         while True:
-            record = self.store.lookup(key)
+            record = self.store.find(key, user)
             if record is not None:
-                self.store.record_use(record.key)
                 emit(BuildEvent("ready", str(record.path), time.monotonic() - started))
                 return record
             lock = self._try_lock(key)
             if lock is None:
-                record = self._follow(key, started, emit)
+                record = self._follow(key, started, emit, user)
                 if record is not None:
                     return record
                 continue  # the holder vanished: try to take the build over
             with lock:
                 if self.store.lookup(key) is None:
-                    return self._build_locked(prepared, lock, _relay(lock, emit), started)
+                    return self._build_locked(prepared, lock, _relay(lock, emit), started, user)
 
-    def _follow(self, key: str, started: float, emit: Emit) -> ImageRecord | None:
+    def _follow(self, key: str, started: float, emit: Emit, user: str) -> ImageRecord | None:
         holder = self.store.lock_holder(key) or {}
         emit(
             BuildEvent(
@@ -225,12 +212,8 @@ class Builder:
         )
         waited_since = time.time()
         for event in follow_events(self.store, key):
-            emit(
-                BuildEvent(
-                    event.get("phase", "log"), event.get("message", ""), time.monotonic() - started
-                )
-            )
-        record = self.store.lookup(key)
+            emit(BuildEvent(event.phase, event.message, time.monotonic() - started))
+        record = self.store.find(key, user)
         if record is not None:
             return record
         failure = self.store.failure(key)
@@ -243,7 +226,7 @@ class Builder:
     # --- building, lock held ---------------------------------------------------
 
     def _build_locked(
-        self, prepared: Prepared, lock: BuildLock, emit: Emit, started: float
+        self, prepared: Prepared, lock: BuildLock, emit: Emit, started: float, user: str
     ) -> ImageRecord:
         key = prepared.rendered.env_key
         staging: Path | None = None
@@ -264,7 +247,7 @@ class Builder:
             self._check_image_size(artifact)
             emit(BuildEvent("publishing", "publishing", time.monotonic() - started))
             meta = self._meta(prepared, strategy, staging, time.monotonic() - started)
-            record = self.store.publish(lock, staging, meta)
+            record = self.store.publish(lock, staging, meta, user)
         except BuildFailed as exc:
             failed = ImageBuildError(key, exc.step, _message(exc), exc.tail, reason.reason)
             raise self._fail(failed, staging, emit, started) from exc

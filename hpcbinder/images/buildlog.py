@@ -25,6 +25,11 @@ TAIL_LINES = 1000
 LINE_CHARS = 4000
 #: The longest reason kept (a line and the indented lines continuing it).
 REASON_CHARS = 400
+#: What the lines the build's own checks print start with ("hpcbinder: R
+#: package 'x' could not be installed from URL ..."): they know why, so such a
+#: line is the reason even where a tool's line matched before it (R CMD
+#: INSTALL's "ERROR: ...").
+_OWN_PREFIX = re.escape("hpcbinder: ")
 #: A line that says why a build failed, as the tools builds run print it.
 _REASON = re.compile(
     r"\s*(?:"
@@ -34,15 +39,12 @@ _REASON = re.compile(
     r"|Error(?: in |: )"  # R ("Error in library(x) : there is no package called 'x'")
     r"|(?:critical|error)\s+libmamba\b"  # micromamba
     r"|curl: \(\d+\)"  # a download that failed ("curl: (6) Could not resolve host")
-    r"|hpcbinder: "  # the build's own checks ("hpcbinder: cannot reach the conda channel ...")
+    rf"|{_OWN_PREFIX}"  # the build's own checks ("hpcbinder: cannot reach the conda channel ...")
     r"|\[?[A-Za-z_][\w.]*(?:Error|Exception)\]?: "  # Python, pipenv
     r"|.*(?:No matching distribution|not available)"  # pip; R ("package 'x' is not available")
     r")"
 )
-#: A line the build's own checks print ("hpcbinder: R package 'x' could not
-#: be installed from URL ..."): they know why, so such a line is the reason
-#: even where a tool's line matched before it (R CMD INSTALL's "ERROR: ...").
-_OWN = re.compile(r"\s*hpcbinder: ")
+_OWN = re.compile(rf"\s*{_OWN_PREFIX}")
 #: A line that continues the one before it ("  cause: Because ...").
 _CONTINUED = re.compile(r"\s+\S")
 

@@ -34,8 +34,8 @@ from urllib.parse import urlsplit
 from hpcbinder.config import Site
 from hpcbinder.errors import UserError
 from hpcbinder.images.builder import ImageBuildError
-from hpcbinder.images.jobrefs import IMAGE_KEY
 from hpcbinder.images.store import ImageRecord, image_store
+from hpcbinder.patterns import ENV_KEY
 from hpcbinder.render.pipeline import Fetched
 from hpcbinder.seams import munge, proc
 
@@ -98,7 +98,7 @@ class UseRequest:
     @classmethod
     def from_json(cls, text: str) -> UseRequest:
         data, for_user = _request_payload(text, "key", "a use report needs an image key")
-        if not IMAGE_KEY.fullmatch(data["key"]):
+        if not ENV_KEY.fullmatch(data["key"]):
             raise ValueError("not an image key")
         return cls(data["key"], for_user)
 

@@ -21,11 +21,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from hpcbinder.errors import UserError
+from hpcbinder.patterns import COMMIT, ENV_KEY
 
-IMAGE_KEY = re.compile(r"[0-9a-f]{32}")
-COMMIT = re.compile(r"[0-9a-f]{40}")
-_IMAGE_REF = re.compile(r"hpcbinder-image=([0-9a-f]{32})(?![0-9a-f])")
-_COMMIT_REF = re.compile(r"hpcbinder-commit=([0-9a-f]{40})(?![0-9a-f])")
+_IMAGE_REF = re.compile(rf"hpcbinder-image=({ENV_KEY.pattern})(?![0-9a-f])")
+_COMMIT_REF = re.compile(rf"hpcbinder-commit=({COMMIT.pattern})(?![0-9a-f])")
 
 
 class JobReferenceError(UserError):
@@ -37,7 +36,7 @@ def job_comment(image_key: str | None, commit: str | None) -> str:
     site base, which gc never removes) and copies the checkout of
     ``commit`` (None when it copies none). Both are checked in full: the
     result goes onto an #SBATCH line."""
-    if image_key is not None and not IMAGE_KEY.fullmatch(image_key):
+    if image_key is not None and not ENV_KEY.fullmatch(image_key):
         raise JobReferenceError(f"not an image key: {image_key!r}")
     if commit is not None and not COMMIT.fullmatch(commit):
         raise JobReferenceError(f"not a commit id: {commit!r}")

@@ -10,7 +10,7 @@ runscript: the build records the entrypoint in the image's metadata
 (:func:`hpcbinder.render.definition.entrypoint`) and the server job, batch runs and
 ``hpcbinder build``'s "run it with" line put it in front of their command.
 
-Jobs name their image as :data:`hpcbinder.hub.options.IMAGE` does: an env
+Jobs name their image in one of two ways: an env
 key of the store or ``base:NAME`` (a site base, with no repository
 environment and no entrypoint).
 """
@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from hpcbinder.config import Site
 from hpcbinder.errors import UserError
 from hpcbinder.images.store import ImageRecord, image_store
+from hpcbinder.patterns import ENV_KEY, SITE_NAME
 from hpcbinder.seams import apptainer
 
 _PATH_IN_IMAGE = re.compile(r"/[A-Za-z0-9_.+-]+(?:/[A-Za-z0-9_.+-]+)*")
-_ENV_KEY = re.compile(r"[0-9a-f]{32}")
-_BASE = re.compile(r"base:([A-Za-z0-9][A-Za-z0-9_.-]{0,63})")
+_BASE = re.compile(rf"base:({SITE_NAME.pattern})")
 
 
 class UnknownImage(UserError):
@@ -64,7 +64,7 @@ def launch_argv(record: ImageRecord) -> list[str]:
 
 def launch_image(site: Site, name: str) -> LaunchImage:
     """The image ``name`` (an env key or ``base:NAME``) as a job starts it."""
-    if _ENV_KEY.fullmatch(name):
+    if ENV_KEY.fullmatch(name):
         record = image_store(site).lookup(name)
         if record is None:
             raise UnknownImage(f"image: {name} is not in this site's store (build it first)")

@@ -40,7 +40,7 @@ from hpcbinder.errors import UserError
 from hpcbinder.images import builder
 from hpcbinder.images import gc as storegc
 from hpcbinder.images.client import BuildRequest, ServerEvent, UseRequest
-from hpcbinder.images.store import image_store
+from hpcbinder.images.store import BuildEvent, image_store
 from hpcbinder.images.streams import SharedStream, keep_alive
 from hpcbinder.render import pipeline
 from hpcbinder.render.pipeline import Fetched
@@ -49,7 +49,7 @@ from hpcbinder.sources import providers
 
 log = logging.getLogger("hpcbinder.images.server")
 KEEPALIVE_SECONDS = 10.0
-#: Phases of :class:`hpcbinder.images.builder.BuildEvent` passed on as log lines.
+#: Phases of :class:`hpcbinder.images.store.BuildEvent` passed on as log lines.
 _LOGGED = frozenset({"waiting", "building", "log", "smoke", "publishing"})
 
 BuildStream = SharedStream[ServerEvent, Fetched]
@@ -156,13 +156,10 @@ class BuildQueue:
             await asyncio.to_thread(storegc.record_checkout_use, prepared.checkout)
             for warning in prepared.rendered.warnings:
                 await stream.publish(ServerEvent("fetching", f"warning: {warning}"))
+            user = self._owners.get(stream.key, "")
             store = image_store(self.site)
-            record = await asyncio.to_thread(store.lookup, prepared.rendered.env_key)
-            if record is None:
-                await self._build(stream, prepared)
-            else:  # record the use: gc keeps images people launch
-                user = self._owners.get(stream.key, "")
-                await asyncio.to_thread(store.record_use, record.key, user)
+            if await asyncio.to_thread(store.find, prepared.rendered.env_key, user) is None:
+                await self._build(stream, prepared, user)
             await stream.finish(ServerEvent("built"), prepared.fetched())
             log.info(
                 "%s: image %s in %.1f s",
@@ -192,14 +189,14 @@ class BuildQueue:
                 )
             )
 
-    async def _build(self, stream: BuildStream, prepared: pipeline.Prepared) -> None:
+    async def _build(self, stream: BuildStream, prepared: pipeline.Prepared, user: str) -> None:
         self._queue.append(stream)
         await self._announce_queue()
         try:
             async with self._slots:
                 self._queue.remove(stream)
                 await self._announce_queue()
-                await self._build_now(stream, prepared)
+                await self._build_now(stream, prepared, user)
         finally:
             if stream in self._queue:  # cancelled while queued
                 self._queue.remove(stream)
@@ -214,18 +211,18 @@ class BuildQueue:
                 )
             )
 
-    async def _build_now(self, stream: BuildStream, prepared: pipeline.Prepared) -> None:
+    async def _build_now(self, stream: BuildStream, prepared: pipeline.Prepared, user: str) -> None:
         loop = asyncio.get_running_loop()
         await stream.publish(ServerEvent("building", f"Building image {prepared.rendered.env_key}"))
         # gc keeps a checkout for a build's time limit after its last use.
         await asyncio.to_thread(storegc.record_checkout_use, prepared.checkout)
 
-        def emit(event: builder.BuildEvent) -> None:
+        def emit(event: BuildEvent) -> None:
             if event.phase in _LOGGED:
                 line = ServerEvent("log", event.message.rstrip("\n"))
                 asyncio.run_coroutine_threadsafe(stream.publish(line), loop)
 
-        await asyncio.to_thread(builder.Builder(self.site).build_image, prepared, emit)
+        await asyncio.to_thread(builder.Builder(self.site).build_image, prepared, emit, user)
 
 
 class BuildRequestHandler(web.RequestHandler):
@@ -304,9 +301,8 @@ class UseHandler(web.RequestHandler):
         sender, request = await _verified(self.request.body, UseRequest.from_json)
         user = _on_behalf(site, sender, request.for_user)
         store = image_store(site)
-        if await asyncio.to_thread(store.lookup, request.key) is None:
+        if await asyncio.to_thread(store.find, request.key, user) is None:
             raise web.HTTPError(404, reason=f"no image {request.key} in the store")
-        await asyncio.to_thread(store.record_use, request.key, user)
         log.info("%s uses image %s%s", user, request.key, f" ({sender})" if user != sender else "")
         self.set_status(204)
         self.finish()

@@ -49,13 +49,14 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from hpcbinder.config import Site
+from hpcbinder.growingfile import GrowingFile
 from hpcbinder.seams import proc
 from hpcbinder.seams.processid import ProcessIdentity
 
@@ -294,10 +295,13 @@ class ImageStore:
         self.own(staging)
         return staging
 
-    def publish(self, lock: BuildLock, staging: Path, meta: ImageMeta) -> ImageRecord:
+    def publish(
+        self, lock: BuildLock, staging: Path, meta: ImageMeta, user: str = ""
+    ) -> ImageRecord:
         """Make the staged image the published one, atomically, if ``lock``
-        is still held (:class:`LockLost` otherwise). An image already
-        published for the key is never replaced (the rename fails)."""
+        is still held (:class:`LockLost` otherwise), its use by ``user`` (who
+        asked for the build) recorded. An image already published for the
+        key is never replaced (the rename fails)."""
         key = lock.key
         if not lock.held():
             raise LockLost(f"the build lock of {key} was taken over; not publishing")
@@ -307,10 +311,19 @@ class ImageStore:
         self._dir("envs")
         staging.rename(target)
         self.failure_path(key).unlink(missing_ok=True)
-        self.record_use(key)
+        self.record_use(key, user)
         record = self.lookup(key)
         if record is None:
             raise RuntimeError(f"published {key} but cannot read it back")
+        return record
+
+    def find(self, key: str, user: str = "") -> ImageRecord | None:
+        """The published image of ``key``, its use by ``user`` recorded: the
+        one way a build, the build server and a launch find an existing
+        image, so that gc keeps every image people use."""
+        record = self.lookup(key)
+        if record is not None:
+            self.record_use(key, user)
         return record
 
     def record_use(self, key: str, user: str = "", at: float | None = None) -> None:
@@ -434,6 +447,29 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class BuildEvent:
+    """One step of a build's progress: ``phase`` is waiting, building, log,
+    smoke, publishing, ready or failed. The build that holds a key's lock
+    appends each to the key's events file, for every process following it."""
+
+    phase: str
+    message: str
+    elapsed: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, line: str) -> BuildEvent | None:
+        """The event on one line of an events file; None for a line that is not one."""
+        try:
+            data = json.loads(line)
+            return cls(str(data["phase"]), str(data["message"]), float(data.get("elapsed", 0)))
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
 class BuildLock:
     """The right to build one key. Refreshes its heartbeat until released."""
 
@@ -477,10 +513,10 @@ class BuildLock:
         with path.open("a") as handle:
             handle.write(what + "\n")
 
-    def emit(self, event: dict[str, Any]) -> None:
+    def emit(self, event: BuildEvent) -> None:
         """Append ``event`` to the key's events file for followers."""
         with self.store.events_path(self.key).open("a") as handle:
-            handle.write(json.dumps(event) + "\n")
+            handle.write(event.to_json() + "\n")
 
     def release(self) -> None:
         self._stop.set()
@@ -497,21 +533,16 @@ class BuildLock:
         self.release()
 
 
-def follow_events(store: ImageStore, key: str, poll: float = 0.5) -> Iterator[dict[str, Any]]:
+def follow_events(store: ImageStore, key: str, poll: float = 0.5) -> Iterator[BuildEvent]:
     """Events of the build of ``key`` that another process runs, until its
     lock is gone (then the caller checks :meth:`ImageStore.lookup` and
     :meth:`ImageStore.failure`) or turns stale."""
-    offset = 0
+    events = GrowingFile(store.events_path(key))
     while True:
-        path = store.events_path(key)
-        with contextlib.suppress(FileNotFoundError), path.open("rb") as handle:
-            handle.seek(offset)
-            for line in handle:
-                if not line.endswith(b"\n"):
-                    break  # half-written: read it whole next time
-                offset += len(line)
-                with contextlib.suppress(json.JSONDecodeError):
-                    yield json.loads(line)
+        for line in events.new_lines():
+            event = BuildEvent.from_json(line)
+            if event is not None:
+                yield event
         lock = store.lock_path(key)
         if not lock.exists() or store.is_stale(lock):
             return

@@ -36,10 +36,12 @@ from hpcbinder.images.jobrefs import job_comment
 from hpcbinder.images.launch import image_entrypoint
 from hpcbinder.images.store import ImageRecord
 from hpcbinder.jobs.notebooks import check_parameters
+from hpcbinder.jobs.records import RunRecord
 from hpcbinder.jobs.request import JobRequest
 from hpcbinder.jobs.serverscript import apptainer_options, container_home, safe_path
 from hpcbinder.render import templating
 from hpcbinder.render.pipeline import Fetched
+from hpcbinder.sources.providers import ResolvedRepo
 
 #: How each kind of file runs inside the image (notebooks: papermill).
 INTERPRETERS = {".py": ["python"], ".sh": ["bash"], ".R": ["Rscript"], ".jl": ["julia"]}
@@ -65,14 +67,25 @@ class BatchTask:
 
 
 @dataclass(frozen=True)
+class ImageIdentity:
+    """The image a run is pinned to: its file and digest, and for an overlay
+    image (the file is its overlay) the base image it lies on."""
+
+    image: Path
+    sha256: str
+    base_image: Path | None = None
+    base_sha256: str | None = None
+
+
+@dataclass(frozen=True)
 class BatchRun:
     """A checked batch run, ready to render."""
 
     user: str
     home: Path
-    repo: dict[str, str]  # spec, url, ref, commit
+    repo: ResolvedRepo
     env_key: str
-    image: dict[str, str]  # image (and base_image) paths with their sha256
+    image: ImageIdentity
     launch: list[str]  # apptainer exec … IMAGE: contained, sees the run folder
     checkout: Path
     from_image: bool  # postBuild ran: copy the repository as built into the image
@@ -90,18 +103,24 @@ class BatchRun:
     def notebook(self) -> bool:
         return self.path.endswith(NOTEBOOK)
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> RunRecord:
         """What every provenance record and job index entry says of the run."""
-        return {
-            **self.repo,
-            "env_key": self.env_key,
-            **self.image,
-            "run": self.path,
-            "args": self.args,
-            "array": self.array,
-            "resources": self.request.sbatch_options(),
-            "run_dir": str(self.run_dir),
-        }
+        return RunRecord(
+            spec=self.repo.spec,
+            url=self.repo.url,
+            ref=self.repo.ref,
+            commit=self.repo.commit,
+            env_key=self.env_key,
+            image=self.image.image,
+            image_sha256=self.image.sha256,
+            base_image=self.image.base_image,
+            base_image_sha256=self.image.base_sha256,
+            run=self.path,
+            args=self.args,
+            array=self.array,
+            resources=self.request.sbatch_options(),
+            run_dir=self.run_dir,
+        )
 
     def task_argv(self, task: BatchTask) -> list[str]:
         """Parameters as papermill options, or as ``--name=value`` for scripts."""
@@ -157,19 +176,13 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def image_identity(launch: list[str]) -> dict[str, str]:
+def image_identity(launch: list[str]) -> ImageIdentity:
     """The image's files and digests (an overlay image is its overlay on a base)."""
     image = Path(launch[-1])
-    identity = {"image": str(image), "image_sha256": file_sha256(image)}
-    if "--overlay" in launch:
-        overlay = Path(launch[launch.index("--overlay") + 1].removesuffix(":ro"))
-        identity = {
-            "image": str(overlay),
-            "image_sha256": file_sha256(overlay),
-            "base_image": str(image),
-            "base_image_sha256": identity["image_sha256"],
-        }
-    return identity
+    if "--overlay" not in launch:
+        return ImageIdentity(image, file_sha256(image))
+    overlay = Path(launch[launch.index("--overlay") + 1].removesuffix(":ro"))
+    return ImageIdentity(overlay, file_sha256(overlay), image, file_sha256(image))
 
 
 def _repository_file(checkout: Path, path: str, where: str) -> str:
@@ -250,7 +263,7 @@ def plan_run(
     return BatchRun(
         user=user,
         home=home,
-        repo={"spec": repo.spec, "url": repo.url, "ref": repo.ref, "commit": repo.commit},
+        repo=repo,
         env_key=record.key,
         image=image_identity(launch),
         launch=[
@@ -283,7 +296,7 @@ def render_batch_script(run: BatchRun) -> str:
         "batch.sbatch.j2",
         job_name=_SLUG_CHARS.sub("-", f"hpcbinder-batch-{PurePosixPath(run.path).stem}")[:64],
         request=run.request,
-        job_comment=job_comment(run.env_key, run.repo["commit"]),
+        job_comment=job_comment(run.env_key, run.repo.commit),
         array=run.array,
         log=log,
         home=safe_path(run.home, "home"),
@@ -291,12 +304,12 @@ def render_batch_script(run: BatchRun) -> str:
         index=str(run.home / JOB_INDEX),
         cases=cases,
         per_task=run.per_task,
-        record=json.dumps(run.record(), sort_keys=True),
+        record=run.record().json_text(),
         from_image=run.from_image,
         repo_dir=REPO_DIR,
         checkout=str(run.checkout),
-        url=run.repo["url"],
-        commit=run.repo["commit"],
+        url=run.repo.url,
+        commit=run.repo.commit,
         launch=run.launch[:-1],
         image=run.launch[-1],
         container_home=run.container_home,

@@ -13,20 +13,24 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from hpcbinder.errors import UserError
+from hpcbinder.growingfile import GrowingFile
 from hpcbinder.jobs.batch import JOB_INDEX, BatchRun, expand_array
+from hpcbinder.jobs.records import RunRecord, TaskProvenance
 from hpcbinder.seams import proc
 from hpcbinder.seams.slurm import JOB_ID, JobInfo, SlurmCLI, SubmitOptions
 
 #: Exit status of ``hpcbinder sbatch --wait`` for jobs Slurm ended.
 EXIT_FOR_STATE = {"TIMEOUT": 124, "CANCELLED": 130, "OUT_OF_MEMORY": 137}
 INCOMPLETE = "INCOMPLETE"
+#: The id an index entry is filed under: the job's (an array's own) id.
+_INDEX_JOB_ID = re.compile(r"[0-9]+")
 
 
 class UnknownJob(UserError):
@@ -62,22 +66,24 @@ class TaskOutput:
     """One task's folder and what its provenance record says."""
 
     folder: Path
-    provenance: dict[str, Any] | None
+    provenance: TaskProvenance | None  # None: not written yet, or unreadable
 
     @property
     def complete(self) -> bool:
         return (
-            bool(self.provenance and self.provenance.get("complete"))
+            self.provenance is not None
+            and self.provenance.complete
             and not (self.folder / INCOMPLETE).exists()
         )
 
     def describe(self, slurm_state: str | None) -> str:
         if self.complete:
             return "complete"
-        state = (self.provenance or {}).get("state", "not started")
+        provenance = self.provenance
+        state = provenance.state if provenance else "not started"
         if state == "running" and slurm_state and slurm_state != "RUNNING":
             state = f"ended by Slurm ({slurm_state})"
-        code = (self.provenance or {}).get("exit_code")
+        code = provenance.exit_code if provenance else None
         return f"INCOMPLETE: {state}" + (f" (exit {code})" if code is not None else "")
 
 
@@ -86,32 +92,54 @@ class BatchJob:
     """One of the user's runs, from the job index."""
 
     job_id: str
-    record: dict[str, Any]
+    record: RunRecord
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.record["run_dir"])
+        return self.record.run_dir
 
     def tasks(self) -> list[TaskOutput]:
         folder = self.run_dir / f"job-{self.job_id}"
         outputs = []
         for task in sorted(folder.glob("task-*"), key=lambda p: int(p.name.split("-")[1])):
+            provenance: TaskProvenance | None
             try:
-                provenance = json.loads((task / "provenance.json").read_text())
-            except (OSError, ValueError):
+                text = (task / "provenance.json").read_text()
+                provenance = TaskProvenance.model_validate_json(text)
+            except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
                 provenance = None
             outputs.append(TaskOutput(task, provenance))
         return outputs
 
     def task_ids(self) -> list[str]:
         """The Slurm ids to wait for: each array task, or the job."""
-        array = self.record.get("array")
+        array = self.record.array
         return [f"{self.job_id}_{i}" for i in expand_array(array)] if array else [self.job_id]
 
     def logs(self) -> list[Path]:
         single = self.run_dir / f"slurm-{self.job_id}.out"
         tasks = self.run_dir.glob(f"slurm-{self.job_id}_*.out")
         return [single] if single.exists() else sorted(tasks, key=lambda p: p.stat().st_mtime)
+
+
+def index_entry(job_id: str, record: RunRecord) -> str:
+    """A job index entry, as the job script also writes it (batch.sbatch.j2)."""
+    return json.dumps({"job_id": job_id, "run": record.model_dump(mode="json")}, sort_keys=True)
+
+
+def read_index(index: Path) -> list[BatchJob]:
+    """The jobs of a job index folder, by id; entries that are not a job
+    id with a run record (a half-written or hand-edited file) are skipped."""
+    jobs = []
+    for path in index.glob("*.json"):
+        try:
+            data = json.loads(path.read_text())
+            job_id = str(data["job_id"])
+            if _INDEX_JOB_ID.fullmatch(job_id):
+                jobs.append(BatchJob(job_id, RunRecord.model_validate(data["run"])))
+        except (OSError, ValueError, KeyError, TypeError):  # ValidationError is a ValueError
+            continue
+    return sorted(jobs, key=lambda job: int(job.job_id))
 
 
 class BatchJobs:
@@ -124,14 +152,7 @@ class BatchJobs:
         self.index = _home(user) / JOB_INDEX
 
     def all(self) -> list[BatchJob]:
-        jobs = []
-        for path in self.index.glob("*.json"):
-            try:
-                data = json.loads(path.read_text())
-                jobs.append(BatchJob(str(data["job_id"]), dict(data["run"])))
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-        return sorted(jobs, key=lambda job: int(job.job_id))
+        return read_index(self.index)
 
     def remember(self, job_id: str, run: BatchRun) -> None:
         """Record a job this process (the user) just submitted, before the
@@ -141,7 +162,7 @@ class BatchJobs:
         self.index.mkdir(parents=True, exist_ok=True, mode=0o700)
         entry = self.index / f"{job_id}.json"
         partial = entry.with_name(f".{job_id}.json.{os.getpid()}")
-        partial.write_text(json.dumps({"job_id": job_id, "run": run.record()}, sort_keys=True))
+        partial.write_text(index_entry(job_id, run.record()))
         partial.replace(entry)
 
     def get(self, job_id: str) -> BatchJob:
@@ -179,12 +200,12 @@ class BatchJobs:
     ) -> list[JobInfo]:
         """Stream the job's logs through ``write`` until every task ended;
         the tasks' final records."""
-        offsets: dict[Path, int] = {}
+        followed: dict[Path, GrowingFile] = {}
         deadline = time.monotonic() + timeout
         waiting = job.task_ids()
         finished: dict[str, JobInfo] = {}
         while True:
-            for line in _new_lines(job.logs(), offsets):
+            for line in _new_lines(job.logs(), followed):
                 write(line)
             for task_id in waiting:
                 if task_id not in finished:
@@ -194,7 +215,7 @@ class BatchJobs:
                     if info.finished:
                         finished[task_id] = info
             if len(finished) == len(waiting):
-                for line in _new_lines(job.logs(), offsets):
+                for line in _new_lines(job.logs(), followed):
                     write(line)
                 return [finished[task_id] for task_id in waiting]
             if time.monotonic() > deadline:
@@ -202,16 +223,13 @@ class BatchJobs:
             time.sleep(poll)
 
 
-def _new_lines(paths: list[Path], offsets: dict[Path, int]) -> Iterator[str]:
+def _new_lines(paths: list[Path], followed: dict[Path, GrowingFile]) -> Iterator[str]:
+    """New lines of every task's log, each prefixed with its task's index.
+    A progress bar's carriage returns end lines too, so that no redrawn
+    line writes over the prefix."""
     for path in paths:
-        try:
-            with path.open("rb") as handle:
-                handle.seek(offsets.get(path, 0))
-                data = handle.read()
-        except OSError:
-            continue
-        complete = data.rsplit(b"\n", 1)[0] + b"\n" if b"\n" in data else b""
-        offsets[path] = offsets.get(path, 0) + len(complete)
+        log = followed.setdefault(path, GrowingFile(path))
         prefix = f"[{path.stem.split('_', 1)[1]}] " if "_" in path.stem else ""
-        for line in complete.decode(errors="replace").splitlines():
-            yield prefix + line
+        for line in log.new_lines():
+            for part in line.splitlines() or [""]:
+                yield prefix + part

@@ -151,7 +151,7 @@ class ServerJobs:
     Slurm client (this host or a login node), from the hub's event loop."""
 
     user: str
-    slurm: SlurmCLI = field(default_factory=SlurmCLI)
+    slurm: SlurmCLI  # the site's cluster client (hpcbinder.seams.cluster.cluster_slurm)
     retries: int = 4
     backoff: float = 0.5
 

@@ -22,13 +22,13 @@ from hpcbinder.config import Site
 from hpcbinder.errors import UserError
 from hpcbinder.images.jobrefs import job_comment
 from hpcbinder.jobs.request import JobRequest
+from hpcbinder.patterns import COMMIT
 from hpcbinder.render import templating
 from hpcbinder.seams import apptainer
 from hpcbinder.seams.apptainer import Bind
 
 _SAFE_PATH = re.compile(r"/[A-Za-z0-9_.+/-]*")
 _SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
-_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def container_home(site: Site, home: Path) -> str | None:
 
 
 def render_server_script(site: Site, job: ServerJob) -> str:
-    if job.seed is not None and not _COMMIT.fullmatch(job.seed.commit):
+    if job.seed is not None and not COMMIT.fullmatch(job.seed.commit):
         raise UserError(f"not a commit id: {job.seed.commit!r}")
     # Without a repository (a base image from the spawn page) the server
     # still gets a workspace of its own, never the home itself.

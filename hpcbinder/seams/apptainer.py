@@ -50,6 +50,16 @@ def _binds(binds: Sequence[Bind]) -> list[str]:
     return [word for bind in binds for word in bind.argv()]
 
 
+def version_line() -> str:
+    """Apptainer's version line (``apptainer version 1.4.5``), or "" where
+    it does not run."""
+    try:
+        result = proc.run([APPTAINER, "--version"], timeout=20)
+    except proc.CommandError:
+        return ""
+    return result.stdout.strip() if result.ok else ""
+
+
 def version(user: str | None = None) -> tuple[int, int, int]:
     """Apptainer's (major, minor, patch) as ``user`` runs it."""
     result = proc.check(proc.run([APPTAINER, "--version"], user=user, timeout=30))

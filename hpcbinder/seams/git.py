@@ -49,13 +49,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpcbinder.patterns import COMMIT, LOCAL_PATH
 from hpcbinder.seams import proc
 
-SHA = re.compile(r"[0-9a-f]{40}")
-_LS_REMOTE_LINE = re.compile(r"([0-9a-f]{40})\t(\S+)")
-#: Paths ``local_repo`` may be: absolute, nothing a shell or git would read
-#: specially (they are quoted as well).
-_LOCAL_REPO = re.compile(r"/[A-Za-z0-9._~/+=@-]*")
+_LS_REMOTE_LINE = re.compile(rf"({COMMIT.pattern})\t(\S+)")
 #: A line of git's stderr that starts a new message (``fatal: ...``).
 _MESSAGE_START = re.compile(r"(?:fatal|error|warning|hint|remote):", re.IGNORECASE)
 _ERROR_START = re.compile(r"(?:fatal|error): ?", re.IGNORECASE)
@@ -68,7 +65,7 @@ _WATCH_SECONDS = 0.2
 #: Submodules of submodules are fetched down to this depth.
 MAX_SUBMODULE_DEPTH = 4
 #: A gitlink (submodule) in ``git ls-files --stage`` output.
-_GITLINK = re.compile(r"160000 ([0-9a-f]{40}) 0\t(.+)")
+_GITLINK = re.compile(rf"160000 ({COMMIT.pattern}) 0\t(.+)")
 
 #: Judges a submodule URL by the site's policy: raises if it is not
 #: allowed, else returns its checked path for a repository on this host.
@@ -198,7 +195,7 @@ def _upload_pack(local_repo: Path | None) -> list[str]:
     if local_repo is None:
         return []
     path = str(local_repo)
-    if not _LOCAL_REPO.fullmatch(path) or "/../" in f"{path}/" or "/./" in f"{path}/":
+    if not LOCAL_PATH.fullmatch(path) or "/../" in f"{path}/" or "/./" in f"{path}/":
         raise ValueError(f"not a plain absolute repository path: {path!r}")
     trusted = (path, f"{path.rstrip('/')}/.git")  # a bare repository, a work tree's
     command = ["git", *(f"-c safe.directory={shlex.quote(p)}" for p in trusted), "upload-pack"]
@@ -302,7 +299,7 @@ def expand_short_sha(
             "rev-parse", "--verify", "--quiet", "--end-of-options", f"{short}^{{commit}}"
         )
         commit = found.stdout.strip()
-        return commit if found.ok and SHA.fullmatch(commit) else None
+        return commit if found.ok and COMMIT.fullmatch(commit) else None
 
 
 @dataclass(frozen=True)
@@ -343,7 +340,7 @@ def fetch_commit(
     bound the whole fetch: its time, and what ``dest`` (git objects and
     checked-out files, submodules' too) holds. ``local_repo``: as for
     :func:`ls_remote`."""
-    if not SHA.fullmatch(commit):
+    if not COMMIT.fullmatch(commit):
         raise ValueError(f"not a full commit id: {commit!r}")
     fetch = _Fetch(list(protocols), limits, time.monotonic() + limits.seconds, dest, policy)
     dest.mkdir(parents=True)

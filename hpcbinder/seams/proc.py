@@ -79,6 +79,12 @@ def as_user(argv: Sequence[str], user: str | None, keep_env: Sequence[str] = ())
     """
     if user is None or user == current_user():
         return list(argv)
+    return sudo_argv(argv, user, keep_env)
+
+
+def sudo_argv(argv: Sequence[str], user: str, keep_env: Sequence[str] = ()) -> list[str]:
+    """argv through ``sudo -n`` as ``user``: never a password prompt, only
+    what the site's sudoers rules allow (here or on a login node)."""
     keep = [f"--preserve-env={','.join(keep_env)}"] if keep_env else []
     return ["sudo", "-n", *keep, "-u", user, "--", *argv]
 

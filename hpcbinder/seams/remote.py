@@ -95,7 +95,7 @@ class LoginNodeCommands:
         """The shell text run on the login node for ``argv`` as ``user``."""
         words = ["sh", "-c", _EXPORT_THEN_RUN, "sh", *argv]
         if self.login.user != LOGIN_AS_USER and user != self.login.user:
-            words = ["sudo", "-n", "-u", user, "--", *words]
+            words = proc.sudo_argv(words, user)
         return shlex.join(words)
 
     def run(

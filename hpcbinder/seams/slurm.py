@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from hpcbinder.patterns import SITE_NAME
 from hpcbinder.seams import proc
 
 #: States after which a job will never run again.
@@ -40,7 +41,6 @@ USABLE_NODE_STATES = frozenset({"idle", "mixed", "allocated", "completing"})
 
 #: A job id as sbatch prints it, or one task of an array.
 JOB_ID = re.compile(r"\d+(?:_\d+)?")
-_PARTITION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class SlurmError(RuntimeError):
@@ -221,11 +221,14 @@ class SlurmCLI:
 
     def __init__(
         self,
-        runner: proc.CommandRunner | None = None,
+        runner: proc.CommandRunner,
         dialect: SlurmDialect | None = None,
         timeout: float = 30.0,
     ) -> None:
-        self.runner = runner or proc.LocalRunner()
+        """``runner``: where the commands run, chosen by the caller (the
+        site's cluster client, :func:`hpcbinder.seams.cluster.cluster_slurm`,
+        for everything but a build host's own build jobs)."""
+        self.runner = runner
         self.dialect = dialect or SlurmDialect()
         self.timeout = timeout
 
@@ -239,6 +242,14 @@ class SlurmCLI:
         return self.runner.run(
             argv, user=user, input_text=input_text, env=env, timeout=self.timeout
         )
+
+    def version(self) -> str:
+        """Slurm's version line (``slurm 22.05.8``), or "" where sinfo does not run."""
+        try:
+            result = self._run([*self.dialect.sinfo, "--version"])
+        except proc.CommandError:
+            return ""
+        return result.stdout.strip() if result.ok else ""
 
     def ping(self) -> str:
         """The controller's host if slurmctld answers, else :class:`SlurmError`."""
@@ -361,6 +372,8 @@ class SlurmCLI:
         if fields is None:
             return QueueEntry(QueueState.GONE)
         node = fields.group("node") or ""
+        if node.lower() in self.dialect.squeue_no_node:
+            node = ""  # a job between pending and running has no batch host yet
         partition = fields.group("partition") or ""
         if self.dialect.squeue_running.match(line):
             return QueueEntry(QueueState.RUNNING, node, partition)
@@ -386,7 +399,7 @@ class SlurmCLI:
         """The pending job's place among the pending jobs of ``partition``
         (1 starts next), and their number; None where Slurm cannot tell:
         it hides other users' jobs (PrivateData=jobs), or does not answer."""
-        if not _PARTITION.fullmatch(partition):
+        if not SITE_NAME.fullmatch(partition):
             return None
         try:
             if _hides_jobs(self._config(), self.dialect):

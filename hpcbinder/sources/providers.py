@@ -37,15 +37,12 @@ from urllib.parse import unquote, urlsplit
 
 from hpcbinder.config import RepoPolicy
 from hpcbinder.errors import RepoNotAllowed, RepoUnreachable, SpecError, UnknownRef
+from hpcbinder.patterns import COMMIT, LOCAL_PATH
 from hpcbinder.seams import git
 
 _REF = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/+@-]{0,254}")
 _GH_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 _GL_PATH = re.compile(r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*")
-#: What a repository path on this host may be: absolute, and plain (git
-#: decodes %-escapes in file:// URLs, and ?/# are not part of a path to
-#: urlsplit but are to git, so none of them).
-_LOCAL_PATH = re.compile(r"/[A-Za-z0-9._~/+=@-]*")
 _FILE_URL = "file://"
 _CLONE_URL = re.compile(
     r"(?:https?|git|ssh|file)://[A-Za-z0-9._~:/?#@+=%-]+"  # scheme://...
@@ -91,7 +88,7 @@ def local_repo_path(url: str, roots: Iterable[Path]) -> Path | None:
         return None
     setting = "repos.local_roots"
     path = url[len(_FILE_URL) :] if url.startswith(_FILE_URL) else ""
-    if not _LOCAL_PATH.fullmatch(path):
+    if not LOCAL_PATH.fullmatch(path):
         raise RepoNotAllowed(
             f"{url}: a repository on this host must be named file:///<absolute path>, "
             f"without host, %-escapes, ? or #, below the site's {setting}"
@@ -105,7 +102,7 @@ def local_repo_path(url: str, roots: Iterable[Path]) -> Path | None:
 
     real = os.path.realpath(path)
     shown = path if real == path else f"{path} (really {real})"
-    if outside(real) or not _LOCAL_PATH.fullmatch(real):
+    if outside(real) or not LOCAL_PATH.fullmatch(real):
         raise RepoNotAllowed(f"{shown} is not below this site's local repository roots ({setting})")
     # Where git's upload-pack may look for the repository (setup.c enter_repo).
     for candidate in (f"{real}/.git", real, f"{real}.git/.git", f"{real}.git"):
@@ -253,7 +250,7 @@ class GitRepoProvider(RepoProvider):
     def resolve(self) -> ResolvedRepo:
         local = self.check_allowed()
         url = self.url if local is None else f"{_FILE_URL}{local}"
-        if git.SHA.fullmatch(self.ref):
+        if COMMIT.fullmatch(self.ref):
             return ResolvedRepo(self.spec, url, self.ref, self.ref)
         protocols = self.protocols()
         try:
@@ -350,7 +347,7 @@ class LocalRepoProvider(GitRepoProvider):
         quoted_path, ref = self._split_last(body, "local/<url-escaped path>")
         given = unquote(quoted_path)
         path = os.path.realpath(given)
-        if not os.path.isabs(given) or not _LOCAL_PATH.fullmatch(path):
+        if not os.path.isabs(given) or not LOCAL_PATH.fullmatch(path):
             raise SpecError(f"invalid local repository path {given!r}")
         local_repo_path(f"{_FILE_URL}{path}", self.policy.local_roots)
         return f"{_FILE_URL}{path}", ref

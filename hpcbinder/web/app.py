@@ -79,7 +79,7 @@ async def serve(
         hub_public_url=hub_public_url.rstrip("/") + "/",
         public_url=public_url.rstrip("/") + "/",
         state_dir=state_dir,
-        versions=await tool_versions(),
+        versions=await tool_versions(site),
     )
     make_app(service).listen(port, ip)
     logging.getLogger("hpcbinder.web").info("Binder service at %s", service.public_url)

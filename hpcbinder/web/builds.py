@@ -46,10 +46,14 @@ BuildSession = SharedStream[Event, Built]
 
 def _relayed(event: ServerEvent) -> Event:
     """The build server's event as BinderHub's client expects it."""
+    message = event.message + "\n"
     if event.phase == "waiting" and event.queue_position is not None:
-        return Event("waiting", event.message + "\n", {"queue_position": event.queue_position})
-    phase = event.phase if event.phase in ("fetching", "waiting") else "building"
-    return Event(phase, event.message + "\n")
+        return Event("waiting", message, {"queue_position": event.queue_position})
+    if event.phase == "waiting":
+        return Event("waiting", message)
+    if event.phase == "fetching":
+        return Event("fetching", message)
+    return Event("building", message)
 
 
 class BuildRequester(Protocol):

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-PHASES = ("waiting", "fetching", "building", "built", "launching", "ready", "failed")
-FINAL = frozenset({"ready", "failed"})
+#: BinderHub's phases (in the order above).
+Phase = Literal["waiting", "fetching", "building", "built", "launching", "ready", "failed"]
 #: A comment line: keeps proxies from closing a quiet stream.
 KEEPALIVE = ":keepalive\n\n"
 
 
 @dataclass(frozen=True)
 class Event:
-    phase: str
+    phase: Phase
     message: str
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -19,7 +19,7 @@ from tornado.httpclient import AsyncHTTPClient
 from hpcbinder.config import Site
 from hpcbinder.images.store import image_store
 from hpcbinder.render import templating
-from hpcbinder.seams import proc
+from hpcbinder.seams import apptainer, proc
 from hpcbinder.seams.cluster import cluster_slurm
 from hpcbinder.seams.slurm import PartitionLoad, SlurmError
 from hpcbinder.web.builds import BuildCoordinator
@@ -138,16 +138,17 @@ class Service:
         return f"build server at {url}"
 
 
-async def tool_versions() -> dict[str, str]:
-    """Versions the service reports (``/versions``)."""
+async def tool_versions(site: Site) -> dict[str, str]:
+    """Versions the service reports (``/versions``): Slurm's as the site's
+    cluster client sees it (the login node's where there is one)."""
     import jupyterhub
 
-    apptainer, slurm = await asyncio.gather(
-        asyncio.to_thread(proc.run, ["apptainer", "--version"], timeout=20),
-        asyncio.to_thread(proc.run, ["sinfo", "--version"], timeout=20),
+    builder, slurm = await asyncio.gather(
+        asyncio.to_thread(apptainer.version_line),
+        asyncio.to_thread(cluster_slurm(site, timeout=20).version),
     )
     return {
         "jupyterhub": jupyterhub.__version__,
-        "builder": apptainer.stdout.strip() or "apptainer (not found)",
-        "slurm": slurm.stdout.strip() or "slurm (not found)",
+        "builder": builder or "apptainer (not found)",
+        "slurm": slurm or "slurm (not found)",
     }

@@ -20,7 +20,8 @@ import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
-from hpcbinder.images.builder import SCRATCH, Builder, BuildEvent, cache_dir
+from hpcbinder.images.builder import SCRATCH, Builder, cache_dir
+from hpcbinder.images.store import BuildEvent
 from hpcbinder.render import definition, pipeline
 from hpcbinder.seams import apptainer
 from tests.bench.common import copy_tree, make_repo, report, site_in, timed, workspace

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from hpcbinder.config import load_site
+from hpcbinder.seams.proc import LocalRunner
 from hpcbinder.seams.slurm import SlurmCLI, SubmitOptions
 from tests.bench.common import report, timed
 from tests.conftest import free_port
@@ -93,7 +94,7 @@ def jupyter_start(image: Path) -> float:
 def main() -> None:
     site = load_site()
     image = site.base_image_path(site.default_base).resolve(strict=True)
-    slurm = SlurmCLI()
+    slurm = SlurmCLI(LocalRunner())
     floors = {
         "sbatch_to_running": min(sbatch_to_running(slurm) for _ in range(3)),
         "apptainer_exec_true": min(

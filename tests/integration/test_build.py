@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from hpcbinder.config import Site
-from hpcbinder.images.builder import Builder, BuildEvent, ImageBuildError
+from hpcbinder.images.builder import Builder, ImageBuildError
 from hpcbinder.images.launch import image_entrypoint, launch_argv
-from hpcbinder.images.store import ImageRecord
+from hpcbinder.images.store import BuildEvent, ImageRecord
 from hpcbinder.jobs.request import request_for
 from hpcbinder.jobs.serverscript import ServerJob, render_server_script, workspace_for
 from hpcbinder.render import pipeline

@@ -23,7 +23,8 @@ import pytest
 import yaml
 
 from hpcbinder.config import Site
-from hpcbinder.images.builder import Builder, BuildEvent, ImageBuildError
+from hpcbinder.images.builder import Builder, ImageBuildError
+from hpcbinder.images.store import BuildEvent
 from hpcbinder.render import pipeline
 from tests.condahelpers import Package, Served, make_channel, serve
 from tests.conftest import free_port

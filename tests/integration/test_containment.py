@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from hpcbinder.config import Site
-from hpcbinder.images.builder import Builder, BuildEvent, cache_dir
+from hpcbinder.images.builder import Builder, cache_dir
 from hpcbinder.images.launch import launch_argv
-from hpcbinder.images.store import ImageMeta, ImageRecord
+from hpcbinder.images.store import BuildEvent, ImageMeta, ImageRecord
 from hpcbinder.jobs import batch
 from hpcbinder.jobs.request import request_for
 from hpcbinder.jobs.serverscript import ServerJob, render_server_script, workspace_for

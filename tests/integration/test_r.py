@@ -25,7 +25,8 @@ import pytest
 
 from hpcbinder.buildpacks.r import DEFAULT_SNAPSHOT_AGE
 from hpcbinder.config import Site
-from hpcbinder.images.builder import Builder, BuildEvent, ImageBuildError
+from hpcbinder.images.builder import Builder, ImageBuildError
+from hpcbinder.images.store import BuildEvent
 from hpcbinder.render import pipeline
 from hpcbinder.render.templating import resource_dir
 from tests.conftest import SHARED_SCRATCH, SITE_BIN, as_account, running_build_server

@@ -112,10 +112,12 @@ def test_the_hub_submits_with_its_token_in_the_environment_and_nothing_else(
         f"""
         import asyncio
         from hpcbinder.jobs.servers import ServerJobs
+        from hpcbinder.seams.proc import LocalRunner
+        from hpcbinder.seams.slurm import SlurmCLI
         script = "#!/bin/sh\\n#SBATCH --output={out}\\nenv\\n"
         env = {{"JUPYTERHUB_API_TOKEN": "tok-123", "LD_LIBRARY_PATH": "/var/tmp/evil",
                 "PATH": "/var/tmp/evil:/usr/bin:/bin"}}
-        print(asyncio.run(ServerJobs("alice").submit(script, env)))
+        print(asyncio.run(ServerJobs("alice", SlurmCLI(LocalRunner())).submit(script, env)))
         """
     )
     submitted = as_account(SERVICE, [str(SITE_BIN / "python"), "-c", code])

@@ -1,5 +1,6 @@
-"""Fakes of the outside systems for fast unit tests: a scripted Slurm
-(a :class:`hpcbinder.seams.proc.CommandRunner`) and its answers."""
+"""Fakes of the outside systems for fast unit tests: command runners
+(:class:`hpcbinder.seams.proc.CommandRunner`) that answer as Slurm would,
+from a script of job states, a sequence of replies or a table by program."""
 
 from __future__ import annotations
 
@@ -85,3 +86,45 @@ class ScriptedSlurm:
     def squeue_queries(self) -> int:
         """How many times the job's state was asked."""
         return sum(1 for call in self.calls if call[:2] == ("squeue", "-h") and "-j" in call)
+
+
+class Replies:
+    """Answers each command with the next of ``replies``, recording each
+    call as (argv, user, input)."""
+
+    def __init__(self, *replies: Answer) -> None:
+        self.replies = list(replies)
+        self.calls: list[tuple[tuple[str, ...], str | None, str | None]] = []
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        user: str | None = None,
+        input_text: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 60.0,
+    ) -> CommandResult:
+        self.calls.append((tuple(argv), user, input_text))
+        return CommandResult(tuple(argv), *self.replies.pop(0))
+
+
+class ByProgram:
+    """Answers each command from a table keyed by its program (``argv[0]``),
+    the same answer every time, recording each argv."""
+
+    def __init__(self, answers: Mapping[str, Answer]) -> None:
+        self.answers = dict(answers)
+        self.calls: list[list[str]] = []
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        user: str | None = None,
+        input_text: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 60.0,
+    ) -> CommandResult:
+        self.calls.append(list(argv))
+        return CommandResult(tuple(argv), *self.answers[argv[0]])

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,13 +25,15 @@ from hpcbinder.images.backends.slurmjob import SlurmBackend
 from hpcbinder.images.builder import Builder
 from hpcbinder.images.client import UseRequest
 from hpcbinder.images.jobrefs import JobReferenceError, job_comment, references
-from hpcbinder.images.store import ImageStore, LockLost, follow_events
-from hpcbinder.jobs.batch import BatchRun, BatchTask, render_batch_script
+from hpcbinder.images.store import BuildEvent, ImageStore, LockLost, follow_events
+from hpcbinder.jobs.batch import BatchRun, BatchTask, ImageIdentity, render_batch_script
 from hpcbinder.jobs.request import request_for
 from hpcbinder.jobs.serverscript import Seed, ServerJob, render_server_script
 from hpcbinder.seams import proc
 from hpcbinder.seams.processid import ProcessIdentity
 from hpcbinder.seams.slurm import SlurmCLI, SlurmError
+from hpcbinder.sources.providers import ResolvedRepo
+from tests.unit.fakes import ByProgram
 
 KEY = "0123456789abcdef0123456789abcdef"
 COMMIT = "c" * 40
@@ -134,17 +136,19 @@ def test_followers_see_events_until_the_build_ends(tmp_path: Path) -> None:
     store = ImageStore(tmp_path)
     lock = store.try_lock(KEY)
     assert lock is not None
-    lock.emit({"phase": "building", "message": "one"})
+    lock.emit(BuildEvent("building", "one", 1.5))
 
     def finish() -> None:
         time.sleep(0.5)
-        lock.emit({"phase": "log", "message": "two"})
+        with store.events_path(KEY).open("a") as events:
+            events.write('not an event\n{"phase": "log"}\n')
+        lock.emit(BuildEvent("log", "two"))
         time.sleep(0.5)
         lock.release()
 
     threading.Thread(target=finish).start()
-    seen = [event["message"] for event in follow_events(store, KEY, poll=0.1)]
-    assert seen == ["one", "two"]
+    seen = list(follow_events(store, KEY, poll=0.1))
+    assert seen == [BuildEvent("building", "one", 1.5), BuildEvent("log", "two")]
 
 
 def test_publish_is_whole_and_gc_keeps_recent(tmp_path: Path) -> None:
@@ -190,6 +194,46 @@ def test_use_is_its_own_record_not_the_metadata_time(tmp_path: Path) -> None:
     publish(store, KEY, age_days=10)
     os.utime(store.image_dir(KEY) / images.META)  # a metadata change is not a use
     assert store.gc(older_than_days=5, keep=0, in_use=frozenset()) == [KEY]
+
+
+def test_finding_an_image_records_who_uses_it(tmp_path: Path) -> None:
+    """The build server, a build and a launch find images through
+    ``find``: each use keeps the image from gc, whoever asked."""
+    store = ImageStore(tmp_path)
+    publish(store, KEY, age_days=10)
+    assert store.find("f" * 32, "bob") is None
+    record = store.find(KEY, "bob")
+    assert record is not None and record.key == KEY
+    assert json.loads(store.use_path(KEY).read_text())["user"] == "bob"
+    assert store.gc(older_than_days=5, keep=0, in_use=frozenset()) == []
+
+
+def test_a_build_records_who_asked_and_a_follower_who_waited(tmp_path: Path) -> None:
+    """The researcher whose request built an image, and one who waited for
+    another process's build of it, are both recorded as its users."""
+    store = ImageStore(tmp_path / "store")
+    lock = store.try_lock(KEY)
+    assert lock is not None
+    published: list[str] = []
+
+    def finish() -> None:
+        time.sleep(0.3)
+        staging = store.new_staging(KEY)
+        (staging / images.IMAGE).write_bytes(b"sif")
+        store.publish(lock, staging, images.ImageMeta(key=KEY), "alice")
+        published.append(json.loads(store.use_path(KEY).read_text())["user"])
+        lock.release()
+
+    builder = Builder(Site(), store, SimpleNamespace())  # type: ignore[arg-type]
+    follower = threading.Thread(target=finish)
+    follower.start()
+    events: list[BuildEvent] = []
+    prepared = SimpleNamespace(rendered=SimpleNamespace(env_key=KEY))
+    record = builder.build_image(prepared, events.append, "bob")  # type: ignore[arg-type]
+    follower.join()
+    assert published == ["alice"]
+    assert record.key == KEY and events[0].phase == "waiting"
+    assert json.loads(store.use_path(KEY).read_text())["user"] == "bob"
 
 
 # --- staging --------------------------------------------------------------------
@@ -386,9 +430,9 @@ def test_server_and_batch_scripts_carry_the_comment(tmp_path: Path) -> None:
     run = BatchRun(
         user="alice",
         home=Path("/home/alice"),
-        repo={"spec": "gh/a/b/HEAD", "url": "https://x/a/b", "ref": "HEAD", "commit": COMMIT},
+        repo=ResolvedRepo("gh/a/b/HEAD", "https://x/a/b", "HEAD", COMMIT),
         env_key=KEY,
-        image={"image": "/images/env.sif"},
+        image=ImageIdentity(Path("/images/env.sif"), "0" * 64),
         launch=["apptainer", "exec", "/images/env.sif"],
         checkout=tmp_path / "checkout",
         from_image=False,
@@ -406,27 +450,6 @@ def test_server_and_batch_scripts_carry_the_comment(tmp_path: Path) -> None:
 # --- Slurm's view of every job --------------------------------------------------
 
 
-class FakeSlurm:
-    """Slurm's commands answered from a table: argv[0] → (status, stdout)."""
-
-    def __init__(self, answers: dict[str, tuple[int, str]]) -> None:
-        self.answers = answers
-        self.calls: list[list[str]] = []
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        user: str | None = None,
-        input_text: str | None = None,
-        env: Mapping[str, str] | None = None,
-        timeout: float = 60.0,
-    ) -> proc.CommandResult:
-        self.calls.append(list(argv))
-        status, out = self.answers[argv[0]]
-        return proc.CommandResult(tuple(argv), status, out, "" if status == 0 else "failed")
-
-
 SQUEUE = f"""RUNNING|hpcbinder-image={KEY}
 SUSPENDED|hpcbinder-image={"1" * 32}
 PENDING|hpcbinder-image={"2" * 32},hpcbinder-commit={COMMIT}
@@ -437,7 +460,9 @@ RUNNING|(null)
 
 
 def test_every_unfinished_jobs_comment_is_read() -> None:
-    slurm = FakeSlurm({"scontrol": (0, "PrivateData             = none\n"), "squeue": (0, SQUEUE)})
+    slurm = ByProgram(
+        {"scontrol": (0, "PrivateData             = none\n", ""), "squeue": (0, SQUEUE, "")}
+    )
     found = references(SlurmCLI(slurm).unfinished_job_comments("hpcbuild"))
     assert found.images == {KEY, "1" * 32, "2" * 32} and found.commits == {COMMIT}
     assert ["squeue", "-h", "-a", "--states=all", "-o", "%T|%k"] in slurm.calls
@@ -445,17 +470,17 @@ def test_every_unfinished_jobs_comment_is_read() -> None:
 
 def test_a_queue_hidden_by_private_data_is_never_taken_for_the_whole_queue() -> None:
     answers = {
-        "scontrol": (0, "PrivateData             = jobs,usage\nSlurmUser = slurm(64030)\n"),
-        "squeue": (0, ""),
-        "sacctmgr": (0, "None\n"),
+        "scontrol": (0, "PrivateData             = jobs,usage\nSlurmUser = slurm(64030)\n", ""),
+        "squeue": (0, "", ""),
+        "sacctmgr": (0, "None\n", ""),
     }
     with pytest.raises(SlurmError, match=r"PrivateData=jobs.*adminlevel=Operator"):
-        SlurmCLI(FakeSlurm(answers)).unfinished_job_comments("hpcbuild")
-    answers["sacctmgr"] = (0, "Operator\n")
-    assert SlurmCLI(FakeSlurm(answers)).unfinished_job_comments("hpcbuild") == []
-    failing = {"scontrol": (0, ""), "squeue": (1, "")}
+        SlurmCLI(ByProgram(answers)).unfinished_job_comments("hpcbuild")
+    answers["sacctmgr"] = (0, "Operator\n", "")
+    assert SlurmCLI(ByProgram(answers)).unfinished_job_comments("hpcbuild") == []
+    failing = {"scontrol": (0, "", ""), "squeue": (1, "", "failed")}
     with pytest.raises(SlurmError, match="squeue did not answer"):
-        SlurmCLI(FakeSlurm(failing)).unfinished_job_comments("hpcbuild")
+        SlurmCLI(ByProgram(failing)).unfinished_job_comments("hpcbuild")
 
 
 def test_use_reports_carry_only_an_image_key() -> None:

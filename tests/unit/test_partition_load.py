@@ -4,31 +4,12 @@ partitions and accounts the researcher may use."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from hpcbinder.jobs.request import accounts_for, partitions_for
-from hpcbinder.seams.proc import CommandResult
 from hpcbinder.seams.slurm import PartitionLoad, SlurmCLI
 from tests.repohelpers import site_for_tests
-
-
-class Answers:
-    """sinfo and squeue answered from fixed text."""
-
-    def __init__(self, sinfo: str, squeue: str) -> None:
-        self.text = {"sinfo": sinfo, "squeue": squeue}
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        user: str | None = None,
-        input_text: str | None = None,
-        env: Mapping[str, str] | None = None,
-        timeout: float = 60.0,
-    ) -> CommandResult:
-        return CommandResult(tuple(argv), 0, self.text[argv[0]], "")
+from tests.unit.fakes import ByProgram
 
 
 def test_loads_add_up_node_groups_gpus_and_pending_jobs() -> None:
@@ -39,7 +20,8 @@ def test_loads_add_up_node_groups_gpus_and_pending_jobs() -> None:
         "broken|n/a|(null)\n"
     )
     squeue = "interactive\ngpu\ngpu\ninteractive,gpu\n"
-    loads = SlurmCLI(Answers(sinfo, squeue)).partition_load()
+    answers = ByProgram({"sinfo": (0, sinfo, ""), "squeue": (0, squeue, "")})
+    loads = SlurmCLI(answers).partition_load()
     assert loads["interactive"] == PartitionLoad("interactive", 12, 16, 0, 2)
     assert loads["gpu"] == PartitionLoad("gpu", 6, 16, 8, 3)
     assert "broken" not in loads

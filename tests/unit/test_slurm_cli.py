@@ -4,12 +4,11 @@ sinfo, scontrol ping, scancel), with a runner that answers from text."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 import pytest
 
-from hpcbinder.seams.proc import CommandError, CommandResult
+from hpcbinder.seams.proc import CommandError
 from hpcbinder.seams.slurm import (
     PartitionState,
     QueueEntry,
@@ -18,6 +17,7 @@ from hpcbinder.seams.slurm import (
     SlurmError,
     SubmitOptions,
 )
+from tests.unit.fakes import Replies
 
 
 def test_each_option_is_one_argument_whatever_its_value() -> None:
@@ -28,30 +28,9 @@ def test_each_option_is_one_argument_whatever_its_value() -> None:
 @pytest.mark.parametrize("job_id", ["1;rm", "-1", "--all", "12 13", ""])
 def test_malformed_job_ids_never_reach_scontrol(job_id: str) -> None:
     with pytest.raises(ValueError, match="not a Slurm job id"):
-        SlurmCLI().job(job_id)
+        SlurmCLI(Replies()).job(job_id)
     with pytest.raises(ValueError, match="not a Slurm job id"):
-        SlurmCLI().cancel(job_id)
-
-
-class Replies:
-    """A :class:`hpcbinder.seams.proc.CommandRunner` that answers with the
-    next of ``replies`` (exit status, stdout, stderr), recording each call."""
-
-    def __init__(self, *replies: tuple[int, str, str]) -> None:
-        self.replies = list(replies)
-        self.calls: list[tuple[tuple[str, ...], str | None, str | None]] = []
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        user: str | None = None,
-        input_text: str | None = None,
-        env: Mapping[str, str] | None = None,
-        timeout: float = 60.0,
-    ) -> CommandResult:
-        self.calls.append((tuple(argv), user, input_text))
-        return CommandResult(tuple(argv), *self.replies.pop(0))
+        SlurmCLI(Replies()).cancel(job_id)
 
 
 def ok(stdout: str) -> tuple[int, str, str]:
@@ -147,6 +126,8 @@ def test_wait_returns_the_finished_record_and_gives_up_on_a_forgotten_job() -> N
     [
         ("RUNNING vm interactive None", QueueEntry(QueueState.RUNNING, "vm", "interactive")),
         ("COMPLETING vm interactive None", QueueEntry(QueueState.RUNNING, "vm", "interactive")),
+        ("RUNNING (null) interactive None", QueueEntry(QueueState.RUNNING, "", "interactive")),
+        ("RUNNING n/a interactive None", QueueEntry(QueueState.RUNNING, "", "interactive")),
         (
             "PENDING n/a gpu ReqNodeNotAvail,_UnavailableNodes:vm",
             QueueEntry(QueueState.PENDING, "", "gpu", "ReqNodeNotAvail,_UnavailableNodes:vm"),
@@ -160,6 +141,13 @@ def test_squeue_lines_are_read_as_states(line: str, entry: QueueEntry) -> None:
     slurm = Replies(ok(line + "\n"))
     assert SlurmCLI(slurm).queue_entry("4242", user="alice") == entry
     assert slurm.calls[0][:2] == (("squeue", "-h", "-o", "%T %B %P %r", "-j", "4242"), "alice")
+
+
+def test_version_is_sinfos_line_or_empty() -> None:
+    slurm = Replies(ok("slurm-wlm 22.05.8\n"), (127, "", "sinfo: not found\n"))
+    assert SlurmCLI(slurm).version() == "slurm-wlm 22.05.8"
+    assert SlurmCLI(slurm).version() == ""
+    assert slurm.calls[0][0] == ("sinfo", "--version")
 
 
 def test_squeue_without_an_answer_is_an_error_not_a_gone_job() -> None:

@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable
 
 from hpcbinder.config import Site
+from hpcbinder.growingfile import GrowingFile
 from hpcbinder.images.backends import BuildCommands, BuildFailed, OnStart
 from hpcbinder.images.backends.local import TAIL_LINES
 from hpcbinder.render import templating
@@ -34,8 +35,13 @@ class SlurmBackend:
     name = "slurm"
 
     def __init__(self, site: Site, slurm: SlurmCLI | None = None) -> None:
+        """``slurm``: by default this host's own commands, not the site's
+        cluster client: the build host submits its build jobs itself, as
+        the build account, and follows their log on the file system it
+        shares with the build partition; ``cluster.login`` is the hub's way
+        to Slurm, with the service account's key."""
         self.site = site
-        self.slurm = slurm or SlurmCLI()
+        self.slurm = slurm or SlurmCLI(proc.LocalRunner())
 
     def stop_leftover(self, started: str) -> None:
         """Cancel a dead build's job (``slurm-job ID``) as the build account."""
@@ -66,24 +72,16 @@ class SlurmBackend:
         on_line(f"build job {job_id} submitted to partition {settings.partition}")
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         step = "build job"
-        offset = 0
+        log = GrowingFile(build.log)
         deadline = time.monotonic() + build.timeout
 
         def follow() -> None:
-            nonlocal offset, step
-            if not build.log.exists():
-                return
-            with build.log.open("rb") as handle:
-                handle.seek(offset)
-                for raw in handle:
-                    if not raw.endswith(b"\n"):
-                        break
-                    offset += len(raw)
-                    text = raw.decode(errors="replace").rstrip("\n")
-                    if text.startswith(STEP_MARKER):
-                        step = text.removeprefix(STEP_MARKER)
-                    tail.append(text)
-                    on_line(text)
+            nonlocal step
+            for text in log.new_lines():
+                if text.startswith(STEP_MARKER):
+                    step = text.removeprefix(STEP_MARKER)
+                tail.append(text)
+                on_line(text)
 
         while True:
             follow()
