@@ -33,6 +33,9 @@ DEV_BASE = Path("/var/lib/hpcbinder/images/bases/default.sif")
 BUILDABLE = ["python/requirements", "python/setup-py", "base/apt", "base/postbuild", "base/start"]
 #: Built with the local backend only (the backends are covered above).
 PIPFILES = ["pipfile/locked", "pipfile/unlocked", "pipfile/editable", "pipfile/old-python"]
+#: Other configuration files, built with the local backend: a Dockerfile FROM
+#: an image of the site's from_map, and a .binder/ folder read in place of the top.
+OTHER_CONFIGS = ["dockerfile/mapped", "binder-dir/dotbinder"]
 _LOCK_WITH_A_WRONG_HASH = json.dumps(
     {
         "_meta": {"requires": {"python_version": "3.11"}},
@@ -142,6 +145,17 @@ def test_pipfile_fixture_builds_and_verifies(workspace: Path, case: str) -> None
     assert events[-1].phase == "ready"
     log = "\n".join(e.message for e in events if e.phase == "log")
     assert "pipenv" not in log
+    verified = run_verify(record, repo)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+@pytest.mark.parametrize("case", OTHER_CONFIGS)
+def test_other_configuration_fixture_builds_and_verifies(workspace: Path, case: str) -> None:
+    repo = make_repo(case, workspace / "repos" / "repo")
+    repo.chmod(0o755)
+    record, events = build(make_site(workspace), repo)
+    assert events[-1].phase == "ready"
+    assert record.meta.strategy == "sif"
     verified = run_verify(record, repo)
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
