@@ -5,12 +5,10 @@ many ask; faults end in a failed event with no image and no lock left."""
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,11 +23,11 @@ from hpcbinder.jobs.request import request_for
 from hpcbinder.jobs.serverscript import ServerJob, render_server_script, workspace_for
 from hpcbinder.render import pipeline
 from hpcbinder.seams.slurm import SubmitOptions
-from tests.conftest import SHARED_SCRATCH, SITE_BIN, DevCluster, as_account, running_build_server
-from tests.repohelpers import git, local_spec, make_repo, site_for_tests
+from tests.conftest import SITE_BIN, DevCluster, as_account, running_build_server
+from tests.repohelpers import git, local_spec, make_repo
 from tests.sshhelpers import running_sshd
+from tests.storehelpers import DEV_BASE, build_workspace, dev_cluster_base, workspace_site
 
-DEV_BASE = Path("/var/lib/hpcbinder/images/bases/default.sif")
 BUILDABLE = ["python/requirements", "python/setup-py", "base/apt", "base/postbuild", "base/start"]
 #: Built with the local backend only (the backends are covered above).
 PIPFILES = ["pipfile/locked", "pipfile/unlocked", "pipfile/editable", "pipfile/old-python"]
@@ -48,42 +46,15 @@ pytestmark = [pytest.mark.slurm, pytest.mark.apptainer]
 
 @pytest.fixture(scope="session")
 def dev_base(devcluster: DevCluster) -> Path:
-    if not DEV_BASE.is_file():
-        message = f"no base image at {DEV_BASE} (make base builds it)"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return DEV_BASE.resolve()
+    return dev_cluster_base()
 
 
 @pytest.fixture
 def workspace(dev_base: Path) -> Iterator[Path]:
     """A store, checkout cache and repos folder the build account can use,
     whose default base is the dev cluster's."""
-    root = SHARED_SCRATCH / f"build-{uuid.uuid4().hex[:10]}"
-    (root / "store" / "bases").mkdir(parents=True)
-    (root / "store" / "bases" / "default.sif").symlink_to(dev_base)
-    (root / "repos").mkdir()
-    (root / "checkouts").mkdir()
-    subprocess.run(
-        ["chown", "-R", "hpcbuild:hpcbuild", str(root / "store"), str(root / "checkouts")],
-        check=True,
-    )
-    root.chmod(0o755)
-    yield root
-    subprocess.run(["rm", "-rf", str(root)], check=False)
-
-
-def make_site(workspace: Path, **build: Any) -> Site:
-    site = site_for_tests(
-        workspace / "repos", network={"ca_bundle": "/etc/ssl/certs/ca-certificates.crt"}
-    )
-    settings = site.model_dump()
-    settings["image_store"] = str(workspace / "store")
-    settings["bases"] = {"default": {"python": "3.11"}}
-    settings["repos"]["cache_dir"] = str(workspace / "checkouts")
-    settings["build"].update(build)
-    return Site.model_validate(settings)
+    with build_workspace("build", dev_base) as root:
+        yield root
 
 
 def build(site: Site, repo: Path, ref: str = "HEAD") -> tuple[ImageRecord, list[BuildEvent]]:
@@ -124,7 +95,7 @@ def no_leftovers(site: Site, key: str) -> None:
 def test_fixture_builds_and_verifies(workspace: Path, case: str, backend: str) -> None:
     repo = make_repo(case, workspace / "repos" / "repo")
     repo.chmod(0o755)
-    site = make_site(workspace, backend=backend)
+    site = workspace_site(workspace, backend=backend)
     record, events = build(site, repo)
     phases = [e.phase for e in events]
     assert phases[0] == "building" and phases[-1] == "ready"
@@ -141,7 +112,7 @@ def test_pipfile_fixture_builds_and_verifies(workspace: Path, case: str) -> None
     installed, an editable path, an older python_version: no pipenv."""
     repo = make_repo(case, workspace / "repos" / "repo")
     repo.chmod(0o755)
-    record, events = build(make_site(workspace), repo)
+    record, events = build(workspace_site(workspace), repo)
     assert events[-1].phase == "ready"
     log = "\n".join(e.message for e in events if e.phase == "log")
     assert "pipenv" not in log
@@ -153,7 +124,7 @@ def test_pipfile_fixture_builds_and_verifies(workspace: Path, case: str) -> None
 def test_other_configuration_fixture_builds_and_verifies(workspace: Path, case: str) -> None:
     repo = make_repo(case, workspace / "repos" / "repo")
     repo.chmod(0o755)
-    record, events = build(make_site(workspace), repo)
+    record, events = build(workspace_site(workspace), repo)
     assert events[-1].phase == "ready"
     assert record.meta.strategy == "sif"
     verified = run_verify(record, repo)
@@ -166,11 +137,11 @@ def test_a_server_job_runs_through_the_repositorys_start(
     """The notebook server's command goes through the repository's start,
     as on mybinder.org: the job script the spawner renders, run by Slurm."""
     repo = make_repo("base/start", workspace / "repos" / "repo")
-    record, _ = build(make_site(workspace), repo)
+    record, _ = build(workspace_site(workspace), repo)
     assert image_entrypoint(record) == ["/opt/hpcbinder/env/start"]
     (workspace / "ws").mkdir()
     (workspace / "ws").chmod(0o1777)
-    settings = make_site(workspace).model_dump()
+    settings = workspace_site(workspace).model_dump()
     settings["workspace"] = {"root": str(workspace / "ws"), "mode": "ephemeral"}
     site = Site.model_validate(settings)
     home = Path("/home/alice")
@@ -197,7 +168,7 @@ def test_the_run_it_with_line_goes_through_start(workspace: Path) -> None:
     by a command, runs it through the repository's start."""
     repo = make_repo("base/start", workspace / "repos" / "repo")
     site_file = workspace / "site.yaml"
-    site_file.write_text(make_site(workspace).model_dump_json())
+    site_file.write_text(workspace_site(workspace).model_dump_json())
     with running_build_server(site_file):
         built = as_account(
             "alice",
@@ -214,7 +185,7 @@ def test_the_run_it_with_line_goes_through_start(workspace: Path) -> None:
 
 def test_code_only_commit_builds_nothing(workspace: Path) -> None:
     repo = make_repo("python/requirements", workspace / "repos" / "repo")
-    site = make_site(workspace)
+    site = workspace_site(workspace)
     first, _ = build(site, repo)
     (repo / "index.ipynb").write_text('{"cells": []}\n')
     git(repo, "commit", "-q", "-am", "notebook only")
@@ -229,7 +200,7 @@ def test_concurrent_requests_build_once(workspace: Path) -> None:
     repo = make_repo("python/requirements", workspace / "repos" / "repo")
     sites = [workspace / "site-a.yaml", workspace / "site-b.yaml"]
     for site_file in sites:
-        site_file.write_text(make_site(workspace).model_dump_json())
+        site_file.write_text(workspace_site(workspace).model_dump_json())
     with running_build_server(sites[0]), running_build_server(sites[1]):
         runs = [
             subprocess.Popen(
@@ -321,7 +292,7 @@ def test_faults_fail_cleanly(workspace: Path, fault: str) -> None:
     git(repo, "init", "-q", "-b", "main")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", fault)
-    site = make_site(workspace, **settings)
+    site = workspace_site(workspace, **settings)
     events: list[BuildEvent] = []
     prepared = pipeline.prepare(local_spec(repo), site)
     with pytest.raises(ImageBuildError) as caught:
@@ -354,7 +325,7 @@ def test_full_store_fails_cleanly(workspace: Path) -> None:
         repo = make_repo("base/postbuild", workspace / "repos" / "repo")
         (repo / "postBuild").write_text("#!/bin/sh\nhead -c 8000000 /dev/urandom > big.bin\n")
         git(repo, "commit", "-q", "-am", "big output")
-        site = make_site(workspace)
+        site = workspace_site(workspace)
         events: list[BuildEvent] = []
         prepared = pipeline.prepare(local_spec(repo), site)
         with pytest.raises(ImageBuildError):
@@ -370,7 +341,7 @@ def test_killed_build_is_rebuilt_cleanly(workspace: Path) -> None:
     repo = make_repo("base/postbuild", workspace / "repos" / "repo")
     (repo / "postBuild").write_text("#!/bin/sh\nsleep 15\necho made-by-postbuild > generated.txt\n")
     git(repo, "commit", "-q", "-am", "slow postBuild")
-    site = make_site(workspace)
+    site = workspace_site(workspace)
     site_file = workspace / "site.yaml"
     site_file.write_text(site.model_dump_json())
     key = pipeline.prepare(local_spec(repo), site).rendered.env_key
@@ -421,7 +392,7 @@ def sshd() -> Iterator[dict[str, Any]]:
 @pytest.mark.parametrize("case", BUILDABLE)
 def test_fixture_builds_over_ssh(workspace: Path, sshd: dict[str, Any], case: str) -> None:
     repo = make_repo(case, workspace / "repos" / "repo")
-    site = make_site(workspace, backend="ssh", ssh=sshd)
+    site = workspace_site(workspace, backend="ssh", ssh=sshd)
     record, events = build(site, repo)
     assert events[-1].phase == "ready" and record.meta.backend == "ssh"
     assert any(e.phase == "log" for e in events)
@@ -433,7 +404,7 @@ def test_fixture_builds_over_ssh(workspace: Path, sshd: dict[str, Any], case: st
 def test_ssh_backend_refuses_an_unknown_host_key(workspace: Path, sshd: dict[str, Any]) -> None:
     Path(sshd["known_hosts"]).write_text("")
     repo = make_repo("python/requirements", workspace / "repos" / "repo")
-    site = make_site(workspace, backend="ssh", ssh=sshd)
+    site = workspace_site(workspace, backend="ssh", ssh=sshd)
     with pytest.raises(ImageBuildError) as caught:
         build(site, repo)
     assert caught.value.step == "connect to build host"
@@ -441,7 +412,7 @@ def test_ssh_backend_refuses_an_unknown_host_key(workspace: Path, sshd: dict[str
 
 def test_images_commands(workspace: Path) -> None:
     repo = make_repo("python/requirements", workspace / "repos" / "repo")
-    site = make_site(workspace)
+    site = workspace_site(workspace)
     site_file = workspace / "site.yaml"
     site_file.write_text(site.model_dump_json())
     record, _ = build(site, repo)
@@ -483,7 +454,7 @@ def test_cancelled_build_job_fails_then_rebuilds(workspace: Path, devcluster: De
     repo = make_repo("base/postbuild", workspace / "repos" / "repo")
     (repo / "postBuild").write_text("#!/bin/sh\nsleep 20\necho made-by-postbuild > generated.txt\n")
     git(repo, "commit", "-q", "-am", "slow postBuild")
-    site = make_site(workspace, backend="slurm")
+    site = workspace_site(workspace, backend="slurm")
     prepared = pipeline.prepare(local_spec(repo), site)
     started = workspace / "store" / "locks" / f"{prepared.rendered.env_key}.started"
 

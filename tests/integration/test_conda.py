@@ -29,8 +29,9 @@ from hpcbinder.render import pipeline
 from tests.condahelpers import Package, Served, make_channel, serve
 from tests.conftest import free_port
 from tests.integration import test_build as builds
-from tests.integration.test_build import make_site, no_leftovers
+from tests.integration.test_build import no_leftovers
 from tests.repohelpers import REPOS, local_spec, make_repo, site_for_tests
+from tests.storehelpers import workspace_site
 
 #: The build tests' fixtures (a store, checkout cache and repos folder on
 #: the dev cluster's base), found by pytest under these names.
@@ -61,7 +62,7 @@ def channel(tmp_path: Path) -> Iterator[Served]:
 
 
 def _site(workspace: Path, **mirrors: object) -> Site:
-    settings = make_site(workspace).model_dump()
+    settings = workspace_site(workspace).model_dump()
     settings["network"]["mirrors"].update(mirrors)
     return Site.model_validate(settings)
 

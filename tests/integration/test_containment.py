@@ -25,10 +25,10 @@ from hpcbinder.render import pipeline
 from hpcbinder.render.pipeline import Fetched
 from hpcbinder.seams.slurm import SubmitOptions
 from hpcbinder.sources.providers import ResolvedRepo
-from tests.conftest import SHARED_SCRATCH, DevCluster
-from tests.repohelpers import git, local_spec, site_for_tests
+from tests.conftest import DevCluster
+from tests.repohelpers import git, local_spec
+from tests.storehelpers import DEV_BASE, build_workspace, dev_cluster_base, workspace_site
 
-DEV_BASE = Path("/var/lib/hpcbinder/images/bases/default.sif")
 BUILD_HOME = Path("/home/hpcbuild")
 CACHE_IN_IMAGE = "/opt/hpcbinder/build-cache"
 
@@ -37,31 +37,13 @@ pytestmark = [pytest.mark.slurm, pytest.mark.apptainer]
 
 @pytest.fixture
 def root(devcluster: DevCluster) -> Iterator[Path]:
-    if not DEV_BASE.is_file():
-        pytest.skip(f"no base image at {DEV_BASE} (make base builds it)")
-    folder = SHARED_SCRATCH / f"contain-{uuid.uuid4().hex[:10]}"
-    for name in ("store/bases", "repos", "checkouts", "cache"):
-        (folder / name).mkdir(parents=True)
-    (folder / "store" / "bases" / "default.sif").symlink_to(DEV_BASE.resolve())
-    subprocess.run(
-        ["chown", "-R", "hpcbuild:hpcbuild", *(str(folder / n) for n in ("store", "checkouts"))],
-        check=True,
-    )
-    subprocess.run(["chown", "hpcbuild:hpcbuild", str(folder / "cache")], check=True)
-    folder.chmod(0o755)
-    yield folder
-    subprocess.run(["rm", "-rf", str(folder)], check=False)
+    with build_workspace("contain", dev_cluster_base()) as folder:
+        yield folder
 
 
 def make_site(root: Path) -> Site:
-    settings = site_for_tests(
-        root / "repos", network={"ca_bundle": "/etc/ssl/certs/ca-certificates.crt"}
-    ).model_dump()
-    settings["image_store"] = str(root / "store")
-    settings["bases"] = {"default": {"python": "3.11"}}
-    settings["repos"]["cache_dir"] = str(root / "checkouts")
-    settings["build"]["cache_dir"] = str(root / "cache")
-    return Site.model_validate(settings)
+    """A workspace site whose builds share the workspace's download cache."""
+    return workspace_site(root, cache_dir=str(root / "cache"))
 
 
 def make_repo(path: Path, files: dict[str, str]) -> Path:

@@ -22,13 +22,12 @@ from hpcbinder.jobs.serverscript import ServerJob, render_server_script, workspa
 from tests.conftest import SITE_BIN, DevCluster, as_account, free_port, running_build_server
 from tests.hubhelpers import Hub, execute
 from tests.integration.test_build import (  # noqa: F401 (dev_base, workspace: fixtures)
-    DEV_BASE,
     build,
     dev_base,
-    make_site,
     workspace,
 )
 from tests.repohelpers import git, local_spec
+from tests.storehelpers import DEV_BASE, dev_cluster_base, workspace_site
 
 DEV_PY313 = DEV_BASE.with_name("py313.sif")
 #: Both bases as the dev cluster's site file declares them.
@@ -47,12 +46,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.apptainer]
 
 @pytest.fixture(scope="session")
 def py313_base(devcluster: DevCluster) -> Path:
-    if not DEV_PY313.is_file():
-        message = f"no base image at {DEV_PY313} (make base builds it)"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return DEV_PY313.resolve()
+    return dev_cluster_base(DEV_PY313)
 
 
 @pytest.fixture
@@ -63,7 +57,7 @@ def two_bases(workspace: Path, py313_base: Path) -> Path:  # noqa: F811 (the fix
 
 
 def two_base_site(root: Path, **changes: Any) -> Site:
-    settings = make_site(root).model_dump()
+    settings = workspace_site(root).model_dump()
     settings["bases"] = BASES
     settings.update(changes)
     return Site.model_validate(settings)

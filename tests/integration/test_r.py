@@ -34,7 +34,6 @@ from tests.cranhelpers import RPackage, build_snapshot, r_available, serving
 from tests.integration.test_build import (  # noqa: F401 (dev_base, workspace: fixtures)
     build,
     dev_base,
-    make_site,
     no_leftovers,
     run_verify,
     workspace,
@@ -44,6 +43,7 @@ from tests.integration.test_python_versions import (  # noqa: F401 (fixtures)
     two_bases,
 )
 from tests.repohelpers import local_spec, make_repo
+from tests.storehelpers import workspace_site
 
 SNAPSHOT = "2024-01-15"
 #: The snapshot a repository without a date in runtime.txt installs from.
@@ -168,7 +168,7 @@ def test_install_r_may_still_handle_a_failure_itself(cran: str, tmp_path: Path) 
 
 
 def r_site(root: Path, cran: str, **changes: object) -> Site:
-    settings = make_site(root).model_dump()
+    settings = workspace_site(root).model_dump()
     settings["network"]["mirrors"]["cran"] = cran
     settings.update(changes)
     return Site.model_validate(settings)

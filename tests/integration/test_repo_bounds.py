@@ -29,14 +29,13 @@ from urllib.parse import quote
 
 import pytest
 
-from hpcbinder.config import Site
 from hpcbinder.errors import RepoConfigError, RepoUnreachable
 from hpcbinder.render import pipeline
 from hpcbinder.seams import git
 from tests.conftest import SHARED_SCRATCH, SITE_BIN, DevCluster, as_account, running_build_server
 from tests.repohelpers import GIT_IDENTITY, local_spec, site_for_tests
+from tests.storehelpers import build_workspace, dev_cluster_base, workspace_site
 
-DEV_BASE = Path("/var/lib/hpcbinder/images/bases/default.sif")
 BAIT = "a file only the build account reads\n"
 
 
@@ -116,30 +115,11 @@ def test_links_inside_the_repository_are_kept(tmp_path: Path) -> None:
 def build_server(devcluster: DevCluster) -> Iterator[tuple[Path, Path]]:
     """(site file, repositories folder): a store on the dev base, a checkout
     cache, and a build server as the build account for them."""
-    if not DEV_BASE.is_file():
-        pytest.skip(f"no base image at {DEV_BASE} (make base builds it)")
-    root = SHARED_SCRATCH / f"bounds-{uuid.uuid4().hex[:10]}"
-    (root / "store" / "bases").mkdir(parents=True)
-    (root / "store" / "bases" / "default.sif").symlink_to(DEV_BASE.resolve())
-    (root / "repos").mkdir()
-    (root / "checkouts").mkdir()
-    subprocess.run(
-        ["chown", "-R", "hpcbuild:hpcbuild", str(root / "store"), str(root / "checkouts")],
-        check=True,
-    )
-    root.chmod(0o755)
-    settings = site_for_tests(root / "repos").model_dump()
-    settings["image_store"] = str(root / "store")
-    settings["bases"] = {"default": {"python": "3.11"}}
-    settings["repos"]["cache_dir"] = str(root / "checkouts")
-    settings["network"] = {"ca_bundle": "/etc/ssl/certs/ca-certificates.crt"}
-    site_file = root / "site.yaml"
-    site_file.write_text(Site.model_validate(settings).model_dump_json())
-    try:
+    with build_workspace("bounds", dev_cluster_base()) as root:
+        site_file = root / "site.yaml"
+        site_file.write_text(workspace_site(root).model_dump_json())
         with running_build_server(site_file):
             yield site_file, root / "repos"
-    finally:
-        subprocess.run(["rm", "-rf", str(root)], check=False)
 
 
 def build_as_alice(site_file: Path, repo: Path) -> subprocess.CompletedProcess[str]:

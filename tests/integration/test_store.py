@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,10 +21,10 @@ from hpcbinder.jobs.request import request_for
 from hpcbinder.jobs.serverscript import ServerJob, render_server_script
 from hpcbinder.render import pipeline
 from hpcbinder.seams.slurm import QueueState, SubmitOptions
-from tests.conftest import SHARED_SCRATCH, SITE_BIN, DevCluster, as_account, running_build_server
-from tests.repohelpers import local_spec, make_repo, site_for_tests
+from tests.conftest import SITE_BIN, DevCluster, as_account, running_build_server
+from tests.repohelpers import local_spec, make_repo
+from tests.storehelpers import build_workspace, dev_cluster_base, workspace_site
 
-DEV_BASE = Path("/var/lib/hpcbinder/images/bases/default.sif")
 DAY = 86400.0
 
 pytestmark = [pytest.mark.slurm, pytest.mark.apptainer]
@@ -34,31 +33,8 @@ pytestmark = [pytest.mark.slurm, pytest.mark.apptainer]
 @pytest.fixture
 def workspace(devcluster: DevCluster) -> Iterator[Path]:
     """A store and checkout cache owned by the build account, on the dev base."""
-    if not DEV_BASE.is_file():
-        pytest.fail(f"no base image at {DEV_BASE} (make base builds it)", pytrace=False)
-    root = SHARED_SCRATCH / f"store-{uuid.uuid4().hex[:10]}"
-    (root / "store" / "bases").mkdir(parents=True)
-    (root / "store" / "bases" / "default.sif").symlink_to(DEV_BASE.resolve())
-    (root / "repos").mkdir()
-    (root / "checkouts").mkdir()
-    subprocess.run(
-        ["chown", "-R", "hpcbuild:hpcbuild", str(root / "store"), str(root / "checkouts")],
-        check=True,
-    )
-    root.chmod(0o755)
-    yield root
-    subprocess.run(["rm", "-rf", str(root)], check=False)
-
-
-def make_site(workspace: Path) -> Site:
-    site = site_for_tests(
-        workspace / "repos", network={"ca_bundle": "/etc/ssl/certs/ca-certificates.crt"}
-    )
-    settings = site.model_dump()
-    settings["image_store"] = str(workspace / "store")
-    settings["bases"] = {"default": {"python": "3.11"}}
-    settings["repos"]["cache_dir"] = str(workspace / "checkouts")
-    return Site.model_validate(settings)
+    with build_workspace("store", dev_cluster_base()) as root:
+        yield root
 
 
 def hpcbinder(user: str, site_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -123,7 +99,7 @@ def server_job_using(devcluster: DevCluster, site: Site, busybox_image: Path, ke
 def test_gc_keeps_images_jobs_and_recent_launches_use(
     workspace: Path, devcluster: DevCluster, busybox_image: Path
 ) -> None:
-    site = make_site(workspace)
+    site = workspace_site(workspace)
     site_file = workspace / "site.yaml"
     site_file.write_text(site.model_dump_json())
     store = ImageStore(site.image_store, owner="hpcbuild")
@@ -197,7 +173,7 @@ def test_gc_keeps_images_jobs_and_recent_launches_use(
 
 def test_use_reports_never_hold_up_a_launch(workspace: Path) -> None:
     """A build server that is down: the spawner's report fails at once."""
-    site = make_site(workspace)
+    site = workspace_site(workspace)
     site_file = workspace / "site.yaml"
     site_file.write_text(
         site.model_copy(

@@ -1,12 +1,14 @@
 """Fakes of the outside systems for fast unit tests: command runners
 (:class:`hpcbinder.seams.proc.CommandRunner`) that answer as Slurm would,
-from a script of job states, a sequence of replies or a table by program."""
+from a script of job states, a sequence of replies or a table by program;
+and a stand-in image published in a real store."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from hpcbinder.images.store import IMAGE, ImageMeta, ImageStore
 from hpcbinder.seams.proc import CommandResult
 
 JOB = "4242"
@@ -128,3 +130,13 @@ class ByProgram:
     ) -> CommandResult:
         self.calls.append(list(argv))
         return CommandResult(tuple(argv), *self.answers[argv[0]])
+
+
+def publish_fake_image(store: ImageStore, key: str) -> None:
+    """Publish a few bytes as ``key``'s image, the way a build would."""
+    lock = store.try_lock(key)
+    assert lock is not None
+    with lock:
+        staging = store.new_staging(key)
+        (staging / IMAGE).write_bytes(b"sif")
+        store.publish(lock, staging, ImageMeta(key=key))

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from hpcbinder.images import store as images
 from hpcbinder.images.builder import ImageBuildError
 from hpcbinder.images.client import BuildRefused, BuildServerError, ServerEvent
 from hpcbinder.images.store import image_store
@@ -22,6 +21,7 @@ from hpcbinder.web.builds import BuildCoordinator, BuildSession
 from hpcbinder.web.events import Event
 from hpcbinder.web.metrics import Metrics
 from tests.repohelpers import site_for_tests
+from tests.unit.fakes import publish_fake_image
 
 SPEC = "gh/someone/analysis/main"
 KEY = "0123456789abcdef0123456789abcdef"
@@ -67,13 +67,7 @@ class FakeBuildServer:
 def coordinator_for(tmp_path: Path) -> Callable[[FakeBuildServer], BuildCoordinator]:
     """A coordinator on a site whose store holds image :data:`KEY`."""
     site = site_for_tests(tmp_path, image_store=str(tmp_path / "images"))
-    store = image_store(site)
-    lock = store.try_lock(KEY)
-    assert lock is not None
-    with lock:
-        staging = store.new_staging(KEY)
-        (staging / images.IMAGE).write_bytes(b"sif")
-        store.publish(lock, staging, images.ImageMeta(key=KEY))
+    publish_fake_image(image_store(site), KEY)
     return lambda server: BuildCoordinator(site, Metrics(), client=server)
 
 

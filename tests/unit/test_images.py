@@ -33,7 +33,7 @@ from hpcbinder.seams import proc
 from hpcbinder.seams.processid import ProcessIdentity
 from hpcbinder.seams.slurm import SlurmCLI, SlurmError
 from hpcbinder.sources.providers import ResolvedRepo
-from tests.unit.fakes import ByProgram
+from tests.unit.fakes import ByProgram, publish_fake_image
 
 KEY = "0123456789abcdef0123456789abcdef"
 COMMIT = "c" * 40
@@ -41,12 +41,7 @@ DAY = 86400.0
 
 
 def publish(store: ImageStore, key: str, age_days: float = 0) -> None:
-    lock = store.try_lock(key)
-    assert lock is not None
-    with lock:
-        staging = store.new_staging(key)
-        (staging / images.IMAGE).write_bytes(b"sif")
-        store.publish(lock, staging, images.ImageMeta(key=key))
+    publish_fake_image(store, key)
     if age_days:
         store.record_use(key, "alice", at=time.time() - age_days * DAY)
 
