@@ -1,11 +1,12 @@
 """env_build: a requirements.txt repository (numpy, pandas, matplotlib)
-built on a warm base with a warm download cache, next to the floor (pip
-install of the same file into a fresh venv on the host, same warm cache)
-and the naive peer (a full `apptainer build` from `Bootstrap: localimage`
+built on a warm base with a warm download cache, next to the floor (uv,
+the installer builds use and the fastest known, installing the same file
+into a fresh venv on the host from a copy of the same warm cache) and the
+naive peer (a full `apptainer build` from `Bootstrap: localimage`
 of the same base with the same install, contained the same way).
 
-Download caches are per repository (a build cannot change what another
-repository's build installs): ``other_repo_seconds`` is the same packages
+Download caches are per env key (a build cannot change what another
+environment's build installs): ``other_repo_seconds`` is the same packages
 built for another repository (another env key), whose cache is cold.
 
 Run: sudo .venv/bin/python -m tests.bench.env_build
@@ -56,28 +57,27 @@ def main() -> None:
 
         with tempfile.TemporaryDirectory() as tmp:
             cache_copy = Path(tmp) / "cache"
-            copy_tree(cache / "pip", cache_copy)
+            copy_tree(cache / "uv", cache_copy)
             venv = Path(tmp) / "venv"
+            uv = str(Path(sys.executable).parent / "uv")
             env = {
                 **os.environ,
-                "PIP_CACHE_DIR": str(cache_copy),
-                "PIP_CONFIG_FILE": os.devnull,
-                "PIP_CERT": "/etc/ssl/certs/ca-certificates.crt",
-                "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+                "UV_CACHE_DIR": str(cache_copy),
+                "UV_NO_CONFIG": "1",
+                "UV_LINK_MODE": "copy",  # as builds do
+                "SSL_CERT_FILE": "/etc/ssl/certs/ca-certificates.crt",
             }
+            python = str(venv / "bin" / "python")
+            requirements = str(repo / "requirements.txt")
             floor = timed(
                 lambda: (
-                    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True),
                     subprocess.run(
-                        [
-                            str(venv / "bin" / "python"),
-                            "-m",
-                            "pip",
-                            "install",
-                            "-q",
-                            "-r",
-                            str(repo / "requirements.txt"),
-                        ],
+                        [uv, "venv", "-q", "--python", sys.executable, str(venv)],
+                        check=True,
+                        env=env,
+                    ),
+                    subprocess.run(
+                        [uv, "pip", "install", "-q", "--python", python, "-r", requirements],
                         check=True,
                         env=env,
                     ),
