@@ -117,20 +117,20 @@ def sbatch_command(
         sys.exit(_report_finals(jobs, job_id, finals))
 
 
-def _report_finals(jobs: BatchJobs, job_id: str, finals: list[JobInfo]) -> int:
+def _report_finals(jobs: BatchJobs, job_id: str, finals: dict[str, JobInfo]) -> int:
     """One line per task that did not complete; the first failing status."""
     job = jobs.get(job_id)
     folders = {task.folder.name: task for task in job.tasks()}
     status = 0
-    for info in finals:
+    for task_id, info in finals.items():
         code = exit_status(info)
         if code == 0:
             continue
         status = status or code
-        task = info.job_id.rpartition("_")[2] if "_" in info.job_id else "0"
+        task = task_id.rpartition("_")[2] if "_" in task_id else "0"
         output = folders.get(f"task-{task}")
         kept = f"; partial outputs kept in {output.folder}, marked INCOMPLETE" if output else ""
-        click.echo(f"job {info.job_id}: {info.state} (exit {code}){kept}", err=True)
+        click.echo(f"job {task_id}: {info.state} (exit {code}){kept}", err=True)
     return status
 
 

@@ -197,9 +197,10 @@ class BatchJobs:
         write: Callable[[str], None],
         poll: float = 0.5,
         timeout: float = 7 * 24 * 3600,
-    ) -> list[JobInfo]:
+    ) -> dict[str, JobInfo]:
         """Stream the job's logs through ``write`` until every task ended;
-        the tasks' final records."""
+        each task's final record, by the id waited for (``JOB_TASK`` for an
+        array task: Slurm's own record names the last task by the job id)."""
         followed: dict[Path, GrowingFile] = {}
         deadline = time.monotonic() + timeout
         waiting = job.task_ids()
@@ -217,7 +218,7 @@ class BatchJobs:
             if len(finished) == len(waiting):
                 for line in _new_lines(job.logs(), followed):
                     write(line)
-                return [finished[task_id] for task_id in waiting]
+                return {task_id: finished[task_id] for task_id in waiting}
             if time.monotonic() > deadline:
                 raise UserError(f"job {job.job_id} still running after {timeout:g} s")
             time.sleep(poll)

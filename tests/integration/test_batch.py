@@ -139,7 +139,7 @@ def test_a_parameterised_notebook_runs_with_provenance(batch_repo: BatchRepo) ->
 def test_an_array_runs_one_task_per_grid_row(batch_repo: BatchRepo) -> None:
     grid = batch_repo.site.parent / "repo" / "grid.csv"
     result = batch_repo.sbatch("--run", "analysis.ipynb", "--param-grid", str(grid))
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
     job_id = submitted(result)
     for index, (alpha, label) in enumerate([(0.5, "a"), (1.5, "b"), (2.5, "c"), (3.5, "d")]):
         task = batch_repo.task(job_id, index)
@@ -256,6 +256,53 @@ def test_a_failing_script_exits_with_its_status(batch_repo: BatchRepo) -> None:
     record = provenance(task)
     assert (record["state"], record["exit_code"], record["complete"]) == ("failed", 3, False)
     assert f"job {job_id}: FAILED (exit 3); partial outputs kept in {task}" in result.stderr
+
+
+def test_a_failing_array_task_is_reported_by_its_own_index(batch_repo: BatchRepo) -> None:
+    """Slurm's record of an array's last task carries the array's job id:
+    the report still names that task and its folder, not task 0."""
+    grid = batch_repo.site.parent / "grid.json"
+    grid.write_text(json.dumps([{"exit_code": 0}, {"exit_code": 0}, {"exit_code": 5}]))
+    grid.chmod(0o644)
+    result = batch_repo.sbatch("--run", "compute.py", "--param-grid", str(grid))
+    assert result.returncode == 5, result.stdout + result.stderr
+    job_id = submitted(result)
+    failed = batch_repo.task(job_id, 2)
+    assert (
+        f"job {job_id}_2: FAILED (exit 5); partial outputs kept in {failed}, marked INCOMPLETE"
+        in result.stderr
+    ), result.stderr
+    assert result.stderr.count("FAILED") == 1, result.stderr
+    assert (failed / "INCOMPLETE").exists() and provenance(failed)["exit_code"] == 5
+    assert all(provenance(batch_repo.task(job_id, i))["complete"] for i in (0, 1))
+
+
+def test_a_kernel_that_dies_before_running_a_cell_is_started_again(batch_repo: BatchRepo) -> None:
+    """A kernel whose port another kernel took first dies before it runs
+    anything (array tasks starting at once on one node): the task starts it
+    again instead of failing. The flaky kernel (found in the work folder,
+    the task's home) dies on its first start."""
+    result = batch_repo.sbatch("--run", "flaky_kernel.ipynb")
+    assert result.returncode == 0, result.stdout + result.stderr
+    task = batch_repo.task(submitted(result))
+    assert (task / "work" / "kernel-died-once").exists()  # it did die once
+    assert "kernel died before running a cell (attempt 1 of 3)" in result.stdout
+    assert (task / "work" / "ran.txt").read_text() == "ran\n"  # the notebook ran once
+    assert "ran once" in cell_outputs(task / "flaky_kernel.ipynb")
+    assert provenance(task)["complete"] is True
+
+
+def test_a_notebook_whose_kernel_died_while_running_is_not_run_again(
+    batch_repo: BatchRepo,
+) -> None:
+    """Only a kernel that never ran a cell is started again: cells that ran
+    may have changed files, and running them twice would change them twice."""
+    result = batch_repo.sbatch("--run", "dies_midway.ipynb")
+    assert result.returncode != 0, result.stdout + result.stderr
+    task = batch_repo.task(submitted(result))
+    assert (task / "work" / "ran.txt").read_text() == "ran\n"
+    assert "starting it again" not in result.stdout
+    assert (task / "INCOMPLETE").exists() and provenance(task)["state"] == "failed"
 
 
 def wait_for(condition: Any, what: str, seconds: float = 120) -> None:
