@@ -151,7 +151,8 @@ class BuildQueue:
     async def _run(self, stream: BuildStream) -> None:
         started = time.monotonic()
         try:
-            await stream.publish(ServerEvent("fetching", f"Fetching {stream.key}…"))
+            name = providers.parse_spec(stream.key, self.site.repos).readable_name()
+            await stream.publish(ServerEvent("fetching", f"Fetching {name}…"))
             prepared = await asyncio.to_thread(pipeline.prepare, stream.key, self.site)
             await asyncio.to_thread(storegc.record_checkout_use, prepared.checkout)
             for warning in prepared.rendered.warnings:

@@ -194,6 +194,11 @@ class RepoProvider(ABC):
     def parse(self, body: str) -> tuple[str, str]:
         """(clone url, url-escaped ref) from the spec after the prefix."""
 
+    def readable_name(self) -> str:
+        """``org/repo @ ref`` for a researcher, not the url-escaped spec."""
+        tail = self.url.rstrip("/").removesuffix(".git").split("/")[-2:]
+        return f"{'/'.join(tail)} @ {self.ref}"
+
     @abstractmethod
     def resolve(self) -> ResolvedRepo:
         """The exact version ``ref`` names now."""

@@ -143,7 +143,7 @@ class LaunchPageHandler(BaseHandler):
             self.page(
                 "confirm.html",
                 spec=full,
-                repo_name=readable_name(repo),
+                repo_name=repo.readable_name(),
                 clone_url=repo.url,
                 confirm_url=f"{self.service.base_url}confirm/{full}{query}",
                 xsrf=self.xsrf_token.decode(),
@@ -157,7 +157,7 @@ class LaunchPageHandler(BaseHandler):
         self.page(
             "launch.html",
             spec=full,
-            repo_name=readable_name(repo),
+            repo_name=repo.readable_name(),
             build_url=f"{self.service.base_url}build/{full}{query}",
             batch_url=f"{self.service.base_url}batch/{full}",
             cancel_url=f"{self.service.base_url}cancel/{full}",
@@ -166,12 +166,6 @@ class LaunchPageHandler(BaseHandler):
             user=self.user_name,
             **await self.cluster_view(),
         )
-
-
-def readable_name(repo: providers.RepoProvider) -> str:
-    """``org/repo @ ref`` for a page, from the clone URL and the ref."""
-    tail = repo.url.rstrip("/").removesuffix(".git").split("/")[-2:]
-    return f"{'/'.join(tail)} @ {repo.ref}"
 
 
 class ConfirmHandler(BaseHandler):

@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slurm, pytest.mark.apptainer]
 
 
 def test_a_launch_goes_through_every_phase_into_the_server(binder: Binder) -> None:
-    _, spec = binder_repo(binder.root, f"echo built {uuid.uuid4().hex} > built.txt")
+    repo, spec = binder_repo(binder.root, f"echo built {uuid.uuid4().hex} > built.txt")
     status, page, _ = binder.get(f"/v2/{spec}?labpath=index.ipynb", binder.token)
     assert status == 200
     config = re.search(r'<script id="launch-config" type="application/json">(.*?)</script>', page)
@@ -47,6 +47,8 @@ def test_a_launch_goes_through_every_phase_into_the_server(binder: Binder) -> No
     seen = phases(events)
     assert seen[0] == "fetching" and seen[-3:] == ["built", "launching", "ready"], events[-1]
     assert "building" in seen
+    # The repository by name, not the url-escaped spec.
+    assert events[0]["message"] == f"Fetching {repo.parent.name}/{repo.name} @ HEAD…", events[0]
     built = next(e for e in events if e["phase"] == "built")
     ready = events[-1]
     assert ready["image"] == built["imageName"]

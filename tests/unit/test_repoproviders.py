@@ -55,6 +55,19 @@ def test_binderhub_specs(spec: str, url: str, ref: str) -> None:
     assert (provider.url, provider.ref) == (url, ref)
 
 
+@pytest.mark.parametrize(
+    ("spec", "name"),
+    [
+        ("gh/org/repo/feature%2Fx", "org/repo @ feature/x"),
+        ("gl/group%2Fsub%2Fproject/v1.0", "sub/project @ v1.0"),
+        ("git/https%3A%2F%2Fexample.org%2Fa%2Fb.git/main", "a/b @ main"),
+        ("local/%2Ftmp%2Fwork%2Fanalysis/HEAD", "work/analysis @ HEAD"),
+    ],
+)
+def test_a_repository_is_named_for_people_not_by_its_escaped_spec(spec: str, name: str) -> None:
+    assert parse_spec(spec, POLICY).readable_name() == name
+
+
 def test_site_hosts_replace_public_ones() -> None:
     policy = RepoPolicy(github_host="github.example.edu")
     assert parse_spec("gh/o/r/main", policy).url == "https://github.example.edu/o/r"
