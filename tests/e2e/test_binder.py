@@ -48,7 +48,8 @@ def test_a_launch_goes_through_every_phase_into_the_server(binder: Binder) -> No
     assert seen[0] == "fetching" and seen[-3:] == ["built", "launching", "ready"], events[-1]
     assert "building" in seen
     # The repository by name, not the url-escaped spec.
-    assert events[0]["message"] == f"Fetching {repo.parent.name}/{repo.name} @ HEAD…", events[0]
+    first = events[0]["message"].rstrip("\n")  # event messages are log lines
+    assert first == f"Fetching {repo.parent.name}/{repo.name} @ HEAD…", events[0]
     built = next(e for e in events if e["phase"] == "built")
     ready = events[-1]
     assert ready["image"] == built["imageName"]

@@ -337,10 +337,17 @@ def test_full_store_fails_cleanly(workspace: Path) -> None:
         subprocess.run(["umount", "-l", str(store)], check=False)
 
 
+def slow_postbuild(repo: Path, seconds: int) -> None:
+    """The fixture's postBuild, with a wait first: what it builds and its
+    verify still hold."""
+    shebang, rest = (repo / "postBuild").read_text().split("\n", 1)
+    (repo / "postBuild").write_text(f"{shebang}\nsleep {seconds}\n{rest}")
+    git(repo, "commit", "-q", "-am", "slow postBuild")
+
+
 def test_killed_build_is_rebuilt_cleanly(workspace: Path) -> None:
     repo = make_repo("base/postbuild", workspace / "repos" / "repo")
-    (repo / "postBuild").write_text("#!/bin/sh\nsleep 15\necho made-by-postbuild > generated.txt\n")
-    git(repo, "commit", "-q", "-am", "slow postBuild")
+    slow_postbuild(repo, 15)
     site = workspace_site(workspace)
     site_file = workspace / "site.yaml"
     site_file.write_text(site.model_dump_json())
@@ -452,8 +459,7 @@ def test_images_commands(workspace: Path) -> None:
 
 def test_cancelled_build_job_fails_then_rebuilds(workspace: Path, devcluster: DevCluster) -> None:
     repo = make_repo("base/postbuild", workspace / "repos" / "repo")
-    (repo / "postBuild").write_text("#!/bin/sh\nsleep 20\necho made-by-postbuild > generated.txt\n")
-    git(repo, "commit", "-q", "-am", "slow postBuild")
+    slow_postbuild(repo, 20)
     site = workspace_site(workspace, backend="slurm")
     prepared = pipeline.prepare(local_spec(repo), site)
     started = workspace / "store" / "locks" / f"{prepared.rendered.env_key}.started"
