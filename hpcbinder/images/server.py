@@ -148,10 +148,14 @@ class BuildQueue:
             del self._streams[stream.key]
             self._owners.pop(stream.key, None)
 
+    def _readable_name(self, spec: str) -> str:
+        # Parsing a local spec reads the file system: off the event loop.
+        return providers.parse_spec(spec, self.site.repos).readable_name()
+
     async def _run(self, stream: BuildStream) -> None:
         started = time.monotonic()
         try:
-            name = providers.parse_spec(stream.key, self.site.repos).readable_name()
+            name = await asyncio.to_thread(self._readable_name, stream.key)
             await stream.publish(ServerEvent("fetching", f"Fetching {name}…"))
             prepared = await asyncio.to_thread(pipeline.prepare, stream.key, self.site)
             await asyncio.to_thread(storegc.record_checkout_use, prepared.checkout)

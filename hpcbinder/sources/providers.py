@@ -183,6 +183,8 @@ class RepoProvider(ABC):
     """One kind of spec."""
 
     prefix: ClassVar[str]
+    #: Whether a repository's name shows its host (not for the site's forges).
+    shows_host: ClassVar[bool] = True
 
     def __init__(self, body: str, policy: RepoPolicy) -> None:
         self.policy = policy
@@ -195,9 +197,12 @@ class RepoProvider(ABC):
         """(clone url, url-escaped ref) from the spec after the prefix."""
 
     def readable_name(self) -> str:
-        """``org/repo @ ref`` for a researcher, not the url-escaped spec."""
-        tail = self.url.rstrip("/").removesuffix(".git").split("/")[-2:]
-        return f"{'/'.join(tail)} @ {self.ref}"
+        """``host/org/repo @ ref`` for a researcher, not the url-escaped
+        spec: the host too, so that another server's ``jupyter/notebook``
+        does not pass for the one researchers know."""
+        parts = urlsplit(self.url)
+        where = (parts.netloc if self.shows_host else "") + parts.path
+        return f"{where.strip('/').removesuffix('.git')} @ {self.ref}"
 
     @abstractmethod
     def resolve(self) -> ResolvedRepo:
@@ -309,6 +314,7 @@ class GitRepoProvider(RepoProvider):
 
 class GitHubRepoProvider(GitRepoProvider):
     prefix = "gh"
+    shows_host = False
 
     def parse(self, body: str) -> tuple[str, str]:
         parts = body.split("/", 2)
@@ -323,6 +329,7 @@ class GitHubRepoProvider(GitRepoProvider):
 
 class GitLabRepoProvider(GitRepoProvider):
     prefix = "gl"
+    shows_host = False
 
     def parse(self, body: str) -> tuple[str, str]:
         quoted_path, ref = self._split_last(body, "gl/<url-escaped namespace/project>")
@@ -347,6 +354,11 @@ class LocalRepoProvider(GitRepoProvider):
     """A git repository on the site's filesystem, below one of its local_roots."""
 
     prefix = "local"
+
+    def readable_name(self) -> str:
+        """The repository's folder and the one above it: the site's own roots."""
+        tail = self.url.rstrip("/").split("/")[-2:]
+        return f"{'/'.join(tail)} @ {self.ref}"
 
     def parse(self, body: str) -> tuple[str, str]:
         quoted_path, ref = self._split_last(body, "local/<url-escaped path>")

@@ -286,7 +286,7 @@ def test_a_kernel_that_dies_before_running_a_cell_is_started_again(batch_repo: B
     assert result.returncode == 0, result.stdout + result.stderr
     task = batch_repo.task(submitted(result))
     assert (task / "work" / "kernel-died-once").exists()  # it did die once
-    assert "kernel died before running a cell (attempt 1 of 3)" in result.stdout
+    assert "kernel ended before it ran a cell (attempt 1 of 3)" in result.stdout
     assert (task / "work" / "ran.txt").read_text() == "ran\n"  # the notebook ran once
     assert "ran once" in cell_outputs(task / "flaky_kernel.ipynb")
     assert provenance(task)["complete"] is True

@@ -59,8 +59,14 @@ def test_binderhub_specs(spec: str, url: str, ref: str) -> None:
     ("spec", "name"),
     [
         ("gh/org/repo/feature%2Fx", "org/repo @ feature/x"),
-        ("gl/group%2Fsub%2Fproject/v1.0", "sub/project @ v1.0"),
-        ("git/https%3A%2F%2Fexample.org%2Fa%2Fb.git/main", "a/b @ main"),
+        ("gl/group%2Fsub%2Fproject/v1.0", "group/sub/project @ v1.0"),
+        ("git/https%3A%2F%2Fexample.org%2Fa%2Fb.git/main", "example.org/a/b @ main"),
+        # Another server's jupyter/notebook is named with its host.
+        (
+            "git/https%3A%2F%2Fevil.example%2Fjupyter%2Fnotebook/main",
+            "evil.example/jupyter/notebook @ main",
+        ),
+        ("git/https%3A%2F%2Fevil.example%2Fx.git%3F%2Fnumpy%2Fnumpy/main", "evil.example/x @ main"),
         ("local/%2Ftmp%2Fwork%2Fanalysis/HEAD", "work/analysis @ HEAD"),
     ],
 )
