@@ -68,6 +68,20 @@ async def _verified(body: bytes, parse: Callable[[str], _Request]) -> tuple[str,
         raise web.HTTPError(400, reason=f"malformed request: {exc}"[:200]) from exc
 
 
+def _refusal(exc: OSError) -> ServerEvent:
+    """What the build server says when the file system refuses it something
+    while reading a repository (a repository in a folder the build account
+    may not enter): one line naming the path, not an internal error."""
+    where = f" {exc.filename}" if exc.filename else ""
+    log.warning("refused: cannot read%s: %s", where, exc.strerror or exc)
+    return ServerEvent(
+        "failed",
+        f"the build server cannot read{where}: {exc.strerror or exc}; a repository on "
+        "this host is built only when every account may read it",
+        kind="user",
+    )
+
+
 def _on_behalf(site: Site, sender: str, for_user: str | None) -> str:
     """Whom a request is for: the sender, or the researcher a service
     account of ``build.requesters`` names (403 for anyone else)."""
@@ -174,6 +188,8 @@ class BuildQueue:
             )
         except UserError as exc:
             await stream.finish(ServerEvent("failed", str(exc), kind="user"))
+        except OSError as exc:
+            await stream.finish(_refusal(exc))
         except builder.ImageBuildError as exc:
             await stream.finish(
                 ServerEvent(
@@ -275,6 +291,9 @@ class BuildRequestHandler(web.RequestHandler):
         except UserError as exc:
             await self._send(ServerEvent("failed", str(exc), kind="user"))
             return None
+        except OSError as exc:
+            await self._send(_refusal(exc))
+            return None
         queue: BuildQueue = self.settings["queue"]
         if request.prepare_only:
             refusal = queue.over_limit(user)
@@ -286,6 +305,9 @@ class BuildRequestHandler(web.RequestHandler):
                     prepared = await asyncio.to_thread(pipeline.prepare, request.spec, self.site)
             except UserError as exc:
                 await self._send(ServerEvent("failed", str(exc), kind="user"))
+                return None
+            except OSError as exc:
+                await self._send(_refusal(exc))
                 return None
             await asyncio.to_thread(storegc.record_checkout_use, prepared.checkout)
             return prepared.fetched()

@@ -18,6 +18,11 @@ is that one check. Such a repository may belong to any account; git reads
 it whoever owns it (``safe.directory`` for exactly that path, see
 :mod:`hpcbinder.seams.git`), but builds it only when every account may read it
 (:func:`check_open_to_all`): the build account's rights are not lent.
+
+Repositories are fetched anonymously, so a URL never carries credentials:
+:func:`refuse_credentials` is the one check, for every spec's URL when it is
+parsed (before anything stores, logs or shows it) and every URL git is given
+(submodules too). No message here repeats a URL that failed it.
 """
 
 from __future__ import annotations
@@ -59,6 +64,36 @@ class ResolvedRepo:
     url: str
     ref: str
     commit: str
+
+
+#: A user name an ssh URL may carry (ssh://git@host/..., git@host:...): a
+#: key, never a password, authenticates it.
+_SSH_USER = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def refuse_credentials(url: str) -> None:
+    """SpecError if ``url`` carries credentials: anything before an ``@``
+    in its host part (``user:password@``, a token as the user, in any
+    escaping), but for a plain user name in an ``ssh://`` URL. The host
+    part is read as widely as any URL parser would (up to the first ``/``,
+    extra slashes skipped, none for ``file:``), and may hold no
+    %-escapes. scp-like ``user@host:path`` has no place for a password
+    (git reads what precedes the first colon as the ssh host). The message
+    does not repeat the URL."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return
+    scheme = scheme.lower()
+    authority = (rest if scheme == "file" else rest.lstrip("/")).split("/", 1)[0]
+    user, at, _host = authority.rpartition("@")
+    plain_ssh_user = scheme == "ssh" and _SSH_USER.fullmatch(user) is not None
+    if "%" in authority or (at and not plain_ssh_user):
+        raise SpecError(
+            "a repository URL may not carry credentials (user:password@ or a token "
+            "before the host): remove them from the link; repositories are fetched "
+            "without credentials, so they must be public (an ssh URL may name its "
+            "user: ssh://git@host/org/repo)"
+        )
 
 
 def reaches_local_files(url: str) -> bool:
@@ -128,7 +163,8 @@ def check_open_to_all(path: Path) -> None:
     others, the repository, its git directory and objects readable). Its
     checkout and image are readable by all, so a repository only some may
     read is not built: the build account's rights are never lent."""
-    gitdir = path / ".git" if (path / ".git").is_dir() else path
+    # os.path.isdir: a folder this account may not enter is not one (Path.is_dir raises).
+    gitdir = path / ".git" if os.path.isdir(path / ".git") else path
     checks = [(parent, stat.S_IXOTH) for parent in reversed(path.parents)]
     both = stat.S_IROTH | stat.S_IXOTH
     checks += [(path, both), (gitdir, both), (gitdir / "objects", both)]
@@ -240,6 +276,7 @@ class GitRepoProvider(RepoProvider):
         """RepoNotAllowed unless this site allows ``url`` (this spec's by
         default); for a repository on this host, its checked real path."""
         url = self.url if url is None else url
+        refuse_credentials(url)  # a submodule's, a ResolvedRepo from elsewhere
         local = reaches_local_files(url)
         scheme = "file" if local else (urlsplit(url).scheme or "ssh")
         if scheme not in self.protocols():
@@ -345,8 +382,12 @@ class GitUrlRepoProvider(GitRepoProvider):
     def parse(self, body: str) -> tuple[str, str]:
         quoted_url, ref = self._split_last(body, "git/<url-escaped clone url>")
         url = unquote(quoted_url)
-        if not _CLONE_URL.fullmatch(url):
-            raise SpecError(f"invalid repository URL {url!r}")
+        refuse_credentials(url)
+        if not _CLONE_URL.fullmatch(url):  # not repeated: it may hide credentials
+            raise SpecError(
+                "invalid repository URL: expected a clone URL url-escaped once "
+                "(https://host/path, ssh://host/path, git@host:path, file:///path)"
+            )
         return url, ref
 
 
