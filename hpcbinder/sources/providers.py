@@ -20,9 +20,9 @@ it whoever owns it (``safe.directory`` for exactly that path, see
 (:func:`check_open_to_all`): the build account's rights are not lent.
 
 Repositories are fetched anonymously, so a URL never carries credentials:
-:func:`refuse_credentials` is the one check, for every spec's URL when it is
-parsed (before anything stores, logs or shows it) and every URL git is given
-(submodules too). No message here repeats a URL that failed it.
+:func:`refuse_credentials` is the one check, for every provider's URL when
+its spec is parsed (before anything stores, logs or shows it) and for every
+URL git is given (submodules too). No message repeats a URL that failed it.
 """
 
 from __future__ import annotations
@@ -73,27 +73,40 @@ _SSH_USER = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 def refuse_credentials(url: str) -> None:
     """SpecError if ``url`` carries credentials: anything before an ``@``
-    in its host part (``user:password@``, a token as the user, in any
-    escaping), but for a plain user name in an ``ssh://`` URL. The host
-    part is read as widely as any URL parser would (up to the first ``/``,
-    extra slashes skipped, none for ``file:``), and may hold no
-    %-escapes. scp-like ``user@host:path`` has no place for a password
-    (git reads what precedes the first colon as the ssh host). The message
-    does not repeat the URL."""
+    in its host part (``user:password@``, a token as the user), but for a
+    plain user name in an ssh URL (``ssh://git@host/...``, scp-like
+    ``git@host:...``). The host part is read as widely as any parser would
+    (up to the first ``/``, extra slashes skipped, none for ``file:``); a
+    ``scheme://`` host part may hold no %-escapes either (an escaped ``@``
+    or ``:``). The message does not repeat the URL."""
     scheme, sep, rest = url.partition("://")
-    if not sep:
-        return
-    scheme = scheme.lower()
-    authority = (rest if scheme == "file" else rest.lstrip("/")).split("/", 1)[0]
-    user, at, _host = authority.rpartition("@")
-    plain_ssh_user = scheme == "ssh" and _SSH_USER.fullmatch(user) is not None
-    if "%" in authority or (at and not plain_ssh_user):
+    if sep:
+        scheme = scheme.lower()
+        part = (rest if scheme == "file" else rest.lstrip("/")).split("/", 1)[0]
+        escaped, ssh = "%" in part, scheme == "ssh"
+    else:  # scp-like user@host:path, or a path
+        part, escaped, ssh = url.split("/", 1)[0], False, True
+    user, at, _host = part.rpartition("@")
+    if escaped or (at and not (ssh and _SSH_USER.fullmatch(user))):
         raise SpecError(
             "a repository URL may not carry credentials (user:password@ or a token "
             "before the host): remove them from the link; repositories are fetched "
             "without credentials, so they must be public (an ssh URL may name its "
             "user: ssh://git@host/org/repo)"
         )
+
+
+def _echo(value: str) -> str:
+    """``value`` quoted for a message about input that was refused, unless
+    it may hold credentials (an ``@``, escaped up to thrice): then a
+    placeholder. Every refusal here quotes input through this, so none
+    repeats a secret that a mangled URL put somewhere else."""
+    shown = value
+    for _ in range(4):
+        if "@" in shown:
+            return "(not repeated: it may hold credentials)"
+        shown = unquote(shown)
+    return repr(value)
 
 
 def reaches_local_files(url: str) -> bool:
@@ -211,7 +224,7 @@ def check_ref(ref: str) -> str:
         or ref.endswith((".", "/", ".lock"))
     )
     if bad:
-        raise SpecError(f"invalid ref {ref!r}: expected a branch, tag or commit name")
+        raise SpecError(f"invalid ref {_echo(ref)}: expected a branch, tag or commit name")
     return ref
 
 
@@ -226,6 +239,7 @@ class RepoProvider(ABC):
         self.policy = policy
         self.spec = f"{self.prefix}/{body}"
         self.url, quoted_ref = self.parse(body)
+        refuse_credentials(self.url)
         self.ref = check_ref(unquote(quoted_ref))
 
     @abstractmethod
@@ -360,7 +374,7 @@ class GitHubRepoProvider(GitRepoProvider):
         org, repo, ref = parts
         repo = repo.removesuffix(".git")
         if not (_GH_NAME.fullmatch(org) and _GH_NAME.fullmatch(repo)):
-            raise SpecError(f"invalid GitHub repository {org}/{repo}")
+            raise SpecError(f"invalid GitHub repository {_echo(f'{org}/{repo}')}")
         return f"https://{self.policy.github_host}/{org}/{repo}", ref
 
 
@@ -372,7 +386,7 @@ class GitLabRepoProvider(GitRepoProvider):
         quoted_path, ref = self._split_last(body, "gl/<url-escaped namespace/project>")
         path = unquote(quoted_path).removesuffix(".git")
         if not _GL_PATH.fullmatch(path) or ".." in path.split("/"):
-            raise SpecError(f"invalid GitLab project path {path!r}")
+            raise SpecError(f"invalid GitLab project path {_echo(path)}")
         return f"https://{self.policy.gitlab_host}/{path}", ref
 
 
@@ -382,12 +396,8 @@ class GitUrlRepoProvider(GitRepoProvider):
     def parse(self, body: str) -> tuple[str, str]:
         quoted_url, ref = self._split_last(body, "git/<url-escaped clone url>")
         url = unquote(quoted_url)
-        refuse_credentials(url)
-        if not _CLONE_URL.fullmatch(url):  # not repeated: it may hide credentials
-            raise SpecError(
-                "invalid repository URL: expected a clone URL url-escaped once "
-                "(https://host/path, ssh://host/path, git@host:path, file:///path)"
-            )
+        if not _CLONE_URL.fullmatch(url):
+            raise SpecError(f"invalid repository URL {_echo(url)}")
         return url, ref
 
 
@@ -406,7 +416,7 @@ class LocalRepoProvider(GitRepoProvider):
         given = unquote(quoted_path)
         path = os.path.realpath(given)
         if not os.path.isabs(given) or not LOCAL_PATH.fullmatch(path):
-            raise SpecError(f"invalid local repository path {given!r}")
+            raise SpecError(f"invalid local repository path {_echo(given)}")
         local_repo_path(f"{_FILE_URL}{path}", self.policy.local_roots)
         return f"{_FILE_URL}{path}", ref
 
@@ -424,11 +434,11 @@ def parse_spec(spec: str, policy: RepoPolicy) -> RepoProvider:
     """The provider for ``spec`` (``<provider>/<rest>``), its values checked."""
     prefix, sep, body = spec.partition("/")
     if not sep:
-        raise SpecError(f"malformed spec {spec!r}: expected <provider>/<repository>/<ref>")
+        raise SpecError(f"malformed spec {_echo(spec)}: expected <provider>/<repository>/<ref>")
     cls = PROVIDERS.get(prefix)
     if cls is None:
         known = ", ".join(sorted(PROVIDERS))
-        raise SpecError(f"unknown provider {prefix!r} (this site knows: {known})")
+        raise SpecError(f"unknown provider {_echo(prefix)} (this site knows: {known})")
     return cls(body, policy)
 
 

@@ -85,7 +85,7 @@ def test_site_hosts_replace_public_ones() -> None:
         ("zz/org/repo/main", "unknown provider 'zz' (this site knows: gh, git, gl, local)"),
         ("gh/org/repo", "malformed spec: expected gh/<org>/<repo>/<ref>"),
         ("gh", "malformed spec 'gh'"),
-        ("gh/org/re po/main", "invalid GitHub repository org/re po"),
+        ("gh/org/re po/main", "invalid GitHub repository 'org/re po'"),
         ("gh/org/repo/main;reboot", "invalid ref 'main;reboot'"),
         ("gh/org/repo/a..b", "invalid ref 'a..b'"),
         ("gh/org/repo/-upload-pack=x", "invalid ref '-upload-pack=x'"),
