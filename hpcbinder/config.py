@@ -10,7 +10,6 @@ error names its place in the file, e.g. ``partitions.gpu.max_time: expected
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -24,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from hpcbinder import textpatterns
 from hpcbinder.errors import UserError
 from hpcbinder.patterns import SITE_NAME
 
@@ -31,12 +31,12 @@ from hpcbinder.patterns import SITE_NAME
 SYSTEM_SITE_FILE = Path("/etc/hpcbinder/site.yaml")
 SITE_ENV = "HPCBINDER_SITE"
 
-_SLURM_TIME = re.compile(r"(?:(\d+)-)?(\d{1,2}):([0-5]\d):([0-5]\d)")
-_ACCOUNT = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_SLURM_TIME = textpatterns.compile(r"(?:(\d+)-)?(\d{1,2}):([0-5]\d):([0-5]\d)")
+_ACCOUNT = textpatterns.compile(r"[a-z_][a-z0-9_-]{0,31}")
 #: Slurm node features joined by its operators (``intel&ib``,
 #: ``[rack1|rack2]``, ``gpu*2``): no spaces, quotes or '#', so the value is
 #: one word on an #SBATCH line and one argument on a command line.
-_CONSTRAINT = re.compile(r"[A-Za-z0-9_.\[(][A-Za-z0-9_.:=*&|,()\[\]-]{0,255}")
+_CONSTRAINT = textpatterns.compile(r"[A-Za-z0-9_.\[(][A-Za-z0-9_.:=*&|,()\[\]-]{0,255}")
 
 
 def _slurm_time(value: str) -> str:
@@ -69,13 +69,16 @@ def _constraint(value: str) -> str:
 
 def _regex(value: str) -> str:
     try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"not a valid regular expression ({exc})") from exc
+        textpatterns.compile(value)
+    except textpatterns.PatternError as exc:
+        raise ValueError(
+            f"not a regular expression RE2 takes ({exc}); site patterns are matched "
+            "against requests in linear time, so they have no lookarounds or backreferences"
+        ) from exc
     return value
 
 
-_URL = re.compile(r"(https?|file)://[A-Za-z0-9._~:/?#\[\]@!$&*+,;=%-]+")
+_URL = textpatterns.compile(r"(https?|file)://[A-Za-z0-9._~:/?#\[\]@!$&*+,;=%-]+")
 
 
 def _url(value: str) -> str:
@@ -84,7 +87,7 @@ def _url(value: str) -> str:
     return value
 
 
-_CONDA_CHANNEL_NAME = re.compile(r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*")
+_CONDA_CHANNEL_NAME = textpatterns.compile(r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*")
 
 
 def _conda_channel(value: str) -> str:
@@ -107,7 +110,7 @@ def _conda_channel(value: str) -> str:
 
 
 def _hostname(value: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9.-]+(:\d+)?", value):
+    if not textpatterns.compile(r"[A-Za-z0-9.-]+(:\d+)?").fullmatch(value):
         raise ValueError("expected a host name")
     return value
 
@@ -126,7 +129,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-_MEMORY = re.compile(r"(\d+)([KMGT]?)")
+_MEMORY = textpatterns.compile(r"(\d+)([KMGT]?)")
 _MEMORY_MB = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}
 _MEMORY_KB = {"K": 1, "": 1024, "M": 1024, "G": 1024**2, "T": 1024**3}
 

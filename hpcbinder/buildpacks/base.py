@@ -10,27 +10,28 @@ definition text: :mod:`hpcbinder.render.definition` does, from the :class:`Build
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
+from hpcbinder import textpatterns
 from hpcbinder.errors import RepoConfigError
 
 #: Where the build places environment files and, when the build reads it, the repository.
 ENV_FILES_DIR = "/opt/hpcbinder/env"
 REPO_DIR = "/srv/repo"
 
-_APT_PACKAGE = re.compile(r"[a-z0-9][a-z0-9.+-]*(?:=[A-Za-z0-9.+:~-]+)?")
+_APT_PACKAGE = textpatterns.compile(r"[a-z0-9][a-z0-9.+-]*(?:=[A-Za-z0-9.+:~-]+)?")
 # Repository-relative paths that may appear in a definition: no '..' part,
 # no spaces, quotes or shell syntax.
-_REPO_PATH = re.compile(
-    r"(?!.*(?:^|/)\.\.(?:/|$))"
-    r"[A-Za-z0-9_.][A-Za-z0-9_.+-]*(?:/[A-Za-z0-9_.][A-Za-z0-9_.+-]*)*"
+# A part is a name, '.', or begins '.x' or '..x'; so never '..' (RE2 has no lookahead).
+_REPO_PART = (
+    r"(?:[A-Za-z0-9_][A-Za-z0-9_.+-]*|\.|\.[A-Za-z0-9_+-][A-Za-z0-9_.+-]*|\.\.[A-Za-z0-9_.+-]+)"
 )
-_PYTHON_RUNTIME = re.compile(r"python-(\d+)(?:\.(\d+))?(?:\.(\d+))?")
-_R_RUNTIME = re.compile(r"r-(?:(\d+\.\d+(?:\.\d+)?)-)?(\d{4}-\d{2}-\d{2})")
+_REPO_PATH = textpatterns.compile(rf"{_REPO_PART}(?:/{_REPO_PART})*")
+_PYTHON_RUNTIME = textpatterns.compile(r"python-(\d+)(?:\.(\d+))?(?:\.(\d+))?")
+_R_RUNTIME = textpatterns.compile(r"r-(?:(\d+\.\d+(?:\.\d+)?)-)?(\d{4}-\d{2}-\d{2})")
 
 
 class StepKind(enum.StrEnum):

@@ -3,18 +3,19 @@ micromamba from the site's channels, becomes the notebook kernel."""
 
 from __future__ import annotations
 
-import re
 from functools import cached_property
 from typing import Any
 
 import yaml
 
+from hpcbinder import textpatterns
 from hpcbinder.buildpacks.base import BuildPack, Step, StepKind, in_image
 from hpcbinder.errors import RepoConfigError
 
 #: The conda environment that becomes the notebook kernel.
 CONDA_ENV = "/opt/conda/envs/kernel"
-_PYTHON_DEP = re.compile(r"python\s*[=<>!~]*\s*(3\.\d{1,2})(?:[.*\d]*)")
+_PYTHON_DEP = textpatterns.compile(r"python\s*[=<>!~]*\s*(3\.\d{1,2})(?:[.*\d]*)")
+_R_BASE = textpatterns.compile(r"r-base\b")
 
 
 class CondaBuildPack(BuildPack):
@@ -60,7 +61,7 @@ class CondaBuildPack(BuildPack):
         return None
 
     def has_r(self) -> bool:
-        return any(re.match(r"r-base\b", dep.strip()) for dep in self._dependencies())
+        return any(_R_BASE.match(dep.strip()) for dep in self._dependencies())
 
     def path(self) -> list[str]:
         return [f"{CONDA_ENV}/bin", *super().path()]

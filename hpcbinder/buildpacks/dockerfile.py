@@ -19,7 +19,6 @@ import io
 import json
 import os
 import posixpath
-import re
 import tempfile
 from dataclasses import dataclass
 from functools import cached_property
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from spython.main.parse.parsers import DockerParser
 
+from hpcbinder import textpatterns
 from hpcbinder.buildpacks.base import _REPO_PATH, BuildPack, DockerRecipe, Step
 from hpcbinder.errors import RepoConfigError
 from hpcbinder.sources.checkout import leads_outside
@@ -41,16 +41,19 @@ _IGNORED = {
     "SHELL": "build steps run with /bin/sh",
     "MAINTAINER": "deprecated; use LABEL",
 }
-_WILDCARD = re.compile(r"[*?\[]")
+_WILDCARD = textpatterns.compile(r"[*?\[]")
 #: A ``--flag[=value]`` word that starts COPY/ADD arguments (the paths follow).
-_COPY_FLAG = re.compile(r"--([A-Za-z-]+)(?:=\S*)?(?:\s+|$)")
+_COPY_FLAG = textpatterns.compile(r"--([A-Za-z-]+)(?:=\S*)?(?:\s+|$)")
 _IGNORED_FLAGS = {
     "chown": "files belong to the user at run time",
     "chmod": "files belong to the user at run time",
     "link": "an Apptainer image has no layers",
 }
 #: What Docker's ADD would download: ``scheme://...`` or a git ``user@host:path``.
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://.*|[^/@\s]+@[^/:\s]+:.*")
+_URL = textpatterns.compile(r"[A-Za-z][A-Za-z0-9+.-]*://.*|[^/@\s]+@[^/:\s]+:.*")
+_IMAGE_WORD = textpatterns.compile(r"[A-Za-z0-9._/:@-]+")
+#: A line that would open an Apptainer section (space as Python's ``\s`` sees it).
+_SECTION_LINE = textpatterns.compile(rf"(?m)^{textpatterns.SPACE}*%")
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,7 @@ class DockerfileBuildPack(BuildPack):
         if len(stages) > 1:
             raise self._error(stages[1], "multi-stage builds are not supported")
         words = [w for w in stages[0].args.split() if not w.startswith("--platform")]
-        if len(words) != 1 or not re.fullmatch(r"[A-Za-z0-9._/:@-]+", words[0]):
+        if len(words) != 1 or not _IMAGE_WORD.fullmatch(words[0]):
             raise self._error(stages[0], f"cannot read the image in {stages[0].args!r}")
         return words[0]
 
@@ -201,7 +204,7 @@ class DockerfileBuildPack(BuildPack):
             if instruction.keyword in ("COPY", "ADD"):
                 files.extend(self._copy_files(instruction))
                 continue
-            if re.search(r"^\s*%", instruction.args, re.MULTILINE):
+            if _SECTION_LINE.search(instruction.args):
                 raise self._error(
                     instruction,
                     "a line may not start with '%' (it would open an Apptainer section)",

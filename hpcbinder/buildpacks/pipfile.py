@@ -24,7 +24,6 @@ the build then reads whole), VCS entries pinned to the lock's ``ref``.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -32,22 +31,26 @@ from typing import Any
 
 from packaging.markers import InvalidMarker, Marker
 
+from hpcbinder import textpatterns
 from hpcbinder.buildpacks.base import BuildPack, Step, StepKind
 from hpcbinder.buildpacks.python import parse_toml
 from hpcbinder.errors import RepoConfigError
 
-_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
-_PINNED = re.compile(r"===?[A-Za-z0-9.+!*_-]+")
-_SPECIFIER = re.compile(r"(?:[<>=!~]=?=?\s*[A-Za-z0-9.+!*_-]+\s*,?\s*)+|\*")
-_HASH = re.compile(r"(?:sha256|sha384|sha512):[0-9a-f]{64,128}")
-_VCS_URL = re.compile(r"(?:https|http|ssh|git)://[A-Za-z0-9._~:/@%+=-]+")
-_VCS_REF = re.compile(r"[A-Za-z0-9._/-]{1,200}")
-_INDEX_URL = re.compile(r"https?://[A-Za-z0-9._~:/@%+=-]+")
-_LOCAL_PATH = re.compile(r"\.(?:/[A-Za-z0-9_.][A-Za-z0-9_.+-]*)*|[A-Za-z0-9_][A-Za-z0-9_.+/-]*")
+_NAME = textpatterns.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
+_PINNED = textpatterns.compile(r"===?[A-Za-z0-9.+!*_-]+")
+_SPECIFIER = textpatterns.compile(r"(?:[<>=!~]=?=?\s*[A-Za-z0-9.+!*_-]+\s*,?\s*)+|\*")
+_HASH = textpatterns.compile(r"(?:sha256|sha384|sha512):[0-9a-f]{64,128}")
+_VCS_URL = textpatterns.compile(r"(?:https|http|ssh|git)://[A-Za-z0-9._~:/@%+=-]+")
+_VCS_REF = textpatterns.compile(r"[A-Za-z0-9._/-]{1,200}")
+_INDEX_URL = textpatterns.compile(r"https?://[A-Za-z0-9._~:/@%+=-]+")
+_LOCAL_PATH = textpatterns.compile(
+    r"\.(?:/[A-Za-z0-9_.][A-Za-z0-9_.+-]*)*|[A-Za-z0-9_][A-Za-z0-9_.+/-]*"
+)
 #: Version control entries of a Pipfile; uv installs from git only.
 _VCS = ("git", "hg", "svn", "bzr")
 #: The default index: the site's package mirror (network.mirrors.pypi_index) stands for it.
-_PYPI = re.compile(r"https?://(?:pypi\.org|pypi\.python\.org)/simple/?")
+_PYPI = textpatterns.compile(r"https?://(?:pypi\.org|pypi\.python\.org)/simple/?")
+_PYTHON_VERSION = textpatterns.compile(r"3\.\d{1,2}")
 
 
 @dataclass(frozen=True)
@@ -256,7 +259,7 @@ class PipfileBuildPack(BuildPack):
         version, relative = self._required_python()
         if version is None:
             return None
-        if not re.fullmatch(r"3\.\d{1,2}", str(version)):
+        if not _PYTHON_VERSION.fullmatch(str(version)):
             raise RepoConfigError(relative, f"[requires] python_version {version!r}: expected 3.X")
         return str(version)
 

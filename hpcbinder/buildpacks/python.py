@@ -6,19 +6,19 @@ gets the base image's Python with apt.txt, postBuild and start applied.
 
 from __future__ import annotations
 
-import re
 import tomllib
 from functools import cached_property
 from typing import Any
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
+from hpcbinder import textpatterns
 from hpcbinder.buildpacks.base import BuildPack, Step, StepKind, in_image
 from hpcbinder.errors import RepoConfigError
 
 # A requirement that reads other files of the repository: the install then
 # needs the whole repository, and the env key covers it.
-_LOCAL_REQUIREMENT = re.compile(
+_LOCAL_REQUIREMENT = textpatterns.compile(
     r"\s*(?:(?:-e|--editable)\s+)?(?:\.|\.\.|/|file:|-r\b|--requirement\b|-c\b|--constraint\b)"
 )
 

@@ -11,7 +11,6 @@ are checked against the site's limits later, by
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
@@ -25,12 +24,13 @@ from pydantic import (
     ValidationError,
 )
 
+from hpcbinder import textpatterns
 from hpcbinder.errors import UserError
 from hpcbinder.jobs.request import OVERRIDABLE
 from hpcbinder.patterns import COMMIT, ENV_KEY, SITE_NAME
 
 #: An image of the store (its env key) or a site base (``base:NAME``).
-IMAGE = re.compile(rf"{ENV_KEY.pattern}|base:{SITE_NAME.pattern}")
+IMAGE = textpatterns.compile(rf"{ENV_KEY.pattern}|base:{SITE_NAME.pattern}")
 _Text = Annotated[str, StringConstraints(max_length=200)]
 
 

@@ -14,10 +14,11 @@ the failure's message to start with.
 from __future__ import annotations
 
 import os
-import re
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+
+from hpcbinder import textpatterns
 
 HEAD_LINES = 2000
 TAIL_LINES = 1000
@@ -29,9 +30,9 @@ REASON_CHARS = 400
 #: package 'x' could not be installed from URL ..."): they know why, so such a
 #: line is the reason even where a tool's line matched before it (R CMD
 #: INSTALL's "ERROR: ...").
-_OWN_PREFIX = re.escape("hpcbinder: ")
+_OWN_PREFIX = textpatterns.escape("hpcbinder: ")
 #: A line that says why a build failed, as the tools builds run print it.
-_REASON = re.compile(
+_REASON = textpatterns.compile(
     r"\s*(?:"
     r"ERROR\b"  # pip ("ERROR: No matching distribution found for x"), R CMD INSTALL
     r"|error(?:\[\w+\])?:"  # uv ("error: No solution found ..."), git, cargo
@@ -44,9 +45,9 @@ _REASON = re.compile(
     r"|.*(?:No matching distribution|not available)"  # pip; R ("package 'x' is not available")
     r")"
 )
-_OWN = re.compile(rf"\s*{_OWN_PREFIX}")
+_OWN = textpatterns.compile(rf"\s*{_OWN_PREFIX}")
 #: A line that continues the one before it ("  cause: Because ...").
-_CONTINUED = re.compile(r"\s+\S")
+_CONTINUED = textpatterns.compile(r"\s+\S")
 
 
 def cut_marker(lines: int) -> str:

@@ -16,15 +16,16 @@ would, and nothing more.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from hpcbinder import textpatterns
 from hpcbinder.errors import UserError
 from hpcbinder.patterns import COMMIT, ENV_KEY
 
-_IMAGE_REF = re.compile(rf"hpcbinder-image=({ENV_KEY.pattern})(?![0-9a-f])")
-_COMMIT_REF = re.compile(rf"hpcbinder-commit=({COMMIT.pattern})(?![0-9a-f])")
+#: Each takes the whole run of hex digits: a longer run is not an id (checked after).
+_IMAGE_REF = textpatterns.compile(r"hpcbinder-image=([0-9a-f]+)")
+_COMMIT_REF = textpatterns.compile(r"hpcbinder-commit=([0-9a-f]+)")
 
 
 class JobReferenceError(UserError):
@@ -58,6 +59,6 @@ def references(comments: Iterable[str]) -> JobReferences:
     images: set[str] = set()
     commits: set[str] = set()
     for comment in comments:
-        images.update(_IMAGE_REF.findall(comment))
-        commits.update(_COMMIT_REF.findall(comment))
+        images.update(k for k in _IMAGE_REF.findall(comment) if ENV_KEY.fullmatch(k))
+        commits.update(c for c in _COMMIT_REF.findall(comment) if COMMIT.fullmatch(c))
     return JobReferences(frozenset(images), frozenset(commits))

@@ -17,17 +17,17 @@ environment and no entrypoint).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+from hpcbinder import textpatterns
 from hpcbinder.config import Site
 from hpcbinder.errors import UserError
 from hpcbinder.images.store import ImageRecord, image_store
 from hpcbinder.patterns import ENV_KEY, SITE_NAME
 from hpcbinder.seams import apptainer
 
-_PATH_IN_IMAGE = re.compile(r"/[A-Za-z0-9_.+-]+(?:/[A-Za-z0-9_.+-]+)*")
-_BASE = re.compile(rf"base:({SITE_NAME.pattern})")
+_PATH_IN_IMAGE = textpatterns.compile(r"/[A-Za-z0-9_.+-]+(?:/[A-Za-z0-9_.+-]+)*")
+_BASE = textpatterns.compile(rf"base:({SITE_NAME.pattern})")
 
 
 class UnknownImage(UserError):

@@ -22,13 +22,13 @@ import hashlib
 import json
 import os
 import pwd
-import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
 
+from hpcbinder import textpatterns
 from hpcbinder.buildpacks.base import REPO_DIR
 from hpcbinder.config import Site
 from hpcbinder.errors import UserError
@@ -48,10 +48,10 @@ INTERPRETERS = {".py": ["python"], ".sh": ["bash"], ".R": ["Rscript"], ".jl": ["
 NOTEBOOK = ".ipynb"
 #: Where each user's runs are recorded, for ``hpcbinder jobs`` (under home).
 JOB_INDEX = ".hpcbinder/jobs"
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NAME = textpatterns.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _RANGE = r"\d+(?:-\d+(?::\d+)?)?"
-_ARRAY = re.compile(rf"({_RANGE}(?:,{_RANGE})*)(%\d+)?")
-_SLUG_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+_ARRAY = textpatterns.compile(rf"({_RANGE}(?:,{_RANGE})*)(%\d+)?")
+_SLUG_CHARS = textpatterns.compile(r"[^A-Za-z0-9_.-]+")
 
 
 class BatchError(UserError):

@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpcbinder import textpatterns
 from hpcbinder.errors import UserError
 from hpcbinder.growingfile import GrowingFile
 from hpcbinder.jobs.batch import JOB_INDEX, BatchRun, expand_array
@@ -30,7 +30,7 @@ from hpcbinder.seams.slurm import JOB_ID, JobInfo, SlurmCLI, SubmitOptions
 EXIT_FOR_STATE = {"TIMEOUT": 124, "CANCELLED": 130, "OUT_OF_MEMORY": 137}
 INCOMPLETE = "INCOMPLETE"
 #: The id an index entry is filed under: the job's (an array's own) id.
-_INDEX_JOB_ID = re.compile(r"[0-9]+")
+_INDEX_JOB_ID = textpatterns.compile(r"[0-9]+")
 
 
 class UnknownJob(UserError):

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import ast
 import json
-import re
 from pathlib import Path
 
+from hpcbinder import textpatterns
 from hpcbinder.errors import UserError
 
 PARAMETERS_TAG = "parameters"
 #: An assignment in an R notebook's parameters cell (``alpha <- 1``, ``n = 3``).
-_R_ASSIGNMENT = re.compile(r"\s*([A-Za-z.][A-Za-z0-9._]*)\s*(?:<-|=(?!=))")
+_R_ASSIGNMENT = textpatterns.compile(r"\s*([A-Za-z.][A-Za-z0-9._]*)\s*(?:<-|=(?:[^=]|$))")
 
 
 class NotebookError(UserError):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -173,7 +172,7 @@ def request_for(
         raise ResourceError(refusal)
     problems = over_limits("", profile, partition, profile.partition)
     if problems:
-        raise ResourceError(re.sub(r"^\.", "", problems[0]))
+        raise ResourceError(problems[0].removeprefix("."))
     return JobRequest(
         profile.partition,
         profile.time,

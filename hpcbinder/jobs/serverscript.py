@@ -13,10 +13,10 @@ the researcher's home (unless the site sets ``container.bind_home``).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpcbinder import textpatterns
 from hpcbinder.buildpacks.base import REPO_DIR
 from hpcbinder.config import Site
 from hpcbinder.errors import UserError
@@ -27,8 +27,8 @@ from hpcbinder.render import templating
 from hpcbinder.seams import apptainer
 from hpcbinder.seams.apptainer import Bind
 
-_SAFE_PATH = re.compile(r"/[A-Za-z0-9_.+/-]*")
-_SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+_SAFE_PATH = textpatterns.compile(r"/[A-Za-z0-9_.+/-]*")
+_SLUG = textpatterns.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
 @dataclass(frozen=True)

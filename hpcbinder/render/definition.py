@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
+from hpcbinder import textpatterns
 from hpcbinder.buildpacks.base import ENV_FILES_DIR, REPO_DIR, BuildPlan, DockerRecipe, StepKind
 from hpcbinder.buildpacks.conda import CONDA_ENV
 from hpcbinder.config import Site, SiteConfigError
@@ -49,9 +49,11 @@ JULIA_VERSION = "1.10.5"
 #: The image's runscript, in a full build (%runscript) and an overlay alike.
 RUNSCRIPT_IN_IMAGE = "/.singularity.d/runscript"
 
-_SAFE_PATH = re.compile(r"/?[A-Za-z0-9_.+-]+(?:/[A-Za-z0-9_.+-]+)*/?")
-_DOCKER_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*")
-_SECTION = re.compile(r"^\s*%(\w+)")
+_SAFE_PATH = textpatterns.compile(r"/?[A-Za-z0-9_.+-]+(?:/[A-Za-z0-9_.+-]+)*/?")
+_DOCKER_REF = textpatterns.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*")
+#: A line Apptainer reads as a section: ``%`` first after space (Python's
+#: idea of space, which is wider than RE2's ``\s``); the name is what follows.
+_SECTION = textpatterns.compile(rf"{textpatterns.SPACE}*%(\S*)")
 
 
 @dataclass(frozen=True)

@@ -19,15 +19,15 @@ same way (measured: without them %post writes the host's /tmp and /var/tmp).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpcbinder import textpatterns
 from hpcbinder.seams import proc
 
 APPTAINER = "apptainer"
-_VERSION = re.compile(r"apptainer version (\d+)\.(\d+)\.(\d+)\S*")
+_VERSION = textpatterns.compile(r"apptainer version (\d+)\.(\d+)\.(\d+)\S*")
 
 #: zstd at a low level: about as small as mksquashfs's default gzip, ten times
 #: faster to write (1.5 s instead of 17.6 s for 231 MB here); squashfuse reads it.

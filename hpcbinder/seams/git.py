@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -49,13 +48,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpcbinder import textpatterns
 from hpcbinder.patterns import COMMIT, LOCAL_PATH
 from hpcbinder.seams import proc
 
-_LS_REMOTE_LINE = re.compile(rf"({COMMIT.pattern})\t(\S+)")
+_LS_REMOTE_LINE = textpatterns.compile(rf"({COMMIT.pattern})\t(\S+)")
 #: A line of git's stderr that starts a new message (``fatal: ...``).
-_MESSAGE_START = re.compile(r"(?:fatal|error|warning|hint|remote):", re.IGNORECASE)
-_ERROR_START = re.compile(r"(?:fatal|error): ?", re.IGNORECASE)
+_MESSAGE_START = textpatterns.compile(r"(?i)(?:fatal|error|warning|hint|remote):")
+_ERROR_START = textpatterns.compile(r"(?i)(?:fatal|error): ?")
 #: How long a git error (first line and its continuation) may get before
 #: only its first line is kept.
 _ERROR_CHARS = 300
@@ -65,7 +65,7 @@ _WATCH_SECONDS = 0.2
 #: Submodules of submodules are fetched down to this depth.
 MAX_SUBMODULE_DEPTH = 4
 #: A gitlink (submodule) in ``git ls-files --stage`` output.
-_GITLINK = re.compile(rf"160000 ({COMMIT.pattern}) 0\t(.+)")
+_GITLINK = textpatterns.compile(rf"160000 ({COMMIT.pattern}) 0\t(.+)")
 
 #: Judges a submodule URL by the site's policy: raises if it is not
 #: allowed, else returns its checked path for a repository on this host.

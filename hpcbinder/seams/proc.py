@@ -13,13 +13,14 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
-import re
 import signal
 import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from hpcbinder import textpatterns
 
 #: How much of a failing program's output an error message carries.
 ERROR_TAIL_CHARS = 2000
@@ -28,7 +29,7 @@ ERROR_TAIL_CHARS = 2000
 #: the hub's own variables (its token, the server's settings), never this
 #: host's PATH or library paths. The site's sudoers rule keeps exactly
 #: these (``env_keep``, configs/sudoers.hpcbinder), without ``SETENV``.
-FORWARDED_ENV = re.compile(r"(?:JUPYTERHUB_|JPY_|HPCBINDER_)\w*|LANG|LC_\w+")
+FORWARDED_ENV = textpatterns.compile(r"(?:JUPYTERHUB_|JPY_|HPCBINDER_)\w*|LANG|LC_\w+")
 
 
 def forwarded_env(env: Mapping[str, str] | None) -> dict[str, str]:

@@ -12,7 +12,6 @@ input, ahead of the job script, and a fixed shell loop exports them.
 from __future__ import annotations
 
 import contextlib
-import re
 import select
 import shlex
 import socket
@@ -21,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import paramiko
 
+from hpcbinder import textpatterns
 from hpcbinder.config import LOGIN_AS_USER, LoginNode, SSHHost
 from hpcbinder.seams import proc
 from hpcbinder.seams.proc import CommandResult
@@ -32,7 +32,7 @@ _EXPORT_THEN_RUN = (
     'cd "$HOME" 2>/dev/null || cd /; '
     'while IFS= read -r kv && [ -n "$kv" ]; do export "$kv"; done; exec "$@"'
 )
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ENV_NAME = textpatterns.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: Longest wait for one Slurm command's answer on the login node.
 COMMAND_SECONDS = 120
 

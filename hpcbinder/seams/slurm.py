@@ -11,12 +11,12 @@ unusual version changes data, not code.
 from __future__ import annotations
 
 import enum
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from hpcbinder import textpatterns
 from hpcbinder.patterns import SITE_NAME
 from hpcbinder.seams import proc
 
@@ -40,7 +40,7 @@ USABLE_NODE_STATES = frozenset({"idle", "mixed", "allocated", "completing"})
 
 
 #: A job id as sbatch prints it, or one task of an array.
-JOB_ID = re.compile(r"\d+(?:_\d+)?")
+JOB_ID = textpatterns.compile(r"\d+(?:_\d+)?")
 
 
 class SlurmError(RuntimeError):
@@ -78,22 +78,26 @@ class SlurmDialect:
     #: Every job of every user and partition with its state and comment. Not
     #: squeue's default states: those leave out suspended and held jobs.
     squeue_comments: tuple[str, ...] = ("squeue", "-h", "-a", "--states=all", "-o", "%T|%k")
-    private_data: re.Pattern[str] = re.compile(r"^PrivateData\s*=\s*(\S*)", re.MULTILINE)
-    slurm_user: re.Pattern[str] = re.compile(r"^SlurmUser\s*=\s*([^\s(]+)", re.MULTILINE)
+    private_data: textpatterns.Pattern = textpatterns.compile(r"(?m)^PrivateData\s*=\s*(\S*)")
+    slurm_user: textpatterns.Pattern = textpatterns.compile(r"(?m)^SlurmUser\s*=\s*([^\s(]+)")
     #: Admin levels (sacctmgr) that see every job whatever PrivateData says.
     sees_all_jobs: frozenset[str] = frozenset({"operator", "administrator"})
-    squeue_pending: re.Pattern[str] = re.compile(r"(?:PENDING|CONFIGURING|REQUEUED|RESIZING)\b")
-    squeue_running: re.Pattern[str] = re.compile(r"(?:RUNNING|COMPLETING)\b")
-    squeue_fields: re.Pattern[str] = re.compile(
+    squeue_pending: textpatterns.Pattern = textpatterns.compile(
+        r"(?:PENDING|CONFIGURING|REQUEUED|RESIZING)\b"
+    )
+    squeue_running: textpatterns.Pattern = textpatterns.compile(r"(?:RUNNING|COMPLETING)\b")
+    squeue_fields: textpatterns.Pattern = textpatterns.compile(
         r"\s*(?P<state>\S+)(?:\s+(?P<node>\S+))?(?:\s+(?P<partition>\S+))?(?:\s+(?P<reason>.*\S))?\s*"
     )
     squeue_no_node: frozenset[str] = frozenset({"n/a", "(null)"})
-    ping_up: re.Pattern[str] = re.compile(r"Slurmctld\((?:primary|backup)\) at (\S+) is UP")
-    job_id: re.Pattern[str] = re.compile(r"(\d+)(?:;\S+)?")
-    job_gone: re.Pattern[str] = re.compile(r"Invalid job id specified")
-    job_fields: dict[str, re.Pattern[str]] = field(
+    ping_up: textpatterns.Pattern = textpatterns.compile(
+        r"Slurmctld\((?:primary|backup)\) at (\S+) is UP"
+    )
+    job_id: textpatterns.Pattern = textpatterns.compile(r"(\d+)(?:;\S+)?")
+    job_gone: textpatterns.Pattern = textpatterns.compile(r"Invalid job id specified")
+    job_fields: dict[str, textpatterns.Pattern] = field(
         default_factory=lambda: {
-            name: re.compile(rf"(?:^|\s){name}=(\S*)")
+            name: textpatterns.compile(rf"(?:^|\s){name}=(\S*)")
             for name in (
                 "JobId",
                 "JobName",
@@ -152,7 +156,8 @@ class PartitionLoad:
     pending_jobs: int
 
 
-_GPU_GRES = re.compile(r"gpu(?::[A-Za-z0-9_.-]+)?:(\d+)")
+_GPU_GRES = textpatterns.compile(r"gpu(?::[A-Za-z0-9_.-]+)?:(\d+)")
+_EXIT_CODE = textpatterns.compile(r"(\d+):(\d+)")
 
 
 @dataclass(frozen=True)
@@ -189,7 +194,7 @@ def _hides_jobs(config: str, dialect: SlurmDialect) -> bool:
 
 
 def _parse_exit_code(text: str) -> tuple[int | None, int | None]:
-    match = re.fullmatch(r"(\d+):(\d+)", text)
+    match = _EXIT_CODE.fullmatch(text)
     if not match:
         return None, None
     return int(match.group(1)), int(match.group(2))

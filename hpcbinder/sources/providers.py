@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 import stat
 import tempfile
@@ -40,20 +39,21 @@ from pathlib import Path
 from typing import ClassVar
 from urllib.parse import unquote, urlsplit
 
+from hpcbinder import textpatterns
 from hpcbinder.config import RepoPolicy
 from hpcbinder.errors import RepoNotAllowed, RepoUnreachable, SpecError, UnknownRef
 from hpcbinder.patterns import COMMIT, LOCAL_PATH
 from hpcbinder.seams import git
 
-_REF = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/+@-]{0,254}")
-_GH_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
-_GL_PATH = re.compile(r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*")
+_REF = textpatterns.compile(r"[A-Za-z0-9_][A-Za-z0-9._/+@-]{0,254}")
+_GH_NAME = textpatterns.compile(r"[A-Za-z0-9_.-]{1,100}")
+_GL_PATH = textpatterns.compile(r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*")
 _FILE_URL = "file://"
-_CLONE_URL = re.compile(
+_CLONE_URL = textpatterns.compile(
     r"(?:https?|git|ssh|file)://[A-Za-z0-9._~:/?#@+=%-]+"  # scheme://...
     r"|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[A-Za-z0-9._~/+=%-]+"  # scp-like user@host:path
 )
-_SHORT_SHA = re.compile(r"[0-9a-f]{7,39}")
+_SHORT_SHA = textpatterns.compile(r"[0-9a-f]{7,39}")
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class ResolvedRepo:
 
 #: A user name an ssh URL may carry (ssh://git@host/..., git@host:...): a
 #: key, never a password, authenticates it.
-_SSH_USER = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_SSH_USER = textpatterns.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def refuse_credentials(url: str) -> None:
@@ -300,10 +300,14 @@ class GitRepoProvider(RepoProvider):
         # neither escapes a ban nor borrows an allowed name.
         seen = [url] if path is None else list(dict.fromkeys([url, f"{_FILE_URL}{path}"]))
         judged = seen[-1]
-        if any(re.fullmatch(pattern, each) for pattern in self.policy.ban for each in seen):
+        if any(
+            textpatterns.compile(pattern).fullmatch(each)
+            for pattern in self.policy.ban
+            for each in seen
+        ):
             raise RepoNotAllowed(f"{url} is banned on this site")
         if self.policy.allow and not any(
-            re.fullmatch(pattern, judged) for pattern in self.policy.allow
+            textpatterns.compile(pattern).fullmatch(judged) for pattern in self.policy.allow
         ):
             raise RepoNotAllowed(f"{url} is not on this site's allow list")
         return path

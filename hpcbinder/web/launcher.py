@@ -12,17 +12,17 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
+from hpcbinder import textpatterns
 from hpcbinder.errors import UserError
 from hpcbinder.hub.options import LaunchOptions
 
-_UNSAFE = re.compile(r"[^a-z0-9]+")
+_UNSAFE = textpatterns.compile(r"[^a-z0-9]+")
 
 
 class LaunchFailed(UserError):

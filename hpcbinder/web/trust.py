@@ -21,16 +21,23 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 
+from hpcbinder import textpatterns
 from hpcbinder.config import BinderService
 
 #: A branch or tag, by name or full ref; not another ref namespace.
-_NAMED_REF = re.compile(r"(?!refs/)[^/].*|refs/(?:heads|tags)/.+|HEAD")
+#: (Anything else under ``refs/`` is not: see :func:`_named_ref`.)
+_NAMED_REF = textpatterns.compile(r"[^/].*")
+_FULL_NAMED_REF = textpatterns.compile(r"refs/(?:heads|tags)/.+")
 #: What git may read as a commit id (a full or abbreviated SHA).
-_COMMIT_LIKE = re.compile(r"[0-9a-fA-F]{7,64}")
+_COMMIT_LIKE = textpatterns.compile(r"[0-9a-fA-F]{7,64}")
+
+
+def _named_ref(ref: str) -> bool:
+    pattern = _FULL_NAMED_REF if ref.startswith("refs/") else _NAMED_REF
+    return pattern.fullmatch(ref) is not None
 
 
 def _digest(text: str) -> str:
@@ -49,9 +56,12 @@ class Confirmations:
         """Whether the site vouches for ``clone_url`` at ``ref`` (or asks nobody)."""
         if not self.policy.confirm_untrusted:
             return True
-        if not _NAMED_REF.fullmatch(ref) or _COMMIT_LIKE.fullmatch(ref):
+        if not _named_ref(ref) or _COMMIT_LIKE.fullmatch(ref):
             return False
-        return any(re.fullmatch(pattern, clone_url) for pattern in self.policy.trusted_repos)
+        return any(
+            textpatterns.compile(pattern).fullmatch(clone_url)
+            for pattern in self.policy.trusted_repos
+        )
 
     def _path(self, user: str) -> Path:
         return self.folder / f"{_digest(user)}.json"
