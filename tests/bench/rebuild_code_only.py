@@ -1,45 +1,27 @@
 """rebuild_code_only: a second commit that changes only a notebook, from
-the request (`hpcbinder build`) to the image path; no build may run. The
-floor is what any launcher must do for a new commit anyway: list the refs
-and fetch the commit.
+the request (`hpcbinder build`, a researcher's, through a build server of
+the benchmark's site) to the image path; no build may run. The floor is what
+any launcher must do for a new commit anyway: list the refs and fetch the
+commit.
 
-Run: sudo .venv/bin/python -m tests.bench.rebuild_code_only
+Run: sudo .venv/bin/python -m tests.bench.rebuild_code_only [--quick]
 """
 
 from __future__ import annotations
 
 import subprocess
-import sys
-from pathlib import Path
-from urllib.parse import quote
 
-from tests.bench.common import commit, make_repo, report, site_in, timed, workspace
+from tests.bench.common import build_servers, commit, make_repo, report, run_build, timed, workspace
 
 
 def main() -> None:
-    with workspace() as root:
-        repo = make_repo(
-            root / "repos" / "analysis",
-            {"requirements.txt": "six==1.16.0\n", "index.ipynb": "{}\n"},
-        )
-        site_file = root / "site.yaml"
-        site_file.write_text(site_in(root).model_dump_json())
-        spec = f"local/{quote(str(repo), safe='')}/main"
-        cli = [
-            str(Path(sys.executable).parent / "hpcbinder"),
-            "--site",
-            str(site_file),
-            "build",
-            spec,
-        ]
-        first = subprocess.run(cli, capture_output=True, text=True, check=True)
+    with workspace("rebuild") as root, build_servers(root) as (site,):
+        repo = root / "repos" / "analysis"
+        spec = make_repo(repo, {"requirements.txt": "six==1.16.0\n"})
+        first = run_build(site, spec)
         (repo / "index.ipynb").write_text('{"cells": ["a new analysis"]}\n')
         commit(repo, "notebook only")
-        second: list[subprocess.CompletedProcess[str]] = []
-        seconds = timed(
-            lambda: second.append(subprocess.run(cli, capture_output=True, text=True, check=True))
-        )
-        builds = second[0].stderr.count(" building: ")
+        second = run_build(site, spec)
 
         scratch = root / "floor"
         floor = timed(
@@ -65,10 +47,11 @@ def main() -> None:
         )
         report(
             "rebuild_code_only",
-            seconds=round(seconds, 3),
+            seconds=round(second.seconds, 3),
+            phases=second.phases,
             floor_seconds=round(floor, 3),
-            builds_run=builds,
-            same_image=first.stdout == second[0].stdout,
+            builds_run=int("lock_and_stage" in second.phases),
+            same_image=first.key == second.key,
             target_builds=0,
         )
 
