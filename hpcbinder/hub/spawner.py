@@ -62,10 +62,43 @@ from hpcbinder.jobs.servers import (
     accepts_connections,
 )
 from hpcbinder.jobs.serverscript import Seed, ServerJob, render_server_script, workspace_for
+from hpcbinder.seams import apptainer
 from hpcbinder.seams.cluster import cluster_runner, cluster_slurm
 from hpcbinder.seams.remote import LoginNodeCommands, Tunnel
 from hpcbinder.seams.slurm import SlurmCLI
 
+#: What a server's job gets of JupyterHub's ``get_env()``: the variables
+#: jupyterhub-singleuser reads, each the server's own (its token, its URLs,
+#: its OAuth client), by exact name. Nothing else of the hub's environment
+#: (``env_keep``, ``Spawner.environment``) reaches a researcher's job; the
+#: shipped sudoers rule keeps exactly these, as their container names
+#: (:func:`hpcbinder.seams.apptainer.container_env`).
+SERVER_ENV = (
+    "JUPYTERHUB_ACTIVITY_URL",
+    "JUPYTERHUB_ADMIN_ACCESS",
+    "JUPYTERHUB_API_TOKEN",
+    "JUPYTERHUB_API_URL",
+    "JUPYTERHUB_BASE_URL",
+    "JUPYTERHUB_CLIENT_ID",
+    "JUPYTERHUB_COOKIE_HOST_PREFIX_ENABLED",
+    "JUPYTERHUB_COOKIE_OPTIONS",
+    "JUPYTERHUB_DEBUG",
+    "JUPYTERHUB_DEFAULT_URL",
+    "JUPYTERHUB_DISABLE_USER_CONFIG",
+    "JUPYTERHUB_HOST",
+    "JUPYTERHUB_OAUTH_ACCESS_SCOPES",
+    "JUPYTERHUB_OAUTH_CALLBACK_URL",
+    "JUPYTERHUB_OAUTH_CLIENT_ALLOWED_SCOPES",
+    "JUPYTERHUB_OAUTH_SCOPES",
+    "JUPYTERHUB_PUBLIC_HUB_URL",
+    "JUPYTERHUB_PUBLIC_URL",
+    "JUPYTERHUB_ROOT_DIR",
+    "JUPYTERHUB_SERVER_NAME",
+    "JUPYTERHUB_SERVICE_PREFIX",
+    "JUPYTERHUB_SERVICE_URL",
+    "JUPYTERHUB_SINGLEUSER_APP",
+    "JUPYTERHUB_USER",
+)
 #: Seconds of start_timeout beyond the queue wait and the server's start:
 #: submitting, and the hub's own steps around start().
 _START_MARGIN = 30
@@ -191,6 +224,12 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
             entrypoint=tuple(image.entrypoint),
         )
 
+    def server_env(self) -> dict[str, str]:
+        """The server job's whole environment: :data:`SERVER_ENV` of
+        ``get_env()``, for its container."""
+        env = self.get_env()
+        return apptainer.container_env({name: env[name] for name in SERVER_ENV if name in env})
+
     # --- batchspawner's hooks, without shell strings ------------------------------
 
     async def submit_batch_script(self) -> str:
@@ -202,7 +241,7 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
         if job.image_key is not None:
             await self._record_use(job.image_key)
         script = render_server_script(self.site, job)
-        self.job_id = await self._jobs().submit(script, self.get_env())
+        self.job_id = await self._jobs().submit(script, self.server_env())
         self.log.info("Submitted server job %s for %s", self.job_id, self.user.name)
         return str(self.job_id)
 

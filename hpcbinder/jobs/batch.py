@@ -286,6 +286,11 @@ def plan_run(
 
 
 def render_batch_script(run: BatchRun) -> str:
+    """The job script of ``run``. Each value is checked where it goes: an
+    #SBATCH value by its shape (the array spec here), every shell word
+    quoted, and none may add a line (the renderer refuses line breaks)."""
+    if run.array:
+        expand_array(run.array)
     cases = [
         (str(task.index), run.task_argv(task), json.dumps(task.parameters)) for task in run.tasks
     ]

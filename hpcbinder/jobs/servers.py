@@ -10,8 +10,8 @@ the failure handling a long-running server needs:
 - a job that dies while starting is reported at once with the tail of its
   output, instead of after the spawner's start timeout.
 
-The hub token reaches the job through the environment sbatch passes on,
-never through argv or a log line.
+The hub token reaches the job through the environment sbatch passes on
+(exactly the variables the spawner names), never through argv or a log line.
 
 On a busy cluster a server's job may wait in the queue for hours, so the
 wait is reported (:class:`QueueWatch` → :class:`LaunchProgress`, which the
@@ -156,7 +156,8 @@ class ServerJobs:
     backoff: float = 0.5
 
     async def submit(self, script: str, env: Mapping[str, str]) -> str:
-        """Submit ``script`` as the user; its environment is ``env``."""
+        """Submit ``script`` as the user; the job's environment is exactly
+        ``env`` (on the user's own login environment)."""
         return await asyncio.to_thread(
             self.slurm.submit, script, SubmitOptions(), user=self.user, env=env
         )

@@ -19,7 +19,7 @@ same way (measured: without them %post writes the host's /tmp and /var/tmp).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,9 +146,23 @@ def job_options(binds: Sequence[Bind], *, gpus: int) -> list[str]:
 
     ``--contain``: none of Apptainer's default binds ($HOME, /tmp, /var/tmp,
     the working folder); the job script adds its workspace as home and
-    working folder. Not ``--containall``: its ``--cleanenv`` would drop the
-    hub's variables (``JUPYTERHUB_*``) the server needs. ``--pid``: what the
-    repository's code starts (a ``setsid`` daemon too) ends with the job,
-    whatever the site's Slurm process tracking. ``--nv`` for GPUs.
+    working folder. ``--cleanenv``: nothing of the job's environment enters
+    the container but what :func:`container_env` names (a server's own hub
+    variables). ``--pid``: what the repository's code starts (a ``setsid``
+    daemon too) ends with the job, whatever the site's Slurm process
+    tracking. ``--nv`` for GPUs.
     """
-    return ["--contain", "--pid", *(["--nv"] if gpus else []), *_binds(binds)]
+    return ["--contain", "--cleanenv", "--pid", *(["--nv"] if gpus else []), *_binds(binds)]
+
+
+#: Apptainer sets ``NAME`` in a container, ``--cleanenv`` or not, from the
+#: host's ``APPTAINERENV_NAME``.
+CONTAINER_ENV_PREFIX = "APPTAINERENV_"
+
+
+def container_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` as the variables a job passes to ``apptainer exec`` so that
+    its container (started with ``--cleanenv``) has them: values travel in
+    the environment, never on a command line that ``ps`` shows. The names
+    are ones no hub or service process has of its own."""
+    return {CONTAINER_ENV_PREFIX + name: value for name, value in env.items()}

@@ -5,7 +5,9 @@ an argv list through :func:`run`, never through a shell, so no value from a
 user, a URL or a repository can become a command. Running as another account
 (the build account, a researcher) goes through ``sudo -n -u USER --``: the
 same mechanism batchspawner's ``exec_prefix`` uses, and sites already
-configure sudoers for it.
+configure sudoers for it. Such a command never inherits this process's
+environment: it gets exactly the variables its caller names
+(:func:`account_env`).
 """
 
 from __future__ import annotations
@@ -20,21 +22,42 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from hpcbinder import textpatterns
-
 #: How much of a failing program's output an error message carries.
 ERROR_TAIL_CHARS = 2000
 
-#: What may travel to a command run as another account, or on another host:
-#: the hub's own variables (its token, the server's settings), never this
-#: host's PATH or library paths. The site's sudoers rule keeps exactly
-#: these (``env_keep``, configs/sudoers.hpcbinder), without ``SETENV``.
-FORWARDED_ENV = textpatterns.compile(r"(?:JUPYTERHUB_|JPY_|HPCBINDER_)\w*|LANG|LC_\w+")
+#: The only PATH a command run as another account starts with (sudo then
+#: sets the target's own ``secure_path``): never this host's PATH.
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def forwarded_env(env: Mapping[str, str] | None) -> dict[str, str]:
-    """The part of ``env`` that :data:`FORWARDED_ENV` lets travel."""
-    return {name: value for name, value in (env or {}).items() if FORWARDED_ENV.fullmatch(name)}
+def passed_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    """``env`` as a command run as another account gets it, each name and
+    value checked: a name a shell, sudo and sbatch read as one name (never
+    PATH, which :func:`account_env` fixes), a value without NUL.
+
+    The one place that decides what crosses to another account (over sudo
+    here, over SSH in :mod:`hpcbinder.seams.remote`): a caller passes each
+    variable by name, with the value it chose (a server's own hub token),
+    so the hub's and the Binder service's own secrets cannot travel, whatever
+    their names. sudo keeps only the names the sudoers rule lists
+    (configs/sudoers.hpcbinder, exact names), of this environment.
+    """
+    passed = dict(env or {})
+    for name, value in passed.items():
+        # One word of ASCII letters, digits and _, as a shell, sudo and
+        # sbatch's --export read a name.
+        if not (name.isascii() and name.isidentifier()) or name == "PATH":
+            raise ValueError(f"{name!r} cannot be passed to another account")
+        if "\0" in value or "\n" in value:
+            raise ValueError(f"the value of {name!r} holds a NUL byte or a line break")
+    return passed
+
+
+def account_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    """The whole environment of a command run as another account:
+    :func:`passed_env` on a fixed PATH (to find ``sudo``), nothing of this
+    process's own environment."""
+    return {"PATH": SAFE_PATH, **passed_env(env)}
 
 
 @dataclass(frozen=True)
@@ -71,18 +94,6 @@ def current_user() -> str:
     return getpass.getuser()
 
 
-def as_user(argv: Sequence[str], user: str | None, keep_env: Sequence[str] = ()) -> list[str]:
-    """argv prefixed so that it runs as ``user`` (unchanged for ourselves).
-
-    ``keep_env`` names the variables sudo passes on (their values stay in
-    the environment, never in argv): names :data:`FORWARDED_ENV` allows,
-    which the site's sudoers rule keeps.
-    """
-    if user is None or user == current_user():
-        return list(argv)
-    return sudo_argv(argv, user, keep_env)
-
-
 def sudo_argv(argv: Sequence[str], user: str, keep_env: Sequence[str] = ()) -> list[str]:
     """argv through ``sudo -n`` as ``user``: never a password prompt, only
     what the site's sudoers rules allow (here or on a login node)."""
@@ -103,13 +114,11 @@ def run(
 
     Raises :class:`CommandError` only when the program cannot be started or
     does not finish within ``timeout`` seconds; callers decide what a
-    non-zero exit means (see :func:`check`). ``env`` adds to (never
-    replaces) this process's environment; to another account, only its
-    :func:`forwarded_env` part travels.
+    non-zero exit means (see :func:`check`). For this account ``env`` adds
+    to this process's environment; another account gets exactly ``env``
+    (:func:`account_env`), nothing of this process's.
     """
-    if user is not None and user != current_user():
-        env = forwarded_env(env)
-    full = as_user(argv, user, sorted(env or {}))
+    full, child_env = _command(argv, user, env)
     try:
         done = subprocess.run(
             full,
@@ -118,7 +127,7 @@ def run(
             text=True,
             timeout=timeout,
             cwd=cwd,
-            env=None if env is None else {**os.environ, **env},
+            env=child_env,
             check=False,
         )
     except FileNotFoundError as exc:
@@ -126,6 +135,17 @@ def run(
     except subprocess.TimeoutExpired as exc:
         raise CommandError(full, f"did not finish within {timeout:g} s") from exc
     return CommandResult(tuple(full), done.returncode, done.stdout, done.stderr)
+
+
+def _command(
+    argv: Sequence[str], user: str | None, env: Mapping[str, str] | None
+) -> tuple[list[str], dict[str, str] | None]:
+    """The argv and the whole environment that run ``argv`` as ``user``
+    with ``env`` (None: this process's own environment)."""
+    if user is not None and user != current_user():
+        child_env = account_env(env)
+        return sudo_argv(argv, user, sorted(set(child_env) - {"PATH"})), child_env
+    return list(argv), None if env is None else {**os.environ, **env}
 
 
 def check(result: CommandResult) -> CommandResult:
@@ -186,12 +206,14 @@ def stream(
     The program runs in its own session; past ``timeout`` seconds the whole
     session is killed and :class:`CommandError` raised, so no build outlives
     its limit. ``on_start`` learns the session id (so that whoever takes
-    over after this process dies can end what it started).
+    over after this process dies can end what it started). Another account
+    gets no environment of this process (:func:`account_env`).
     """
-    full = as_user(argv, user)
+    full, child_env = _command(argv, user, None)
     try:
         child = subprocess.Popen(
             full,
+            env=child_env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

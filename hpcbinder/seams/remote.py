@@ -6,7 +6,11 @@ SSH runs a command string through the login shell, so argv lists become
 shell text here, every word through ``shlex.quote``. Environment values
 (the server's hub token among them) never go into that text, where ``ps``
 on the login node would show them: they travel on the command's standard
-input, ahead of the job script, and a fixed shell loop exports them.
+input, ahead of the job script, and a fixed shell loop exports them. The
+command starts from an empty environment (``env -i``), as one run through
+sudo on this host does: only a fixed PATH, the account's HOME and the
+variables its caller passed (:func:`hpcbinder.seams.proc.passed_env`), never
+the login shell's own variables.
 """
 
 from __future__ import annotations
@@ -20,19 +24,19 @@ from collections.abc import Callable, Mapping, Sequence
 
 import paramiko
 
-from hpcbinder import textpatterns
 from hpcbinder.config import LOGIN_AS_USER, LoginNode, SSHHost
 from hpcbinder.seams import proc
 from hpcbinder.seams.proc import CommandResult
 
-#: Reads NAME=VALUE lines up to an empty one, exports them, runs "$@" from
-#: the user's home (not the service account's folder, after sudo); the rest
-#: of standard input (a job script) is left to the command.
+#: Runs "$@" from the user's home (not the service account's folder, after
+#: sudo) in an empty environment but PATH and HOME, after exporting the
+#: NAME=VALUE lines read up to an empty one; the rest of standard input (a
+#: job script) is left to the command.
 _EXPORT_THEN_RUN = (
     'cd "$HOME" 2>/dev/null || cd /; '
-    'while IFS= read -r kv && [ -n "$kv" ]; do export "$kv"; done; exec "$@"'
+    f'exec env -i PATH={proc.SAFE_PATH} HOME="$HOME" sh -c '
+    '\'while IFS= read -r kv && [ -n "$kv" ]; do export "$kv"; done; exec "$@"\' sh "$@"'
 )
-_ENV_NAME = textpatterns.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: Longest wait for one Slurm command's answer on the login node.
 COMMAND_SECONDS = 120
 
@@ -55,13 +59,9 @@ def ssh_client(host: SSHHost, username: str, timeout: float = 30) -> paramiko.SS
 
 
 def env_lines(env: Mapping[str, str]) -> str:
-    """``env`` as the NAME=VALUE lines :data:`_EXPORT_THEN_RUN` reads."""
-    lines = []
-    for name, value in env.items():
-        if not _ENV_NAME.fullmatch(name) or "\n" in value or "\0" in value:
-            raise ValueError(f"environment variable {name!r} cannot be passed over SSH")
-        lines.append(f"{name}={value}\n")
-    return "".join(lines) + "\n"
+    """``env`` (checked: :func:`hpcbinder.seams.proc.passed_env`) as the
+    NAME=VALUE lines :data:`_EXPORT_THEN_RUN` reads."""
+    return "".join(f"{name}={value}\n" for name, value in proc.passed_env(env).items()) + "\n"
 
 
 class LoginNodeCommands:
@@ -114,7 +114,7 @@ class LoginNodeCommands:
         account = user or (
             proc.current_user() if self.login.user == LOGIN_AS_USER else self.login.user
         )
-        forwarded = proc.forwarded_env(env)
+        lines = env_lines(env or {})
         line = self.command_line(account, argv)
         try:
             channel = self.transport(account).open_session(timeout=30)
@@ -122,7 +122,7 @@ class LoginNodeCommands:
                 # Slurm's answers are small: reading stdout, then stderr, cannot stall.
                 channel.settimeout(timeout)
                 channel.exec_command(line)
-                channel.sendall((env_lines(forwarded) + (input_text or "")).encode())
+                channel.sendall((lines + (input_text or "")).encode())
                 channel.shutdown_write()
                 out = channel.makefile("rb").read()
                 err = channel.makefile_stderr("rb").read()

@@ -323,9 +323,13 @@ class SlurmCLI:
         env: Mapping[str, str] | None = None,
     ) -> str:
         """Submit ``script`` (read by sbatch from stdin) and return the job
-        id; ``env`` joins the job's environment (sbatch exports it)."""
+        id. The job gets exactly the variables of ``env`` (``--export``
+        names each, ``NONE`` for none) on its account's own login
+        environment (which that mode loads), never the submitting process's
+        environment."""
+        export = ",".join(sorted(proc.passed_env(env))) or "NONE"
         result = self._run(
-            [*self.dialect.sbatch, "--parsable", *options.argv()],
+            [*self.dialect.sbatch, "--parsable", f"--export={export}", *options.argv()],
             user=user,
             input_text=script,
             env=env,

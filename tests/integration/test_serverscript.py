@@ -54,6 +54,7 @@ def test_hostile_values_stay_single_words(tmp_path: Path) -> None:
         "apptainer",
         "exec",
         "--contain",
+        "--cleanenv",
         "--pid",
         "--bind",
         "/etc/hostname:/mnt/host-hostname:ro",

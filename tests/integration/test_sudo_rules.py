@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SITE_BIN, DevCluster, as_account
+from hpcbinder.hub.spawner import SERVER_ENV
+from hpcbinder.seams import apptainer
+from tests.conftest import REPO, SITE_BIN, DevCluster, as_account
 
 pytestmark = pytest.mark.slurm
 
@@ -102,11 +104,33 @@ def test_variables_other_than_the_hubs_cannot_reach_a_researchers_program() -> N
     assert "not allowed to set" in partition.stderr
 
 
-def test_the_hub_submits_with_its_token_in_the_environment_and_nothing_else(
+#: The service's own secrets, in its environment when it submits a job.
+SERVICE_SECRETS = {
+    "JUPYTERHUB_API_TOKEN": "marker-service-token",
+    "JPY_COOKIE_SECRET": "marker-cookie-secret",
+    "HPCBINDER_ADMIN_TOKEN": "marker-admin-token",
+    "LC_SECRET": "marker-lc",
+}
+
+
+def test_the_sudoers_rule_keeps_exactly_the_server_variables_by_name() -> None:
+    """No pattern: ``JUPYTERHUB_*`` kept the service's own token."""
+    text = Path(REPO / "configs" / "sudoers.hpcbinder").read_text().replace("\\\n", " ")
+    [rule] = [
+        line for line in text.splitlines() if line.startswith("Defaults") and "env_keep" in line
+    ]
+    names = rule.split("=", 1)[1].strip().strip('"').split()
+    assert "*" not in rule
+    assert set(names) == {apptainer.CONTAINER_ENV_PREFIX + name for name in SERVER_ENV}
+    assert "+=" not in rule  # not sudo's default list either
+
+
+def test_the_hub_submits_with_the_servers_variables_and_nothing_of_its_own(
     devcluster: DevCluster,
 ) -> None:
-    """ServerJobs as the hub runs it (the service account, the site venv):
-    the job gets the token, and not the hub host's library path."""
+    """ServerJobs as the hub runs it (the service account, the site venv),
+    with secrets of its own in its environment: the job gets the server's
+    variables it was given and none of the service's."""
     out = ALICE_HOME / ".hpcbinder-sudo-env-test.out"
     code = textwrap.dedent(
         f"""
@@ -115,12 +139,11 @@ def test_the_hub_submits_with_its_token_in_the_environment_and_nothing_else(
         from hpcbinder.seams.proc import LocalRunner
         from hpcbinder.seams.slurm import SlurmCLI
         script = "#!/bin/sh\\n#SBATCH --output={out}\\nenv\\n"
-        env = {{"JUPYTERHUB_API_TOKEN": "tok-123", "LD_LIBRARY_PATH": "/var/tmp/evil",
-                "PATH": "/var/tmp/evil:/usr/bin:/bin"}}
+        env = {{"APPTAINERENV_JUPYTERHUB_API_TOKEN": "tok-123"}}
         print(asyncio.run(ServerJobs("alice", SlurmCLI(LocalRunner())).submit(script, env)))
         """
     )
-    submitted = as_account(SERVICE, [str(SITE_BIN / "python"), "-c", code])
+    submitted = as_service(str(SITE_BIN / "python"), "-c", code, env=SERVICE_SECRETS)
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
     try:
@@ -129,6 +152,7 @@ def test_the_hub_submits_with_its_token_in_the_environment_and_nothing_else(
         env = dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
     finally:
         out.unlink(missing_ok=True)
-    assert env["JUPYTERHUB_API_TOKEN"] == "tok-123"  # noqa: S105 - a test value
-    assert "/var/tmp/evil" not in env.get("LD_LIBRARY_PATH", "")
-    assert "/var/tmp/evil" not in env["PATH"]
+    assert env["APPTAINERENV_JUPYTERHUB_API_TOKEN"] == "tok-123"  # noqa: S105 - a test value
+    leaked = {name: value for name, value in env.items() if "marker-" in value}
+    assert not leaked
+    assert "JUPYTERHUB_API_TOKEN" not in env

@@ -112,7 +112,7 @@ def test_pending_then_running_then_listening_returns_the_server(tmp_path: Path) 
     # environment, never in the script or an argument.
     [submission] = slurm.submissions
     assert submission.user == USER
-    assert submission.env["JUPYTERHUB_API_TOKEN"] == TOKEN
+    assert submission.env["APPTAINERENV_JUPYTERHUB_API_TOKEN"] == TOKEN
     assert TOKEN not in submission.script
     assert not any(TOKEN in arg for call in slurm.calls for arg in call)
     assert not slurm.cancelled
