@@ -22,6 +22,14 @@ and the site's CA bundle, nothing else of the host, and whatever it starts
 ends with it. Download caches are per repository: a build can write its
 cache (package managers must), so a shared one would let one repository's
 postBuild change what every later build of every other repository installs.
+
+What a container may write (its /tmp, home and overlay) is the build's work
+folder (:func:`~hpcbinder.images.store.work_dir`), never its staging folder:
+the build server writes the definition, the log and the record into the
+staging folder and publishes it, so a container that could write there
+(the repository's own image runs in a SIF build's cleanup) could plant
+links for the build account to follow. The build log comes from the
+commands' output as it streams, never read back from a file.
 """
 
 from __future__ import annotations
@@ -31,13 +39,15 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from hpcbinder.config import Site
-from hpcbinder.images import buildlog
+from hpcbinder.images import buildlog, safefs
 from hpcbinder.images.backends import Backend, BuildCommands, BuildFailed, BuildStep, backend_for
 from hpcbinder.images.store import (
     IMAGE,
@@ -49,7 +59,9 @@ from hpcbinder.images.store import (
     ImageStore,
     follow_events,
     image_store,
+    work_dir,
 )
+from hpcbinder.render import buildfiles
 from hpcbinder.render import definition as render
 from hpcbinder.render.pipeline import Prepared
 from hpcbinder.seams import apptainer
@@ -58,9 +70,20 @@ from hpcbinder.seams.apptainer import Bind
 OVERLAY = "env.sqfs"
 DEFINITION = "definition.def"
 OVERLAY_SCRIPT = "overlay-build.sh"
-#: In a staging folder: the build's /tmp, /var/tmp and home (removed before publishing).
+#: In a staging folder: the renderer's generated files (render/buildfiles.py),
+#: which the build sees read-only at buildfiles.GENERATED_IN_IMAGE.
+GENERATED = "generated"
+#: In a build's work folder: its /tmp, /var/tmp and home.
 SCRATCH = "scratch"
-STAGING_IN_IMAGE = "/mnt/hpcbinder-staging"
+#: In a build's work folder: the overlay an overlay build installs into.
+OVERLAY_DIR = "overlay"
+#: Where the cleanup step sees the build's work folder.
+WORK_IN_IMAGE = "/mnt/hpcbinder-work"
+#: In a staging folder: where a backend that cannot stream (a Slurm job) has
+#: the output written; removed before publishing.
+JOB_OUTPUT = "job-output.log"
+#: Lines of output a failure keeps.
+TAIL_LINES = 30
 
 
 Emit = Callable[[BuildEvent], None]
@@ -128,26 +151,59 @@ def _cache_binds(cache: Path | None) -> list[Bind]:
     return [Bind(str(cache), render.BUILD_CACHE_IN_IMAGE)] if cache else []
 
 
-def _prepare(staging: Path, cache: Path | None, *more: Path) -> BuildStep:
-    """Folders the build account makes before the build: the build's
-    scratch space and its cache (not the builder: it may run as root)."""
-    folders = [staging / SCRATCH, *more, *([cache] if cache else [])]
+def _prepare(staging: Path, cache: Path | None, *more: str) -> BuildStep:
+    """Folders the build account makes before the build, in the work
+    folder (its scratch space, ``more``) and its cache (not the builder:
+    it may run as root)."""
+    work = work_dir(staging)
+    folders = [work / SCRATCH, *(work / name for name in more), *([cache] if cache else [])]
     return BuildStep("prepare", ["mkdir", "-p", *(str(folder) for folder in folders)])
 
 
 def _cleanup(staging: Path, image: str, *names: str) -> BuildStep:
     """Remove build files in a fakeroot container: what the build's
     fakeroot created belongs to subordinate ids the build account cannot
-    remove from outside."""
+    remove from outside. The container sees the work folder only: ``image``
+    may be the repository's own, whose ``rm`` does what the repository likes."""
     return BuildStep(
         "remove build files",
         apptainer.contained_exec(
             image,
-            ["rm", "-rf", *(f"{STAGING_IN_IMAGE}/{name}" for name in names)],
-            binds=[Bind(str(staging), STAGING_IN_IMAGE)],
+            ["rm", "-rf", *(f"{WORK_IN_IMAGE}/{name}" for name in names)],
+            binds=[Bind(str(work_dir(staging)), WORK_IN_IMAGE)],
             fakeroot=True,
         ),
     )
+
+
+class _Output:
+    """A build's output, line by line as the backend streams it: the
+    failure reason, the capped log (as events, and as ``build.log`` in the
+    staging folder, opened through :mod:`safefs`) and the last lines."""
+
+    def __init__(self, store: ImageStore, staging: Path, emit: Emit, started: float) -> None:
+        self.reason = buildlog.FailureReason()
+        self.recent: deque[str] = deque(maxlen=TAIL_LINES)
+        self._file = os.fdopen(safefs.append(staging, LOG, store.owner_ids), "w")
+        store.own(staging / LOG)
+
+        def write(line: str) -> None:
+            emit(BuildEvent("log", line, time.monotonic() - started))
+            self._file.write(line + "\n")
+
+        self._log = buildlog.LogCap(write)
+
+    def line(self, text: str) -> None:
+        text = text[: buildlog.LINE_CHARS]
+        self.reason.line(text)
+        self.recent.append(text)
+        self._log.line(text)
+
+    def close(self) -> None:
+        """Write the kept tail, close the log (again: nothing)."""
+        if not self._file.closed:
+            self._log.finish()
+            self._file.close()
 
 
 def _relay(lock: BuildLock, emit: Emit) -> Emit:
@@ -230,9 +286,10 @@ class Builder:
     ) -> ImageRecord:
         key = prepared.rendered.env_key
         staging: Path | None = None
-        reason = buildlog.FailureReason()
+        output: _Output | None = None
         try:
             staging = self.store.new_staging(key)
+            output = _Output(self.store, staging, emit, started)
             self._check_repo_size(prepared)
             commands, strategy = self._commands(prepared, staging)
             emit(
@@ -242,57 +299,54 @@ class Builder:
                     time.monotonic() - started,
                 )
             )
-            self._run(commands, emit, started, lock, reason)
+            self._run(commands, staging, lock, output)
             artifact = staging / (OVERLAY if strategy == "overlay" else IMAGE)
             self._check_image_size(artifact)
             emit(BuildEvent("publishing", "publishing", time.monotonic() - started))
             meta = self._meta(prepared, strategy, staging, time.monotonic() - started)
             record = self.store.publish(lock, staging, meta, user)
         except BuildFailed as exc:
-            failed = ImageBuildError(key, exc.step, _message(exc), exc.tail, reason.reason)
-            raise self._fail(failed, staging, emit, started) from exc
+            reason = output.reason.reason if output else None
+            failed = ImageBuildError(key, exc.step, _message(exc), exc.tail, reason)
+            raise self._fail(failed, staging, output, emit, started) from exc
         except OSError as exc:
             failed = ImageBuildError(key, "store", str(exc), [])
-            raise self._fail(failed, staging, emit, started) from exc
+            raise self._fail(failed, staging, output, emit, started) from exc
+        finally:
+            if output is not None:
+                output.close()
         emit(BuildEvent("ready", str(record.path), time.monotonic() - started))
         return record
 
     def _run(
-        self,
-        commands: BuildCommands,
-        emit: Emit,
-        started: float,
-        lock: BuildLock,
-        reason: buildlog.FailureReason,
+        self, commands: BuildCommands, staging: Path, lock: BuildLock, output: _Output
     ) -> None:
-        """Run the build's commands, its log capped in events and on disk;
-        ``reason`` reads every line, also those the cap leaves out."""
-        log = buildlog.LogCap(
-            lambda line: emit(BuildEvent("log", line, time.monotonic() - started))
-        )
-
-        def on_line(line: str) -> None:
-            reason.line(line)
-            log.line(line)
-
+        """Run the build's commands, their output to ``output``; then what
+        containers wrote goes (see :func:`work_dir`)."""
         try:
-            self.backend.run(commands, on_line, lock.note_started)
+            self.backend.run(commands, output.line, lock.note_started)
         finally:
-            log.finish()
-            buildlog.cap_file(commands.log)
+            output.close()
+            self.store.discard_work(staging)
+            (staging / JOB_OUTPUT).unlink(missing_ok=True)
 
     def _fail(
-        self, error: ImageBuildError, staging: Path | None, emit: Emit, started: float
+        self,
+        error: ImageBuildError,
+        staging: Path | None,
+        output: _Output | None,
+        emit: Emit,
+        started: float,
     ) -> ImageBuildError:
         """Record the failure for followers (best effort: the store may be
-        full), remove the partial build; the error to raise (with the log's
-        last lines where the backend kept none)."""
+        full), remove the partial build; the error to raise (with the
+        output's last lines where the backend kept none)."""
+        if output is not None and not error.tail:
+            tail = list(output.recent)
+            error = ImageBuildError(error.key, error.step, error.message, tail, error.reason)
         if staging is not None:
-            log = staging / LOG
-            if log.is_file() and not error.tail:
-                tail = log.read_text(errors="replace").splitlines()[-30:]
-                error = ImageBuildError(error.key, error.step, error.message, tail, error.reason)
             shutil.rmtree(staging, ignore_errors=True)
+            self.store.discard_work(staging)
         with contextlib.suppress(OSError):
             self.store.record_failure(
                 error.key,
@@ -310,7 +364,9 @@ class Builder:
     def _check_repo_size(self, prepared: Prepared) -> None:
         if not prepared.plan.reads_whole_repo:
             return
-        size = sum(p.stat().st_size for p in prepared.checkout.rglob("*") if p.is_file())
+        # lstat: a link's size, not its target's (links are never followed).
+        sizes = (p.lstat() for p in prepared.checkout.rglob("*"))
+        size = sum(info.st_size for info in sizes if stat.S_ISREG(info.st_mode))
         limit = self.site.build.max_repo_mb * 1024 * 1024
         if size > limit:
             raise BuildFailed(
@@ -337,12 +393,30 @@ class Builder:
             return self._overlay_commands(prepared, staging, timeout), "overlay"
         definition = self.store.write(staging / DEFINITION, rendered.definition)
         cache = cache_dir(self.site, prepared.rendered.env_key)
-        steps = self._sif_steps(staging, definition, cache, "build image", ["true"])
-        return BuildCommands(steps, prepared.checkout, staging / LOG, timeout), "sif"
+        generated = self._generated(staging, rendered.build_files)
+        steps = self._sif_steps(staging, definition, cache, "build image", ["true"], [generated])
+        return BuildCommands(steps, prepared.checkout, staging / JOB_OUTPUT, timeout), "sif"
+
+    def _generated(self, staging: Path, files: dict[str, str]) -> Bind:
+        """The renderer's generated files, written into a folder of the
+        (fresh) staging folder, bound read-only where the definition and
+        the overlay script read them: what a repository supplies reaches
+        the build as these files, never as definition text."""
+        folder = staging / GENERATED
+        folder.mkdir(0o755)
+        self.store.own(folder)
+        for name, text in files.items():
+            self.store.write(folder / name, text)
+        return Bind(str(folder), buildfiles.GENERATED_IN_IMAGE, read_only=True)
 
     @staticmethod
     def _sif_steps(
-        staging: Path, definition: Path, cache: Path | None, name: str, smoke: list[str]
+        staging: Path,
+        definition: Path,
+        cache: Path | None,
+        name: str,
+        smoke: list[str],
+        binds: list[Bind] | None = None,
     ) -> list[BuildStep]:
         """A full SIF build: contained %post, a contained smoke test of the
         image, then its scratch space removed."""
@@ -352,7 +426,10 @@ class Builder:
             BuildStep(
                 name,
                 apptainer.contained_build(
-                    image, definition, binds=_cache_binds(cache), workdir=staging / SCRATCH
+                    image,
+                    definition,
+                    binds=[*_cache_binds(cache), *(binds or [])],
+                    workdir=work_dir(staging) / SCRATCH,
                 ),
             ),
             BuildStep("smoke test", apptainer.contained_exec(str(image), smoke)),
@@ -387,15 +464,18 @@ class Builder:
                 ["python3", "-c", "import jupyterhub, batchspawner"],
             )
             commands = BuildCommands(
-                steps, staging, staging / LOG, self.site.build.timeout_minutes * 60.0
+                steps, staging, staging / JOB_OUTPUT, self.site.build.timeout_minutes * 60.0
             )
             emit(BuildEvent("building", f"building base {name} ({self.backend.name} backend)"))
-            reason = buildlog.FailureReason()
+            output = _Output(self.store, staging, emit, started)
             try:
-                self._run(commands, emit, started, lock, reason)
+                self._run(commands, staging, lock, output)
             except BuildFailed as exc:
-                failed = ImageBuildError(key, exc.step, _message(exc), exc.tail, reason.reason)
-                raise self._fail(failed, staging, emit, started) from exc
+                reason = output.reason.reason
+                failed = ImageBuildError(key, exc.step, _message(exc), exc.tail, reason)
+                raise self._fail(failed, staging, output, emit, started) from exc
+            finally:
+                output.close()
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
             current = self.site.base_image_path(name)
             kept = current.with_name(f"{name}-{stamp}.sif")
@@ -428,16 +508,17 @@ class Builder:
         script = staging / OVERLAY_SCRIPT
         self.store.write(script, rendered.overlay_script or "")
         base = rendered.base.source
-        overlay = staging / "overlay"
+        overlay = work_dir(staging) / OVERLAY_DIR
         cache = cache_dir(self.site, prepared.rendered.env_key)
         binds = [
             Bind(str(prepared.checkout), render.CONTEXT_IN_IMAGE, read_only=True),
             Bind(str(script), render.OVERLAY_SCRIPT_IN_IMAGE, read_only=True),
+            self._generated(staging, rendered.build_files),
             *_cache_binds(cache),
             *render.overlay_host_binds(self.site),
         ]
         steps = [
-            _prepare(staging, cache, overlay / "upper", overlay / "work"),
+            _prepare(staging, cache, f"{OVERLAY_DIR}/upper", f"{OVERLAY_DIR}/work"),
             BuildStep(
                 "install environment",
                 apptainer.contained_exec(
@@ -445,7 +526,7 @@ class Builder:
                     ["/bin/sh", render.OVERLAY_SCRIPT_IN_IMAGE],
                     overlay=str(overlay),
                     binds=binds,
-                    workdir=staging / SCRATCH,
+                    workdir=work_dir(staging) / SCRATCH,
                     fakeroot=True,
                 ),
             ),
@@ -462,13 +543,13 @@ class Builder:
                     *apptainer.SQUASH_OPTIONS,
                 ],
             ),
-            _cleanup(staging, base, "overlay", SCRATCH),
+            _cleanup(staging, base, OVERLAY_DIR, SCRATCH),
             BuildStep(
                 "smoke test",
                 apptainer.contained_exec(base, ["true"], overlay=f"{staging / OVERLAY}:ro"),
             ),
         ]
-        return BuildCommands(steps, prepared.checkout, staging / LOG, timeout)
+        return BuildCommands(steps, prepared.checkout, staging / JOB_OUTPUT, timeout)
 
     def _meta(self, prepared: Prepared, strategy: str, staging: Path, seconds: float) -> ImageMeta:
         artifact = staging / (OVERLAY if strategy == "overlay" else IMAGE)

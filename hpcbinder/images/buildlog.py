@@ -13,10 +13,8 @@ the failure's message to start with.
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
 
 from hpcbinder import textpatterns
 
@@ -94,28 +92,6 @@ class LogCap:
             self._write(cut_marker(cut))
         for text in self._tail:
             self._write(text)
-
-
-def cap_file(path: Path, head: int = HEAD_LINES, tail: int = TAIL_LINES) -> None:
-    """Cap a log file written whole (a Slurm job's output) in place,
-    reading it once and never whole into memory."""
-    if not path.is_file():
-        return
-    with path.open(errors="replace") as handle:
-        count = sum(1 for _ in handle)
-    if count <= head + tail + 2:  # as long as a capped log can be: nothing to cut
-        return
-    partial = path.with_name(f".{path.name}.capped")
-    with path.open(errors="replace") as source, partial.open("w") as target:
-
-        def write(text: str) -> None:
-            target.write(text + "\n")
-
-        cap = LogCap(write, head, tail)
-        for line in source:
-            cap.line(line.rstrip("\n"))
-        cap.finish()
-    os.replace(partial, path)
 
 
 class FailureReason:

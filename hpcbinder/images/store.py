@@ -14,6 +14,9 @@ Layout (a directory, on a shared filesystem at a site)::
     locks/<key>.started       what that build started (process sessions, Slurm jobs)
     failures/<key>.json       the last failed build of <key>
     staging/<key>@<random>    builds in progress; renamed into envs/ to publish
+    staging/<key>@<random>.work  that build's scratch space and overlay: the
+                              only folder of the store a container writes
+                              (see work_dir); never read, never published
 
 A key is an env key (32 hex digits) or ``base-NAME``; neither holds ``@``,
 so a staging folder names its key unambiguously (``base-default`` and
@@ -57,8 +60,10 @@ from pydantic import BaseModel, ConfigDict
 
 from hpcbinder.config import Site
 from hpcbinder.growingfile import GrowingFile
+from hpcbinder.images import safefs
 from hpcbinder.seams import proc
 from hpcbinder.seams.processid import ProcessIdentity
+from hpcbinder.sources.providers import reaches_local_files
 
 STALE_AFTER = 60.0  # seconds without a heartbeat before a lock is taken over
 HEARTBEAT = 5.0
@@ -69,6 +74,20 @@ LOG = "build.log"
 STAGING_SEP = "@"
 #: Prefix of a folder being removed (in staging/, so that gc finishes a crashed removal).
 DOOMED = ".rm" + STAGING_SEP
+#: After a staging folder's name: the folder of that build containers may write.
+WORK = ".work"
+#: The most the build server reads of one record (meta.json holds the definition).
+RECORD_BYTES = 16 << 20
+
+
+def work_dir(staging: Path) -> Path:
+    """The one folder of a build that containers may write (its /tmp, home
+    and overlay), next to its staging folder, never inside it: the build
+    server reads, writes and publishes the staging folder, and a container
+    that could write there could plant links for it to follow. The work
+    folder itself is never read by name, only removed (``shutil.rmtree``
+    removes links, it does not follow them)."""
+    return staging.with_name(staging.name + WORK)
 
 
 class LockLost(OSError):
@@ -137,11 +156,22 @@ class ImageStore:
         entry = pwd.getpwnam(self.owner)
         os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
 
+    @property
+    def owner_ids(self) -> tuple[int, ...]:
+        """Whose files the store's reads accept, besides this process's own."""
+        return (pwd.getpwnam(self.owner).pw_uid,) if self.owner is not None else ()
+
     def write(self, path: Path, text: str) -> Path:
-        """Write a file into the store, owned by the build account."""
-        path.write_text(text)
+        """Write a new file into the store, owned by the build account
+        (never through a link, never over an existing file)."""
+        safefs.create(path.parent, path.name, text, self.owner_ids)
         self.own(path)
         return path
+
+    def read(self, path: Path) -> str:
+        """A record of the store's (see :mod:`safefs`): FileNotFoundError if
+        missing, UnsafeFile if it is not the build account's regular file."""
+        return safefs.read_text(path.parent, path.name, RECORD_BYTES, self.owner_ids)
 
     def own_tree(self, path: Path) -> None:
         self.own(path)
@@ -172,10 +202,10 @@ class ImageStore:
     def lookup(self, key: str) -> ImageRecord | None:
         """The published image for ``key``, if any."""
         folder = self.image_dir(key)
-        meta_file = folder / META
-        if not meta_file.is_file():
+        try:
+            meta = ImageMeta.model_validate_json(self.read(folder / META))
+        except FileNotFoundError:
             return None
-        meta = ImageMeta.model_validate_json(meta_file.read_text())
         artifact = folder / meta.artifact
         return ImageRecord(key, artifact, meta) if artifact.is_file() else None
 
@@ -187,8 +217,11 @@ class ImageStore:
         return [record for record in found if record is not None]
 
     def failure(self, key: str) -> dict[str, Any] | None:
-        path = self.failure_path(key)
-        return json.loads(path.read_text()) if path.is_file() else None
+        try:
+            failure = json.loads(self.read(self.failure_path(key)))
+        except FileNotFoundError:
+            return None
+        return failure if isinstance(failure, dict) else None
 
     # --- locking ---------------------------------------------------------------
 
@@ -293,7 +326,15 @@ class ImageStore:
         staging = Path(tempfile.mkdtemp(prefix=f"{key}{STAGING_SEP}", dir=root))
         staging.chmod(0o755)
         self.own(staging)
+        work = work_dir(staging)
+        work.mkdir(0o700)
+        self.own(work)
         return staging
+
+    def discard_work(self, staging: Path) -> None:
+        """Remove what containers wrote for the build in ``staging`` (what
+        subordinate ids own and cannot go stays for gc's clean_staging)."""
+        shutil.rmtree(work_dir(staging), ignore_errors=True)
 
     def publish(
         self, lock: BuildLock, staging: Path, meta: ImageMeta, user: str = ""
@@ -305,7 +346,8 @@ class ImageStore:
         key = lock.key
         if not lock.held():
             raise LockLost(f"the build lock of {key} was taken over; not publishing")
-        (staging / META).write_text(meta.model_dump_json(indent=2))
+        self.discard_work(staging)
+        self.write(staging / META, meta.model_dump_json(indent=2))
         self.own_tree(staging)
         target = self.image_dir(key)
         self._dir("envs")
@@ -327,15 +369,38 @@ class ImageStore:
         return record
 
     def record_use(self, key: str, user: str = "", at: float | None = None) -> None:
-        """Note that ``key`` was used (by ``user``) now, or at ``at``: gc
-        keeps images used within its limit. Atomic: a reader sees the old
-        record or the new one."""
+        """Note that ``key`` was used (by ``user``, who is added to those who
+        used it) now, or at ``at``: gc keeps images used within its limit.
+        Atomic: a reader sees the old record or the new one."""
         path = self.use_path(key)
-        self._dir("used")
-        partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-        partial.write_text(json.dumps({"time": time.time() if at is None else at, "user": user}))
-        self.own(partial)
-        partial.replace(path)
+        users = sorted(self.users(key) | ({user} if user else set()))
+        record = {"time": time.time() if at is None else at, "user": user, "users": users}
+        folder = self._dir("used")
+        safefs.replace(folder, path.name, json.dumps(record), self.owner_ids)
+        self.own(path)
+
+    def users(self, key: str) -> frozenset[str]:
+        """Who built or used image ``key`` (as recorded)."""
+        try:
+            record = json.loads(self.read(self.use_path(key)))
+        except (OSError, ValueError):
+            return frozenset()
+        if not isinstance(record, dict):
+            return frozenset()
+        users = record.get("users", [])
+        names = [*(users if isinstance(users, list) else []), record.get("user", "")]
+        return frozenset(name for name in names if isinstance(name, str) and name)
+
+    def may_launch(self, key: str, user: str) -> bool:
+        """Whether ``user`` may launch image ``key``, and so keep it from gc
+        (``POST /used``, a job's comment): an image of a repository anyone
+        may fetch over the network, or one ``user`` built or used. Anyone
+        else could pin every image in the store forever."""
+        record = self.lookup(key)
+        if record is None:
+            return False
+        public = bool(record.meta.url) and not reaches_local_files(record.meta.url)
+        return public or user in self.users(key)
 
     def last_used(self, record: ImageRecord) -> float:
         """When ``record`` was last used: its use record, else (an image
@@ -393,6 +458,10 @@ class ImageStore:
         removed = []
         for folder in sorted(staging.iterdir()):
             name = folder.name
+            if not os.path.lexists(folder) or (
+                name.endswith(WORK) and folder.with_name(name.removesuffix(WORK)).exists()
+            ):
+                continue  # went, or goes, with its staging folder
             if name.startswith((DOOMED, ".rm-")):
                 pass  # a removal that did not finish
             elif STAGING_SEP in name:
@@ -401,6 +470,7 @@ class ImageStore:
             elif any(name.startswith(f"{key}-") for key in held):
                 continue  # named before STAGING_SEP: any build holding a prefix may own it
             shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(work_dir(folder), ignore_errors=True)
             removed.append(name)
         return removed
 

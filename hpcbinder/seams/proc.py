@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from hpcbinder.boundedlines import capped_lines
+
 #: How much of a failing program's output an error message carries.
 ERROR_TAIL_CHARS = 2000
 
@@ -235,8 +237,9 @@ def stream(
     timer = threading.Timer(timeout, expire)
     timer.start()
     try:
-        for line in child.stdout or ():
-            on_line(line.rstrip("\n"))
+        if child.stdout is not None:  # lines capped: a build prints what it likes
+            for line in capped_lines(child.stdout.readline):
+                on_line(line)
         status = child.wait()
     finally:
         timer.cancel()

@@ -1,11 +1,9 @@
-"""A build's log keeps its head and tail and says how much was cut, in
-events and on disk."""
+"""A build's log keeps its head and tail and says how much was cut (the
+builder writes the events and the log file through one cap)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from hpcbinder.images.buildlog import LogCap, cap_file, cut_marker
+from hpcbinder.images.buildlog import LogCap, cut_marker
 
 
 def test_events_keep_head_and_tail_and_count_the_cut() -> None:
@@ -28,16 +26,3 @@ def test_a_short_log_passes_whole() -> None:
     cap.finish()
     assert seen[:3] == ["line 0", "line 1", "line 2"] and seen[-1] == "line 3"
     assert not any("cut ...]" in line for line in seen)
-
-
-def test_a_log_file_is_capped_in_place_once(tmp_path: Path) -> None:
-    log = tmp_path / "build.log"
-    log.write_text("".join(f"line {n}\n" for n in range(10_000)) + "x" * 100_000 + "\n")
-    cap_file(log, head=5, tail=5)
-    lines = log.read_text().splitlines()
-    assert lines[:5] == [f"line {n}" for n in range(5)]
-    assert cut_marker(10_001 - 10) in lines
-    assert lines[-1].endswith("[... line cut ...]") and len(lines[-1]) < 5000
-    capped = log.read_text()
-    cap_file(log, head=5, tail=5)
-    assert log.read_text() == capped

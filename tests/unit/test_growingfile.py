@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from hpcbinder.growingfile import GrowingFile
+from hpcbinder.boundedlines import CUT, LINE_LIMIT
+from hpcbinder.growingfile import READ_BYTES, GrowingFile
 from hpcbinder.jobs import batchjobs
 
 
@@ -43,3 +45,28 @@ def test_followed_batch_logs_prefix_every_line_even_a_redrawn_one(tmp_path: Path
     with log.open("ab") as handle:
         handle.write(b" a line\n")
     assert list(batchjobs._new_lines([log], followed)) == ["[3] half a line"]
+
+
+def test_a_line_without_end_is_passed_on_cut_and_reads_are_bounded(tmp_path: Path) -> None:
+    """A job printing a gigabyte without a newline costs the follower one
+    capped line, not its memory."""
+    path = tmp_path / "job-output.log"
+    followed = GrowingFile(path)
+    path.write_bytes(b"x" * (READ_BYTES + 5))
+    first = followed.new_lines()
+    assert first == ["x" * LINE_LIMIT + CUT]
+    with path.open("ab") as handle:
+        handle.write(b"x" * 100 + b"\nnext\n" + b"y" * (LINE_LIMIT + 3) + b"\n")
+    lines = []
+    for _ in range(5):
+        lines += followed.new_lines()
+    assert lines == ["next", "y" * LINE_LIMIT + CUT]
+
+
+def test_a_link_or_fifo_is_not_followed(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("secret\n")
+    (tmp_path / "log").symlink_to(secret)
+    assert GrowingFile(tmp_path / "log").new_lines() == []
+    os.mkfifo(tmp_path / "fifo")
+    assert GrowingFile(tmp_path / "fifo").new_lines() == []

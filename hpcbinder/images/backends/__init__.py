@@ -31,7 +31,9 @@ class BuildCommands:
 
     steps: list[BuildStep]
     cwd: Path
-    log: Path  # where the backend keeps the full output (in the staging folder)
+    #: Where a backend that cannot stream the output to ``on_line`` (a Slurm
+    #: job) has it written: in the staging folder, which no container sees.
+    output: Path
     timeout: float
 
 
@@ -53,7 +55,9 @@ class Backend(Protocol):
     name: str
 
     def run(self, build: BuildCommands, on_line: Callable[[str], None], on_start: OnStart) -> None:
-        """Run every command; :class:`BuildFailed` at the first that fails."""
+        """Run every command, each line of output (at most
+        :data:`hpcbinder.boundedlines.LINE_LIMIT` characters) to ``on_line``;
+        :class:`BuildFailed` at the first that fails."""
 
     def stop_leftover(self, started: str) -> None:
         """Stop what a dead build told ``on_start`` it started, if this

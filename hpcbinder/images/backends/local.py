@@ -25,32 +25,29 @@ class LocalBackend:
     def run(self, build: BuildCommands, on_line: Callable[[str], None], on_start: OnStart) -> None:
         deadline = time.monotonic() + build.timeout
         tail: deque[str] = deque(maxlen=TAIL_LINES)
-        with build.log.open("a") as log:
 
-            def line(text: str) -> None:
-                log.write(text + "\n")
-                log.flush()
-                tail.append(text)
-                on_line(text)
+        def line(text: str) -> None:
+            tail.append(text)
+            on_line(text)
 
-            for step in build.steps:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise BuildFailed(step.name, "the build ran past its time limit", list(tail))
-                try:
-                    status = proc.stream(
-                        step.argv,
-                        user=self.account,
-                        cwd=build.cwd,
-                        timeout=remaining,
-                        on_line=line,
-                        on_start=lambda pid: on_start(f"session {pid}"),
-                    )
-                except proc.CommandTimeout as exc:
-                    raise BuildFailed(
-                        step.name, "the build ran past its time limit", list(tail)
-                    ) from exc
-                except proc.CommandError as exc:
-                    raise BuildFailed(step.name, exc.reason, list(tail)) from exc
-                if status != 0:
-                    raise BuildFailed(step.name, f"exited with status {status}", list(tail))
+        for step in build.steps:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BuildFailed(step.name, "the build ran past its time limit", list(tail))
+            try:
+                status = proc.stream(
+                    step.argv,
+                    user=self.account,
+                    cwd=build.cwd,
+                    timeout=remaining,
+                    on_line=line,
+                    on_start=lambda pid: on_start(f"session {pid}"),
+                )
+            except proc.CommandTimeout as exc:
+                raise BuildFailed(
+                    step.name, "the build ran past its time limit", list(tail)
+                ) from exc
+            except proc.CommandError as exc:
+                raise BuildFailed(step.name, exc.reason, list(tail)) from exc
+            if status != 0:
+                raise BuildFailed(step.name, f"exited with status {status}", list(tail))

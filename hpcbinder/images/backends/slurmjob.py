@@ -1,7 +1,8 @@
 """Builds as Slurm jobs on the site's build partition.
 
 The job runs the build's commands (slurm/build.sbatch.j2) as the build
-account and writes its output to the build log, which is followed while the
+account and writes its output to a file in the staging folder (no container
+sees it), which is followed while the
 job runs. Past the time limit the job is cancelled; Slurm's own --time is
 set a minute later as a second guard.
 """
@@ -61,7 +62,7 @@ class SlurmBackend:
             cpus=settings.cpus,
             mem=settings.mem,
             job_name="hpcbinder-build",
-            output=str(build.log),
+            output=str(build.output),
             chdir=str(build.cwd),
         )
         try:
@@ -72,7 +73,7 @@ class SlurmBackend:
         on_line(f"build job {job_id} submitted to partition {settings.partition}")
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         step = "build job"
-        log = GrowingFile(build.log)
+        log = GrowingFile(build.output)
         deadline = time.monotonic() + build.timeout
 
         def follow() -> None:

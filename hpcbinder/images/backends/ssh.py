@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import paramiko
 
+from hpcbinder.boundedlines import capped_lines
 from hpcbinder.config import Site
 from hpcbinder.images.backends import BuildCommands, BuildFailed, OnStart
 from hpcbinder.images.backends.local import TAIL_LINES
@@ -44,7 +45,7 @@ class SSHBackend:
             raise BuildFailed(
                 "connect to build host", f"{self.host.user}@{self.host.host}: {exc}", []
             ) from exc
-        with client, build.log.open("a") as log:
+        with client:
             for step in build.steps:
                 remaining = math.floor(deadline - time.monotonic())
                 if remaining <= 0:
@@ -56,9 +57,7 @@ class SSHBackend:
                     + " 2>&1"
                 )
                 _, stdout, _ = client.exec_command(command, timeout=remaining + 30)
-                for raw in stdout:
-                    text = raw.rstrip("\n")
-                    log.write(text + "\n")
+                for text in capped_lines(stdout.readline):
                     tail.append(text)
                     on_line(text)
                 status = stdout.channel.recv_exit_status()
