@@ -9,7 +9,9 @@ definition text: :mod:`hpcbinder.render.definition` does, from the :class:`Build
 
 from __future__ import annotations
 
+import contextlib
 import enum
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -17,6 +19,11 @@ from typing import Any, ClassVar
 
 from hpcbinder import textpatterns
 from hpcbinder.errors import RepoConfigError
+
+#: The largest configuration file read (a big Pipfile.lock is ~200 KB):
+#: parsers of TOML, JSON and YAML are not regular expressions, but their
+#: time and memory grow with what they are given.
+FILE_BYTES = 1 << 20
 
 #: Where the build places environment files and, when the build reads it, the repository.
 ENV_FILES_DIR = "/opt/hpcbinder/env"
@@ -154,13 +161,35 @@ class RepoFiles:
         return not self.binder_dir and self._inside(name) is not None
 
     def read(self, relative: str) -> str:
+        """The file's text: every parser of repository files reads through
+        here, so every one gets at most :data:`FILE_BYTES`, in lines of at
+        most :data:`~hpcbinder.textpatterns.LINE_CHARS`."""
         real = self._inside(relative)
         if real is None:
             raise RepoConfigError(relative, "does not exist")
+        with real.open("rb") as handle:
+            data = handle.read(FILE_BYTES + 1)
+        if len(data) > FILE_BYTES:
+            raise RepoConfigError(relative, f"is larger than this site reads ({FILE_BYTES} bytes)")
         try:
-            return real.read_text(encoding="utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise RepoConfigError(relative, "is not UTF-8 text") from exc
+        if (number := textpatterns.long_line(text)) is not None:
+            raise RepoConfigError(
+                relative, f"line longer than {textpatterns.LINE_CHARS} characters", line=number
+            )
+        return text
+
+
+@contextlib.contextmanager
+def parsing(relative: str) -> Iterator[None]:
+    """Around a TOML, JSON or YAML parser (recursive, all three): input
+    nested deeper than Python's stack is the repository's error, not a crash."""
+    try:
+        yield
+    except RecursionError as exc:
+        raise RepoConfigError(relative, "is nested too deeply") from exc
 
 
 def in_image(relative: str) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from hpcbinder import textpatterns
-from hpcbinder.buildpacks.base import BuildPack, Step, StepKind, in_image
+from hpcbinder.buildpacks.base import BuildPack, Step, StepKind, in_image, parsing
 from hpcbinder.errors import RepoConfigError
 
 #: The conda environment that becomes the notebook kernel.
@@ -39,7 +39,8 @@ class CondaBuildPack(BuildPack):
     @cached_property
     def spec(self) -> dict[str, Any]:
         try:
-            data = yaml.safe_load(self.repo.read(self._file())) or {}
+            with parsing(self._file()):
+                data = yaml.safe_load(self.repo.read(self._file())) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             raise RepoConfigError(

@@ -44,6 +44,7 @@ _IGNORED = {
 _WILDCARD = textpatterns.compile(r"[*?\[]")
 #: A ``--flag[=value]`` word that starts COPY/ADD arguments (the paths follow).
 _COPY_FLAG = textpatterns.compile(r"--([A-Za-z-]+)(?:=\S*)?(?:\s+|$)")
+_COPY_FLAGS = textpatterns.compile(rf"(?:{_COPY_FLAG.pattern})*")
 _IGNORED_FLAGS = {
     "chown": "files belong to the user at run time",
     "chmod": "files belong to the user at run time",
@@ -51,6 +52,7 @@ _IGNORED_FLAGS = {
 }
 #: What Docker's ADD would download: ``scheme://...`` or a git ``user@host:path``.
 _URL = textpatterns.compile(r"[A-Za-z][A-Za-z0-9+.-]*://.*|[^/@\s]+@[^/:\s]+:.*")
+_ARG_NAME = textpatterns.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _IMAGE_WORD = textpatterns.compile(r"[A-Za-z0-9._/:@-]+")
 #: A line that would open an Apptainer section (space as Python's ``\s`` sees it).
 _SECTION_LINE = textpatterns.compile(rf"(?m)^{textpatterns.SPACE}*%")
@@ -110,10 +112,13 @@ class DockerfileBuildPack(BuildPack):
     def _copy_files(self, instruction: Instruction) -> list[tuple[str, str]]:
         """The ``(repository path, image path)`` pairs a COPY or ADD copies,
         each source checked to be a plain path inside the repository."""
-        rest = instruction.args
-        while flag := _COPY_FLAG.match(rest):
-            rest = rest[flag.end() :]
-            name = flag.group(1)
+        # All flags in one pass over the text (matching them one by one off
+        # the front re-read the rest each time: quadratic in continued lines).
+        flags_end = _COPY_FLAGS.match(instruction.args)
+        end = flags_end.end() if flags_end else 0
+        names = [f.group(1) for f in _COPY_FLAG.finditer(instruction.args, 0, end)]
+        rest = instruction.args[end:]
+        for name in dict.fromkeys(names):
             if name == "from":
                 raise self._error(instruction, "multi-stage COPY --from is not supported")
             if name not in _IGNORED_FLAGS:
@@ -127,6 +132,17 @@ class DockerfileBuildPack(BuildPack):
             raise self._error(instruction, "needs a source and a destination")
         *sources, target = paths
         return [(self._source(instruction, source), target) for source in sources]
+
+    def _check_arg_names(self, instruction: Instruction) -> None:
+        """spython pastes an ARG's name (all before its first ``=``) into a
+        regular expression of its own (``re``, over the FROM line): a name
+        like ``x|(a+)+c`` would make it backtrack for hours. So what comes
+        before ``=``, in the instruction and in each word, is a variable name."""
+        args = instruction.args
+        before = [w.partition("=")[0] for w in [args, *args.split()] if "=" in w]
+        for name in before:
+            if not _ARG_NAME.fullmatch(name.strip()):
+                raise self._error(instruction, f"{name[:60]!r} is not a variable name")
 
     def _json_paths(self, instruction: Instruction, text: str) -> list[str]:
         try:
@@ -197,6 +213,7 @@ class DockerfileBuildPack(BuildPack):
                 )
                 continue
             if instruction.keyword == "ARG":
+                self._check_arg_names(instruction)
                 self.warn(
                     f"{self.relative}:{instruction.line}: ARG is not a build argument "
                     "here; its default value is used"

@@ -32,7 +32,7 @@ from typing import Any
 from packaging.markers import InvalidMarker, Marker
 
 from hpcbinder import textpatterns
-from hpcbinder.buildpacks.base import BuildPack, Step, StepKind
+from hpcbinder.buildpacks.base import BuildPack, Step, StepKind, parsing
 from hpcbinder.buildpacks.python import parse_toml
 from hpcbinder.errors import RepoConfigError
 
@@ -164,7 +164,8 @@ def lock_requirements(text: str, relative: str) -> PipfileRequirements:
     """``Pipfile.lock`` as a hash-checked requirements list: every package
     of ``default`` and ``develop`` pinned, with its hashes and markers."""
     try:
-        lock = json.loads(text)
+        with parsing(relative):
+            lock = json.loads(text)
     except ValueError as exc:
         raise RepoConfigError(relative, f"not valid JSON ({exc})") from exc
     if not isinstance(lock, dict):
@@ -244,7 +245,8 @@ class PipfileBuildPack(BuildPack):
         if self.locked:
             relative = self.repo.path("Pipfile.lock")
             try:
-                meta = json.loads(self.repo.read(relative)).get("_meta", {})
+                with parsing(relative):
+                    meta = json.loads(self.repo.read(relative)).get("_meta", {})
             except (ValueError, AttributeError):
                 return None, relative  # reported when the lock is read
             requires = meta.get("requires", {}) if isinstance(meta, dict) else {}

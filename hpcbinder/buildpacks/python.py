@@ -13,7 +13,7 @@ from typing import Any
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from hpcbinder import textpatterns
-from hpcbinder.buildpacks.base import BuildPack, Step, StepKind, in_image
+from hpcbinder.buildpacks.base import BuildPack, Step, StepKind, in_image, parsing
 from hpcbinder.errors import RepoConfigError
 
 # A requirement that reads other files of the repository: the install then
@@ -25,7 +25,8 @@ _LOCAL_REQUIREMENT = textpatterns.compile(
 
 def parse_toml(repo_text: str, relative: str) -> dict[str, Any]:
     try:
-        return tomllib.loads(repo_text)
+        with parsing(relative):
+            return tomllib.loads(repo_text)
     except tomllib.TOMLDecodeError as exc:
         line = getattr(exc, "lineno", None)
         raise RepoConfigError(relative, f"not valid TOML ({exc})", line=line) from exc

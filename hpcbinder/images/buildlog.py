@@ -107,6 +107,7 @@ class FailureReason:
     def line(self, text: str) -> None:
         if self._own:
             return
+        text = textpatterns.cap(text)
         if _OWN.match(text):
             self._lines, self._own = [text.strip()], True
             return
