@@ -366,6 +366,10 @@ class BuildSettings(_Strict):
     requesters: list[Account] = ["hpcbinder"]
     #: Builds one researcher may have in progress at once.
     max_builds_per_user: int = Field(default=2, ge=1)
+    #: Disk one researcher's builds and checkouts may take (the images built
+    #: and the repositories fetched at their request, while kept): a new
+    #: request over it is refused.
+    max_user_disk_mb: int = Field(default=51200, ge=1)
 
 
 class BaseImage(_Strict):

@@ -6,7 +6,7 @@ Kept, whatever their age:
 - every image and checkout a job that has not finished names in its
   comment (:mod:`hpcbinder.images.jobrefs`; every user's jobs, through the site's
   Slurm client): a queued batch run or a server waiting for a node starts
-  from them later;
+  from them later; an image only if the job's owner may launch it;
 - every image used within the limit: the build server records a use at
   each build, each launch that asks it for the image (the Binder service,
   ``hpcbinder build`` and ``sbatch``) and each server start or restart
@@ -67,7 +67,8 @@ def collect(site: Site, older_than_days: float, keep: int, slurm: SlurmCLI) -> G
     """Remove what nothing needs any more (see the module's docstring)."""
     in_use = jobrefs.references(slurm.unfinished_job_comments(proc.current_user()))
     store = image_store(site)
-    images = store.gc(older_than_days, keep, in_use.images)
+    pinned = frozenset(key for user, key in in_use.images if store.may_launch(key, user))
+    images = store.gc(older_than_days, keep, pinned)
     staging = store.clean_staging()
     now = time.time()
     build_window = site.build.timeout_minutes * 60 + BUILD_SLACK_SECONDS

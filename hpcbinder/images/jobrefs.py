@@ -11,7 +11,9 @@ slurm/batch.sbatch.j2); a job with neither carries ``hpcbinder``.
 
 A researcher can write such a comment on any job of theirs: that keeps an
 image or checkout for as long as the job waits or runs, as launching it
-would, and nothing more.
+would, and nothing more. So a comment counts only as its job's owner's
+word: gc keeps an image a job names only if that job's owner may launch it
+(:meth:`hpcbinder.images.store.ImageStore.may_launch`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from dataclasses import dataclass
 from hpcbinder import textpatterns
 from hpcbinder.errors import UserError
 from hpcbinder.patterns import COMMIT, ENV_KEY
+from hpcbinder.seams.slurm import JobComment
 
+#: The most of a comment read (Slurm keeps any length; ours are ~100 characters).
+COMMENT_CHARS = 4096
 #: Each takes the whole run of hex digits: a longer run is not an id (checked after).
 _IMAGE_REF = textpatterns.compile(r"hpcbinder-image=([0-9a-f]+)")
 _COMMIT_REF = textpatterns.compile(r"hpcbinder-commit=([0-9a-f]+)")
@@ -48,17 +53,20 @@ def job_comment(image_key: str | None, commit: str | None) -> str:
 
 @dataclass(frozen=True)
 class JobReferences:
-    """Image keys and commits that pending or running jobs name."""
+    """Image keys, each with the owner of the job naming it, and commits
+    that pending or running jobs name."""
 
-    images: frozenset[str]
+    images: frozenset[tuple[str, str]]  # (user, key)
     commits: frozenset[str]
 
 
-def references(comments: Iterable[str]) -> JobReferences:
+def references(comments: Iterable[JobComment]) -> JobReferences:
     """What the comments of jobs (any text, any number of references) name."""
-    images: set[str] = set()
+    images: set[tuple[str, str]] = set()
     commits: set[str] = set()
-    for comment in comments:
-        images.update(k for k in _IMAGE_REF.findall(comment) if ENV_KEY.fullmatch(k))
+    for job in comments:
+        comment = job.comment[:COMMENT_CHARS]
+        keys = _IMAGE_REF.findall(comment)
+        images.update((job.user, k) for k in keys if ENV_KEY.fullmatch(k))
         commits.update(c for c in _COMMIT_REF.findall(comment) if COMMIT.fullmatch(c))
     return JobReferences(frozenset(images), frozenset(commits))

@@ -33,11 +33,12 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from tornado import web
+from tornado.httpserver import HTTPServer
 from tornado.iostream import StreamClosedError
 
 from hpcbinder.config import Site
 from hpcbinder.errors import UserError
-from hpcbinder.images import builder
+from hpcbinder.images import builder, quota
 from hpcbinder.images import gc as storegc
 from hpcbinder.images.client import BuildRequest, ServerEvent, UseRequest
 from hpcbinder.images.store import BuildEvent, image_store
@@ -49,6 +50,8 @@ from hpcbinder.sources import providers
 
 log = logging.getLogger("hpcbinder.images.server")
 KEEPALIVE_SECONDS = 10.0
+#: The largest request body read (a MUNGE credential around a spec: a few kB).
+REQUEST_BYTES = 64 * 1024
 #: Phases of :class:`hpcbinder.images.store.BuildEvent` passed on as log lines.
 _LOGGED = frozenset({"waiting", "building", "log", "smoke", "publishing"})
 
@@ -166,19 +169,37 @@ class BuildQueue:
         # Parsing a local spec reads the file system: off the event loop.
         return providers.parse_spec(spec, self.site.repos).readable_name()
 
+    def prepare(self, spec: str, user: str) -> pipeline.Prepared:
+        """Fetch and render ``spec`` for ``user`` (in a thread): refused
+        while ``user``'s kept images and checkouts are at the site's disk
+        limit; the checkout counted for them and its use recorded."""
+        ledger = quota.DiskLedger(self.site, image_store(self.site))
+        ledger.check(user)
+        prepared = pipeline.prepare(spec, self.site)
+        storegc.record_checkout_use(prepared.checkout)
+        size = quota.tree_bytes(prepared.checkout)
+        ledger.add(user, f"checkout:{prepared.checkout}", size)
+        return prepared
+
+    def _count_image(self, key: str, user: str) -> None:
+        store = image_store(self.site)
+        record = store.lookup(key)
+        if record is not None:
+            quota.DiskLedger(self.site, store).add(user, f"image:{key}", record.meta.size_bytes)
+
     async def _run(self, stream: BuildStream) -> None:
         started = time.monotonic()
         try:
             name = await asyncio.to_thread(self._readable_name, stream.key)
             await stream.publish(ServerEvent("fetching", f"Fetching {name}…"))
-            prepared = await asyncio.to_thread(pipeline.prepare, stream.key, self.site)
-            await asyncio.to_thread(storegc.record_checkout_use, prepared.checkout)
+            user = self._owners.get(stream.key, "")
+            prepared = await asyncio.to_thread(self.prepare, stream.key, user)
             for warning in prepared.rendered.warnings:
                 await stream.publish(ServerEvent("fetching", f"warning: {warning}"))
-            user = self._owners.get(stream.key, "")
             store = image_store(self.site)
             if await asyncio.to_thread(store.find, prepared.rendered.env_key, user) is None:
                 await self._build(stream, prepared, user)
+                await asyncio.to_thread(self._count_image, prepared.rendered.env_key, user)
             await stream.finish(ServerEvent("built"), prepared.fetched())
             log.info(
                 "%s: image %s in %.1f s",
@@ -302,14 +323,13 @@ class BuildRequestHandler(web.RequestHandler):
                 return None
             try:
                 with queue.preparing(user):
-                    prepared = await asyncio.to_thread(pipeline.prepare, request.spec, self.site)
+                    prepared = await asyncio.to_thread(queue.prepare, request.spec, user)
             except UserError as exc:
                 await self._send(ServerEvent("failed", str(exc), kind="user"))
                 return None
             except OSError as exc:
                 await self._send(_refusal(exc))
                 return None
-            await asyncio.to_thread(storegc.record_checkout_use, prepared.checkout)
             return prepared.fetched()
         stream = queue.stream(request.spec, user)
         async for event in stream.follow():
@@ -321,13 +341,17 @@ class BuildRequestHandler(web.RequestHandler):
 
 class UseHandler(web.RequestHandler):
     """``POST /used``: a MUNGE credential carrying a :class:`UseRequest`;
-    204 once the use is recorded, 404 for an image the store does not have."""
+    204 once the use is recorded, 404 for an image the store does not have
+    or the user may not launch (:meth:`ImageStore.may_launch`)."""
 
     async def post(self) -> None:
         site: Site = self.settings["site"]
         sender, request = await _verified(self.request.body, UseRequest.from_json)
         user = _on_behalf(site, sender, request.for_user)
         store = image_store(site)
+        # Only an image the user may launch: anyone could pin every image otherwise.
+        if not await asyncio.to_thread(store.may_launch, request.key, user):
+            raise web.HTTPError(404, reason=f"no image {request.key} that {user} may launch")
         if await asyncio.to_thread(store.find, request.key, user) is None:
             raise web.HTTPError(404, reason=f"no image {request.key} in the store")
         log.info("%s uses image %s%s", user, request.key, f" ({sender})" if user != sender else "")
@@ -352,12 +376,18 @@ def build_server_app(site: Site) -> web.Application:
     )
 
 
+def listen(site: Site, ip: str, port: int) -> HTTPServer:
+    """The build server on ``ip:port``, reading no request body over
+    :data:`REQUEST_BYTES` (tornado's default is 100 MB)."""
+    return build_server_app(site).listen(port, ip, max_body_size=REQUEST_BYTES)
+
+
 async def run_build_server(site: Site, ip: str, port: int) -> None:
     """Run until cancelled."""
     logging.basicConfig(
         level=logging.INFO, format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s"
     )
-    build_server_app(site).listen(port, ip)
+    listen(site, ip, port)
     log.info("build server on %s:%s, image store %s", ip, port, site.image_store)
     await asyncio.Event().wait()
 

@@ -75,9 +75,10 @@ class SlurmDialect:
     sinfo_load: tuple[str, ...] = ("sinfo", "-h", "-o", "%P|%C|%G")
     #: Every pending job's partition (one line per job).
     squeue_pending_partitions: tuple[str, ...] = ("squeue", "-h", "-a", "-t", "PENDING", "-o", "%P")
-    #: Every job of every user and partition with its state and comment. Not
-    #: squeue's default states: those leave out suspended and held jobs.
-    squeue_comments: tuple[str, ...] = ("squeue", "-h", "-a", "--states=all", "-o", "%T|%k")
+    #: Every job of every user and partition with its state, owner and
+    #: comment. Not squeue's default states: those leave out suspended and
+    #: held jobs.
+    squeue_comments: tuple[str, ...] = ("squeue", "-h", "-a", "--states=all", "-o", "%T|%u|%k")
     private_data: textpatterns.Pattern = textpatterns.compile(r"(?m)^PrivateData\s*=\s*(\S*)")
     slurm_user: textpatterns.Pattern = textpatterns.compile(r"(?m)^SlurmUser\s*=\s*([^\s(]+)")
     #: Admin levels (sacctmgr) that see every job whatever PrivateData says.
@@ -218,6 +219,14 @@ class QueueEntry:
     node: str = ""
     partition: str = ""
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class JobComment:
+    """A job's comment and who owns the job."""
+
+    user: str
+    comment: str
 
 
 class SlurmCLI:
@@ -427,9 +436,10 @@ class SlurmCLI:
         """``scontrol show config``: slurm.conf as the controller runs it."""
         return proc.check(self._run([*self.dialect.scontrol, "show", "config"])).stdout
 
-    def unfinished_job_comments(self, account: str) -> list[str]:
+    def unfinished_job_comments(self, account: str) -> list[JobComment]:
         """The comment of every job of every user that has not finished
-        (pending, held, running, suspended, completing), listed as
+        (pending, held, running, suspended, completing), with the job's
+        owner (a comment is only ever its owner's word), listed as
         ``account`` (this process's own); :class:`SlurmError` when Slurm does
         not answer, or hides other users' jobs from ``account``: an answer
         that leaves jobs out must never pass for the whole queue."""
@@ -439,9 +449,10 @@ class SlurmCLI:
             raise SlurmError(f"squeue did not answer: {(result.stderr or result.stdout).strip()}")
         comments = []
         for line in result.stdout.splitlines():
-            state, sep, comment = line.partition("|")
-            if sep and state.strip() not in TERMINAL_STATES:
-                comments.append(comment)
+            state, sep, rest = line.partition("|")
+            user, owned, comment = rest.partition("|")
+            if sep and owned and state.strip() not in TERMINAL_STATES:
+                comments.append(JobComment(user.strip(), comment))
         return comments
 
     def _check_sees_every_job(self, account: str) -> None:

@@ -118,10 +118,16 @@ def test_gc_keeps_images_jobs_and_recent_launches_use(
         recorded = use_of(store, key)
         assert recorded["user"] == "alice" and time.time() - float(str(recorded["time"])) < 30
 
-        # The spawner's report of a server (re)start, as the service account for bob.
-        reported = report_use("hpcbinder", site_file, key, "bob")
+        # The spawner's report of a server (re)start, as the service account for alice.
+        store.record_use(key, "alice", at=time.time() - 60)
+        reported = report_use("hpcbinder", site_file, key, "alice")
         assert reported.returncode == 0, reported.stderr
-        assert use_of(store, key)["user"] == "bob"
+        assert time.time() - float(str(use_of(store, key)["time"])) < 30
+        # Only for an image the researcher may launch: bob never built or
+        # used this image of a repository on this host, so he cannot pin it.
+        pinned = report_use("hpcbinder", site_file, key, "bob")
+        assert pinned.returncode != 0 and "may launch" in pinned.stderr, pinned.stderr
+        assert use_of(store, key)["users"] == ["alice"]
         # Researchers report only their own use; unknown images are refused.
         assert report_use("alice", site_file, key, "bob").returncode != 0
         unknown = report_use("hpcbinder", site_file, "f" * 32, "bob")

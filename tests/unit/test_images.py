@@ -31,7 +31,7 @@ from hpcbinder.jobs.request import request_for
 from hpcbinder.jobs.serverscript import Seed, ServerJob, render_server_script
 from hpcbinder.seams import proc
 from hpcbinder.seams.processid import ProcessIdentity
-from hpcbinder.seams.slurm import SlurmCLI, SlurmError
+from hpcbinder.seams.slurm import JobComment, SlurmCLI, SlurmError
 from hpcbinder.sources.providers import ResolvedRepo
 from tests.unit.fakes import ByProgram, publish_fake_image
 
@@ -401,10 +401,9 @@ def test_job_comments_name_image_and_commit_and_refuse_anything_else() -> None:
             job_comment(bad, None)
     with pytest.raises(JobReferenceError):
         job_comment(KEY, "HEAD")
-    found = references(
-        [job_comment(KEY, COMMIT), "(null)", f"mine hpcbinder-image={'f' * 33}", "x"]
-    )
-    assert found.images == {KEY} and found.commits == {COMMIT}
+    comments = [job_comment(KEY, COMMIT), "(null)", f"mine hpcbinder-image={'f' * 33}", "x"]
+    found = references(JobComment("alice", comment) for comment in comments)
+    assert found.images == {("alice", KEY)} and found.commits == {COMMIT}
 
 
 def test_server_and_batch_scripts_carry_the_comment(tmp_path: Path) -> None:
@@ -445,12 +444,12 @@ def test_server_and_batch_scripts_carry_the_comment(tmp_path: Path) -> None:
 # --- Slurm's view of every job --------------------------------------------------
 
 
-SQUEUE = f"""RUNNING|hpcbinder-image={KEY}
-SUSPENDED|hpcbinder-image={"1" * 32}
-PENDING|hpcbinder-image={"2" * 32},hpcbinder-commit={COMMIT}
-COMPLETED|hpcbinder-image={"3" * 32}
-CANCELLED|hpcbinder-image={"4" * 32}
-RUNNING|(null)
+SQUEUE = f"""RUNNING|alice|hpcbinder-image={KEY}
+SUSPENDED|bob|hpcbinder-image={"1" * 32}
+PENDING|alice|hpcbinder-image={"2" * 32},hpcbinder-commit={COMMIT}
+COMPLETED|alice|hpcbinder-image={"3" * 32}
+CANCELLED|alice|hpcbinder-image={"4" * 32}
+RUNNING|bob|(null)
 """
 
 
@@ -459,8 +458,9 @@ def test_every_unfinished_jobs_comment_is_read() -> None:
         {"scontrol": (0, "PrivateData             = none\n", ""), "squeue": (0, SQUEUE, "")}
     )
     found = references(SlurmCLI(slurm).unfinished_job_comments("hpcbuild"))
-    assert found.images == {KEY, "1" * 32, "2" * 32} and found.commits == {COMMIT}
-    assert ["squeue", "-h", "-a", "--states=all", "-o", "%T|%k"] in slurm.calls
+    assert found.images == {("alice", KEY), ("bob", "1" * 32), ("alice", "2" * 32)}
+    assert found.commits == {COMMIT}
+    assert ["squeue", "-h", "-a", "--states=all", "-o", "%T|%u|%k"] in slurm.calls
 
 
 def test_a_queue_hidden_by_private_data_is_never_taken_for_the_whole_queue() -> None:
