@@ -96,17 +96,22 @@ def refuse_credentials(url: str) -> None:
         )
 
 
+def may_hold_credentials(text: str) -> bool:
+    """Whether ``text`` (a spec, a URL, a request's path) has an ``@``,
+    %-escaped up to thrice: where a mangled URL may have put a secret."""
+    for _ in range(4):
+        if "@" in text:
+            return True
+        text = unquote(text)
+    return False
+
+
 def _echo(value: str) -> str:
     """``value`` quoted for a message about input that was refused, unless
-    it may hold credentials (an ``@``, escaped up to thrice): then a
-    placeholder. Every refusal here quotes input through this, so none
-    repeats a secret that a mangled URL put somewhere else."""
-    shown = value
-    for _ in range(4):
-        if "@" in shown:
-            return "(not repeated: it may hold credentials)"
-        shown = unquote(shown)
-    return repr(value)
+    it :func:`may_hold_credentials`: then a placeholder. Every refusal here
+    quotes input through this, so none repeats a secret that a mangled URL
+    put somewhere else."""
+    return "(not repeated: it may hold credentials)" if may_hold_credentials(value) else repr(value)
 
 
 def reaches_local_files(url: str) -> bool:

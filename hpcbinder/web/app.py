@@ -13,13 +13,46 @@ from urllib.parse import urlsplit
 
 from jupyterhub.services.auth import HubOAuth
 from tornado import web
+from tornado.log import access_log
 
 from hpcbinder.config import Site
+from hpcbinder.sources.providers import may_hold_credentials
 from hpcbinder.web import handlers
 from hpcbinder.web.launcher import HubAPI
 from hpcbinder.web.service import Service, tool_versions
 
 STATIC = Path(__file__).parent / "static"
+#: Query arguments whose values are secrets: any whose name holds one of
+#: these (the hub's own list: tokens, XSRF, OAuth's code and state).
+SECRET_ARGUMENTS = ("token", "auth", "key", "code", "state", "xsrf")
+
+
+def loggable_uri(path: str, query: str) -> str:
+    """A request's URI as the access log shows it: the values of secret
+    arguments hidden, and a path that :func:`may_hold_credentials` (a link
+    whose spec has a URL with credentials, refused but still requested)
+    replaced by its first part."""
+    if may_hold_credentials(path):
+        path = "/".join(path.split("/")[:2]) + "/[not logged: may hold credentials]"
+    arguments = []
+    for argument in filter(None, query.split("&")):
+        name, sep, value = argument.partition("=")
+        secret = any(word in name.lower() for word in SECRET_ARGUMENTS)
+        if secret or may_hold_credentials(value):
+            value = "[secret]"
+        arguments.append(f"{name}{sep}{value}")
+    return path + ("?" + "&".join(arguments) if arguments else "")
+
+
+def log_request(handler: web.RequestHandler) -> None:
+    """Tornado's access log line, with :func:`loggable_uri` for the URI."""
+    request, status = handler.request, handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    uri = loggable_uri(request.path, request.query)
+    milliseconds = 1000.0 * request.request_time()
+    access_log.log(
+        level, "%d %s %s (%s) %.2fms", status, request.method, uri, request.remote_ip, milliseconds
+    )
 
 
 def make_app(service: Service) -> web.Application:
@@ -48,6 +81,7 @@ def make_app(service: Service) -> web.Application:
         static_url_prefix=f"{base}static/",
         cookie_secret=secrets.token_bytes(32),
         xsrf_cookies=False,  # the service takes no form posts; streams are GETs
+        log_function=log_request,
         login_url=f"{base}oauth_callback",  # replaced by the hub's through HubOAuthenticated
     )
 
@@ -62,6 +96,7 @@ def hub_oauth(public_url: str, hub_public_url: str) -> HubOAuth:
         hub_host=f"{hub.scheme}://{hub.netloc}",
         base_url="/",  # cookies (the OAuth state among them) for this whole origin
         cache_max_age=60,
+        allow_token_in_url=False,  # tokens in headers only: URLs end up in logs
     )
 
 

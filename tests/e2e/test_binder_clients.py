@@ -79,3 +79,12 @@ def test_a_link_opens_jupyterlab_in_a_browser(binder: Binder) -> None:
     assert summary["currentTab"] == "index.ipynb"
     assert summary["firstCell"] == "print('hello from binder')"
     assert screenshot.stat().st_size > 10_000
+    # No token in any URL the browser asked for, nor in the service's
+    # access log: the page sends its XSRF token in a header.
+    assert any("/build/" in url for url in summary["requestedUrls"]), summary
+    tokens = {summary["launchXsrf"], *(v for v in summary["cookieValues"] if len(v) >= 16)}
+    for url in summary["requestedUrls"]:
+        assert "_xsrf=" not in url and "token=" not in url, url
+        assert not any(token in url for token in tokens), url
+    log = binder.hub.log.read_text()
+    assert summary["launchXsrf"] not in log and "_xsrf=" not in log

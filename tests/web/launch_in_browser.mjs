@@ -14,9 +14,11 @@ const browser = await chromium.launch({
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
   ],
 });
-const summary = { phases: [], failed: null };
+const summary = { phases: [], failed: null, requestedUrls: [] };
 try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  // Every URL the browser asks for, to check that no token rides in one.
+  context.on("request", (request) => summary.requestedUrls.push(request.url()));
   const page = await context.newPage();
   page.setDefaultTimeout(240_000);
   await page.goto(link);
@@ -40,6 +42,9 @@ try {
     await page.waitForSelector("#phases");
   }
   summary.launchPageTitle = await page.title();
+  summary.launchXsrf = await page.evaluate(
+    () => JSON.parse(document.getElementById("launch-config").textContent).xsrf,
+  );
   const clicked = Date.now();  // logged in, on the launch page: the click
   // Record each phase the page shows until it leaves for the server.
   const seen = new Set();
@@ -64,6 +69,7 @@ try {
     summary.currentTab = await page.textContent(".lm-TabBar-tab.jp-mod-current .lm-TabBar-tabLabel");
   }
   await page.screenshot({ path: screenshot });
+  summary.cookieValues = (await context.cookies()).map((cookie) => cookie.value);
 } finally {
   await browser.close();
 }
