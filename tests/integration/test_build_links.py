@@ -170,3 +170,28 @@ def test_links_planted_by_the_image_are_never_followed(
     if variant == "read":
         failure = (root / "store" / "failures" / f"{prepared.rendered.env_key}.json").read_text()
         assert secret_text not in failure
+
+
+def test_links_a_postbuild_plants_in_an_overlay_build_are_never_followed(
+    root: Path, build_account_files: tuple[Path, str, Path, str]
+) -> None:
+    """An overlay build runs the site's base (its own rm, sh and true), but
+    the repository's postBuild writes the build's /tmp, home and overlay:
+    it plants the same links in every mount it may write, and the build
+    publishes without reading or writing through any of them."""
+    secret, secret_text, victim, victim_text = build_account_files
+    site = workspace_site(root, cache_dir=str(root / "cache"))
+    repo = root / "repos" / "planter"
+    repo.mkdir(parents=True)
+    post_build = f"#!/bin/sh\n{planter(secret, victim)}\nplant\ncd /tmp && plant\nexit 0\n"
+    (repo / "postBuild").write_text(post_build)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "fixture")
+    events: list[BuildEvent] = []
+    record = Builder(site).build_image(pipeline.prepare(local_spec(repo), site), events.append)
+    assert record.meta.strategy == "overlay"
+    seen = "\n".join([*(event.message for event in events), everything_written(root)])
+    assert secret_text not in seen
+    assert victim.read_text() == victim_text + "\n"
+    assert not any(p.is_symlink() for p in record.path.parent.iterdir())
