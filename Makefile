@@ -58,13 +58,15 @@ test: cluster venv site lint base
 	$(SUDO) $(BIN)/pytest
 
 # Benchmarks: each prints one JSON line with its figure and the floor it is
-# compared against, measured in the same run. Not part of `make test`.
-bench: base
-	$(SUDO) $(BIN)/python -m tests.bench.rebuild_code_only
-	$(SUDO) $(BIN)/python -m tests.bench.dedup
-	$(SUDO) $(BIN)/python -m tests.bench.env_build
-	$(SUDO) $(BIN)/python -m tests.bench.launch
-	$(SUDO) $(BIN)/python -m tests.bench.binder_load
+# compared against, measured in the same run. `make test` runs each once in
+# its quick mode, timing nothing (tests/integration/test_benchmarks.py); so
+# does `make bench BENCH_FLAGS=--quick`.
+bench: venv base
+	$(SUDO) $(BIN)/python -m tests.bench.rebuild_code_only $(BENCH_FLAGS)
+	$(SUDO) $(BIN)/python -m tests.bench.dedup $(BENCH_FLAGS)
+	$(SUDO) $(BIN)/python -m tests.bench.env_build $(BENCH_FLAGS)
+	$(SUDO) $(BIN)/python -m tests.bench.launch $(BENCH_FLAGS)
+	$(SUDO) $(BIN)/python -m tests.bench.binder_load $(BENCH_FLAGS)
 
 # The doctor's report with a real job, then JupyterHub and the Binder service
 # in the foreground, an example repository built and its link printed.

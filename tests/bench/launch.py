@@ -4,7 +4,9 @@ measured in the same run, each part alone: sbatch until the job runs,
 `apptainer exec IMAGE true`, and a Jupyter server's start inside the image
 until it listens.
 
-Run: sudo .venv/bin/python -m tests.bench.launch
+The quick mode: one launch (no warm-up) and each floor once.
+
+Run: sudo .venv/bin/python -m tests.bench.launch [--quick]
 """
 
 from __future__ import annotations
@@ -19,24 +21,23 @@ from pathlib import Path
 from hpcbinder.config import load_site
 from hpcbinder.seams.proc import LocalRunner
 from hpcbinder.seams.slurm import SlurmCLI, SubmitOptions
-from tests.bench.common import report, timed
+from tests.bench.common import quick, report, timed
 from tests.conftest import free_port
 from tests.hubhelpers import close_hub, new_hub, stop_server, wait_ready
 
-LAUNCHES = 10
 USER = "alice"
 
 
-def launch_seconds() -> list[float]:
+def launch_seconds(launches: int, warm_ups: int) -> list[float]:
     hub = new_hub()
     try:
         options = {"image": "base:default", "profile": "small"}
         seconds = []
-        for attempt in range(LAUNCHES + 1):  # the first warms caches and is not counted
+        for attempt in range(warm_ups + launches):  # warm-ups warm caches, not counted
             start = time.monotonic()
             hub.api("POST", f"/users/{USER}/servers/bench", options)
             wait_ready(hub, USER, "bench", poll=0.05)
-            if attempt:
+            if attempt >= warm_ups:
                 seconds.append(time.monotonic() - start)
             stop_server(hub, USER, "bench")
         return seconds
@@ -92,11 +93,12 @@ def jupyter_start(image: Path) -> float:
 
 
 def main() -> None:
+    launches, warm_ups, repeats = (1, 0, 1) if quick() else (10, 1, 3)
     site = load_site()
     image = site.base_image_path(site.default_base).resolve(strict=True)
     slurm = SlurmCLI(LocalRunner())
     floors = {
-        "sbatch_to_running": min(sbatch_to_running(slurm) for _ in range(3)),
+        "sbatch_to_running": min(sbatch_to_running(slurm) for _ in range(repeats)),
         "apptainer_exec_true": min(
             timed(
                 lambda: subprocess.run(
@@ -104,11 +106,11 @@ def main() -> None:
                     check=True,
                 )
             )
-            for _ in range(3)
+            for _ in range(repeats)
         ),
-        "jupyter_start": min(jupyter_start(image) for _ in range(3)),
+        "jupyter_start": min(jupyter_start(image) for _ in range(repeats)),
     }
-    seconds = sorted(launch_seconds())
+    seconds = sorted(launch_seconds(launches, warm_ups))
     floor = sum(floors.values())
     p50 = statistics.median(seconds)
     p90 = seconds[max(0, round(0.9 * len(seconds)) - 1)]
