@@ -275,6 +275,10 @@ class BinderService(_Strict):
     #: (its whole clone URL) asks them to confirm on the launch page.
     confirm_untrusted: bool = True
     trusted_repos: list[Regex] = []
+    #: A file holding the bearer token Prometheus sends for ``/metrics`` and
+    #: ``/versions`` (which otherwise answer the hub's admins only), readable
+    #: by the service account and by no other account; never the token here.
+    metrics_token_file: Path | None = None
 
 
 class Launch(_Strict):

@@ -19,6 +19,7 @@ from hpcbinder.config import Site
 from hpcbinder.sources.providers import may_hold_credentials
 from hpcbinder.web import handlers
 from hpcbinder.web.launcher import HubAPI
+from hpcbinder.web.metrics import scrape_token
 from hpcbinder.web.service import Service, tool_versions
 
 STATIC = Path(__file__).parent / "static"
@@ -107,6 +108,8 @@ async def serve(
     logging.basicConfig(
         level=logging.INFO, format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s"
     )
+    token_file = site.binder.metrics_token_file
+    metrics_token = scrape_token(token_file) if token_file else None  # a bad file: no start
     service = Service(
         site=site,
         hub=HubAPI(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"]),
@@ -115,6 +118,7 @@ async def serve(
         public_url=public_url.rstrip("/") + "/",
         state_dir=state_dir,
         versions=await tool_versions(site),
+        metrics_token=metrics_token,
     )
     make_app(service).listen(port, ip)
     logging.getLogger("hpcbinder.web").info("Binder service at %s", service.public_url)

@@ -1,6 +1,7 @@
 """The service's routes: pages, the ``/build`` event stream, health,
-versions, metrics. Every page and stream needs a hub login; a spec, ref or
-log line reaches a page only as escaped text."""
+versions, metrics. Every page and stream needs a hub login; versions and
+metrics an admin's or Prometheus' token; a spec, ref or log line reaches a
+page only as escaped text."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from hpcbinder.sources import providers
 from hpcbinder.web.builds import Built
 from hpcbinder.web.events import KEEPALIVE, Event, failed
 from hpcbinder.web.launcher import LaunchFailed, server_name
+from hpcbinder.web.metrics import is_scrape_token
 from hpcbinder.web.service import Service
 
 #: Seconds of silence after which the stream sends a keepalive comment.
@@ -420,14 +422,47 @@ class HealthHandler(BaseHandler):
             self.finish({"ok": ok})
 
 
-class VersionsHandler(web.RequestHandler):
-    def get(self) -> None:
-        service: Service = self.settings["service"]
-        self.finish({"binderhub": f"hpcbinder {__version__}", **service.versions})
+class MonitoringHandler(BaseHandler):
+    """What only operators see: the hub's admins (logged in through the
+    hub, or with an admin's hub token) and Prometheus with the site's
+    bearer token (``binder.metrics_token_file``). Everyone else gets 401
+    (403 when logged in) and no data. The site's token is checked first and
+    never sent on to the hub; any other token is the hub's to judge."""
+
+    async def allowed(self) -> bool:
+        scheme, _, given = self.request.headers.get("Authorization", "").partition(" ")
+        bearer = given.strip() if scheme.lower() == "bearer" else ""
+        if is_scrape_token(bearer, self.service.metrics_token):
+            return True
+        user = self.current_user
+        if user is not None and await self.service.is_admin(str(user["name"])):
+            return True
+        if user is None:
+            self.set_status(401)
+            self.set_header("WWW-Authenticate", 'Bearer realm="hpcbinder"')
+            self.finish({"error": "log in to the hub as an admin, or send the metrics token"})
+        else:
+            self.set_status(403)
+            self.finish({"error": "for the hub's admins only"})
+        return False
 
 
-class MetricsHandler(web.RequestHandler):
-    def get(self) -> None:
-        service: Service = self.settings["service"]
-        self.set_header("Content-Type", "text/plain; version=0.0.4")
-        self.finish(service.metrics.exposition())
+class VersionsHandler(MonitoringHandler):
+    """``/versions``: this service's and the tools' versions (Slurm,
+    Apptainer, JupyterHub), which tell an attacker what to try. BinderHub
+    answers anyone, for mybinder.org's federation redirector; its
+    JavaScript client does not read it, and a site whose every launch needs
+    a hub login is no member of that federation."""
+
+    async def get(self) -> None:
+        if await self.allowed():
+            self.finish({"binderhub": f"hpcbinder {__version__}", **self.service.versions})
+
+
+class MetricsHandler(MonitoringHandler):
+    """``/metrics``: Prometheus' exposition of builds and launches."""
+
+    async def get(self) -> None:
+        if await self.allowed():
+            self.set_header("Content-Type", "text/plain; version=0.0.4")
+            self.finish(self.service.metrics.exposition())

@@ -64,6 +64,9 @@ class Service:
     metrics: Metrics = field(default_factory=Metrics)
     versions: dict[str, str] = field(default_factory=dict)
     pages: jinja2.Environment = field(default_factory=page_environment)
+    #: Prometheus' bearer token for /metrics and /versions (from the site's
+    #: binder.metrics_token_file); None: the hub's admins only.
+    metrics_token: str | None = None
 
     def __post_init__(self) -> None:
         binder = self.site.binder

@@ -87,7 +87,7 @@ def test_viewers_share_one_build_and_leaving_cancels_nothing(binder: Binder) -> 
     assert len(results) == 3 and len(images) == 1 and None not in images, results
     for events in results.values():
         assert sum("Building image" in e["message"] for e in events) == 1
-    _, metrics, _ = binder.get("/metrics")
+    _, metrics, _ = binder.get("/metrics", user_token(binder.hub, "hubadmin"))
     builds = re.search(r'hpcbinder_build_duration_seconds_count\{status="success"\} (\S+)', metrics)
     assert builds and float(builds.group(1)) == 1.0
 
@@ -196,12 +196,16 @@ def test_service_routes(binder: Binder) -> None:
         "image store",
         "build server",
     }
-    status, body, _ = binder.get("/versions")
+    # Versions and metrics: the hub's admins only (and Prometheus, see
+    # test_binder_monitoring.py).
+    status, body, _ = binder.get("/versions", admin)
     versions = json.loads(body)
     assert status == 200 and versions["binderhub"].startswith("hpcbinder ")
     assert versions["jupyterhub"].startswith("6.") and "apptainer" in versions["builder"]
-    status, body, _ = binder.get("/metrics")
+    status, body, _ = binder.get("/metrics", admin)
     assert status == 200 and "hpcbinder_builds_in_progress 0.0" in body
+    for path in ("/versions", "/metrics"):
+        assert binder.get(path)[0] == 401 and binder.get(path, binder.token)[0] == 403
     status, body, headers = binder.get("/badge_logo.svg")
     assert status == 200 and headers["Content-Type"] == "image/svg+xml" and "<svg" in body
     status, _, headers = binder.get("/")
