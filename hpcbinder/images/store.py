@@ -80,6 +80,10 @@ WORK = ".work"
 RECORD_BYTES = 16 << 20
 
 
+#: Held while a use record is read and replaced (who used an image accumulates).
+_USES = threading.Lock()
+
+
 def work_dir(staging: Path) -> Path:
     """The one folder of a build that containers may write (its /tmp, home
     and overlay), next to its staging folder, never inside it: the build
@@ -373,10 +377,11 @@ class ImageStore:
         used it) now, or at ``at``: gc keeps images used within its limit.
         Atomic: a reader sees the old record or the new one."""
         path = self.use_path(key)
-        users = sorted(self.users(key) | ({user} if user else set()))
-        record = {"time": time.time() if at is None else at, "user": user, "users": users}
-        folder = self._dir("used")
-        safefs.replace(folder, path.name, json.dumps(record), self.owner_ids)
+        with _USES:  # the build server records uses from several threads
+            users = sorted(self.users(key) | ({user} if user else set()))
+            record = {"time": time.time() if at is None else at, "user": user, "users": users}
+            folder = self._dir("used")
+            safefs.replace(folder, path.name, json.dumps(record), self.owner_ids)
         self.own(path)
 
     def users(self, key: str) -> frozenset[str]:
