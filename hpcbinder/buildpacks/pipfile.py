@@ -271,12 +271,15 @@ class PipfileBuildPack(BuildPack):
         return bool(self.requirements.paths)
 
     def _step(self) -> Step:
-        """The install as data: the requirement lines go into the
-        definition (hence the env key) and need no repository file."""
+        """The install as data: the requirement lines and git entries
+        become files the renderer writes for the build (hence in the env
+        key), read from ``source``; they need no repository file."""
         requirements = self.requirements
+        source = self.repo.path("Pipfile.lock" if self.locked else "Pipfile")
         return Step(
             StepKind.PIPFILE,
             {
+                "source": source,
                 "locked": self.locked,
                 "requirements": requirements.requirements,
                 "vcs": requirements.vcs,

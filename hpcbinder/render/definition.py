@@ -4,13 +4,17 @@ that writes definitions.
 The definition names repository files by paths relative to the checkout
 (the builder runs ``apptainer build`` there), so the same environment gives
 the same text whatever commit or cache directory it came from. The env key
-hashes that text with the contents of exactly the files the build reads:
-a commit that changes only notebooks keeps its key and its image.
+hashes that text, the files the renderer generated for the build and the
+exact bytes of exactly the repository files the build reads: a commit that
+changes only notebooks keeps its key and its image.
 
-Every value that reaches the text was validated by a full-match pattern
-(buildpacks, site file) or is shell-quoted by the template; as a last
-guard the rendered text must contain exactly the sections the template
-wrote, or rendering fails.
+A definition holds the templates' text and single-line tokens only: every
+value passes the renderer's one-line rule (:mod:`templating`), was
+validated by a full-match pattern (buildpacks, site file) and is
+shell-quoted where it reaches shell. Anything else a repository supplies
+reaches the build as a file (:mod:`buildfiles`). As a last guard the
+rendered text must open exactly the sections the template wrote, by
+Apptainer's own rule, or rendering fails.
 """
 
 from __future__ import annotations
@@ -28,11 +32,11 @@ from hpcbinder.buildpacks.base import ENV_FILES_DIR, REPO_DIR, BuildPlan, Docker
 from hpcbinder.buildpacks.conda import CONDA_ENV
 from hpcbinder.config import Site, SiteConfigError
 from hpcbinder.errors import RepoConfigError
-from hpcbinder.render import templating
+from hpcbinder.render import buildfiles, templating
 from hpcbinder.seams.apptainer import Bind
 
 #: Changes whenever the templates change what a build does.
-RENDERER_VERSION = "1"
+RENDERER_VERSION = "2"
 #: The Python environment of every site base: Jupyter server and default kernel.
 KERNEL_PREFIX = "/opt/hpcbinder/python"
 #: A repository's own Python packages (a venv that sees the base's packages).
@@ -51,9 +55,6 @@ RUNSCRIPT_IN_IMAGE = "/.singularity.d/runscript"
 
 _SAFE_PATH = textpatterns.compile(r"/?[A-Za-z0-9_.+-]+(?:/[A-Za-z0-9_.+-]+)*/?")
 _DOCKER_REF = textpatterns.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*")
-#: A line Apptainer reads as a section: ``%`` first after space (Python's
-#: idea of space, which is wider than RE2's ``\s``); the name is what follows.
-_SECTION = textpatterns.compile(rf"{textpatterns.SPACE}*%(\S*)")
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,8 @@ class Rendered:
     warnings: list[str]
     overlay_script: str | None = None
     entrypoint: list[str] = field(default_factory=list)
+    #: Files the build reads from the generated folder (name → text; see buildfiles).
+    build_files: dict[str, str] = field(default_factory=dict)
 
 
 def _version_number(version: str) -> int:
@@ -231,8 +234,24 @@ def _is_safe_path(value: str) -> bool:
     return bool(_SAFE_PATH.fullmatch(value)) and ".." not in value.split("/")
 
 
+def sections(text: str) -> list[str]:
+    """The sections Apptainer reads in ``text``, by its own rule
+    (pkg/build/types/parser/deffile.go): lines end at ``\\n`` only; a line
+    whose first word starts with ``%`` opens a section, named by that word
+    without all its leading ``%``, in lower case (``%%SETUP`` is ``setup``).
+    Words are split at Python's whitespace, which holds all of Go's
+    (``unicode.IsSpace``, what Apptainer splits at) and more: this finds
+    every section Apptainer would. A scan, linear in the text."""
+    found = []
+    for line in text.split("\n"):
+        words = line.split(None, 1)
+        if words and words[0].startswith("%"):
+            found.append(words[0].lstrip("%").lower())
+    return found
+
+
 def _check_sections(text: str, expected: list[str]) -> None:
-    found = [m.group(1) for line in text.splitlines() if (m := _SECTION.match(line))]
+    found = sections(text)
     if found != expected:
         raise RepoConfigError(
             "(definition)",
@@ -240,17 +259,20 @@ def _check_sections(text: str, expected: list[str]) -> None:
         )
 
 
-def _normalised(text: str) -> str:
-    """Line endings and trailing space do not change an environment."""
-    lines = [line.rstrip() for line in text.replace("\r\n", "\n").split("\n")]
-    return "\n".join(line for line in lines if line) + "\n"
-
-
 def env_key(
-    definition: str, plan: BuildPlan, checkout: Path, tree_id: str | None, base_identity: str
+    definition: str,
+    plan: BuildPlan,
+    checkout: Path,
+    tree_id: str | None,
+    base_identity: str,
+    build_files: dict[str, str],
 ) -> str:
     """Hash of everything the build reads, and of the entrypoint its image
-    records (only where there is one: images without keep their keys)."""
+    records (only where there is one: images without keep their keys).
+
+    Files are hashed as the exact bytes the build reads: any difference (a
+    CRLF ``start``, trailing space) is another environment, so no
+    repository can claim the key of another whose files differ."""
     digest = hashlib.sha256()
     header: dict[str, object] = {
         "renderer": RENDERER_VERSION,
@@ -262,8 +284,11 @@ def env_key(
     digest.update(json.dumps(header, sort_keys=True).encode())
     digest.update(b"\0definition\0" + definition.encode())
     for relative in plan.env_files:
-        content = (checkout / relative).read_text(encoding="utf-8")
-        digest.update(f"\0file\0{relative}\0".encode() + _normalised(content).encode())
+        content = (checkout / relative).read_bytes()
+        digest.update(f"\0file\0{len(content)}\0{relative}\0".encode() + content)
+    for name, text in sorted(build_files.items()):
+        content = text.encode()
+        digest.update(f"\0generated\0{len(content)}\0{name}\0".encode() + content)
     return digest.hexdigest()[:32]
 
 
@@ -282,14 +307,23 @@ def base_identity(site: Site, base: BaseChoice) -> str:
     return "|".join(parts)
 
 
-def _build_context(site: Site) -> dict[str, object]:
-    """Values every definition template uses: the site's network and paths."""
+def _build_context(site: Site, *, generated: bool = True) -> dict[str, object]:
+    """Values every definition template uses: the site's network and paths;
+    ``generated``: the build reads a folder of generated files (a
+    repository's build; a site base reads none)."""
     network = site.network
     ca_bundle = network.ca_bundle
+    build_cache = BUILD_CACHE_IN_IMAGE if site.build.cache_dir else None
     return {
         "ca_bundle": _safe_site_path(str(ca_bundle), "network.ca_bundle") if ca_bundle else None,
         "ca_in_image": CA_IN_IMAGE,
-        "build_cache": BUILD_CACHE_IN_IMAGE if site.build.cache_dir else None,
+        "build_cache": build_cache,
+        # Bind targets, which a SIF build's %setup makes (a bind needs one).
+        "build_mounts": [
+            *([build_cache] if build_cache else []),
+            *([buildfiles.GENERATED_IN_IMAGE] if generated else []),
+        ],
+        "generated": buildfiles.template_paths(),
         "network": network,
         "kernel_prefix": KERNEL_PREFIX,
         "kernel_env": KERNEL_ENV,
@@ -300,12 +334,12 @@ def _build_context(site: Site) -> dict[str, object]:
     }
 
 
-def _sections(has_files: bool, build_cache: bool) -> list[str]:
+def _sections(has_files: bool, setup: bool) -> list[str]:
     """The sections the definition templates write, in order."""
     return [
         "labels",
         *(["files"] if has_files else []),
-        *(["setup"] if build_cache else []),
+        *(["setup"] if setup else []),
         "environment",
         "post",
         "runscript",
@@ -348,7 +382,7 @@ def _repo_definition(plan: BuildPlan, site: Site, base: BaseChoice) -> tuple[str
     text = templating.render_text(
         "templates", "repo.def.j2", plan=plan, base=base, files=files, **context
     )
-    return text, _sections(bool(files or context["ca_bundle"]), bool(context["build_cache"]))
+    return text, _sections(bool(files or context["ca_bundle"]), bool(context["build_mounts"]))
 
 
 def map_from_image(site: Site, image: str, relative: str) -> BaseChoice:
@@ -391,7 +425,7 @@ def _dockerfile_definition(
         recipe=recipe,
         **context,
     )
-    return text, _sections(bool(files or context["ca_bundle"]), bool(context["build_cache"])), base
+    return text, _sections(bool(files or context["ca_bundle"]), bool(context["build_mounts"])), base
 
 
 def base_packages(hub_major: int) -> list[str]:
@@ -416,7 +450,7 @@ def render_base(site: Site, name: str, hub_major: int) -> str:
     base = site.bases[name]
     if base.bootstrap == "debootstrap" and base.mirror is None:
         raise RepoConfigError("site", f"bases.{name}.mirror: required for debootstrap")
-    context = _build_context(site)
+    context = _build_context(site, generated=False)
     text = templating.render_text(
         "templates",
         "base.def.j2",
@@ -425,7 +459,7 @@ def render_base(site: Site, name: str, hub_major: int) -> str:
         packages=base_packages(hub_major),
         **context,
     )
-    expected = [*_sections(bool(context["ca_bundle"]), bool(context["build_cache"])), "test"]
+    expected = [*_sections(bool(context["ca_bundle"]), bool(context["build_mounts"])), "test"]
     _check_sections(text, expected)
     return text
 
@@ -458,15 +492,16 @@ def render_definition(
 ) -> Rendered:
     """The definition for ``plan`` on this site, and its env key."""
     if plan.dockerfile is not None:
-        text, sections, base = _dockerfile_definition(plan, plan.dockerfile, site)
+        text, expected, base = _dockerfile_definition(plan, plan.dockerfile, site)
     else:
         base = choose_base(site, plan)
-        text, sections = _repo_definition(plan, site, base)
-    _check_sections(text, sections)
-    key = env_key(text, plan, checkout, tree_id, base_identity(site, base))
+        text, expected = _repo_definition(plan, site, base)
+    _check_sections(text, expected)
+    files = buildfiles.build_files(plan)
+    key = env_key(text, plan, checkout, tree_id, base_identity(site, base), files)
     overlay = None
     if plan.dockerfile is None and not _runs_dpkg(plan):
         overlay = _overlay_script(plan, site, base)
         _check_sections(overlay, [])
     warnings = [*plan.warnings, *base.warnings]
-    return Rendered(text, key, base, warnings, overlay, entrypoint(plan))
+    return Rendered(text, key, base, warnings, overlay, entrypoint(plan), files)

@@ -36,12 +36,27 @@ def test_requirements_change_changes_the_key(tmp_path: Path) -> None:
     assert key_at(repo, site) != before
 
 
-def test_line_endings_and_trailing_space_do_not_matter(tmp_path: Path) -> None:
+def test_any_byte_of_an_environment_file_changes_the_key(tmp_path: Path) -> None:
     repo = make_repo("python/requirements", tmp_path / "repo")
     site = site_for_tests(tmp_path)
-    before = key_at(repo, site)
-    commit(repo, "requirements.txt", "six==1.16.0   \r\n\r\n")
-    assert key_at(repo, site) == before
+    keys = {key_at(repo, site)}
+    for text in ("six==1.16.0   \n", "six==1.16.0\r\n", "six==1.16.0\n\n"):
+        commit(repo, "requirements.txt", text)
+        keys.add(key_at(repo, site))
+    assert len(keys) == 4
+
+
+def test_a_crlf_start_cannot_claim_another_repositorys_key(tmp_path: Path) -> None:
+    """The image copies ``start`` byte for byte: a repository whose start
+    differs only in line endings builds another image, so it must not get
+    (and publish under, or reuse) the key of the one with LF endings."""
+    site = site_for_tests(tmp_path)
+    plain = make_repo("base/start", tmp_path / "plain")
+    crlf = make_repo("base/start", tmp_path / "crlf")
+    start = (crlf / "start").read_bytes()
+    commit(crlf, "start", start.replace(b"\n", b"\r\n").decode())
+    assert (crlf / "start").read_bytes() != (plain / "start").read_bytes()
+    assert key_at(plain, site) != key_at(crlf, site)
 
 
 def test_whole_repo_builds_key_on_every_file(tmp_path: Path) -> None:

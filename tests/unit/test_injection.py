@@ -4,8 +4,9 @@ command or a section to a definition.
 Hypothesis writes hostile refs, specs, apt.txt lines, Dockerfile lines and
 file names (shell metacharacters, newlines, '%' section markers). Each
 either fails with a one-line UserError, or renders a definition whose
-sections are exactly the template's, whose %post parses under ``bash -n``,
-and whose apt command carries exactly the accepted package names.
+sections are exactly the template's (by Apptainer's own rule, see
+:func:`apptainer_sections`), whose %post parses under ``bash -n``, and
+whose apt step installs exactly the accepted package names.
 """
 
 from __future__ import annotations
@@ -28,10 +29,20 @@ from tests.repohelpers import git, local_spec, site_for_tests
 TOKENS = [*"ab-._/%:;|&$`'\"\\()<>{}*?!#~= \n\t\r", "%post", "%runscript", "\n%files\n", "$(id)"]
 HOSTILE = st.lists(st.sampled_from(TOKENS), max_size=16).map("".join)
 PACKAGE_LIKE = st.from_regex(r"[a-z0-9][a-z0-9.+-]{0,12}", fullmatch=True)
-SECTION_LINE = re.compile(r"^\s*%(\w+)", re.MULTILINE)
+#: Apptainer's rule (pkg/build/types/parser/deffile.go): a line (lines end at
+#: \n only) whose first word starts with '%' opens a section, named by the
+#: word without all its leading '%', in lower case: '%%SETUP' is 'setup'.
+#: Python's \s holds every space Go's unicode.IsSpace does (and \x1c-\x1f),
+#: so this finds every section Apptainer would, and maybe more.
+SECTION_LINE = re.compile(r"\s*%+(\S*)")
 PROPERTY = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
+
+
+def apptainer_sections(text: str) -> list[str]:
+    """The sections Apptainer would read in ``text``, in order."""
+    return [m.group(1).lower() for line in text.split("\n") if (m := SECTION_LINE.match(line))]
 
 
 def post_section(definition: str) -> str:
@@ -50,9 +61,9 @@ def assert_parses(script: str) -> None:
 
 
 def assert_well_formed(definition: str) -> None:
-    sections = SECTION_LINE.findall(definition)
+    sections = apptainer_sections(definition)
     assert sections in TEMPLATE_SECTIONS, sections
-    for line in definition.splitlines():
+    for line in definition.split("\n"):
         assert not line.lstrip().startswith("%") or line.startswith("%"), line
     for part in (post_section(definition), definition.split("\n%runscript\n", 1)[1]):
         assert_parses(part)
@@ -114,8 +125,18 @@ def test_apt_lines_become_exactly_their_packages(lines: list[str]) -> None:
         accepted = sorted({line.partition("#")[0].strip() for line in text.splitlines()} - {""})
         install = [ln for ln in definition.splitlines() if "apt-get install" in ln]
         if accepted:
+            # The names reach the build as a file apt reads, one a line.
             (line,) = install
-            assert shlex.split(line)[5:] == accepted
+            assert shlex.split(line) == [
+                "xargs",
+                "-a",
+                "/mnt/hpcbinder-generated/apt-packages.txt",
+                *["apt-get", "install", "-y", "-q", "--no-install-recommends"],
+            ]
+            assert prepared.rendered.build_files["apt-packages.txt"].split("\n") == [
+                *accepted,
+                "",
+            ]
         else:
             assert install == []
 
@@ -130,7 +151,7 @@ def test_dockerfile_lines_cannot_open_sections(run: str, env: str) -> None:
             prepared = pipeline.prepare(local_spec(repo), site_for_tests(Path(tmp.name)))
         except UserError:
             return
-        sections = SECTION_LINE.findall(prepared.rendered.definition)
+        sections = apptainer_sections(prepared.rendered.definition)
         assert sections in TEMPLATE_SECTIONS, sections
 
 

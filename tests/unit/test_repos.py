@@ -34,6 +34,11 @@ def test_fixture_repository(case: str, tmp_path: Path) -> None:
         assert fragment in definition, f"{fragment!r} missing from:\n{definition}"
     for fragment in want.get("absent", []):
         assert fragment not in definition, f"{fragment!r} present in:\n{definition}"
+    # What the build reads from files hpcbinder wrote (render/buildfiles.py), by name.
+    for name, fragments in want.get("generated", {}).items():
+        text = prepared.rendered.build_files[name]
+        for fragment in fragments:
+            assert fragment in text, f"{fragment!r} missing from {name}:\n{text}"
     warnings = prepared.rendered.warnings
     for warning in want.get("warnings", []):
         assert any(warning in w for w in warnings), (warning, warnings)
