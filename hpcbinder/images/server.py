@@ -292,7 +292,8 @@ class BuildRequestHandler(web.RequestHandler):
     async def post(self) -> None:
         sender, request = await _verified(self.request.body, BuildRequest.from_json)
         user = _on_behalf(self.site, sender, request.for_user)
-        log.info("%s asks for %r%s", sender, request.spec, f" for {user}" if user != sender else "")
+        spec = providers.echo(request.spec)  # not parsed yet: it may hold credentials
+        log.info("%s asks for %s%s", sender, spec, f" for {user}" if user != sender else "")
         self.set_header("Content-Type", "application/x-ndjson")
         self.set_header("Cache-Control", "no-cache")
         keepalive = asyncio.get_running_loop().create_task(self._keepalive())

@@ -106,11 +106,11 @@ def may_hold_credentials(text: str) -> bool:
     return False
 
 
-def _echo(value: str) -> str:
-    """``value`` quoted for a message about input that was refused, unless
-    it :func:`may_hold_credentials`: then a placeholder. Every refusal here
-    quotes input through this, so none repeats a secret that a mangled URL
-    put somewhere else."""
+def echo(value: str) -> str:
+    """``value`` quoted for a message or log line about input that may be
+    refused, unless it :func:`may_hold_credentials`: then a placeholder.
+    Every refusal here quotes input through this, so none repeats a secret
+    that a mangled URL put somewhere else."""
     return "(not repeated: it may hold credentials)" if may_hold_credentials(value) else repr(value)
 
 
@@ -229,7 +229,7 @@ def check_ref(ref: str) -> str:
         or ref.endswith((".", "/", ".lock"))
     )
     if bad:
-        raise SpecError(f"invalid ref {_echo(ref)}: expected a branch, tag or commit name")
+        raise SpecError(f"invalid ref {echo(ref)}: expected a branch, tag or commit name")
     return ref
 
 
@@ -383,7 +383,7 @@ class GitHubRepoProvider(GitRepoProvider):
         org, repo, ref = parts
         repo = repo.removesuffix(".git")
         if not (_GH_NAME.fullmatch(org) and _GH_NAME.fullmatch(repo)):
-            raise SpecError(f"invalid GitHub repository {_echo(f'{org}/{repo}')}")
+            raise SpecError(f"invalid GitHub repository {echo(f'{org}/{repo}')}")
         return f"https://{self.policy.github_host}/{org}/{repo}", ref
 
 
@@ -395,7 +395,7 @@ class GitLabRepoProvider(GitRepoProvider):
         quoted_path, ref = self._split_last(body, "gl/<url-escaped namespace/project>")
         path = unquote(quoted_path).removesuffix(".git")
         if not _GL_PATH.fullmatch(path) or ".." in path.split("/"):
-            raise SpecError(f"invalid GitLab project path {_echo(path)}")
+            raise SpecError(f"invalid GitLab project path {echo(path)}")
         return f"https://{self.policy.gitlab_host}/{path}", ref
 
 
@@ -406,7 +406,7 @@ class GitUrlRepoProvider(GitRepoProvider):
         quoted_url, ref = self._split_last(body, "git/<url-escaped clone url>")
         url = unquote(quoted_url)
         if not _CLONE_URL.fullmatch(url):
-            raise SpecError(f"invalid repository URL {_echo(url)}")
+            raise SpecError(f"invalid repository URL {echo(url)}")
         return url, ref
 
 
@@ -425,7 +425,7 @@ class LocalRepoProvider(GitRepoProvider):
         given = unquote(quoted_path)
         path = os.path.realpath(given)
         if not os.path.isabs(given) or not LOCAL_PATH.fullmatch(path):
-            raise SpecError(f"invalid local repository path {_echo(given)}")
+            raise SpecError(f"invalid local repository path {echo(given)}")
         local_repo_path(f"{_FILE_URL}{path}", self.policy.local_roots)
         return f"{_FILE_URL}{path}", ref
 
@@ -443,11 +443,11 @@ def parse_spec(spec: str, policy: RepoPolicy) -> RepoProvider:
     """The provider for ``spec`` (``<provider>/<rest>``), its values checked."""
     prefix, sep, body = spec.partition("/")
     if not sep:
-        raise SpecError(f"malformed spec {_echo(spec)}: expected <provider>/<repository>/<ref>")
+        raise SpecError(f"malformed spec {echo(spec)}: expected <provider>/<repository>/<ref>")
     cls = PROVIDERS.get(prefix)
     if cls is None:
         known = ", ".join(sorted(PROVIDERS))
-        raise SpecError(f"unknown provider {_echo(prefix)} (this site knows: {known})")
+        raise SpecError(f"unknown provider {echo(prefix)} (this site knows: {known})")
     return cls(body, policy)
 
 
@@ -465,6 +465,26 @@ def cache_root(policy: RepoPolicy) -> Path:
         return SHARED_CACHE
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "hpcbinder" / "repos"
+
+
+def served_checkout(policy: RepoPolicy, commit: str) -> Path | None:
+    """The checkout of ``commit`` that the build server keeps for jobs to
+    copy (``cache_dir``, else the shared cache: ``ROOT/URL_HASH/COMMIT``,
+    as :func:`checkout` lays it out), if there is one. A commit id names
+    its tree, so any repository's checkout of it is that tree. Only the
+    build account writes there; a name that is a link is not a checkout."""
+    if not COMMIT.fullmatch(commit):
+        return None
+    root = policy.cache_dir or SHARED_CACHE
+    try:
+        repos = sorted(root.iterdir())
+    except OSError:
+        return None
+    for repo in repos:
+        found = repo / commit
+        if not repo.is_symlink() and not found.is_symlink() and found.is_dir():
+            return found
+    return None
 
 
 def checkout(provider: RepoProvider, resolved: ResolvedRepo, root: Path) -> Path:
