@@ -54,8 +54,6 @@ _IGNORED_FLAGS = {
 _URL = textpatterns.compile(r"[A-Za-z][A-Za-z0-9+.-]*://.*|[^/@\s]+@[^/:\s]+:.*")
 _ARG_NAME = textpatterns.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _IMAGE_WORD = textpatterns.compile(r"[A-Za-z0-9._/:@-]+")
-#: A line that would open an Apptainer section (space as Python's ``\s`` sees it).
-_SECTION_LINE = textpatterns.compile(rf"(?m)^{textpatterns.SPACE}*%")
 
 
 @dataclass(frozen=True)
@@ -221,11 +219,6 @@ class DockerfileBuildPack(BuildPack):
             if instruction.keyword in ("COPY", "ADD"):
                 files.extend(self._copy_files(instruction))
                 continue
-            if _SECTION_LINE.search(instruction.args):
-                raise self._error(
-                    instruction,
-                    "a line may not start with '%' (it would open an Apptainer section)",
-                )
             kept.append(f"{instruction.keyword} {instruction.args}")
         return "\n".join(kept) + "\n", files
 
