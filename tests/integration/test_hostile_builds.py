@@ -97,7 +97,7 @@ def test_a_pipfile_lock_marker_with_newlines_is_refused(workspace: Path) -> None
 
 
 def test_a_dockerfile_exec_form_entrypoint_with_newlines_is_refused(workspace: Path) -> None:
-    entry = json.dumps(["/bin/sh", "-c", f"true\n%setup\ntouch {pwned(workspace)}\n#"])
+    entry = json.dumps(["/bin/sh", "-c", f"true\n%%setup\ntouch {pwned(workspace)}\n#"])
     dockerfile = f"FROM python:3.11-slim\nRUN true\nENTRYPOINT {entry}\n"
     repo = repo_with(workspace, {"Dockerfile": dockerfile})
     assert refused(workspace, repo).startswith("Dockerfile: ")
