@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpcbinder import buildpacks
+from hpcbinder import buildpacks, childcall
 from hpcbinder.buildpacks.base import BuildPlan
 from hpcbinder.config import Site
 from hpcbinder.render import definition as render
@@ -15,6 +15,10 @@ from hpcbinder.seams import git
 from hpcbinder.sources import providers
 from hpcbinder.sources.checkout import check_links
 from hpcbinder.sources.providers import ResolvedRepo
+
+#: How long reading a repository's configuration and rendering its
+#: definition may take (a large repository's take well under a second).
+PLAN_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,14 @@ def prepare(spec: str, site: Site) -> Prepared:
     resolved = provider.resolve()
     checkout = providers.checkout(provider, resolved, providers.cache_root(site.repos))
     check_links(checkout)  # before anything reads or copies a file of it
+    plan, rendered = childcall.call(
+        _plan_and_render, checkout, site, deadline=PLAN_SECONDS, what="reading the repository"
+    )
+    return Prepared(resolved, checkout, plan, rendered)
+
+
+def _plan_and_render(checkout: Path, site: Site) -> tuple[BuildPlan, render.Rendered]:
+    """The work whose time the repository's files choose (in a child process)."""
     plan = buildpacks.detect(checkout)
     tree = git.tree_id(checkout) if plan.reads_whole_repo else None
-    return Prepared(resolved, checkout, plan, render.render_definition(plan, site, checkout, tree))
+    return plan, render.render_definition(plan, site, checkout, tree)
