@@ -20,8 +20,6 @@ from hpcbinder import textpatterns
 
 HEAD_LINES = 2000
 TAIL_LINES = 1000
-#: A longer line (progress bars redrawn without newlines) is cut to this.
-LINE_CHARS = 4000
 #: The longest reason kept (a line and the indented lines continuing it).
 REASON_CHARS = 400
 #: What the lines the build's own checks print start with ("hpcbinder: R
@@ -53,7 +51,11 @@ def cut_marker(lines: int) -> str:
 
 
 def _short(text: str) -> str:
-    return text if len(text) <= LINE_CHARS else text[:LINE_CHARS] + " [... line cut ...]"
+    """A longer line (progress bars redrawn without newlines) is cut, as
+    every line of output is before it is matched."""
+    if len(text) <= textpatterns.LINE_CHARS:
+        return text
+    return textpatterns.cap(text) + " [... line cut ...]"
 
 
 class LogCap:
