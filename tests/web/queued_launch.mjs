@@ -61,13 +61,38 @@ try {
   // The /build stream's events exactly as the page receives them.
   let events = [];
   await page.exposeFunction("reportBuildEvent", (data) => events.push(JSON.parse(data)));
+  // The page reads the stream with fetch: a copy of its body is read here.
   await page.addInitScript(() => {
-    const Original = window.EventSource;
-    window.EventSource = class extends Original {
-      constructor(...args) {
-        super(...args);
-        this.addEventListener("message", (message) => window.reportBuildEvent(message.data));
+    const original = window.fetch;
+    window.fetch = async (...args) => {
+      const response = await original(...args);
+      if (!String(args[0]).includes("/build/") || !response.body) {
+        return response;
       }
+      const [forPage, forTest] = response.body.tee();
+      (async () => {
+        const reader = forTest.pipeThrough(new TextDecoderStream()).getReader();
+        let pending = "";
+        for (;;) {
+          const { done, value } = await reader.read().catch(() => ({ done: true }));
+          if (done) {
+            return;
+          }
+          const records = (pending + value).split("\n\n");
+          pending = records.pop();
+          for (const record of records) {
+            const data = record.split("\n").filter((line) => line.startsWith("data:"));
+            if (data.length) {
+              window.reportBuildEvent(data.map((line) => line.slice(5).trim()).join("\n"));
+            }
+          }
+        }
+      })();
+      return new Response(forPage, {
+        status: response.status,
+        statusText: response.statusText,
+        headers: response.headers,
+      });
     };
   });
 
