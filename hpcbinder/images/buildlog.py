@@ -20,6 +20,9 @@ from hpcbinder import textpatterns
 
 HEAD_LINES = 2000
 TAIL_LINES = 1000
+#: A longer line (progress bars redrawn without newlines) is cut to this:
+#: the one cap of every line read from outside.
+LINE_CHARS = textpatterns.LINE_CHARS
 #: The longest reason kept (a line and the indented lines continuing it).
 REASON_CHARS = 400
 #: What the lines the build's own checks print start with ("hpcbinder: R
@@ -51,9 +54,7 @@ def cut_marker(lines: int) -> str:
 
 
 def _short(text: str) -> str:
-    """A longer line (progress bars redrawn without newlines) is cut, as
-    every line of output is before it is matched."""
-    if len(text) <= textpatterns.LINE_CHARS:
+    if len(text) <= LINE_CHARS:
         return text
     return textpatterns.cap(text) + " [... line cut ...]"
 
