@@ -14,8 +14,10 @@ any module of the package imports ``re``. Linear is still proportional to
 the text, so lines are capped before matching (:data:`LINE_CHARS`).
 
 RE2's ``\\s`` is ``[\\t\\n\\f\\r ]``, its ``\\d``, ``\\w`` and ``\\b``
-ASCII only, and ``$`` (without ``(?m)``) matches only at the end: stricter
-than Python's, which is what a check wants.
+ASCII only, and ``$`` (without ``(?m)``) matches only at the end. A shape
+check (``fullmatch``) only gets stricter so; a pattern that looks for
+something after space (a section line, a local requirement) uses
+:data:`SPACE`, which is Python's.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import re2
 #: A compiled pattern; its methods are ``re``'s (fullmatch, match, search,
 #: finditer, sub, split), and so are its matches' (group, groups, span).
 Pattern: TypeAlias = "re2._Regexp[str]"
-Match: TypeAlias = "re2._Match[str]"
 #: Python's ``\s``: every character ``str.isspace()`` takes (RE2's ``\s``
 #: is five), for checks that must not see less space than Python or
 #: Apptainer do (a unit test compares them over all of Unicode).

@@ -17,9 +17,12 @@ from hpcbinder.buildpacks.base import BuildPack, Step, StepKind, in_image, parsi
 from hpcbinder.errors import RepoConfigError
 
 # A requirement that reads other files of the repository: the install then
-# needs the whole repository, and the env key covers it.
+# needs the whole repository, and the env key covers it. Space is what pip
+# strips (Python's), so no line pip reads as local passes for a name.
+_S = textpatterns.SPACE
 _LOCAL_REQUIREMENT = textpatterns.compile(
-    r"\s*(?:(?:-e|--editable)\s+)?(?:\.|\.\.|/|file:|-r\b|--requirement\b|-c\b|--constraint\b)"
+    rf"{_S}*(?:(?:-e|--editable){_S}+)?"
+    r"(?:\.|\.\.|/|file:|-r\b|--requirement\b|-c\b|--constraint\b)"
 )
 
 

@@ -15,7 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hpcbinder import textpatterns
-from hpcbinder.buildpacks.base import _REPO_PATH
+from hpcbinder.buildpacks.base import _REPO_PATH, RepoFiles
+from hpcbinder.buildpacks.python import PythonBuildPack
 from hpcbinder.config import RepoPolicy
 from hpcbinder.jobs.notebooks import _R_ASSIGNMENT
 from hpcbinder.web.trust import _named_ref
@@ -113,3 +114,12 @@ def test_long_line_names_the_first_over_the_cap() -> None:
     long = "x" * (textpatterns.LINE_CHARS + 1)
     assert textpatterns.long_line("a\nb\n") is None
     assert textpatterns.long_line(f"a\n{long}\n{long}") == 2
+
+
+@pytest.mark.parametrize("space", ["\v", "\x1c", "\u00a0", "\u2003"])
+def test_a_local_requirement_after_any_space_pip_strips_is_local(
+    tmp_path: Path, space: str
+) -> None:
+    """RE2's \\s lacks these; pip strips them and reads the file the line names."""
+    (tmp_path / "requirements.txt").write_text(f"numpy\n{space}-r other.txt\n")
+    assert PythonBuildPack(RepoFiles(tmp_path)).requirements_are_local
