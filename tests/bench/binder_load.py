@@ -119,8 +119,10 @@ def click_to_lab(link: str, screenshot: Path) -> float:
         capture_output=True,
         text=True,
         timeout=600,
-        check=True,
     )
+    if done.returncode != 0:  # its error lines only (the summary it prints holds cookies)
+        errors = [line[:300] for line in done.stderr.splitlines() if "Error" in line][:3]
+        raise RuntimeError(f"the browser script failed: {' | '.join(errors) or done.returncode}")
     summary = json.loads(done.stdout.splitlines()[-1])
     if "seconds" not in summary:  # the phases and why only: the summary holds cookies too
         shown = {key: summary.get(key) for key in ("phases", "failed", "launchPageTitle")}
