@@ -22,7 +22,7 @@ from pathlib import Path
 from hpcbinder.config import Site
 from hpcbinder.errors import UserError
 from hpcbinder.images.builder import base_is_current
-from hpcbinder.jobs.servers import SERVER_LOG_READER
+from hpcbinder.jobs.servers import SERVER_ENV, SERVER_LOG_READER
 from hpcbinder.render import templating
 from hpcbinder.seams import apptainer, proc
 from hpcbinder.seams.slurm import PartitionState, SlurmCLI, SlurmError, SubmitOptions
@@ -301,8 +301,7 @@ def check_sudo_rules(site: Site, researcher: str | None) -> CheckResult:
             continue
         if "SETENV" in listing.stdout:
             problems.append(f"{account} may set any variable (SETENV): remove it")
-        if "JUPYTERHUB_*" not in listing.stdout:
-            problems.append(f"{account} cannot pass the hub's token (env_keep JUPYTERHUB_*)")
+        problems += _env_keep_problems(account, listing.stdout)
         for target in ("root", site.build.account):
             if _sudo_list(account, "-u", target, "/usr/bin/sbatch").ok:
                 problems.append(f"{account} may run sbatch as {target}")
@@ -313,6 +312,22 @@ def check_sudo_rules(site: Site, researcher: str | None) -> CheckResult:
         return _fail(name, "; ".join(problems), SUDOERS_HINT)
     checked = f" as {researcher}" if researcher else ""
     return _ok(name, f"{', '.join(accounts)}: Slurm and the server-log reader{checked}, no more")
+
+
+def _env_keep_problems(account: str, listing: str) -> list[str]:
+    """What is wrong with the variables sudo keeps for ``account`` (``sudo
+    -l``'s ``env_keep="..."``): a pattern (it also matches the service's own
+    secrets), or a server variable the hub passes that sudo would drop."""
+    kept: set[str] = set()
+    for part in listing.split("env_keep")[1:]:
+        kept.update(part.partition('"')[2].partition('"')[0].split())
+    problems = []
+    if any("*" in name for name in kept):
+        problems.append(f"{account} keeps variables by pattern (env_keep with *): name each")
+    missing = {apptainer.CONTAINER_ENV_PREFIX + name for name in SERVER_ENV} - kept
+    if missing:
+        problems.append(f"{account} cannot pass a server's {', '.join(sorted(missing))} (env_keep)")
+    return problems
 
 
 def _exists(account: str) -> bool:

@@ -12,7 +12,6 @@ are checked against the site's limits later, by
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Annotated
 
 from pydantic import (
@@ -52,18 +51,18 @@ class _Options(BaseModel):
 
 
 class WorkspaceOptions(_Options):
-    """The researcher's workspace for a repository and what seeds it."""
+    """The researcher's workspace for a repository and what seeds it.
+
+    No path: anyone with a hub token can send these, and a path would let
+    a server's job copy any folder of its user (their home) into a
+    workspace that another's image sees. The spawner finds the files of
+    ``commit`` in the build server's checkout cache."""
 
     slug: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")]
-    checkout: Annotated[str, Field(pattern=r"^/[A-Za-z0-9_.+/-]*$", max_length=4096)]
     commit: Annotated[str, Field(pattern=rf"^{COMMIT.pattern}$")]
     #: postBuild ran: the workspace is seeded from the repository as built
     #: into the image, not from the checkout.
     from_image: bool = False
-
-    @property
-    def checkout_path(self) -> Path:
-        return Path(self.checkout)
 
 
 class LaunchOptions(_Options):

@@ -12,7 +12,8 @@ and a dead job going unnoticed until the start timeout.
 ``user_options`` (the Binder service sets them; the options form sets
 ``profile``): ``image`` (an env key of the store, or ``base:NAME``),
 ``profile`` and the overrides of :data:`hpcbinder.jobs.request.OVERRIDABLE`,
-and ``workspace`` = {``slug``, ``checkout``, ``commit``, ``from_image``}.
+and ``workspace`` = {``slug``, ``commit``, ``from_image``}: no path; the
+workspace's files come from the build server's checkout of ``commit``.
 
 While the job waits in Slurm's queue, the spawner's progress events say
 where and why (partition, Slurm's reason in words, place in the queue,
@@ -47,11 +48,12 @@ from traitlets import Float, Integer, Unicode, default
 
 from hpcbinder.config import Site, load_site
 from hpcbinder.errors import UserError
-from hpcbinder.hub.options import LaunchOptions
+from hpcbinder.hub.options import LaunchOptions, LaunchOptionsError
 from hpcbinder.images.client import BuildServerClient, BuildServerError
 from hpcbinder.images.launch import launch_image
 from hpcbinder.jobs.request import request_for
 from hpcbinder.jobs.servers import (
+    SERVER_ENV,
     JobDied,
     LaunchProgress,
     QueueTimeout,
@@ -66,39 +68,8 @@ from hpcbinder.seams import apptainer
 from hpcbinder.seams.cluster import cluster_runner, cluster_slurm
 from hpcbinder.seams.remote import LoginNodeCommands, Tunnel
 from hpcbinder.seams.slurm import SlurmCLI
+from hpcbinder.sources.providers import served_checkout
 
-#: What a server's job gets of JupyterHub's ``get_env()``: the variables
-#: jupyterhub-singleuser reads, each the server's own (its token, its URLs,
-#: its OAuth client), by exact name. Nothing else of the hub's environment
-#: (``env_keep``, ``Spawner.environment``) reaches a researcher's job; the
-#: shipped sudoers rule keeps exactly these, as their container names
-#: (:func:`hpcbinder.seams.apptainer.container_env`).
-SERVER_ENV = (
-    "JUPYTERHUB_ACTIVITY_URL",
-    "JUPYTERHUB_ADMIN_ACCESS",
-    "JUPYTERHUB_API_TOKEN",
-    "JUPYTERHUB_API_URL",
-    "JUPYTERHUB_BASE_URL",
-    "JUPYTERHUB_CLIENT_ID",
-    "JUPYTERHUB_COOKIE_HOST_PREFIX_ENABLED",
-    "JUPYTERHUB_COOKIE_OPTIONS",
-    "JUPYTERHUB_DEBUG",
-    "JUPYTERHUB_DEFAULT_URL",
-    "JUPYTERHUB_DISABLE_USER_CONFIG",
-    "JUPYTERHUB_HOST",
-    "JUPYTERHUB_OAUTH_ACCESS_SCOPES",
-    "JUPYTERHUB_OAUTH_CALLBACK_URL",
-    "JUPYTERHUB_OAUTH_CLIENT_ALLOWED_SCOPES",
-    "JUPYTERHUB_OAUTH_SCOPES",
-    "JUPYTERHUB_PUBLIC_HUB_URL",
-    "JUPYTERHUB_PUBLIC_URL",
-    "JUPYTERHUB_ROOT_DIR",
-    "JUPYTERHUB_SERVER_NAME",
-    "JUPYTERHUB_SERVICE_PREFIX",
-    "JUPYTERHUB_SERVICE_URL",
-    "JUPYTERHUB_SINGLEUSER_APP",
-    "JUPYTERHUB_USER",
-)
 #: Seconds of start_timeout beyond the queue wait and the server's start:
 #: submitting, and the hub's own steps around start().
 _START_MARGIN = 30
@@ -209,7 +180,13 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
         if options.workspace is not None:
             spec = options.workspace
             workspace = workspace_for(self.site, self.user.name, home, spec.slug)
-            seed = Seed(spec.checkout_path, spec.commit, spec.from_image)
+            checkout = served_checkout(self.site.repos, spec.commit)
+            if checkout is None:
+                raise LaunchOptionsError(
+                    f"workspace.commit: no checkout of {spec.commit} in this site's checkout "
+                    "cache (launch the repository through the Binder service, which fetches it)"
+                )
+            seed = Seed(checkout, spec.commit, spec.from_image)
         image = launch_image(self.site, options.image or f"base:{self.site.default_base}")
         return ServerJob(
             self.user.name,

@@ -35,6 +35,39 @@ from hpcbinder.seams.proc import CommandError
 from hpcbinder.seams.slurm import JOB_ID, QueueState, SlurmCLI, SlurmError, SubmitOptions
 
 OUTPUT_TAIL_LINES = 20
+
+#: What a server's job gets of JupyterHub's ``get_env()``: the variables
+#: jupyterhub-singleuser reads, each the server's own (its token, its URLs,
+#: its OAuth client), by exact name. Nothing else of the hub's environment
+#: (``env_keep``, ``Spawner.environment``) reaches a researcher's job; the
+#: shipped sudoers rule keeps exactly these, as their container names
+#: (:func:`hpcbinder.seams.apptainer.container_env`).
+SERVER_ENV = (
+    "JUPYTERHUB_ACTIVITY_URL",
+    "JUPYTERHUB_ADMIN_ACCESS",
+    "JUPYTERHUB_API_TOKEN",
+    "JUPYTERHUB_API_URL",
+    "JUPYTERHUB_BASE_URL",
+    "JUPYTERHUB_CLIENT_ID",
+    "JUPYTERHUB_COOKIE_HOST_PREFIX_ENABLED",
+    "JUPYTERHUB_COOKIE_OPTIONS",
+    "JUPYTERHUB_DEBUG",
+    "JUPYTERHUB_DEFAULT_URL",
+    "JUPYTERHUB_DISABLE_USER_CONFIG",
+    "JUPYTERHUB_HOST",
+    "JUPYTERHUB_OAUTH_ACCESS_SCOPES",
+    "JUPYTERHUB_OAUTH_CALLBACK_URL",
+    "JUPYTERHUB_OAUTH_CLIENT_ALLOWED_SCOPES",
+    "JUPYTERHUB_OAUTH_SCOPES",
+    "JUPYTERHUB_PUBLIC_HUB_URL",
+    "JUPYTERHUB_PUBLIC_URL",
+    "JUPYTERHUB_ROOT_DIR",
+    "JUPYTERHUB_SERVER_NAME",
+    "JUPYTERHUB_SERVICE_PREFIX",
+    "JUPYTERHUB_SERVICE_URL",
+    "JUPYTERHUB_SINGLEUSER_APP",
+    "JUPYTERHUB_USER",
+)
 #: Prints the last lines of ~/.hpcbinder-server-JOB.log, run as the
 #: researcher (configs/hpcbinder-server-log, allowed by the shipped sudoers
 #: rule): the service account may read that log and no other file of theirs.

@@ -314,7 +314,6 @@ class BuildHandler(BaseHandler):
         fetched = built.fetched
         workspace = WorkspaceOptions(
             slug=server_name(repo.url),
-            checkout=str(fetched.checkout),
             commit=fetched.repo.commit,
             from_image=fetched.reads_whole_repo,
         )

@@ -6,14 +6,18 @@ the server ends the job."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from tornado.httpclient import HTTPClient, HTTPClientError, HTTPRequest
 
-from tests.conftest import SHARED_SCRATCH, DevCluster
+from hpcbinder.sources.providers import SHARED_CACHE
+from tests.conftest import DevCluster
 from tests.hubhelpers import (
     Hub,
     execute,
@@ -71,16 +75,25 @@ def test_named_server_runs_in_slurm_and_executes_code(hub: Hub, devcluster: DevC
     assert not left.stdout.strip(), left.stdout
 
 
-def test_workspace_persists_and_is_private(hub: Hub) -> None:
-    checkout = SHARED_SCRATCH / f"checkout-{uuid.uuid4().hex[:8]}"
+@pytest.fixture
+def served_checkout() -> Iterator[tuple[str, Path]]:
+    """A commit and its checkout where the build server keeps them (the
+    dev site's shared cache), as the build account wrote it."""
+    commit = uuid.uuid4().hex + "b" * 8
+    repo = SHARED_CACHE / f"e2e{uuid.uuid4().hex[:13]}"
+    checkout = repo / commit
     checkout.mkdir(parents=True)
     (checkout / "analysis.ipynb").write_text("{}\n")
-    checkout.chmod(0o755)
+    subprocess.run(["chown", "-R", "hpcbuild:hpcbuild", str(repo)], check=True)
+    subprocess.run(["chmod", "-R", "a+rX", str(repo)], check=True)
+    yield commit, checkout
+    shutil.rmtree(repo, ignore_errors=True)
+
+
+def test_workspace_persists_and_is_private(hub: Hub, served_checkout: tuple[str, Path]) -> None:
+    commit, _ = served_checkout
     slug = f"demo-{uuid.uuid4().hex[:6]}"
-    options = {
-        "image": "base:default",
-        "workspace": {"slug": slug, "checkout": str(checkout), "commit": "b" * 40},
-    }
+    options = {"image": "base:default", "workspace": {"slug": slug, "commit": commit}}
     server = start_server(hub, "alice", "ws", options)
     out = execute(
         hub,
@@ -128,7 +141,14 @@ def test_hub_restart_keeps_servers_reachable(hub: Hub) -> None:
         ({"command": "id"}, "command: not an option a launch can set"),
         ({"image": "../../etc/shadow"}, "image: not a valid value"),
         ({"image": "f" * 32}, f"image: {'f' * 32} is not in this site's store"),
-        ({"workspace": {"slug": "x", "checkout": "/tmp", "commit": "HEAD"}}, "workspace.commit"),
+        ({"workspace": {"slug": "x", "commit": "HEAD"}}, "workspace.commit"),
+        # No path: this server's job would copy alice's home into a
+        # workspace that the (anyone's) image sees.
+        (
+            {"workspace": {"slug": "x", "checkout": "/home/alice", "commit": "b" * 40}},
+            "workspace.checkout: not an option a launch can set",
+        ),
+        ({"workspace": {"slug": "x", "commit": "d" * 40}}, f"no checkout of {'d' * 40}"),
     ],
 )
 def test_bad_launch_options_are_refused_before_a_job(

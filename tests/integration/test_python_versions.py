@@ -116,8 +116,8 @@ def test_python_313_builds_and_launches_jupyterlab_on_the_trixie_base(
         home,
         request_for(site, None, {"time": "00:10:00"}, user="alice"),
         launch_argv(record),
-        # A hub's token travels as JUPYTERHUB_* (sudo keeps no other
-        # variable); this throwaway one of a loopback server goes in argv.
+        # A hub's token travels in the job's environment (APPTAINERENV_*);
+        # this throwaway one of a loopback server goes in argv.
         [
             "jupyter-lab",
             "--no-browser",
@@ -129,8 +129,7 @@ def test_python_313_builds_and_launches_jupyterlab_on_the_trixie_base(
         entrypoint=tuple(image_entrypoint(record)),
     )
     jobs = ServerJobs("alice", devcluster.slurm)
-    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
-    job_id = asyncio.run(jobs.submit(render_server_script(site, job), env))
+    job_id = asyncio.run(jobs.submit(render_server_script(site, job), {}))
     try:
         listening = jobs.wait_listening(job_id, 1.0, lambda: accepts_connections("127.0.0.1", port))
         asyncio.run(asyncio.wait_for(listening, LAB_SECONDS))

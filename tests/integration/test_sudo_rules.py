@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcbinder.hub.spawner import SERVER_ENV
+from hpcbinder.jobs.servers import SERVER_ENV
 from hpcbinder.seams import apptainer
 from tests.conftest import REPO, SITE_BIN, DevCluster, as_account
 

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hpcbinder.hub.spawner import SERVER_ENV
+from hpcbinder.jobs.servers import SERVER_ENV
 from hpcbinder.seams import apptainer, proc
 from hpcbinder.seams.remote import env_lines
 from hpcbinder.seams.slurm import SlurmCLI, SubmitOptions

@@ -8,7 +8,7 @@ import pytest
 
 from hpcbinder.hub.options import LaunchOptions, LaunchOptionsError
 
-WORKSPACE = {"slug": "org-repo-1a2b3c", "checkout": "/srv/checkouts/abc", "commit": "a" * 40}
+WORKSPACE = {"slug": "org-repo-1a2b3c", "commit": "a" * 40}
 
 
 def test_binder_options_round_trip() -> None:
@@ -33,7 +33,12 @@ def test_the_form_and_no_options_are_valid() -> None:
         ({"cpus": 8.5}, "cpus: "),
         ({"gpus": True}, "gpus: "),
         ({"time": "x" * 500}, "time"),
-        ({"workspace": {**WORKSPACE, "checkout": "relative/path"}}, "workspace.checkout"),
+        # No path: bob's server would copy any folder of his (his home)
+        # into a workspace another's image sees.
+        (
+            {"workspace": {**WORKSPACE, "checkout": "/home/bob"}},
+            "workspace.checkout: not an option a launch can set",
+        ),
         ({"workspace": {**WORKSPACE, "slug": "../home"}}, "workspace.slug"),
         ({"workspace": {**WORKSPACE, "extra": 1}}, "workspace.extra"),
         ({"workspace": "x"}, "workspace"),
