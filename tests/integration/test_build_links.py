@@ -27,7 +27,7 @@ import pytest
 from hpcbinder.config import Site
 from hpcbinder.images.builder import Builder, ImageBuildError
 from hpcbinder.images.store import BuildEvent
-from hpcbinder.render import pipeline
+from hpcbinder.render import buildfiles, pipeline
 from hpcbinder.render.pipeline import Prepared
 from tests.conftest import DevCluster
 from tests.repohelpers import git, local_spec
@@ -120,7 +120,9 @@ def hostile_build(site: Site, root: Path, post: str) -> Prepared:
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "fixture")
     prepared = pipeline.prepare(local_spec(repo), site)
-    definition = f"Bootstrap: localimage\nFrom: {DEV_BASE.resolve()}\n\n%post\n{post}"
+    # %setup as the renderer writes it: the mount point of its generated files.
+    setup = f'%setup\n    mkdir -p "$APPTAINER_ROOTFS{buildfiles.GENERATED_IN_IMAGE}"\n'
+    definition = f"Bootstrap: localimage\nFrom: {DEV_BASE.resolve()}\n\n{setup}\n%post\n{post}"
     rendered = replace(
         prepared.rendered, definition=definition, overlay_script=None, env_key=uuid.uuid4().hex
     )
