@@ -100,7 +100,8 @@ def config_check(ctx: click.Context, path: Path | None) -> None:
     "--plan",
     "show_plan",
     is_flag=True,
-    help="Print the BuildPlan as JSON (with the env key) instead of the definition.",
+    help="Print the BuildPlan as JSON (with the env key and the files generated for "
+    "the build) instead of the definition.",
 )
 @click.pass_context
 def render_command(ctx: click.Context, spec: str, ref: str | None, show_plan: bool) -> None:
@@ -116,6 +117,8 @@ def render_command(ctx: click.Context, spec: str, ref: str | None, show_plan: bo
             "env_key": prepared.rendered.env_key,
             "base": prepared.rendered.base.name,
             "plan": prepared.plan.to_json(),
+            # What the definition reads by fixed paths (render/buildfiles.py).
+            "generated": prepared.rendered.build_files,
         }
         click.echo(json.dumps(document, indent=2))
     else:

@@ -48,6 +48,16 @@ def test_render_prints_definition_and_plan(tmp_path: Path, hpcbinder_cli: list[s
     assert document["plan"]["env_files"] == ["requirements.txt"]
 
 
+def test_render_plan_shows_the_files_generated_for_the_build(
+    tmp_path: Path, hpcbinder_cli: list[str]
+) -> None:
+    """apt.txt's names reach the build as a file: the plan shows it."""
+    repo = make_repo("base/apt", tmp_path / "repo")
+    plan = run_render(hpcbinder_cli, write_site(tmp_path), local_spec(repo), "--plan")
+    assert plan.returncode == 0, plan.stderr
+    assert json.loads(plan.stdout)["generated"] == {"apt-packages.txt": "cowsay\nfiglet\n"}
+
+
 def test_render_warnings_go_to_stderr(tmp_path: Path, hpcbinder_cli: list[str]) -> None:
     repo = make_repo("python/requirements3", tmp_path / "repo")
     result = run_render(hpcbinder_cli, write_site(tmp_path), local_spec(repo))
