@@ -115,6 +115,7 @@ def test_a_parameterised_notebook_runs_with_provenance(batch_repo: BatchRepo) ->
     injected = [c for c in cells if "injected-parameters" in c["metadata"].get("tags", [])]
     assert injected and "alpha = 2" in "".join(injected[0]["source"])
     assert (task / "work" / "result-hi.txt").read_text() == "6.0\n"
+    assert not (task / "work" / ".git").exists()  # nothing git on the host would run
     assert not (task / "INCOMPLETE").exists()
     assert os.stat(executed).st_uid == int(subprocess.check_output(["id", "-u", USER]))
 

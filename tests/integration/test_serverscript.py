@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,8 +14,10 @@ import pytest
 from hpcbinder.config import Site
 from hpcbinder.jobs.request import request_for
 from hpcbinder.jobs.serverscript import Seed, ServerJob, render_server_script, workspace_for
+from hpcbinder.seams import apptainer
 from hpcbinder.seams.slurm import SubmitOptions
 from tests.conftest import DevCluster
+from tests.repohelpers import git
 
 COMMIT = "a" * 40
 
@@ -156,3 +159,128 @@ def test_a_workspace_is_never_seeded_through_links_its_code_left(
         assert victim.read_text() == "untouched\n"
     finally:
         victim.unlink(missing_ok=True)
+
+
+#: A git config section that makes any ``git status`` run a command.
+ARMED = '[core]\n\tfsmonitor = "touch {ran}; false"\n'
+
+
+def git_repo(folder: Path) -> None:
+    """A git repository with one commit (notes.txt) in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "notes.txt").write_text("notes\n")
+    git(folder, "init", "-q")
+    git(folder, "add", "-A")
+    git(folder, "commit", "-q", "-m", "notes")
+
+
+def git_status_as_alice(folder: Path) -> None:
+    """The researcher's own ``git status`` in ``folder`` on the host."""
+    subprocess.run(
+        ["runuser", "-u", "alice", "--", "env", "HOME=/home/alice", "git", "status"],
+        cwd=folder,
+        capture_output=True,
+        check=False,
+    )
+
+
+def run_server_job(devcluster: DevCluster, site: Site, job: ServerJob) -> None:
+    job_id = devcluster.slurm.submit(render_server_script(site, job), SubmitOptions(), user="alice")
+    info = devcluster.slurm.wait(job_id, timeout=120)
+    log = job.home / f".hpcbinder-server-{job_id}.log"
+    output = log.read_text() if log.exists() else ""
+    log.unlink(missing_ok=True)
+    assert (info.state, info.exit_code) == ("COMPLETED", 0), output
+
+
+@pytest.mark.slurm
+@pytest.mark.apptainer
+def test_seeding_from_the_image_writes_through_none_of_its_links_and_keeps_no_git(
+    devcluster: DevCluster, shared_dir: Path
+) -> None:
+    """postBuild made the image's repository folder: a link where the job
+    writes its marker, leading to a file of the researcher's, and git
+    repositories (top and nested) whose config runs a command on any
+    ``git status``. Seeding copies that folder, and the researcher later
+    runs git in the workspace on a login node."""
+    victim = Path(f"/home/alice/.hpcbinder-test-victim-{shared_dir.name}")
+    victim.write_text("untouched\n")
+    subprocess.run(["chown", "alice:alice", str(victim)], check=True)
+    ran = shared_dir / "fsmonitor-ran"
+    sandbox = shared_dir / "image"
+    repo = sandbox / "srv" / "repo"
+    for folder in (repo, repo / "sub"):
+        git_repo(folder)
+        with (folder / ".git" / "config").open("a") as config:
+            config.write(ARMED.format(ran=ran))
+    (repo / ".hpcbinder-workspace").symlink_to(victim)
+    # The trap is armed: git on the host runs the config's command.
+    subprocess.run(["git", "-c", f"safe.directory={repo}", "status"], cwd=repo, capture_output=True)
+    assert ran.exists()
+    ran.unlink()
+    (sandbox / "bin").mkdir()
+    shutil.copy("/bin/busybox", sandbox / "bin" / "busybox")
+    for applet in ("sh", "cp"):
+        (sandbox / "bin" / applet).symlink_to("busybox")
+    subprocess.run(["chmod", "-R", "a+rX", str(sandbox)], check=True)
+    image = shared_dir / "postbuild.sif"
+    apptainer.build(sandbox, image, user=devcluster.build_user, timeout=300)
+
+    site = site_with(shared_dir / "workspaces")
+    home = Path("/home/alice")
+    workspace = workspace_for(site, "alice", home, "repo-postbuild")
+    job = ServerJob(
+        "alice",
+        home,
+        request_for(site, None, {"time": "00:05:00"}, user="alice"),
+        ["apptainer", "exec", str(image)],
+        ["/bin/busybox", "true"],
+        workspace=workspace,
+        seed=Seed(shared_dir / "no-checkout", COMMIT, from_image=True),
+    )
+    try:
+        run_server_job(devcluster, site, job)
+        assert victim.read_text() == "untouched\n"
+        marker = workspace / ".hpcbinder-workspace"
+        assert not marker.is_symlink() and marker.read_text() == f"{COMMIT}\n"
+        assert (workspace / "notes.txt").read_text() == "notes\n"
+        assert (workspace / "sub" / "notes.txt").is_file()
+        assert not list(workspace.rglob(".git"))
+        git_status_as_alice(workspace)
+        git_status_as_alice(workspace / "sub")
+        assert not ran.exists()
+    finally:
+        victim.unlink(missing_ok=True)
+
+
+@pytest.mark.slurm
+@pytest.mark.apptainer
+def test_a_workspace_seeded_from_a_checkout_has_no_git_the_container_can_arm(
+    devcluster: DevCluster, busybox_image: Path, shared_dir: Path
+) -> None:
+    """The repository's code (here the server's command) sets core.fsmonitor
+    in the workspace's .git/config where there is one; the researcher's own
+    ``git status`` on a login node would then run it."""
+    checkout = shared_dir / "checkout"
+    ran = shared_dir / "fsmonitor-ran"
+    git_repo(checkout)
+    subprocess.run(["chmod", "-R", "a+rX", str(checkout)], check=True)
+    site = site_with(shared_dir / "workspaces")
+    home = Path("/home/alice")
+    workspace = workspace_for(site, "alice", home, "repo-git")
+    section = ARMED.format(ran=ran).replace("\n", "\\n").replace("\t", "\\t")
+    arm = f"[ -d .git ] && printf {shlex.quote(section)} >> .git/config"  # printf's escapes
+    job = ServerJob(
+        "alice",
+        home,
+        request_for(site, None, {"time": "00:05:00"}, user="alice"),
+        ["apptainer", "exec", str(busybox_image)],
+        ["/bin/busybox", "sh", "-c", f"{arm}; true"],
+        workspace=workspace,
+        seed=Seed(checkout, COMMIT, from_image=False),
+    )
+    run_server_job(devcluster, site, job)
+    assert (workspace / "notes.txt").read_text() == "notes\n"
+    git_status_as_alice(workspace)
+    assert not ran.exists(), "git status ran the container's command"
+    assert not (workspace / ".git").exists()
