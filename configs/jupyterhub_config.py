@@ -6,6 +6,9 @@ LDAP or its OAuth provider. Settings come from the environment so that tests
 can run several hubs side by side:
 
   HPCBINDER_HUB_PORT     public port (default 8000), on 127.0.0.1
+  HPCBINDER_HUB_PUBLIC_URL  the hub's address in browsers (default
+                         http://localhost:PORT); each researcher's servers are
+                         on a subdomain of it (USER.localhost: see README)
   HPCBINDER_HUB_STATE    folder for the database and cookie secret
   HPCBINDER_CHP          configurable-http-proxy executable
   HPCBINDER_DEMO_PASSWORD  the demo users' password
@@ -23,6 +26,12 @@ state = Path(os.environ.get("HPCBINDER_HUB_STATE", "/var/lib/hpcbinder/hub"))
 state.mkdir(parents=True, exist_ok=True)
 port = int(os.environ.get("HPCBINDER_HUB_PORT", "8000"))
 
+# Each researcher's servers on their own origin (https://alice.hub.example.org),
+# so a repository's JavaScript in JupyterLab cannot act on the hub's pages as
+# the researcher. A site needs wildcard DNS and a wildcard certificate for it;
+# the dev cluster uses *.localhost, which browsers resolve to loopback.
+hub_public_url = os.environ.get("HPCBINDER_HUB_PUBLIC_URL", f"http://localhost:{port}").rstrip("/")
+c.JupyterHub.subdomain_host = hub_public_url
 c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.port = port
 c.JupyterHub.hub_ip = "127.0.0.1"  # the dev cluster's compute node is this host
@@ -71,7 +80,7 @@ services.append({
         "--ip", "127.0.0.1", "--port", str(binder_port), "--public-url", binder_url + "/",
     ],
     "environment": {
-        "HPCBINDER_HUB_PUBLIC_URL": f"http://127.0.0.1:{port}/",
+        "HPCBINDER_HUB_PUBLIC_URL": hub_public_url + "/",
         "HPCBINDER_BINDER_STATE": str(state / "binder"),
         **{k: v for k, v in os.environ.items() if k in ("HPCBINDER_SITE", "PATH")},
     },

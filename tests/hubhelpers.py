@@ -1,6 +1,12 @@
 """A JupyterHub on the dev cluster for tests and benchmarks: started from
 configs/jupyterhub_config.py with an admin service token, driven through
-its REST API, with kernels run through the proxy over WebSocket."""
+its REST API, with kernels run through the proxy over WebSocket.
+
+The hub is at ``http://localhost:PORT`` and each researcher's servers at
+``http://USER.localhost:PORT`` (JupyterHub's ``subdomain_host``). Chromium
+resolves every ``*.localhost`` name to loopback; glibc does not, so Tornado
+clients in tests resolve them with :class:`LoopbackSubdomains`.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import json
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -16,12 +23,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import pytest
 import yaml
 from tornado.httpclient import HTTPClient, HTTPClientError, HTTPRequest
 from tornado.ioloop import IOLoop
+from tornado.netutil import DefaultLoopResolver, Resolver
 from tornado.websocket import websocket_connect
 
 from tests.conftest import REPO, SHARED_SCRATCH, SITE_BIN, free_port, free_port_block, wait_for_port
@@ -32,6 +40,20 @@ CHP = SITE_BIN.parent / "chp" / "node_modules" / ".bin" / "configurable-http-pro
 HUB_CONFIG = REPO / "configs" / "jupyterhub_config.py"
 READY_SECONDS = 240
 DEV_SITE = Path("/etc/hpcbinder/site.yaml")
+
+
+class LoopbackSubdomains(DefaultLoopResolver):
+    """``*.localhost`` to loopback, as browsers resolve it (RFC 6761)."""
+
+    async def resolve(
+        self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC
+    ) -> list[tuple[int, Any]]:
+        if host.endswith(".localhost"):
+            host = "127.0.0.1"
+        return await super().resolve(host, port, family)
+
+
+Resolver.configure(LoopbackSubdomains)
 
 
 @dataclass
@@ -47,6 +69,11 @@ class Hub:
     def binder_url(self) -> str:
         """The Binder service the hub runs (hpcbinder serve)."""
         return f"http://127.0.0.1:{self.env['HPCBINDER_BINDER_PORT']}"
+
+    def origin(self, user: str) -> str:
+        """Where ``user``'s servers are: their own origin, not the hub's."""
+        address = urlsplit(self.url)
+        return f"{address.scheme}://{user}.{address.netloc}"
 
     def start(self) -> None:
         with self.log.open("a") as handle:
@@ -114,7 +141,7 @@ def new_hub(site: Path | None = None) -> Hub:
     }
     if site is not None:
         env["HPCBINDER_SITE"] = str(site)
-    hub = Hub(f"http://127.0.0.1:{port}", token, state / "hub.log", env, state)
+    hub = Hub(f"http://localhost:{port}", token, state / "hub.log", env, state)
     hub.start()
     return hub
 
@@ -151,13 +178,15 @@ def wait_ready(hub: Hub, user: str, name: str, poll: float = 1.0) -> dict[str, A
 
 
 def execute(hub: Hub, server_url: str, code: str) -> str:
-    """Run ``code`` in a new kernel through the proxy; its stdout."""
+    """Run ``code`` in a new kernel through the proxy; its stdout.
+    ``server_url``: the hub's for the server (on its own origin), or a path."""
     headers = {"Authorization": f"token {hub.token}"}
+    server = urljoin(hub.url, server_url)
     kernel = json.loads(
         HTTPClient()
         .fetch(
             HTTPRequest(
-                f"{hub.url}{server_url}api/kernels",
+                f"{server}api/kernels",
                 method="POST",
                 body="{}",
                 headers=headers,
@@ -170,7 +199,7 @@ def execute(hub: Hub, server_url: str, code: str) -> str:
     async def run() -> str:
         connection = await websocket_connect(
             HTTPRequest(
-                f"{hub.url.replace('http', 'ws')}{server_url}api/kernels/{kernel['id']}/channels",
+                f"{server.replace('http', 'ws', 1)}api/kernels/{kernel['id']}/channels",
                 headers=headers,
                 request_timeout=60,
             )

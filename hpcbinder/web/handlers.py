@@ -9,7 +9,7 @@ import asyncio
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urljoin
 
 from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from tornado import web
@@ -109,6 +109,14 @@ def launch_path(query: dict[str, str]) -> str:
     if query.get("filepath"):
         return "tree/" + quote(query["filepath"].lstrip("/"))
     return quote(query.get("urlpath", "").lstrip("/"), safe="/?=&#%")
+
+
+def server_link(hub_public_url: str, server_url: str, query: dict[str, str]) -> str:
+    """Where the launch page sends the browser: the server's URL as the hub
+    gives it, with the file to open. With ``subdomain_host`` (each
+    researcher's servers on their own origin) the hub's URL is absolute;
+    without, it is a path on the hub's origin."""
+    return urljoin(hub_public_url, server_url) + launch_path(query)
 
 
 class OAuthCallbackHandler(HubOAuthCallbackHandler):  # type: ignore[misc]
@@ -272,7 +280,7 @@ class BuildHandler(BaseHandler):
                 "ready",
                 f"Server ready at {url}\n",
                 {
-                    "url": service.hub_public_url + url.lstrip("/") + launch_path(query),
+                    "url": server_link(service.hub_public_url, url, query),
                     "token": "",
                     "image": built.record.key,
                     "repo_url": repo.url,

@@ -54,15 +54,16 @@ def test_a_launch_goes_through_every_phase_into_the_server(binder: Binder) -> No
     ready = events[-1]
     assert ready["image"] == built["imageName"]
     name = ready["url"].split("/user/alice/", 1)[1].split("/", 1)[0]
-    assert ready["url"] == f"{binder.hub.url}/user/alice/{name}/lab/tree/index.ipynb"
+    # On alice's own origin, not the hub's.
+    server_url = f"{binder.hub.origin('alice')}/user/alice/{name}/"
+    assert ready["url"] == f"{server_url}lab/tree/index.ipynb"
     assert ready["binder_request"] == f"v2/{spec}"
-    server_url = f"/user/alice/{name}/"
     code = "print(open('built.txt').read().split()[0], 6 * 7)"
     assert execute(binder.hub, server_url, code).strip() == "built 42"
 
     again = build_events(binder.url, spec, binder.token)
     assert phases(again) == ["fetching", "built", "launching", "ready"]
-    assert again[-1]["url"] == f"{binder.hub.url}/user/alice/{name}/"
+    assert again[-1]["url"] == server_url
     servers = binder.hub.api("GET", "/users/alice")["servers"]
     assert list(servers) == [name]
 

@@ -43,7 +43,7 @@ def test_binderhubs_own_client_drives_a_launch_to_ready(binder: Binder) -> None:
     phases = [event["phase"] for event in events]
     assert phases[0] == "fetching" and phases[-1] == "ready", events
     assert {"building", "built", "launching"} <= set(phases)
-    assert events[-1]["url"].startswith(f"{binder.hub.url}/user/alice/")
+    assert events[-1]["url"].startswith(f"{binder.hub.origin('alice')}/user/alice/")
 
 
 def test_a_link_opens_jupyterlab_in_a_browser(binder: Binder) -> None:
@@ -74,7 +74,7 @@ def test_a_link_opens_jupyterlab_in_a_browser(binder: Binder) -> None:
     assert " @ HEAD — hpcbinder" in summary["launchPageTitle"], summary
     assert "%2F" not in summary["launchPageTitle"], summary
     assert "ready" in summary["phases"] or "launching" in summary["phases"], summary
-    assert summary["url"].startswith(f"{binder.hub.url}/user/alice/")
+    assert summary["url"].startswith(f"{binder.hub.origin('alice')}/user/alice/")
     assert "/lab/tree/index.ipynb" in summary["url"]
     assert summary["currentTab"] == "index.ipynb"
     assert summary["firstCell"] == "print('hello from binder')"

@@ -33,10 +33,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slurm, pytest.mark.apptainer]
 def test_named_server_runs_in_slurm_and_executes_code(hub: Hub, devcluster: DevCluster) -> None:
     hub.api("POST", "/users/alice/servers/e2e", {"image": "base:default", "profile": "small"})
     server = wait_ready(hub, "alice", "e2e")
+    assert server["url"] == f"{hub.origin('alice')}/user/alice/e2e/"  # not the hub's origin
     status = HTTPClient().fetch(
-        HTTPRequest(
-            f"{hub.url}{server['url']}api/status", headers={"Authorization": f"token {hub.token}"}
-        )
+        HTTPRequest(f"{server['url']}api/status", headers={"Authorization": f"token {hub.token}"})
     )
     assert status.code == 200
     out = execute(hub, server["url"], "import os, getpass; print(getpass.getuser(), 6 * 7)")

@@ -147,7 +147,7 @@ def test_link_resources_are_checked_before_anything_is_submitted(devcluster: Dev
         # ...and the server's job gets them.
         events = build_events(binder.url, spec, binder.token, "cpus=2&time=00:30:00")
         assert events[-1]["phase"] == "ready", events[-1]
-        assert events[-1]["url"].startswith(f"{binder.hub.url}/user/alice/{server}/")
+        assert events[-1]["url"].startswith(f"{binder.hub.origin('alice')}/user/alice/{server}/")
         limits = subprocess.run(
             ["squeue", "-h", "-u", "alice", "-n", f"hpcbinder-alice-{server}", "-o", "%C %l"],
             capture_output=True,
