@@ -146,8 +146,10 @@ class Launcher:
         options: LaunchOptions,
         on_message: Callable[[str], None] = lambda _: None,
     ) -> str:
-        """Start (or reuse) ``user``'s server ``name``; its URL path. The
-        hub's progress messages go to ``on_message`` as they come."""
+        """Start (or reuse) ``user``'s server ``name``; its URL as the hub
+        gives it (absolute, on the researcher's own origin, with
+        ``subdomain_host``). The hub's progress messages go to
+        ``on_message`` as they come."""
         server = await self._server(user, name)
         if server is not None:
             same_image = server.get("user_options", {}).get("image") == options.image
