@@ -116,7 +116,8 @@ def test_no_secret_of_the_hub_or_the_service_reaches_a_researchers_process(
     for _ in range(6):
         seen.update(researchers_processes(("alice", "bob", devcluster.build_user)))
         time.sleep(0.5)
-    assert any(b"slow.py" in cmdline for cmdline, _ in seen.values()), "batch run never seen"
+    batch_seen = any(b"slow.py" in cmdline for cmdline, _ in seen.values())
+    assert batch_seen, f"batch run never seen: {devcluster.slurm.job(job.group(1))}"
     server = [env for cmdline, env in seen.values() if b"jupyterhub-singleuser" in cmdline]
     assert server, "notebook server never seen"
     assert any(b"JUPYTERHUB_API_TOKEN=" in env for env in server)  # its own token
