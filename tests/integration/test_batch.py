@@ -252,6 +252,8 @@ def test_a_failing_script_exits_with_its_status(batch_repo: BatchRepo) -> None:
     assert result.returncode == 3, result.stderr
     job_id = submitted(result)
     assert "words: one two scale: 2.0" in result.stdout
+    # The container starts clean but for the researcher's own name and job.
+    assert f"user: {USER} job: {job_id}" in result.stdout
     task = batch_repo.task(job_id)
     assert (task / "INCOMPLETE").exists()
     record = provenance(task)

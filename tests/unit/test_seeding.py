@@ -44,7 +44,10 @@ def plant(root: Path, entries: list[tuple[list[str], str]], victim: Path) -> Non
     for parts, kind in entries:
         path = root.joinpath(*parts)
         parent = path.parent
-        if path.is_symlink() or path.exists():
+        # Never through a link planted before: that would write the victim's folder.
+        if any(root.joinpath(*parts[:depth]).is_symlink() for depth in range(1, len(parts) + 1)):
+            continue
+        if path.exists():
             continue
         try:
             parent.mkdir(parents=True, exist_ok=True)
