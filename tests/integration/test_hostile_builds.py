@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from hpcbinder.errors import UserError
-from hpcbinder.images.builder import Builder
+from hpcbinder.images.builder import Builder, ImageBuildError
 from hpcbinder.images.launch import launch_argv
 from hpcbinder.images.store import BuildEvent, ImageRecord
 from hpcbinder.render import pipeline
@@ -154,3 +154,58 @@ def test_percent_values_in_a_dockerfile_build_as_data(workspace: Path) -> None:
     ran = run_image(record)
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout == "%setup '%%setup'|/srv/%setup|%%setup|%%setup|a b|"
+
+
+#: What a build step plants where Apptainer writes the image's metadata on
+#: the host after %post (measured on the old code: the build account's file
+#: behind the runscript link was overwritten, a mode-600 one behind
+#: labels.json reached the image's labels), once at once and once from a
+#: process left running that plants again after the step ended.
+def metadata_links(victim: Path, secret: Path) -> str:
+    return (
+        "rm -f /.singularity.d/runscript /.singularity.d/labels.json; "
+        f"ln -s {victim} /.singularity.d/runscript; "
+        f"(sleep 3; ln -sf {secret} /.singularity.d/labels.json) >/dev/null 2>&1 &"
+    )
+
+
+@pytest.fixture
+def build_account_files(workspace: Path) -> tuple[Path, Path]:
+    """(victim, secret): files of the build account in its store, the secret mode 600."""
+    victim, secret = workspace / "store" / "victim", workspace / "store" / "secret"
+    for path, mode in ((victim, 0o644), (secret, 0o600)):
+        path.write_text(f"{path.name} of the build account\n")
+        subprocess.run(["chown", "hpcbuild:hpcbuild", str(path)], check=True)
+        path.chmod(mode)
+    return victim, secret
+
+
+def assert_metadata_attack_refused(workspace: Path, repo: Path, files: tuple[Path, Path]) -> None:
+    victim, secret = files
+    with pytest.raises(ImageBuildError) as caught:
+        build(workspace, repo)
+    assert "/.singularity.d" in str(caught.value), caught.value
+    assert victim.read_text() == "victim of the build account\n"
+    assert secret.read_text() == "secret of the build account\n"
+    assert "secret of the build account" not in str(caught.value)
+    assert list((workspace / "store").glob("envs/*/*.sif")) == []
+
+
+def test_a_dockerfile_run_cannot_plant_links_where_apptainer_writes_metadata(
+    workspace: Path, build_account_files: tuple[Path, Path]
+) -> None:
+    plant = metadata_links(*build_account_files)
+    dockerfile = f"FROM python:3.11-slim\nRUN {plant}\nRUN exit 0\n"
+    repo = repo_with(workspace, {"Dockerfile": dockerfile})
+    assert_metadata_attack_refused(workspace, repo, build_account_files)
+
+
+def test_a_postbuild_cannot_plant_links_where_apptainer_writes_metadata(
+    workspace: Path, build_account_files: tuple[Path, Path]
+) -> None:
+    postbuild = f"#!/bin/sh\n{metadata_links(*build_account_files)}\n"
+    repo = repo_with(workspace, {"postBuild": postbuild, "apt.txt": "figlet\n"})
+    (repo / "postBuild").chmod(0o755)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "executable postBuild")
+    assert_metadata_attack_refused(workspace, repo, build_account_files)
