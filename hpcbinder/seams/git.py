@@ -92,12 +92,44 @@ class FetchLimits:
     seconds_setting: str
 
 
-def _env(protocols: Iterable[str]) -> dict[str, str]:
+#: What git keeps of this process's environment: where programs are, the
+#: locale and the host's proxies. Nothing that names credentials: git runs
+#: as the build account for every researcher, so its own keys, agent,
+#: ~/.netrc, credential helpers and config must never serve a repository.
+_KEPT_ENV = (
+    "PATH",
+    "LANG",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+)
+
+
+#: ssh for git: no config, agent or key of the build account's own.
+_SSH = (
+    "ssh -F /dev/null -o BatchMode=yes -o IdentityAgent=none"
+    " -o IdentitiesOnly=yes -o IdentityFile=none"
+)
+
+
+def _env(protocols: Iterable[str], home: Path) -> dict[str, str]:
+    """git's whole environment: ``home`` an empty folder (no ~/.gitconfig,
+    ~/.netrc or ~/.ssh), no system config (a credential helper there), no
+    SSH agent, no ssh config or identity but what ssh finds in ``home``."""
+    kept = {name: os.environ[name] for name in _KEPT_ENV if name in os.environ}
     return {
+        **kept,
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
         "GIT_TERMINAL_PROMPT": "0",
         "GIT_ASKPASS": "true",
         "SSH_ASKPASS": "true",
-        "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
+        "GIT_SSH_COMMAND": _SSH,
         "GIT_ALLOW_PROTOCOL": ":".join(protocols),
     }
 
@@ -127,7 +159,7 @@ def _git(
                     stdout=out,
                     stderr=err,
                     cwd=cwd,
-                    env={**os.environ, **_env(protocols)},
+                    env=_env(protocols, output),
                     start_new_session=True,
                 )
             except FileNotFoundError as exc:
