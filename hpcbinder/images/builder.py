@@ -194,7 +194,7 @@ class _Output:
         self._log = buildlog.LogCap(write)
 
     def line(self, text: str) -> None:
-        text = text[: buildlog.LINE_CHARS]
+        text = buildlog.visible(text)
         self.reason.line(text)
         self.recent.append(text)
         self._log.line(text)

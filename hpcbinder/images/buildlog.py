@@ -23,6 +23,17 @@ TAIL_LINES = 1000
 #: A longer line (progress bars redrawn without newlines) is cut to this:
 #: the one cap of every line read from outside.
 LINE_CHARS = textpatterns.LINE_CHARS
+#: Control characters (C0 but tab, DEL, C1) as visible escapes: a build's
+#: output reaches researchers' terminals (``hpcbinder build``), where an
+#: escape sequence could set the clipboard or redraw lines the CLI printed.
+_VISIBLE = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0)) if code != 0x09}
+
+
+def visible(line: str) -> str:
+    """``line`` cut to :data:`LINE_CHARS`, its control characters escaped."""
+    return line[:LINE_CHARS].translate(_VISIBLE)
+
+
 #: The longest reason kept (a line and the indented lines continuing it).
 REASON_CHARS = 400
 #: What the lines the build's own checks print start with ("hpcbinder: R
