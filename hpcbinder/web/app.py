@@ -81,17 +81,38 @@ def make_app(service: Service) -> web.Application:
         static_path=str(STATIC),
         static_url_prefix=f"{base}static/",
         cookie_secret=secrets.token_bytes(32),
-        xsrf_cookies=False,  # the service takes no form posts; streams are GETs
+        # No Tornado check: the hub's login (HubOAuthenticated) checks the
+        # XSRF token of every cookie-authenticated request that needs one
+        # (the form posts /confirm, /batch and /cancel), and /build's own
+        # check adds its GETs (BuildHandler._check_xsrf_header).
+        xsrf_cookies=False,
+        xsrf_cookie_kwargs=cookie_options(service.public_url),
         log_function=log_request,
         login_url=f"{base}oauth_callback",  # replaced by the hub's through HubOAuthenticated
     )
 
 
+def cookie_options(public_url: str) -> dict[str, Any]:
+    """What every cookie of the service carries: ``SameSite=Lax`` (no
+    other site's form post or frame sends it), and ``Secure`` over HTTPS."""
+    options: dict[str, Any] = {"samesite": "Lax"}
+    if public_url.startswith("https://"):
+        options["secure"] = True
+    return options
+
+
 def hub_oauth(public_url: str, hub_public_url: str) -> HubOAuth:
     """OAuth with the hub, from the environment the hub gives its services;
-    browsers log in at the hub's public address, not this service's."""
+    browsers log in at the hub's public address, not this service's. Over
+    HTTPS the login cookie is a ``__Host-`` cookie, which no subdomain (a
+    researcher's server, where a repository's JavaScript runs) can set or
+    replace: HubOAuth would read that setting from
+    ``$JUPYTERHUB_COOKIE_HOST_PREFIX_ENABLED``, which the hub gives the
+    servers it spawns but not its services."""
     hub = urlsplit(hub_public_url)
     return HubOAuth(
+        cookie_host_prefix_enabled=public_url.startswith("https://"),
+        cookie_options=cookie_options(public_url),
         api_token=os.environ["JUPYTERHUB_API_TOKEN"],
         oauth_redirect_uri=public_url.rstrip("/") + "/oauth_callback",
         hub_host=f"{hub.scheme}://{hub.netloc}",

@@ -6,10 +6,11 @@ page only as escaped text."""
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urljoin
+from urllib.parse import quote, unquote, urljoin
 
 from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from tornado import web
@@ -36,7 +37,7 @@ from hpcbinder.seams.slurm import PartitionLoad, SlurmError
 from hpcbinder.sources import providers
 from hpcbinder.web.builds import Built
 from hpcbinder.web.events import KEEPALIVE, Event, failed
-from hpcbinder.web.launcher import LaunchFailed, server_name
+from hpcbinder.web.launcher import LaunchFailed, server_name, workspace_slug
 from hpcbinder.web.metrics import is_scrape_token
 from hpcbinder.web.service import Service
 
@@ -45,6 +46,14 @@ KEEPALIVE_SECONDS = 10.0
 
 
 class BaseHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
+    def set_default_headers(self) -> None:
+        """No other site may frame the service's pages: under a page of
+        theirs, a click meant for it would land on "Run it", "Launch" or
+        "Run as batch job" (clickjacking). ``frame-ancestors`` for current
+        browsers, ``X-Frame-Options`` for old ones."""
+        self.set_header("Content-Security-Policy", "frame-ancestors 'none'")
+        self.set_header("X-Frame-Options", "DENY")
+
     @property
     def service(self) -> Service:
         service: Service = self.settings["service"]
@@ -102,13 +111,49 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
         self.page("error.html", status_code, status=status_code, reason=reason)
 
 
+#: Percent-decoding rounds :func:`_inside_server` looks through; a value
+#: still escaped after them is refused.
+_DECODE_ROUNDS = 4
+
+
+def _inside_server(name: str, value: str) -> str:
+    """``value`` of the link's ``name`` (labpath, filepath, urlpath) without
+    its leading slashes (as BinderHub's client strips them), if it stays
+    below the server's URL: no ``.`` or ``..`` segment, backslash (a ``/``
+    to browsers), control character or leading ``/``, as given or after
+    any round of percent-decoding (browsers read ``%2e`` as a dot in
+    paths, servers decode again). Otherwise the ready redirect could leave
+    the server's prefix for another server of the researcher's or the hub."""
+    path = value.lstrip("/")
+    layer = path
+    for _ in range(_DECODE_ROUNDS):
+        segments = layer.replace("?", "/").replace("#", "/").split("/")
+        if (
+            layer.startswith("/")
+            or "\\" in layer
+            or any(ord(char) < 0x20 or ord(char) == 0x7F for char in layer)
+            or any(segment in (".", "..") for segment in segments)
+        ):
+            break
+        decoded = unquote(layer)
+        if decoded == layer:
+            return path
+        layer = decoded
+    shown = value if len(value) <= 80 else value[:80] + "…"
+    raise UserError(
+        f"{name}={shown!r} leaves the server: give a path inside it without '.' or '..' "
+        f"segments, backslashes or escaped slashes at the start (e.g. {name}=index.ipynb)"
+    )
+
+
 def launch_path(query: dict[str, str]) -> str:
-    """Where to open the server: labpath, else filepath, else urlpath."""
+    """Where to open the server: labpath, else filepath, else urlpath;
+    always below the server's URL (:func:`_inside_server`)."""
     if query.get("labpath"):
-        return "lab/tree/" + quote(query["labpath"].lstrip("/"))
+        return "lab/tree/" + quote(_inside_server("labpath", query["labpath"]))
     if query.get("filepath"):
-        return "tree/" + quote(query["filepath"].lstrip("/"))
-    return quote(query.get("urlpath", "").lstrip("/"), safe="/?=&#%")
+        return "tree/" + quote(_inside_server("filepath", query["filepath"]))
+    return quote(_inside_server("urlpath", query.get("urlpath", "")), safe="/?=&#%")
 
 
 def server_link(hub_public_url: str, server_url: str, query: dict[str, str]) -> str:
@@ -145,6 +190,7 @@ class LaunchPageHandler(BaseHandler):
         try:
             repo = providers.parse_spec(full, self.service.site.repos)
             request_for_link(self.service.site, link, user=self.user_name)
+            launch_path(link)
         except UserError as exc:
             self.page("error.html", 400, status=400, reason=str(exc))
             return
@@ -228,9 +274,28 @@ class BuildHandler(BaseHandler):
     async def _keepalive(self) -> None:
         await keep_alive(lambda: self._last_write, self._ping, KEEPALIVE_SECONDS)
 
+    def _check_xsrf_header(self) -> None:
+        """A stream opened with the hub's login cookie must carry the
+        page's XSRF token in ``X-XSRFToken`` (the launch page sends it with
+        fetch): it builds and starts, maybe replaces, a server, and the
+        hub's own check exempts GETs that navigate, so any site could
+        otherwise link or redirect a researcher here. A client with the
+        researcher's own token (``Authorization``) needs none; the token
+        never goes in the URL."""
+        if getattr(self, "_token_authenticated", False):
+            return
+        given = self.request.headers.get("X-XSRFToken", "").encode()
+        if not given or not hmac.compare_digest(given, self.xsrf_token):
+            raise web.HTTPError(
+                403,
+                "/build with the hub's login needs the launch page's X-XSRFToken header: "
+                "open the link's /v2/ page instead",
+            )
+
     async def get(self, provider: str, spec: str) -> None:
         if self.current_user is None:
             raise web.HTTPError(403, "log in to the hub first")
+        self._check_xsrf_header()
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
@@ -248,6 +313,7 @@ class BuildHandler(BaseHandler):
         try:
             repo = providers.parse_spec(spec, service.site.repos)
             request_for_link(service.site, query, user=self.user_name)
+            launch_path(query)
         except UserError as exc:
             await self.emit(failed(str(exc)))
             return
@@ -321,7 +387,7 @@ class BuildHandler(BaseHandler):
         against the site's limits before the build)."""
         fetched = built.fetched
         workspace = WorkspaceOptions(
-            slug=server_name(repo.url),
+            slug=workspace_slug(repo.url),
             commit=fetched.repo.commit,
             from_image=fetched.reads_whole_repo,
         )

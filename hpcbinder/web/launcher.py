@@ -9,6 +9,7 @@ the same image reuses it, and one running an older image is replaced.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
@@ -78,15 +79,39 @@ class HubAPI:
         return last
 
 
-def server_name(clone_url: str) -> str:
-    """The named server (and workspace) of a repository, whatever the ref:
-    readable, unique through a digest of the clone URL, and a JupyterHub
-    "safe slug" (at most 30 lowercase letters, digits and single hyphens,
-    starting with a letter)."""
+def _readable(clone_url: str) -> str:
+    """The clone URL's last two parts in lowercase letters, digits and
+    single hyphens, starting with a letter: for people, never for telling
+    repositories apart."""
     tail = "-".join(clone_url.rstrip("/").removesuffix(".git").split("/")[-2:])
-    readable = _UNSAFE.sub("-", tail.lower()).strip("-0123456789")[:20].strip("-")
-    digest = hashlib.sha256(clone_url.encode()).hexdigest()[:8]
-    return f"{readable}-{digest}" if readable else f"r-{digest}"
+    return _UNSAFE.sub("-", tail.lower()).strip("-0123456789")
+
+
+def _digest(clone_url: str) -> str:
+    """128 bits of the clone URL's SHA-256 in base32 (26 of ``a-z2-7``).
+    Names are what ties a launch to a running server and a workspace: with
+    a short digest, enough tries find another URL with the victim
+    repository's name (2^32 did for the old 8 hex digits), and launching it
+    replaced her server with the attacker's image on her workspace."""
+    raw = hashlib.sha256(clone_url.encode()).digest()[:16]
+    return base64.b32encode(raw).decode().rstrip("=").lower()
+
+
+def server_name(clone_url: str) -> str:
+    """The named server of a repository, whatever the ref: a hint of its
+    name and :func:`_digest`. JupyterHub 6 takes only "safe slugs" as server
+    names (at most 30 lowercase letters, digits and single hyphens,
+    starting with a letter), so the hint gets at most 3 characters."""
+    hint = _readable(clone_url)[:3].strip("-")
+    return f"{hint or 'r'}-{_digest(clone_url)}"
+
+
+def workspace_slug(clone_url: str) -> str:
+    """The researcher's workspace folder of a repository, whatever the ref:
+    readable (up to 40 characters of its name) and :func:`_digest`, within
+    the spawner's slug pattern (at most 100 of ``A-Za-z0-9_.-``)."""
+    readable = _readable(clone_url)[:40].strip("-")
+    return f"{readable or 'r'}-{_digest(clone_url)}"
 
 
 class Launcher:
