@@ -32,6 +32,11 @@ port = int(os.environ.get("HPCBINDER_HUB_PORT", "8000"))
 # the dev cluster uses *.localhost, which browsers resolve to loopback.
 hub_public_url = os.environ.get("HPCBINDER_HUB_PUBLIC_URL", f"http://localhost:{port}").rstrip("/")
 c.JupyterHub.subdomain_host = hub_public_url
+# The hub's cookies (login, session) as __Host- cookies, which no subdomain can
+# set: else a repository's JavaScript on alice.hub.example.org could set them for
+# hub.example.org (cookie tossing, GHSA-7r3h-4ph8-w38g). Browsers take them only
+# over HTTPS; the hub passes the setting to the servers it spawns.
+c.JupyterHub.cookie_host_prefix_enabled = hub_public_url.startswith("https://")
 c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.port = port
 c.JupyterHub.hub_ip = "127.0.0.1"  # the dev cluster's compute node is this host
