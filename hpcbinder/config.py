@@ -10,7 +10,7 @@ error names its place in the file, e.g. ``partitions.gpu.max_time: expected
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
 import yaml
@@ -584,7 +584,7 @@ class Site(_Strict):
             raise ValueError("build.ssh: required when build.backend is ssh")
         if self.default_profile not in self.profiles:
             raise ValueError(f"default_profile: {self.default_profile!r} is not one of profiles")
-        problems = []
+        problems = self._workspace_outside_binds()
         for name, profile in self.profiles.items():
             partition = self.partitions.get(profile.partition)
             if partition is None:
@@ -603,6 +603,20 @@ class Site(_Strict):
         if problems:
             raise ValueError("\n".join(problems))  # one problem a line: see _problems
         return self
+
+    def _workspace_outside_binds(self) -> list[str]:
+        """workspace.root below a writable bind: a container could swap a
+        workspace there for a link (to the home) that the next launch binds.
+        Compared as written (``{user}`` alike in both); a root under
+        ``{home}`` is compared with each user's real paths at launch
+        (jobs.serverscript.workspace_for)."""
+        root = PurePosixPath(os.path.normpath(self.workspace.root))
+        return [
+            f"workspace.root: {self.workspace.root} lies in binds[{index}].source "
+            f"{bind.source}, which containers may write; choose a root outside every writable bind"
+            for index, bind in enumerate(self.binds)
+            if not bind.read_only and root.is_relative_to(os.path.normpath(bind.source))
+        ]
 
 
 class SiteConfigError(UserError):

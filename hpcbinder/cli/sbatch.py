@@ -87,6 +87,8 @@ def sbatch_command(
     }
     request = request_for(site, profile, overrides, user=user)
     grid = batch.read_grid(param_grid) if param_grid else None
+    if output_dir is not None:  # refused before any build, checked again in plan_run
+        batch.run_folder(site, user, output_dir)
     spec = full_spec(spec, ref)
     fetched = request_image(site, spec, verbose, prepare_only=True)
     plan = batch.plan_tasks(fetched, path, dict(params), grid, array, list(args))

@@ -12,7 +12,9 @@ thing. Each task writes a provenance record next to its outputs, and an
 A run folder (``--output-dir``, default ``~/hpcbinder-runs/REPO-COMMIT``)
 holds ``slurm-JOB[_TASK].out`` logs and ``job-JOB/task-N/``: ``work/`` (a
 copy of the repository, the working directory), the executed notebook,
-``provenance.json``.
+``provenance.json`` (a copy; the record hpcbinder reads is
+``job-JOB/.provenance/task-N.json``, out of the container's sight). No run
+folder lies in a folder containers may write (a site bind).
 """
 
 from __future__ import annotations
@@ -38,7 +40,12 @@ from hpcbinder.images.store import ImageRecord
 from hpcbinder.jobs.notebooks import check_parameters
 from hpcbinder.jobs.records import RunRecord
 from hpcbinder.jobs.request import JobRequest
-from hpcbinder.jobs.serverscript import apptainer_options, container_home, safe_path
+from hpcbinder.jobs.serverscript import (
+    apptainer_options,
+    container_home,
+    safe_path,
+    writable_bind_holding,
+)
 from hpcbinder.render import templating
 from hpcbinder.render.pipeline import Fetched
 from hpcbinder.sources.providers import ResolvedRepo
@@ -241,6 +248,21 @@ def plan_tasks(
     return TaskPlan(path, list(args or []), tasks, True, array or f"0-{len(grid) - 1}")
 
 
+def run_folder(site: Site, user: str, path: Path) -> Path:
+    """``path`` as a run folder: a path the job script accepts, in no folder
+    a container may write (a writable site bind), where a container could
+    plant links at the names the job writes or swap the folder for one."""
+    run_dir = Path(os.path.normpath(path))
+    safe_path(run_dir, "--output-dir")
+    source = writable_bind_holding(site, user, run_dir)
+    if source is not None:
+        raise BatchError(
+            f"--output-dir: {run_dir} lies in {source}, which containers may write "
+            "(the site's binds); choose a folder outside it, e.g. under your home"
+        )
+    return run_dir
+
+
 def plan_run(
     site: Site,
     fetched: Fetched,
@@ -256,10 +278,9 @@ def plan_run(
     repo = fetched.repo
     home = Path(pwd.getpwnam(user).pw_dir)
     name = _SLUG_CHARS.sub("-", repo.url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git"))
-    run_dir = Path(
-        os.path.normpath(output_dir or home / "hpcbinder-runs" / f"{name}-{repo.commit[:8]}")
+    run_dir = run_folder(
+        site, user, output_dir or home / "hpcbinder-runs" / f"{name}-{repo.commit[:8]}"
     )
-    safe_path(run_dir, "--output-dir")
     return BatchRun(
         user=user,
         home=home,

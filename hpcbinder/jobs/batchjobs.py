@@ -5,7 +5,10 @@ Runs are found through the user's job index (``~/.hpcbinder/jobs/JOB.json``,
 written at submission and again by the job itself, so a script submitted by
 hand is listed too). Their state comes from Slurm while it remembers the
 job, then from the provenance records the tasks wrote: a task without a
-``completed`` record is never shown as complete.
+``completed`` record is never shown as complete. Those records are read
+from the job's ``.provenance/`` folder, which no container sees: the
+``provenance.json`` beside a task's outputs is the reader's copy, in the
+folder the run's own code could write (and fake its completion in).
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from hpcbinder.seams.slurm import JOB_ID, JobInfo, SlurmCLI, SubmitOptions
 #: Exit status of ``hpcbinder sbatch --wait`` for jobs Slurm ended.
 EXIT_FOR_STATE = {"TIMEOUT": 124, "CANCELLED": 130, "OUT_OF_MEMORY": 137}
 INCOMPLETE = "INCOMPLETE"
+#: Each task's provenance (``task-N.json``), in the job's folder, out of the
+#: container's sight (slurm/batch.sbatch.j2).
+PROVENANCE_DIR = ".provenance"
 #: The id an index entry is filed under: the job's (an array's own) id.
 _INDEX_JOB_ID = textpatterns.compile(r"[0-9]+")
 
@@ -104,7 +110,7 @@ class BatchJob:
         for task in sorted(folder.glob("task-*"), key=lambda p: int(p.name.split("-")[1])):
             provenance: TaskProvenance | None
             try:
-                text = (task / "provenance.json").read_text()
+                text = (folder / PROVENANCE_DIR / f"{task.name}.json").read_text()
                 provenance = TaskProvenance.model_validate_json(text)
             except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
                 provenance = None

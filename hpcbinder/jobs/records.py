@@ -1,5 +1,6 @@
 """What a batch run records of itself: the run record every job index entry
-(``~/.hpcbinder/jobs/JOB.json``) and task provenance (``provenance.json``)
+(``~/.hpcbinder/jobs/JOB.json``) and task provenance
+(``job-JOB/.provenance/task-N.json``, copied to the task's ``provenance.json``)
 carries, and the provenance a task writes around it.
 
 The job script writes these files with ``printf`` (slurm/batch.sbatch.j2),
@@ -48,7 +49,7 @@ class RunRecord(BaseModel):
 
 
 class TaskProvenance(BaseModel):
-    """One task's ``provenance.json``, rewritten by its job as the task
+    """One task's provenance record, rewritten by its job as the task
     starts (``running``) and ends."""
 
     model_config = ConfigDict(frozen=True)

@@ -13,6 +13,7 @@ the researcher's home (unless the site sets ``container.bind_home``).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,12 +64,36 @@ def safe_path(path: Path | str, what: str) -> str:
     return text
 
 
+def writable_bind_holding(site: Site, user: str, path: Path) -> str | None:
+    """The source of the site's writable bind (for ``user``) that is or holds
+    ``path``, compared as given and resolved; None if none does. A container
+    can plant links in such a folder, or swap it for one: the job scripts
+    never write or bind through them (slurm/hostfiles.sh.j2), and run
+    folders and workspaces are refused there as well."""
+    paths = {Path(os.path.normpath(path)), Path(os.path.realpath(path))}
+    for bind in site.binds:
+        if bind.read_only:
+            continue
+        source = bind.source.replace("{user}", user)
+        for held in {Path(os.path.normpath(source)), Path(os.path.realpath(source))}:
+            if any(candidate.is_relative_to(held) for candidate in paths):
+                return source
+    return None
+
+
 def workspace_for(site: Site, user: str, home: Path, slug: str) -> Path:
     """The researcher's workspace for one repository (``slug``), by site policy."""
     if not _SLUG.fullmatch(slug):
         raise UserError(f"workspace name {slug!r} has characters this site does not accept")
     root = site.workspace.root.replace("{home}", str(home)).replace("{user}", user)
-    return Path(safe_path(root, "workspace.root")) / slug
+    workspace = Path(safe_path(root, "workspace.root")) / slug
+    source = writable_bind_holding(site, user, workspace)
+    if source is not None:
+        raise UserError(
+            f"workspace.root: {workspace} lies in {source}, which containers may write "
+            "(binds); choose a root outside every writable bind"
+        )
+    return workspace
 
 
 def apptainer_options(site: Site, user: str, gpus: int) -> list[str]:

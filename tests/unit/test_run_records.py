@@ -148,7 +148,8 @@ def test_task_provenance_is_read_typed(tmp_path: Path) -> None:
         ]
     ):
         (tasks / f"task-{index}").mkdir(parents=True)
-        (tasks / f"task-{index}" / "provenance.json").write_text(text)
+        (tasks / ".provenance").mkdir(exist_ok=True)
+        (tasks / ".provenance" / f"task-{index}.json").write_text(text)
         if incomplete:
             (tasks / f"task-{index}" / "INCOMPLETE").touch()
     (tasks / "task-6").mkdir()
