@@ -22,11 +22,16 @@ the wait is bounded by the site's ``launch.max_queue_minutes`` (the job is
 cancelled), separately from ``launch.start_seconds`` for a started job to
 bring its server up: JupyterHub's ``start_timeout`` defaults to their sum.
 
-Every start or restart from an image of the store tells the build server
-(best effort: a launch never waits on it for long, nor fails for it), so
-that ``images gc`` keeps images whose servers are restarted from the hub
-without a new build request; the job's comment names its image and
-commit (:mod:`hpcbinder.images.jobrefs`) for as long as it waits or runs.
+Every start or restart from an image of the store asks the build server
+first (``POST /used``, within a few seconds), before any job: it applies
+the store's one rule (:meth:`~hpcbinder.images.store.ImageStore.may_launch`:
+an image of a repository anyone can fetch, or one the researcher built or
+used) and records the use, so that ``images gc`` keeps images whose
+servers are restarted from the hub without a new build request. A refusal
+is the launch's 403; a build server that cannot answer is a 503 saying
+so (the rule cannot be checked, so nothing starts). The job's comment
+names its image and commit (:mod:`hpcbinder.images.jobrefs`) for as long
+as it waits or runs.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import pwd
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from batchspawner import JobStatus, SlurmSpawner
 from jupyterhub.apihandlers import APIHandler, default_handlers
@@ -49,7 +54,7 @@ from traitlets import Float, Integer, Unicode, default
 from hpcbinder.config import Site, load_site
 from hpcbinder.errors import UserError
 from hpcbinder.hub.options import LaunchOptions, LaunchOptionsError
-from hpcbinder.images.client import BuildServerClient, BuildServerError
+from hpcbinder.images.client import BuildServerClient, BuildServerError, LaunchRefused
 from hpcbinder.images.launch import launch_image
 from hpcbinder.jobs.request import request_for
 from hpcbinder.jobs.servers import (
@@ -81,6 +86,13 @@ _STATES = {
     ServerJobState.UNKNOWN: JobStatus.UNKNOWN,
     ServerJobState.GONE: JobStatus.NOTFOUND,
 }
+
+
+class UseReports(Protocol):
+    """What the spawner asks of the build server
+    (:meth:`BuildServerClient.record_use`): the seam tests fake."""
+
+    def record_use(self, key: str, for_user: str | None = None) -> None: ...
 
 
 class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
@@ -158,14 +170,26 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
             backoff=self.query_backoff,
         )
 
-    async def _record_use(self, key: str) -> None:
-        """Tell the build server this server starts from image ``key``; log,
-        never fail, if it cannot be told."""
-        client = BuildServerClient(self.site)
+    #: The build server that rules on launches of the store's images; None:
+    #: the site's (:class:`BuildServerClient`). Tests give it a fake.
+    build_server: UseReports | None = None
+
+    async def _admit_image(self, key: str) -> None:
+        """Launch image ``key`` only if the build server, the store's owner,
+        says this researcher may (and so records the use): a 403 with its
+        reason if not, a 503 if it cannot be asked; never a job either way."""
+        client = BuildServerClient(self.site) if self.build_server is None else self.build_server
+        user = self.user.name
         try:
-            await asyncio.to_thread(client.record_use, key, self.user.name)
+            await asyncio.to_thread(client.record_use, key, user)
+        except LaunchRefused as exc:
+            self.log.warning("Refused image %s to %s: %s", key, user, exc)
+            raise web.HTTPError(403, str(exc)) from exc
         except BuildServerError as exc:
-            self.log.warning("Use of image %s by %s not recorded: %s", key, self.user.name, exc)
+            self.log.error("Cannot check image %s for %s: %s", key, user, exc)
+            raise web.HTTPError(
+                503, f"cannot check that {user} may launch image {key}, so it is not started: {exc}"
+            ) from exc
 
     def server_job(self) -> ServerJob:
         """The job for the current user_options, every value checked (a
@@ -216,7 +240,7 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
             # The hub's API answers the request that started this spawn with it.
             raise web.HTTPError(400, str(exc)) from exc
         if job.image_key is not None:
-            await self._record_use(job.image_key)
+            await self._admit_image(job.image_key)
         script = render_server_script(self.site, job)
         self.job_id = await self._jobs().submit(script, self.server_env())
         self.log.info("Submitted server job %s for %s", self.job_id, self.user.name)

@@ -14,7 +14,8 @@ account writes).
 Launches that do not go through a build request (the spawner starting or
 restarting a server from an image key) report the use of their image with
 a :class:`UseRequest` (``POST /used``), so that the store's owner records
-it and ``images gc`` keeps the image.
+it and ``images gc`` keeps the image; its refusal (:class:`LaunchRefused`)
+is the store's rule that the researcher may not launch that image.
 
 Why MUNGE: at a site the hub, the login nodes and the build node are
 different hosts, so peer credentials on a Unix socket cannot tell who asks,
@@ -47,6 +48,12 @@ USE_TIMEOUT = 5
 
 class BuildServerError(RuntimeError):
     """The build server could not be reached, refused the request, or failed."""
+
+
+class LaunchRefused(UserError):
+    """The build server answered that the researcher may not launch the
+    image (:meth:`~hpcbinder.images.store.ImageStore.may_launch`), or that
+    the store has no such image."""
 
 
 class BuildRefused(UserError):
@@ -186,8 +193,9 @@ class BuildServerClient:
 
     def record_use(self, key: str, for_user: str | None = None) -> None:
         """Tell the build server that image ``key`` is being launched (for
-        ``for_user``); :class:`BuildServerError` if it cannot be told
-        within :data:`USE_TIMEOUT` seconds."""
+        ``for_user``): :class:`LaunchRefused` if they may not launch it,
+        :class:`BuildServerError` if the server cannot be told within
+        :data:`USE_TIMEOUT` seconds or fails."""
         payload = UseRequest(key, for_user).to_json()
         connection, response = self._post("/used", payload, "use report", USE_TIMEOUT)
         try:
@@ -196,6 +204,8 @@ class BuildServerClient:
             raise self._unreachable(exc) from exc
         finally:
             connection.close()
+        if response.status == 404:  # the build server's own words: one line, no markup
+            raise LaunchRefused(f"image: {response.reason[:300]}")
         if response.status != 204:
             raise BuildServerError(f"the build server did not record the use of {key}: {answer}")
 

@@ -6,6 +6,7 @@ the server ends the job."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -16,16 +17,21 @@ from pathlib import Path
 import pytest
 from tornado.httpclient import HTTPClient, HTTPClientError, HTTPRequest
 
+from hpcbinder.images.store import IMAGE, ImageMeta, ImageStore
 from hpcbinder.sources.providers import SHARED_CACHE
-from tests.conftest import DevCluster
+from tests.conftest import DevCluster, running_build_server
 from tests.hubhelpers import (
     Hub,
+    close_hub,
     execute,
+    new_hub,
     singleuser_token,
+    site_with,
     start_server,
     stop_server,
     wait_ready,
 )
+from tests.storehelpers import build_workspace, dev_cluster_base
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm, pytest.mark.apptainer]
 
@@ -167,6 +173,55 @@ def test_bad_launch_options_are_refused_before_a_job(
         check=True,
     )
     assert jobs.stdout.strip() == ""
+
+
+def server_jobs(user: str, name: str) -> str:
+    """Slurm's jobs of ``user``'s server ``name``, pending or running."""
+    return subprocess.run(
+        ["squeue", "-h", "-u", user, "-n", f"hpcbinder-{user}-{name}", "-o", "%i"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+def test_an_image_only_another_researcher_may_launch_is_refused_before_a_job(
+    devcluster: DevCluster,
+) -> None:
+    """bob asks the hub's API for a server in an image of alice's repository
+    on this host (its key is in her job's comment for all to see): the
+    build server says he may not launch it, and the hub answers 403 with
+    that reason; no job of bob's, no use of his recorded (his job's comment
+    would have pinned it against gc). alice's own request is not refused."""
+    with build_workspace("launch", dev_cluster_base()) as root:
+        store = ImageStore(root / "store", owner="hpcbuild")
+        key = uuid.uuid4().hex
+        lock = store.try_lock(key)
+        assert lock is not None
+        with lock:  # an image of a repository on this host: no network URL
+            staging = store.new_staging(key)
+            store.write(staging / IMAGE, "not really a SIF")
+            store.publish(lock, staging, ImageMeta(key=key, spec="alice's local repository"))
+        store.record_use(key, "alice")
+        site = site_with({"image_store": str(root / "store")})
+        with running_build_server(site):
+            hub = new_hub(site)
+            try:
+                with pytest.raises(HTTPClientError) as caught:
+                    hub.api("POST", "/users/bob/servers/peek", {"image": key})
+                assert caught.value.code == 403 and caught.value.response is not None
+                message = json.loads(caught.value.response.body)["message"]
+                assert message == f"image: no image {key} that bob may launch"
+                assert server_jobs("bob", "peek") == ""
+                assert store.users(key) == {"alice"}
+
+                try:  # her fake image's job fails later; it was submitted
+                    hub.api("POST", "/users/alice/servers/own", {"image": key})
+                except HTTPClientError as exc:
+                    assert exc.code != 403, exc
+                assert re.search(r"Submitted server job \d+ for alice\n", hub.log.read_text())
+            finally:
+                close_hub(hub)
 
 
 def test_spawn_page_offers_the_site_profiles(hub: Hub) -> None:

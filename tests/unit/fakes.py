@@ -1,13 +1,15 @@
 """Fakes of the outside systems for fast unit tests: command runners
 (:class:`hpcbinder.seams.proc.CommandRunner`) that answer as Slurm would,
 from a script of job states, a sequence of replies or a table by program;
-and a stand-in image published in a real store."""
+a stand-in image published in a real store; and the build server's
+ruling on launches of the store's images."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from hpcbinder.images.client import BuildServerError, LaunchRefused
 from hpcbinder.images.store import IMAGE, ImageMeta, ImageStore
 from hpcbinder.seams.proc import CommandResult
 
@@ -140,3 +142,27 @@ def publish_fake_image(store: ImageStore, key: str) -> None:
         staging = store.new_staging(key)
         (staging / IMAGE).write_bytes(b"sif")
         store.publish(lock, staging, ImageMeta(key=key))
+
+
+class BuildServerUses:
+    """The build server's ``POST /used`` (:class:`hpcbinder.hub.spawner.UseReports`)
+    over a real store: the store's rule (``may_launch``), then the use
+    recorded; every report kept as (key, for_user). ``reachable=False``: a
+    build server that is down."""
+
+    def __init__(self, store: ImageStore, *, reachable: bool = True) -> None:
+        self.store = store
+        self.reachable = reachable
+        self.reports: list[tuple[str, str | None]] = []
+
+    def record_use(self, key: str, for_user: str | None = None) -> None:
+        self.reports.append((key, for_user))
+        if not self.reachable:
+            raise BuildServerError(
+                "cannot reach the build server at http://127.0.0.1:9 "
+                "(site file: build.server_url): [Errno 111] Connection refused"
+            )
+        user = for_user or ""
+        if not self.store.may_launch(key, user):
+            raise LaunchRefused(f"image: no image {key} that {user} may launch")
+        self.store.record_use(key, user)

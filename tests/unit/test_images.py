@@ -17,6 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from tornado import web
 
 from hpcbinder.config import Site
 from hpcbinder.images import gc as storegc
@@ -485,18 +486,27 @@ def test_use_reports_carry_only_an_image_key() -> None:
             UseRequest.from_json(json.dumps(payload))
 
 
-def test_a_launch_goes_on_when_its_use_cannot_be_reported(
+def test_a_launch_is_refused_at_once_when_the_build_server_cannot_be_asked(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The spawner's report to a build server that is down: logged, at once."""
+    """The spawner asks a build server that is down whether alice may
+    launch an image: a 503 that says so, at once, and logged."""
     from hpcbinder.hub.spawner import ApptainerSlurmSpawner
 
     site = Site.model_validate({"build": {"server_url": "http://127.0.0.1:9"}})
     spawner = SimpleNamespace(
-        site=site, user=SimpleNamespace(name="alice"), log=logging.getLogger("test-spawner")
+        site=site,
+        user=SimpleNamespace(name="alice"),
+        log=logging.getLogger("test-spawner"),
+        build_server=None,
     )
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="test-spawner"):
-        asyncio.run(ApptainerSlurmSpawner._record_use(spawner, KEY))
+    with (
+        caplog.at_level(logging.WARNING, logger="test-spawner"),
+        pytest.raises(web.HTTPError) as refused,
+    ):
+        asyncio.run(ApptainerSlurmSpawner._admit_image(spawner, KEY))
     assert time.monotonic() - started < 10
-    assert f"Use of image {KEY} by alice not recorded" in caplog.text
+    assert refused.value.status_code == 503
+    assert "cannot reach the build server at http://127.0.0.1:9" in str(refused.value)
+    assert f"Cannot check image {KEY} for alice" in caplog.text

@@ -1,0 +1,80 @@
+"""The spawner launches an image of the store only when the build server
+says the researcher may (the store's one rule, ``ImageStore.may_launch``):
+another researcher's image of a repository on this host is a 403, a
+build server that cannot be asked a 503, and neither submits a job. With
+Slurm a scripted command runner and the build server a fake over a real
+store."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from tornado import web
+
+from hpcbinder.images.store import ImageStore
+from tests.unit.fakes import BuildServerUses, ScriptedSlurm, publish_fake_image
+from tests.unit.test_spawner import ON_THIS_HOST, USER, spawner_for, started
+
+KEY = "ab" * 16
+
+
+def store_with_image(tmp_path: Path, used_by: str) -> ImageStore:
+    """The spawner's store (as spawner_for sets it) with image :data:`KEY`
+    of no network repository (a local one's), built or used by ``used_by``."""
+    store = ImageStore(tmp_path / "images")
+    publish_fake_image(store, KEY)
+    store.record_use(KEY, used_by)
+    return store
+
+
+def test_another_researchers_image_is_refused_before_any_job(tmp_path: Path) -> None:
+    uses = BuildServerUses(store_with_image(tmp_path, used_by="alice"))
+    slurm = ScriptedSlurm([ON_THIS_HOST])
+    spawner = spawner_for(tmp_path, slurm, {"image": KEY})
+    spawner.build_server = uses
+    with pytest.raises(web.HTTPError) as refused:
+        asyncio.run(spawner.start())
+    assert refused.value.status_code == 403
+    assert refused.value.log_message == f"image: no image {KEY} that {USER} may launch"
+    assert uses.reports == [(KEY, USER)]
+    assert slurm.calls == []  # no job, so its comment pins nothing either
+    assert uses.store.users(KEY) == {"alice"}
+
+
+def test_an_image_the_researcher_used_starts_and_its_use_is_recorded(tmp_path: Path) -> None:
+    uses = BuildServerUses(store_with_image(tmp_path, used_by=USER))
+    slurm = ScriptedSlurm([ON_THIS_HOST])
+    spawner = spawner_for(tmp_path, slurm, {"image": KEY})
+    spawner.build_server = uses
+    asyncio.run(started(spawner))
+    assert uses.reports == [(KEY, USER)]
+    [submission] = slurm.submissions
+    assert str(tmp_path / "images" / "envs" / KEY) in submission.script
+
+
+def test_an_unreachable_build_server_is_a_503_that_says_so_before_any_job(
+    tmp_path: Path,
+) -> None:
+    uses = BuildServerUses(store_with_image(tmp_path, used_by=USER), reachable=False)
+    slurm = ScriptedSlurm([ON_THIS_HOST])
+    spawner = spawner_for(tmp_path, slurm, {"image": KEY})
+    spawner.build_server = uses
+    with pytest.raises(web.HTTPError) as refused:
+        asyncio.run(spawner.start())
+    assert refused.value.status_code == 503
+    message = str(refused.value.log_message)
+    assert message.startswith(f"cannot check that {USER} may launch image {KEY}")
+    assert "cannot reach the build server" in message and "build.server_url" in message
+    assert "\n" not in message
+    assert slurm.calls == []
+
+
+def test_a_site_base_needs_no_ruling(tmp_path: Path) -> None:
+    uses = BuildServerUses(ImageStore(tmp_path / "images"), reachable=False)
+    slurm = ScriptedSlurm([ON_THIS_HOST])
+    spawner = spawner_for(tmp_path, slurm, {"image": "base:default"})
+    spawner.build_server = uses
+    asyncio.run(started(spawner))
+    assert uses.reports == [] and len(slurm.submissions) == 1
