@@ -7,11 +7,17 @@ credential (see :mod:`hpcbinder.images.client`); neither needs rights to the
 store, sudo to the build account, or a site file of its own that the
 server would trust: the server applies its own site file's policy.
 
-One build per spec runs at a time, shared by everyone who asks and run to
-its end whoever leaves; specs that render to the same environment share one
-build through the store's lock. At most ``binder.max_parallel_builds``
-build at once (the rest wait in a queue and hear their position), and one
-researcher may have ``build.max_builds_per_user`` builds in progress.
+Each researcher's request is their own: their limits, their disk
+quota, their use records and their refusals (one researcher's quota
+message reaching another would leak it, and refuse them for nothing); a
+researcher asking again for a spec in progress follows their first
+request, and a request runs to its end whoever leaves. The image is built
+once all the same: a request whose environment another request of this
+server builds follows that build's progress without a build slot and then
+finds the image, and builds of other processes are shared through the
+store's lock. At most ``binder.max_parallel_builds`` build at once (the
+rest wait in a queue and hear their position), and one researcher may
+have ``build.max_builds_per_user`` builds in progress.
 
 As the store's owner it also records use: of an image at every request
 that finds it built (and at every build), of an image a launch reports
@@ -54,6 +60,9 @@ KEEPALIVE_SECONDS = 10.0
 REQUEST_BYTES = 64 * 1024
 #: Phases of :class:`hpcbinder.images.store.BuildEvent` passed on as log lines.
 _LOGGED = frozenset({"waiting", "building", "log", "smoke", "publishing"})
+#: Phases of another request's build that a request for the same image
+#: follows (its build's progress, not its requester's own outcome).
+_FOLLOWED = frozenset({"waiting", "building", "log"})
 
 BuildStream = SharedStream[ServerEvent, Fetched]
 _Request = TypeVar("_Request")
@@ -112,14 +121,14 @@ class BuildQueue:
 
     def __init__(self, site: Site) -> None:
         self.site = site
-        self._streams: dict[str, BuildStream] = {}
-        self._owners: dict[str, str] = {}  # spec -> the researcher who started it
+        self._streams: dict[tuple[str, str], BuildStream] = {}  # by (spec, researcher)
+        self._images: dict[str, BuildStream] = {}  # env key -> the request building it
         self._slots = asyncio.Semaphore(site.binder.max_parallel_builds)
         self._queue: list[BuildStream] = []
         self._preparing: Counter[str] = Counter()  # fetch-only requests, by researcher
 
     def in_progress(self) -> Counter[str]:
-        return Counter(self._owners.values()) + self._preparing
+        return Counter(user for _, user in self._streams) + self._preparing
 
     def over_limit(self, user: str) -> ServerEvent | None:
         """The refusal for a new request of ``user``'s, if they are at the
@@ -144,8 +153,9 @@ class BuildQueue:
             self._preparing[user] -= 1
 
     def stream(self, spec: str, user: str) -> BuildStream:
-        """The build of ``spec`` in progress, or a new one started for ``user``."""
-        stream = self._streams.get(spec)
+        """``user``'s request for ``spec`` in progress, or a new one."""
+        key = (spec, user)
+        stream = self._streams.get(key)
         if stream is not None and not stream.done:
             return stream
         stream = BuildStream(spec)
@@ -154,16 +164,14 @@ class BuildQueue:
             stream.events.append(refusal)
             stream.done = True
             return stream
-        self._streams[spec] = stream
-        self._owners[spec] = user
-        task = asyncio.get_running_loop().create_task(self._run(stream))
-        task.add_done_callback(lambda _: self._forget(stream))
+        self._streams[key] = stream
+        task = asyncio.get_running_loop().create_task(self._run(stream, user))
+        task.add_done_callback(lambda _: self._forget(key, stream))
         return stream
 
-    def _forget(self, stream: BuildStream) -> None:
-        if self._streams.get(stream.key) is stream:
-            del self._streams[stream.key]
-            self._owners.pop(stream.key, None)
+    def _forget(self, key: tuple[str, str], stream: BuildStream) -> None:
+        if self._streams.get(key) is stream:
+            del self._streams[key]
 
     def _readable_name(self, spec: str) -> str:
         # Parsing a local spec reads the file system: off the event loop.
@@ -187,18 +195,17 @@ class BuildQueue:
         if record is not None:
             quota.DiskLedger(self.site, store).add(user, f"image:{key}", record.meta.size_bytes)
 
-    async def _run(self, stream: BuildStream) -> None:
+    async def _run(self, stream: BuildStream, user: str) -> None:
         started = time.monotonic()
         try:
             name = await asyncio.to_thread(self._readable_name, stream.key)
             await stream.publish(ServerEvent("fetching", f"Fetching {name}…"))
-            user = self._owners.get(stream.key, "")
             prepared = await asyncio.to_thread(self.prepare, stream.key, user)
             for warning in prepared.rendered.warnings:
                 await stream.publish(ServerEvent("fetching", f"warning: {warning}"))
             store = image_store(self.site)
-            if await asyncio.to_thread(store.find, prepared.rendered.env_key, user) is None:
-                await self._build(stream, prepared, user)
+            found = await asyncio.to_thread(store.find, prepared.rendered.env_key, user)
+            if found is None and await self._build_once(stream, prepared, user):
                 await asyncio.to_thread(self._count_image, prepared.rendered.env_key, user)
             await stream.finish(ServerEvent("built"), prepared.fetched())
             log.info(
@@ -230,6 +237,28 @@ class BuildQueue:
                     "failed", f"internal error while building {stream.key}", kind="internal"
                 )
             )
+
+    async def _build_once(
+        self, stream: BuildStream, prepared: pipeline.Prepared, user: str
+    ) -> bool:
+        """Build ``prepared``'s image for ``user`` (True), unless another
+        request of this server builds it: then follow that build's progress,
+        holding no build slot, and find the image, its use recorded for
+        ``user`` (False); after a failure there, build it here."""
+        key = prepared.rendered.env_key
+        store = image_store(self.site)
+        while (other := self._images.get(key)) is not None:
+            async for event in other.follow():
+                if event.phase in _FOLLOWED:  # its progress as this request's log
+                    await stream.publish(ServerEvent("log", event.message))
+            if await asyncio.to_thread(store.find, key, user) is not None:
+                return False
+        self._images[key] = stream
+        try:
+            await self._build(stream, prepared, user)
+        finally:
+            del self._images[key]
+        return True
 
     async def _build(self, stream: BuildStream, prepared: pipeline.Prepared, user: str) -> None:
         self._queue.append(stream)

@@ -2,10 +2,15 @@
 
 The Binder service builds nothing itself: it asks the build server (as
 its service account, on behalf of the researcher) and relays what it
-says. One request per spec is in flight at a time; later viewers replay
-what it said so far and follow it, and a viewer closing its browser
-cancels nothing. The queue, per-user limits and the sharing of one
-environment between specs are the build server's.
+says. One request per spec and researcher is in flight at a time; their
+later viewers replay what it said so far and follow it, and a viewer
+closing its browser cancels nothing. Another researcher's request for
+the same spec is a request of their own: the build server's answer
+(limits, disk quota, use record, refusal) is for whom it was asked, so a
+session shared by spec would give a later researcher the first one's
+refusal ("alice is over her disk limit") or image. The build itself is
+still done once: the queue, per-user limits and the sharing of one
+build between requests of the same environment are the build server's.
 """
 
 from __future__ import annotations
@@ -66,40 +71,42 @@ class BuildRequester(Protocol):
 
 
 class BuildCoordinator:
-    """One build-server request per spec, shared by its viewers. ``client``:
-    the site's build server unless given."""
+    """One build-server request per spec and researcher, shared by their
+    viewers. ``client``: the site's build server unless given."""
 
     def __init__(self, site: Site, metrics: Metrics, client: BuildRequester | None = None) -> None:
         self.site = site
         self.metrics = metrics
         self.client = BuildServerClient(site) if client is None else client
-        self._sessions: dict[str, BuildSession] = {}
-        self._building: set[str] = set()
-        self._queued: set[str] = set()
+        self._sessions: dict[tuple[str, str], BuildSession] = {}  # by (spec, researcher)
+        self._building: set[tuple[str, str]] = set()
+        self._queued: set[tuple[str, str]] = set()
 
     def session(self, spec: str, user: str) -> BuildSession:
-        """The running session for ``spec``, or a new one on behalf of ``user``."""
-        session = self._sessions.get(spec)
+        """``user``'s running session for ``spec``, or a new one."""
+        key = (spec, user)
+        session = self._sessions.get(key)
         if session is None or session.done:
             session = BuildSession(spec)
-            self._sessions[spec] = session
+            self._sessions[key] = session
             task = asyncio.get_running_loop().create_task(self._run(session, user))
-            task.add_done_callback(lambda _: self._forget(session))
+            task.add_done_callback(lambda _: self._forget(key, session))
         return session
 
-    def _forget(self, session: BuildSession) -> None:
-        if self._sessions.get(session.key) is session:
-            del self._sessions[session.key]
+    def _forget(self, key: tuple[str, str], session: BuildSession) -> None:
+        if self._sessions.get(key) is session:
+            del self._sessions[key]
 
-    def _report(self, spec: str, phase: str | None) -> None:
-        """Builds in progress and queued, as this service's viewers see them."""
-        self._building.discard(spec)
-        self._queued.discard(spec)
+    def _report(self, key: tuple[str, str], phase: str | None) -> None:
+        """Builds in progress and queued (specs), as this service's viewers see them."""
+        self._building.discard(key)
+        self._queued.discard(key)
         if phase == "building":
-            self._building.add(spec)
+            self._building.add(key)
         elif phase == "waiting":
-            self._queued.add(spec)
-        self.metrics.set_builds(len(self._building), len(self._queued))
+            self._queued.add(key)
+        building = {spec for spec, _ in self._building}
+        self.metrics.set_builds(len(building), len({spec for spec, _ in self._queued} - building))
 
     async def _run(self, session: BuildSession, user: str) -> None:
         loop = asyncio.get_running_loop()
@@ -110,7 +117,7 @@ class BuildCoordinator:
             nonlocal built_here
             built_here = built_here or event.phase == "building"
             relayed = _relayed(event)
-            self._report(session.key, relayed.phase)
+            self._report((session.key, user), relayed.phase)
             asyncio.run_coroutine_threadsafe(session.publish(relayed), loop)
 
         try:
@@ -143,4 +150,4 @@ class BuildCoordinator:
             log.exception("build of %s failed", session.key)
             await session.finish(failed(f"Internal error while building {session.key}"))
         finally:
-            self._report(session.key, None)
+            self._report((session.key, user), None)

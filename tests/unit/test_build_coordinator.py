@@ -1,5 +1,5 @@
-"""The Binder service's build coordinator with a fake build server: the
-viewers of one spec share one build request (a late viewer replays what
+"""The Binder service's build coordinator with a fake build server: a
+researcher's viewers of one spec share one build request (a late viewer replays what
 it said so far), every viewer hears a failure, the queue and builds in
 progress reach the metrics, and a finished spec is asked for afresh."""
 
@@ -93,8 +93,8 @@ def test_two_viewers_of_one_spec_share_one_request(
         first = coordinator.session(SPEC, "alice")
         following = asyncio.create_task(heard(first))
         await asyncio.to_thread(server.said_all.wait, 5)
-        # Mid-build: a second viewer (another researcher) joins the same request.
-        late = coordinator.session(SPEC, "bob")
+        # Mid-build: a second viewer (the researcher's other tab) joins the same request.
+        late = coordinator.session(SPEC, "alice")
         assert late is first
         assert gauge(coordinator, "hpcbinder_builds_in_progress") == 1
         server.release.set()
@@ -172,7 +172,7 @@ def test_a_failure_reaches_every_viewer_and_the_next_viewer_asks_again(
         first = coordinator.session(SPEC, "alice")
         following = asyncio.create_task(heard(first))
         await asyncio.to_thread(server.said_all.wait, 5)
-        second = heard(coordinator.session(SPEC, "bob"))
+        second = heard(coordinator.session(SPEC, "alice"))  # her other tab
         server.release.set()
         early, late = await asyncio.gather(following, second)
         # A viewer after the failure is not told the old failure: a new request.
