@@ -392,7 +392,8 @@ def _fetch_into(
     steps = [
         ["init", "-q"],
         ["fetch", "-q", "--depth=1", *_upload_pack(local_repo), "--end-of-options", url, commit],
-        ["-c", "advice.detachedHead=false", "checkout", "-q", "--detach", commit],
+        # not checkout: git 2.39's takes --end-of-options for a path
+        ["switch", "-q", "--detach", "--end-of-options", commit],
     ]
     for args in steps:
         result = fetch.git(args, what, folder)

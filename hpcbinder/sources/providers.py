@@ -19,10 +19,16 @@ it whoever owns it (``safe.directory`` for exactly that path, see
 :mod:`hpcbinder.seams.git`), but builds it only when every account may read it
 (:func:`check_open_to_all`): the build account's rights are not lent.
 
-Repositories are fetched anonymously, so a URL never carries credentials:
-:func:`refuse_credentials` is the one check, for every provider's URL when
-its spec is parsed (before anything stores, logs or shows it) and for every
-URL git is given (submodules too). No message repeats a URL that failed it.
+Every clone URL passes :func:`check_clone_url`, the one check, for every
+provider's URL when its spec is parsed (before anything stores, logs,
+shows, trusts or judges it) and for every URL git is given (submodules,
+a :class:`ResolvedRepo` from elsewhere). Repositories are fetched
+anonymously, so a URL never carries credentials (:func:`refuse_credentials`;
+no message repeats a URL that failed it). And a URL has one spelling only:
+the site's trust, allow and ban patterns match its text, while git, curl
+and servers normalise ``..``, ``.``, ``//`` and %-escapes away, so a URL
+holding any of those (or ``?``, ``#``, a backslash, a part starting with
+``-`` that ssh or git could read as an option) is refused, not normalised.
 """
 
 from __future__ import annotations
@@ -49,10 +55,15 @@ _REF = textpatterns.compile(r"[A-Za-z0-9_][A-Za-z0-9._/+@-]{0,254}")
 _GH_NAME = textpatterns.compile(r"[A-Za-z0-9_.-]{1,100}")
 _GL_PATH = textpatterns.compile(r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*")
 _FILE_URL = "file://"
+#: A git/ link's URL: its shape. Which characters it may hold is
+#: :func:`check_clone_url`'s to say, for every provider's URL.
 _CLONE_URL = textpatterns.compile(
     r"(?:https?|git|ssh|file)://[A-Za-z0-9._~:/?#@+=%-]+"  # scheme://...
     r"|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[A-Za-z0-9._~/+=%-]+"  # scp-like user@host:path
 )
+#: What any URL git is given may hold (:func:`check_clone_url`): no
+#: %-escapes, ``?``, ``#``, backslashes, spaces or control characters.
+_URL_TEXT = textpatterns.compile(r"[A-Za-z0-9._~:/@+=-]+")
 _SHORT_SHA = textpatterns.compile(r"[0-9a-f]{7,39}")
 
 
@@ -94,6 +105,43 @@ def refuse_credentials(url: str) -> None:
             "without credentials, so they must be public (an ssh URL may name its "
             "user: ssh://git@host/org/repo)"
         )
+
+
+def check_clone_url(url: str) -> None:
+    """SpecError unless ``url`` may be given to git and judged by its text:
+    no credentials (:func:`refuse_credentials`), and one spelling only.
+    Its characters are plain (no %-escape, ``?``, ``#``, backslash, space or
+    control character); no part of it (between ``/``, ``:`` and ``@``) starts
+    with ``-``, which ssh or git could read as an option; and its path has no
+    ``.``, ``..`` or empty part (``//``, a trailing ``/``), which git, curl
+    or the server would resolve to another repository than the one the
+    site's trust, allow and ban patterns matched. The message names the
+    problem, not the URL."""
+    refuse_credentials(url)
+    problem = None
+    if not _URL_TEXT.fullmatch(url):
+        problem = "may only hold letters, digits and . _ ~ : / @ + = - (no %-escapes, ?, #, \\)"
+    elif any(part.startswith("-") for part in url.replace(":", "/").replace("@", "/").split("/")):
+        problem = "may have no part that starts with - (git or ssh could read it as an option)"
+    elif any(part in ("", ".", "..") for part in _path_parts(url)):
+        problem = "may have no . or .. part and no empty one (// or a trailing /) in its path"
+    if problem is not None:
+        raise SpecError(
+            f"a repository URL {problem}: write the repository's own URL, as its host shows it"
+        )
+
+
+def _path_parts(url: str) -> list[str]:
+    """The parts of ``url``'s path: after ``scheme://host/``, after an
+    scp-like ``host:`` or a whole plain path; a leading ``/`` of the last
+    two starts an absolute path, not an empty part."""
+    _scheme, sep, rest = url.partition("://")
+    if sep:
+        path = rest.partition("/")[2]
+    else:
+        path = url if reaches_local_files(url) else url.partition(":")[2]
+        path = path.removeprefix("/")
+    return path.split("/") if path else []
 
 
 def may_hold_credentials(text: str) -> bool:
@@ -244,7 +292,7 @@ class RepoProvider(ABC):
         self.policy = policy
         self.spec = f"{self.prefix}/{body}"
         self.url, quoted_ref = self.parse(body)
-        refuse_credentials(self.url)
+        check_clone_url(self.url)
         self.ref = check_ref(unquote(quoted_ref))
 
     @abstractmethod
@@ -295,11 +343,12 @@ class GitRepoProvider(RepoProvider):
         """RepoNotAllowed unless this site allows ``url`` (this spec's by
         default); for a repository on this host, its checked real path."""
         url = self.url if url is None else url
-        refuse_credentials(url)  # a submodule's, a ResolvedRepo from elsewhere
+        refuse_credentials(url)  # before a message repeats it
         local = reaches_local_files(url)
         scheme = "file" if local else (urlsplit(url).scheme or "ssh")
         if scheme not in self.protocols():
             raise RepoNotAllowed(f"{url}: protocol {scheme!r} is not allowed on this site")
+        check_clone_url(url)  # a submodule's, a ResolvedRepo from elsewhere
         path = local_repo_path(url, self.policy.local_roots)
         # A local repository is judged by its real path too: a symlink
         # neither escapes a ban nor borrows an allowed name.
@@ -423,8 +472,11 @@ class LocalRepoProvider(GitRepoProvider):
     def parse(self, body: str) -> tuple[str, str]:
         quoted_path, ref = self._split_last(body, "local/<url-escaped path>")
         given = unquote(quoted_path)
+        if not os.path.isabs(given):
+            raise SpecError(f"invalid local repository path {echo(given)}")
+        check_clone_url(f"{_FILE_URL}{given}")  # as given: no .. to resolve
         path = os.path.realpath(given)
-        if not os.path.isabs(given) or not LOCAL_PATH.fullmatch(path):
+        if not LOCAL_PATH.fullmatch(path):
             raise SpecError(f"invalid local repository path {echo(given)}")
         local_repo_path(f"{_FILE_URL}{path}", self.policy.local_roots)
         return f"{_FILE_URL}{path}", ref

@@ -26,6 +26,8 @@ from pathlib import Path
 
 from hpcbinder import textpatterns
 from hpcbinder.config import BinderService
+from hpcbinder.errors import SpecError
+from hpcbinder.sources.providers import check_clone_url
 
 #: A branch or tag, by name or full ref; not another ref namespace.
 #: (Anything else under ``refs/`` is not: see :func:`_named_ref`.)
@@ -53,10 +55,17 @@ class Confirmations:
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def trusted(self, clone_url: str, ref: str) -> bool:
-        """Whether the site vouches for ``clone_url`` at ``ref`` (or asks nobody)."""
+        """Whether the site vouches for ``clone_url`` at ``ref`` (or asks nobody).
+        The site's patterns match the URL's text, so only a URL in its one
+        spelling (:func:`check_clone_url`: no ``..``, ``//`` or %-escapes,
+        which git would resolve to another repository) can match."""
         if not self.policy.confirm_untrusted:
             return True
         if not _named_ref(ref) or _COMMIT_LIKE.fullmatch(ref):
+            return False
+        try:
+            check_clone_url(clone_url)
+        except SpecError:
             return False
         return any(
             textpatterns.compile(pattern).fullmatch(clone_url)

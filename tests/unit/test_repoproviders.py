@@ -66,12 +66,17 @@ def test_binderhub_specs(spec: str, url: str, ref: str) -> None:
             "git/https%3A%2F%2Fevil.example%2Fjupyter%2Fnotebook/main",
             "evil.example/jupyter/notebook @ main",
         ),
-        ("git/https%3A%2F%2Fevil.example%2Fx.git%3F%2Fnumpy%2Fnumpy/main", "evil.example/x @ main"),
         ("local/%2Ftmp%2Fwork%2Fanalysis/HEAD", "work/analysis @ HEAD"),
     ],
 )
 def test_a_repository_is_named_for_people_not_by_its_escaped_spec(spec: str, name: str) -> None:
     assert parse_spec(spec, POLICY).readable_name() == name
+
+
+def test_a_query_cannot_pass_for_a_repository_path() -> None:
+    """``x.git?/numpy/numpy`` would read as numpy's name: refused at once."""
+    with pytest.raises(SpecError, match=r"no %-escapes, \?"):
+        parse_spec("git/https%3A%2F%2Fevil.example%2Fx.git%3F%2Fnumpy%2Fnumpy/main", POLICY)
 
 
 def test_site_hosts_replace_public_ones() -> None:
@@ -148,7 +153,7 @@ def test_local_specs_only_below_site_roots(repo: Path, tmp_path: Path) -> None:
     with pytest.raises(RepoNotAllowed, match="not below this site's local repository roots"):
         parse_spec(spec, RepoPolicy())
     escape = f"local/{quote(str(tmp_path / 'root' / '..' / 'src'), safe='')}/main"
-    with pytest.raises(RepoNotAllowed):
+    with pytest.raises(SpecError, match=r"no \. or \.\. part"):
         parse_spec(escape, RepoPolicy(local_roots=[tmp_path / "root"]))
     provider = parse_spec(spec, RepoPolicy(local_roots=[tmp_path]))
     assert provider.resolve().commit == git(repo, "rev-parse", "main")

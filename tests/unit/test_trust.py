@@ -66,3 +66,18 @@ def test_a_confirmation_covers_the_ref_it_was_given_for(tmp_path: Path) -> None:
     confirmations.confirm("alice", REPO, "main")
     assert not confirmations.needs_confirmation("alice", REPO, "main")
     assert confirmations.needs_confirmation("alice", REPO, "refs/pull/7/head")
+
+
+def test_a_trusted_name_spelled_to_reach_another_repository_asks(tmp_path: Path) -> None:
+    """The site's pattern matches text; git resolves ``..``, ``.``, ``//``
+    and %-escapes, so a URL holding them is never the site's word."""
+    policy = BinderService(trusted_repos=[r"https://github\.com/our-centre/.*"])
+    confirmations = Confirmations(policy, tmp_path)
+    for url in (
+        "https://github.com/our-centre/../attacker/repo",
+        "https://github.com/our-centre/%2e%2e/attacker/repo",
+        "https://github.com/our-centre/./x/../../attacker/repo",
+        "https://github.com/our-centre//attacker",
+        "https://github.com/our-centre/x?y",
+    ):
+        assert confirmations.needs_confirmation("alice", url, "main"), url
