@@ -73,6 +73,8 @@ OVERLAY_SCRIPT = "overlay-build.sh"
 #: In a staging folder: the renderer's generated files (render/buildfiles.py),
 #: which the build sees read-only at buildfiles.GENERATED_IN_IMAGE.
 GENERATED = "generated"
+#: The environment files an overlay build reads, copied out of the checkout.
+CONTEXT = "context"
 #: In a build's work folder: its /tmp, /var/tmp and home.
 SCRATCH = "scratch"
 #: In a build's work folder: the overlay an overlay build installs into.
@@ -409,6 +411,26 @@ class Builder:
             self.store.write(folder / name, text)
         return Bind(str(folder), buildfiles.GENERATED_IN_IMAGE, read_only=True)
 
+    def _context(self, prepared: Prepared, staging: Path) -> Bind:
+        """What an overlay build sees of the repository: the checkout where
+        the build reads it whole (its tree is in the env key), else a copy
+        of exactly the environment files the key covers. A requirement that
+        names the checkout's mount point (``-e /mnt/...``) then installs
+        nothing the key does not cover: no image stands for code it lacks."""
+        if prepared.plan.reads_whole_repo:
+            return Bind(str(prepared.checkout), render.CONTEXT_IN_IMAGE, read_only=True)
+        folder = staging / CONTEXT
+        folder.mkdir(0o755)
+        self.store.own(folder)
+        for relative in prepared.plan.env_files:
+            target = folder / relative
+            for parent in reversed(target.relative_to(folder).parents[:-1]):
+                if not (folder / parent).is_dir():
+                    (folder / parent).mkdir(0o755)
+                    self.store.own(folder / parent)
+            self.store.write(target, (prepared.checkout / relative).read_text(encoding="utf-8"))
+        return Bind(str(folder), render.CONTEXT_IN_IMAGE, read_only=True)
+
     @staticmethod
     def _sif_steps(
         staging: Path,
@@ -511,7 +533,7 @@ class Builder:
         overlay = work_dir(staging) / OVERLAY_DIR
         cache = cache_dir(self.site, prepared.rendered.env_key)
         binds = [
-            Bind(str(prepared.checkout), render.CONTEXT_IN_IMAGE, read_only=True),
+            self._context(prepared, staging),
             Bind(str(script), render.OVERLAY_SCRIPT_IN_IMAGE, read_only=True),
             self._generated(staging, rendered.build_files),
             *_cache_binds(cache),

@@ -13,8 +13,12 @@ data: the image's runscript prints them back unchanged.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import json
 import subprocess
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,6 +62,7 @@ def repo_with(workspace: Path, files: dict[str, str]) -> Path:
     repo.mkdir()
     git(repo, "init", "-q", "-b", "main")
     for name, text in files.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
         (repo / name).write_text(text)
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "hostile")
@@ -209,3 +214,43 @@ def test_a_postbuild_cannot_plant_links_where_apptainer_writes_metadata(
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "executable postBuild")
     assert_metadata_attack_refused(workspace, repo, build_account_files)
+
+
+def wheel(files: dict[str, str]) -> bytes:
+    """A pure-Python wheel of ``files`` (package ``uncovered``, version 1)."""
+    info = "uncovered-1.dist-info"
+    files = {
+        **files,
+        f"{info}/METADATA": "Metadata-Version: 2.1\nName: uncovered\nVersion: 1\n",
+        f"{info}/WHEEL": (
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    record = ""
+    for name, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
+        record += f"{name},sha256={digest.decode()},{len(text.encode())}\n"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, text in {**files, f"{info}/RECORD": record + f"{info}/RECORD,,\n"}.items():
+            archive.writestr(name, text)
+    return buffer.getvalue()
+
+
+def test_an_overlay_build_sees_only_the_files_its_key_covers(workspace: Path) -> None:
+    """A requirement naming the checkout's mount point would install code
+    the env key does not cover (the key hashes requirements.txt only): a
+    later commit, or another repository with the same requirements.txt,
+    would get an image of other code. The overlay build sees a copy of the
+    environment files, so there is nothing there to install."""
+    name = "uncovered-1-py3-none-any.whl"
+    repo = repo_with(
+        workspace, {"requirements.txt": f"uncovered @ file:///mnt/hpcbinder-context/{name}\n"}
+    )
+    (repo / name).write_bytes(wheel({"uncovered.py": "CODE = 'not in the env key'\n"}))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "a wheel the key does not cover")
+    with pytest.raises(ImageBuildError) as caught:
+        build(workspace, repo)
+    assert name in str(caught.value), caught.value
+    assert list((workspace / "store").glob("envs/*/*.sif")) == []
