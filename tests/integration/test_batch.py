@@ -7,6 +7,7 @@ incomplete."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -22,6 +23,14 @@ from typing import Any
 import pytest
 import yaml
 
+from hpcbinder.config import Site
+from hpcbinder.images.launch import launch_argv
+from hpcbinder.images.store import ImageMeta, ImageRecord
+from hpcbinder.jobs import batch
+from hpcbinder.jobs.request import request_for
+from hpcbinder.render.pipeline import Fetched
+from hpcbinder.seams.slurm import SubmitOptions
+from hpcbinder.sources.providers import ResolvedRepo
 from tests.conftest import (
     REPO,
     SHARED_SCRATCH,
@@ -31,6 +40,7 @@ from tests.conftest import (
     running_build_server,
 )
 from tests.repohelpers import git, local_spec
+from tests.storehelpers import DEV_BASE
 
 pytestmark = [pytest.mark.slurm, pytest.mark.apptainer]
 
@@ -399,3 +409,56 @@ def test_a_run_goes_through_the_repositorys_start(batch_repo: BatchRepo) -> None
     log = (batch_repo.output_dir / f"slurm-{job_id}.out").read_text()
     assert "from start: exported-by-start" in log, log
     assert provenance(task)["complete"] is True
+
+
+def test_a_run_plants_no_link_the_next_run_writes_through(
+    devcluster: DevCluster, shared_dir: Path
+) -> None:
+    """A run whose container can write its run folder (bound read-write, as
+    a site's /scratch/USER bind would bind a run folder below it, a bind
+    the site-file check does not know of) links the next jobs' log names to
+    a file of alice's. The next run, whose output the repository controls,
+    appended it there; now it refuses a log it did not create and writes
+    nothing."""
+    victim = Path("/home/alice/.hpcbinder-test-bashrc")
+    victim.write_text("untouched\n")
+    subprocess.run(["chown", "alice:alice", str(victim)], check=True)
+    run_dir = shared_dir / "runs"
+    plant = (
+        f"for n in $(seq 1 50); do ln -s {victim} {run_dir}/slurm-$((SLURM_JOB_ID + n)).out;"
+        " done; echo planted\n"
+    )
+    try:
+        first, state = bound_run(devcluster, shared_dir / "first", run_dir, plant)
+        assert state == "COMPLETED"
+        assert "planted" in (run_dir / f"slurm-{first}.out").read_text()
+        second, state = bound_run(devcluster, shared_dir / "second", run_dir, "echo evil\n")
+        assert state == "FAILED" and int(second) <= int(first) + 50
+        assert victim.read_text() == "untouched\n"
+        assert not (run_dir / f"job-{second}").exists()  # refused before anything
+    finally:
+        victim.unlink(missing_ok=True)
+
+
+def bound_run(devcluster: DevCluster, checkout: Path, run_dir: Path, code: str) -> tuple[str, str]:
+    """A batch run of ``code`` as alice in the dev base, its run folder
+    bound into its container read-write; its job id and final state."""
+    checkout.mkdir()
+    (checkout / "run.sh").write_text(code)
+    site = Site()
+    repo = ResolvedRepo("local/x/HEAD", "file:///x/probe", "HEAD", "b" * 40)
+    record = ImageRecord("0" * 32, DEV_BASE.resolve(), ImageMeta(key="0" * 32))
+    run = batch.plan_run(
+        site,
+        Fetched(repo, checkout, "0" * 32, False),
+        record,
+        launch_argv(record),
+        user=USER,
+        request=request_for(site, None, {"time": "00:05:00"}, user=USER),
+        plan=batch.TaskPlan("run.sh", [], [batch.BatchTask(0, {})], False, None),
+        output_dir=run_dir,
+    )
+    launch = [*run.launch[:-1], "--bind", str(run_dir), run.launch[-1]]
+    script = batch.render_batch_script(dataclasses.replace(run, launch=launch))
+    job_id = devcluster.slurm.submit(script, SubmitOptions(), user=USER)
+    return job_id, devcluster.slurm.wait(job_id, timeout=180).state

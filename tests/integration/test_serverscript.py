@@ -284,3 +284,53 @@ def test_a_workspace_seeded_from_a_checkout_has_no_git_the_container_can_arm(
     git_status_as_alice(workspace)
     assert not ran.exists(), "git status ran the container's command"
     assert not (workspace / ".git").exists()
+
+
+@pytest.mark.slurm
+@pytest.mark.apptainer
+def test_a_workspace_a_container_linked_to_the_home_is_never_bound(
+    devcluster: DevCluster, busybox_image: Path, shared_dir: Path
+) -> None:
+    """One server's container, which can write the workspace root (a root
+    below a site bind such as /scratch/USER, which the site-file check does
+    not know of), links another repository's workspace name to alice's
+    home. Its next launch skipped seeding (the name exists) and bound her
+    whole home into the container; now it refuses the workspace in one line
+    and starts nothing."""
+    root = shared_dir / "workspaces"
+    root.mkdir()
+    root.chmod(0o777)
+    site = site_with(root)
+    home = Path("/home/alice")
+    target = workspace_for(site, "alice", home, "target")
+    checkout = shared_dir / "checkout"
+    checkout.mkdir()
+    (checkout / "notes.txt").write_text("notes\n")
+    pwned = home / ".hpcbinder-test-pwned"
+    pwned.unlink(missing_ok=True)
+    states = []
+    for slug, command in [
+        ("planter", f"/bin/busybox ln -s {home} {target}"),
+        ("target", "/bin/busybox touch .hpcbinder-test-pwned"),
+    ]:
+        job = ServerJob(
+            "alice",
+            home,
+            request_for(site, None, {"time": "00:05:00"}, user="alice"),
+            ["apptainer", "exec", "--bind", str(root), str(busybox_image)],
+            ["/bin/busybox", "sh", "-c", command],
+            workspace=workspace_for(site, "alice", home, slug),
+            seed=Seed(checkout, COMMIT, from_image=False) if slug == "target" else None,
+        )
+        job_id = devcluster.slurm.submit(
+            render_server_script(site, job), SubmitOptions(), user="alice"
+        )
+        info = devcluster.slurm.wait(job_id, timeout=120)
+        log = home / f".hpcbinder-server-{job_id}.log"
+        states.append((info.state, log.read_text()))
+        log.unlink()
+    assert states[0][0] == "COMPLETED" and target.is_symlink(), states[0]
+    state, log_text = states[1]
+    assert state == "FAILED" and not pwned.exists()
+    assert f"hpcbinder: workspace {target} is a link" in log_text
+    assert len(log_text.splitlines()) == 1
