@@ -291,10 +291,10 @@ def test_a_workspace_seeded_from_a_checkout_has_no_git_the_container_can_arm(
 def test_a_workspace_a_container_linked_to_the_home_is_never_bound(
     devcluster: DevCluster, busybox_image: Path, shared_dir: Path
 ) -> None:
-    """One server's container, which can write the workspace root (a root
-    below a site bind such as /scratch/USER, which the site-file check does
-    not know of), links another repository's workspace name to alice's
-    home. Its next launch skipped seeding (the name exists) and bound her
+    """One server's container, which can write the workspace root (bound
+    at /scratch, as a root below a site's /scratch/USER bind would be, a
+    bind the site-file check does not know of), links another repository's
+    workspace name to alice's home. Its next launch skipped seeding (the name exists) and bound her
     whole home into the container; now it refuses the workspace in one line
     and starts nothing."""
     root = shared_dir / "workspaces"
@@ -310,14 +310,14 @@ def test_a_workspace_a_container_linked_to_the_home_is_never_bound(
     pwned.unlink(missing_ok=True)
     states = []
     for slug, command in [
-        ("planter", f"/bin/busybox ln -s {home} {target}"),
+        ("planter", f"/bin/busybox ln -s {home} /scratch/{target.name}"),
         ("target", "/bin/busybox touch .hpcbinder-test-pwned"),
     ]:
         job = ServerJob(
             "alice",
             home,
             request_for(site, None, {"time": "00:05:00"}, user="alice"),
-            ["apptainer", "exec", "--bind", str(root), str(busybox_image)],
+            ["apptainer", "exec", "--bind", f"{root}:/scratch", str(busybox_image)],
             ["/bin/busybox", "sh", "-c", command],
             workspace=workspace_for(site, "alice", home, slug),
             seed=Seed(checkout, COMMIT, from_image=False) if slug == "target" else None,
