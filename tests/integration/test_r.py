@@ -29,7 +29,7 @@ from hpcbinder.images.builder import Builder, ImageBuildError
 from hpcbinder.images.store import BuildEvent
 from hpcbinder.render import pipeline
 from hpcbinder.render.templating import resource_dir
-from tests.conftest import SHARED_SCRATCH, SITE_BIN, as_account, running_build_server
+from tests.conftest import SHARED_SCRATCH, SITE_BIN, as_account, free_port, running_build_server
 from tests.cranhelpers import RPackage, build_snapshot, r_available, serving
 from tests.integration.test_build import (  # noqa: F401 (dev_base, workspace: fixtures)
     build,
@@ -232,6 +232,29 @@ def test_a_package_the_mirror_lacks_fails_the_build(
     key = prepared.rendered.env_key
     assert Builder(site).store.lookup(key) is None
     no_leftovers(site, key)
+
+
+@pytest.mark.slurm
+@pytest.mark.apptainer
+def test_an_unreachable_mirror_fails_before_any_install_naming_it(
+    workspace: Path,  # noqa: F811 (the fixture)
+) -> None:
+    """No CRAN at the site's URL: the build stops before R is installed, in
+    one line naming the URL and the setting (it used to fail much later with
+    "R package 'Couldn' could not be installed", curl's text read as a
+    package name)."""
+    repo = make_repo("r/mirror-missing-package", workspace / "repos" / "repo")
+    nowhere = f"http://127.0.0.1:{free_port()}/cran"
+    site = r_site(workspace, nowhere)
+    events: list[BuildEvent] = []
+    prepared = pipeline.prepare(local_spec(repo), site)
+    with pytest.raises(ImageBuildError) as caught:
+        Builder(site).build_image(prepared, events.append)
+    reason = f"hpcbinder: cannot reach the CRAN mirror {nowhere}/{SNAPSHOT} ({SETTING}): curl: "
+    assert str(caught.value).startswith(reason), str(caught.value)
+    logged = "\n".join(event.message for event in events)
+    assert "r-base-core" not in logged and "could not be installed" not in logged, logged
+    no_leftovers(site, prepared.rendered.env_key)
 
 
 @pytest.mark.slurm
