@@ -116,6 +116,12 @@ def _message(failed: BuildFailed) -> str:
     return str(failed).removeprefix(f"{failed.step}: ")
 
 
+def _file_digest(path: Path) -> str:
+    """``sha256:<hex>`` of the file at ``path``."""
+    with path.open("rb") as image:
+        return f"sha256:{hashlib.file_digest(image, 'sha256').hexdigest()}"
+
+
 def base_is_current(site: Site, name: str, hub_major: int) -> bool:
     """Base ``name`` exists and was built from the definition the site file
     gives it now (``base build --missing`` and ``doctor`` ask)."""
@@ -511,6 +517,8 @@ class Builder:
                 "created": stamp,
                 "build_seconds": round(time.monotonic() - started, 2),
                 "size_bytes": image.stat().st_size,
+                # What env keys know the base by (render.recorded_digest).
+                "sha256": _file_digest(image),
             }
             if not lock.held():  # taken over meanwhile: the other build switches the base
                 raise ImageBuildError(key, "publish", "this build's lock was taken over", [])

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from packaging.specifiers import SpecifierSet
@@ -293,18 +293,46 @@ def env_key(
 
 
 def base_identity(site: Site, base: BaseChoice) -> str:
-    """What identifies the base image: its site settings and, once built,
-    the file itself (a rebuilt base changes every key built on it)."""
-    parts = [base.bootstrap, base.source]
+    """What identifies the base image: its site settings and the image
+    itself. A site base is known by the digest its build recorded
+    (:func:`recorded_digest`), so moving ``image_store`` (the same file at
+    another path) keeps every key and download cache, while a rebuilt base
+    changes every key built on it; another local image by its path and
+    stat, which a rebuild changes too."""
+    parts = [base.bootstrap]
     if base.name in site.bases:
         # Not ``r``: a declaration the choice reads (and R builds check in
         # their text); declaring it does not rebuild every image.
         parts.append(site.bases[base.name].model_dump_json(exclude={"r"}))
+    digest = recorded_digest(base)
+    if digest is not None:
+        return "|".join([*parts, digest])
+    parts.append(base.source)
     image = Path(base.source)
     if base.bootstrap == "localimage" and image.is_file():
         stat = image.stat()
         parts.append(f"{stat.st_size}:{stat.st_mtime_ns}")
     return "|".join(parts)
+
+
+_SHA256 = textpatterns.compile(r"sha256:[0-9a-f]{64}")
+
+
+def recorded_digest(base: BaseChoice) -> str | None:
+    """``sha256:...`` of a local base image, as its build recorded it in the
+    record beside the image file the path leads to (``bases/NAME-TIME.json``,
+    written by the build account with the image); None where there is none
+    (a base built before digests were recorded, an image from elsewhere).
+    Read, not computed: hashing a 200 MB image on every prepare would cost
+    more than the rest of it."""
+    if base.bootstrap != "localimage":
+        return None
+    try:
+        record = json.loads(Path(base.source).resolve().with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return None
+    digest = record.get("sha256") if isinstance(record, dict) else None
+    return digest if isinstance(digest, str) and _SHA256.fullmatch(digest) else None
 
 
 def _build_context(site: Site, *, generated: bool = True) -> dict[str, object]:
@@ -410,10 +438,10 @@ def map_from_image(site: Site, image: str, relative: str) -> BaseChoice:
 
 
 def _dockerfile_definition(
-    plan: BuildPlan, recipe: DockerRecipe, site: Site
+    plan: BuildPlan, recipe: DockerRecipe, site: Site, base: BaseChoice | None = None
 ) -> tuple[str, list[str], BaseChoice]:
     relative = recipe.file
-    base = map_from_image(site, recipe.from_image, relative)
+    base = base or map_from_image(site, recipe.from_image, relative)
     files = [(_safe_path(src, relative), _safe_path(dst, relative)) for src, dst in recipe.files]
     context = _build_context(site)
     text = templating.render_text(
@@ -487,18 +515,32 @@ def entrypoint(plan: BuildPlan) -> list[str]:
     return [_safe_path(plan.start, "start")] if plan.start else []
 
 
+def _definition(
+    plan: BuildPlan, site: Site, base: BaseChoice | None = None
+) -> tuple[str, list[str], BaseChoice]:
+    """The definition text, its expected sections and its base (``base``:
+    in place of the one the plan chooses)."""
+    if plan.dockerfile is not None:
+        return _dockerfile_definition(plan, plan.dockerfile, site, base)
+    base = base or choose_base(site, plan)
+    text, expected = _repo_definition(plan, site, base)
+    return text, expected, base
+
+
 def render_definition(
     plan: BuildPlan, site: Site, checkout: Path, tree_id: str | None = None
 ) -> Rendered:
-    """The definition for ``plan`` on this site, and its env key."""
-    if plan.dockerfile is not None:
-        text, expected, base = _dockerfile_definition(plan, plan.dockerfile, site)
-    else:
-        base = choose_base(site, plan)
-        text, expected = _repo_definition(plan, site, base)
+    """The definition for ``plan`` on this site, and its env key.
+
+    The key hashes the definition as it reads with the base image named by
+    its digest rather than its path (where there is one), so that the same
+    environment on the same base keeps its key wherever the store is."""
+    text, expected, base = _definition(plan, site)
     _check_sections(text, expected)
     files = buildfiles.build_files(plan)
-    key = env_key(text, plan, checkout, tree_id, base_identity(site, base), files)
+    digest = recorded_digest(base)
+    keyed = text if digest is None else _definition(plan, site, replace(base, source=digest))[0]
+    key = env_key(keyed, plan, checkout, tree_id, base_identity(site, base), files)
     overlay = None
     if plan.dockerfile is None and not _runs_dpkg(plan):
         overlay = _overlay_script(plan, site, base)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import pytest
 
 from hpcbinder.config import Site
 from hpcbinder.render import pipeline
@@ -83,3 +86,34 @@ def test_site_settings_that_reach_the_build_change_the_key(tmp_path: Path) -> No
     )
     other_base = site_for_tests(tmp_path, bases={"default": {"python": "3.12"}})
     assert len({plain, key_at(repo, mirrored), key_at(repo, other_base)}) == 3
+
+
+def _publish_base(store: Path, name: str, content: bytes, digest: str, stamp: str) -> None:
+    """A site base as the build account publishes it: the image under its
+    own name, its record (with the digest) beside it, ``NAME.sif`` linking
+    to it."""
+    bases = store / "bases"
+    bases.mkdir(parents=True, exist_ok=True)
+    kept = bases / f"{name}-{stamp}.sif"
+    kept.write_bytes(content)
+    kept.with_suffix(".json").write_text(json.dumps({"name": name, "sha256": digest}))
+    link = bases / f"{name}.sif"
+    link.unlink(missing_ok=True)
+    link.symlink_to(kept.name)
+
+
+@pytest.mark.parametrize("fixture", ["python/requirements", "dockerfile/mapped"])
+def test_moving_the_image_store_keeps_every_key(tmp_path: Path, fixture: str) -> None:
+    """The same base (by its recorded digest) at another store path is the
+    same environment: a site that moves ``image_store`` keeps its images and
+    warm download caches; a rebuilt base (another digest) changes the key."""
+    repo = make_repo(fixture, tmp_path / "repo")
+    digest = "sha256:" + "ab" * 32
+    old, new = tmp_path / "old-store", tmp_path / "moved" / "store"
+    for store in (old, new):
+        for name in ("default", "py310", "py312"):
+            _publish_base(store, name, b"SIF", digest, "20261203T100000")
+    before = key_at(repo, site_for_tests(tmp_path, image_store=str(old)))
+    assert key_at(repo, site_for_tests(tmp_path, image_store=str(new))) == before
+    _publish_base(new, "default", b"SIF2", "sha256:" + "cd" * 32, "20261203T110000")
+    assert key_at(repo, site_for_tests(tmp_path, image_store=str(new))) != before
