@@ -374,6 +374,13 @@ class BuildSettings(_Strict):
     #: and the repositories fetched at their request, while kept): a new
     #: request over it is refused.
     max_user_disk_mb: int = Field(default=51200, ge=1)
+    #: Each researcher's own image store, for repositories the build account
+    #: cannot fetch (private ones): built as her, in a Slurm job on
+    #: ``partition``, readable by her alone (mode 700). ``{home}`` and
+    #: ``{user}`` are hers; it must be on a filesystem her jobs see.
+    private_store: Annotated[str, Field(pattern=r"^(/|\{home\}/)[A-Za-z0-9_./{}-]*$")] = (
+        "{home}/.cache/hpcbinder"
+    )
 
 
 class BaseImage(_Strict):

@@ -24,6 +24,20 @@ class RepoUnreachable(UserError):
     """The repository cannot be listed or fetched."""
 
 
+class NoAccess(UserError):
+    """A repository that cannot be read with the rights at hand: not there,
+    or not open to whoever asks. One text for both (:meth:`about`), so that
+    nobody learns from it whether someone else's private repository exists."""
+
+    @classmethod
+    def about(cls, name: str) -> NoAccess:
+        return cls(
+            f"{name}: repository not found, or you have no access to it (a private "
+            "repository is fetched with your own SSH key or agent, git credential helper "
+            "or HPCBINDER_GIT_TOKEN, and built as you)"
+        )
+
+
 class UnknownRef(UserError):
     """The ref names no branch, tag or commit of the repository."""
 

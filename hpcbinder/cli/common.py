@@ -13,8 +13,13 @@ import click
 
 from hpcbinder.config import Site, SiteConfigError, load_site
 from hpcbinder.errors import UserError
-from hpcbinder.images import builder
-from hpcbinder.images.client import BuildServerClient, BuildServerError, ServerEvent
+from hpcbinder.images import builder, private
+from hpcbinder.images.client import (
+    BuildServerClient,
+    BuildServerError,
+    NoAnonymousAccess,
+    ServerEvent,
+)
 from hpcbinder.images.store import BuildEvent
 from hpcbinder.render import pipeline
 from hpcbinder.render.pipeline import Fetched
@@ -101,9 +106,16 @@ class ProgressDisplay:
 
 def request_image(site: Site, spec: str, verbose: bool, *, prepare_only: bool = False) -> Fetched:
     """Ask the build server to fetch (and unless ``prepare_only``, build)
-    ``spec``, showing its progress."""
+    ``spec``, showing its progress; a repository it cannot fetch is
+    fetched and built as this account, into its own store
+    (:mod:`hpcbinder.images.private`)."""
     display = ProgressDisplay(verbose)
-    fetched = BuildServerClient(site).request(spec, display.server_event, prepare_only=prepare_only)
+    try:
+        fetched = BuildServerClient(site).request(
+            spec, display.server_event, prepare_only=prepare_only
+        )
+    except NoAnonymousAccess:
+        fetched = private.request(site, spec, display, prepare_only=prepare_only)
     if prepare_only:
         for warning in fetched.warnings:
             click.echo(f"warning: {warning}", err=True)

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 from hpcbinder.config import Site
 from hpcbinder.errors import UserError
+from hpcbinder.images import private
 from hpcbinder.images.builder import ImageBuildError
 from hpcbinder.images.store import ImageRecord, image_store
 from hpcbinder.patterns import ENV_KEY
@@ -59,6 +60,13 @@ class LaunchRefused(UserError):
 class BuildRefused(UserError):
     """The build server refused what was asked (spec, site policy, repository
     configuration, quota): the message says why."""
+
+
+class NoAnonymousAccess(BuildRefused):
+    """The build server cannot fetch the repository (it needs credentials,
+    is not open to all accounts, or is not there): the researcher's own
+    process may (:mod:`hpcbinder.images.private`). Its message is
+    :class:`~hpcbinder.errors.NoAccess`'s, the same for all three."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +125,8 @@ class ServerEvent:
     Phases: ``fetching``, ``waiting`` (with ``queue_position`` when queued),
     ``building`` (once, when a build starts), ``log`` (a line of its log),
     ``keepalive``; and last either ``done`` (``credential`` holds the
-    result) or ``failed`` (``kind`` ``user``, ``build`` or ``internal``;
+    result) or ``failed`` (``kind`` ``user``, ``no-access`` (a repository
+    the build account cannot fetch), ``build`` or ``internal``;
     builds add ``key``, ``step``, ``tail`` and the log line that says why,
     ``reason``).
     """
@@ -144,6 +153,8 @@ class ServerEvent:
 
 
 def _raise_failure(event: ServerEvent) -> None:
+    if event.kind == "no-access":
+        raise NoAnonymousAccess(event.message)
     if event.kind == "user":
         raise BuildRefused(event.message)
     if event.kind == "build":
@@ -250,8 +261,12 @@ class BuildServerClient:
 
 
 def published_image(site: Site, fetched: Fetched) -> ImageRecord:
-    """The image the build server reported, read from the store itself."""
-    record = image_store(site).lookup(fetched.env_key)
+    """The image the build server reported, read from the store itself (a
+    private build's: from this account's own store)."""
+    if fetched.private:
+        record = private.published(site, fetched.env_key)
+    else:
+        record = image_store(site).lookup(fetched.env_key)
     if record is None:
         raise BuildServerError(
             f"the build server reported image {fetched.env_key}, not in the store"

@@ -42,8 +42,8 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.iostream import StreamClosedError
 
-from hpcbinder.config import Site
-from hpcbinder.errors import UserError
+from hpcbinder.config import RepoPolicy, Site
+from hpcbinder.errors import NoAccess, RepoUnreachable, UserError
 from hpcbinder.images import builder, quota
 from hpcbinder.images import gc as storegc
 from hpcbinder.images.client import BuildRequest, ServerEvent, UseRequest
@@ -80,18 +80,23 @@ async def _verified(body: bytes, parse: Callable[[str], _Request]) -> tuple[str,
         raise web.HTTPError(400, reason=f"malformed request: {exc}"[:200]) from exc
 
 
-def _refusal(exc: OSError) -> ServerEvent:
-    """What the build server says when the file system refuses it something
-    while reading a repository (a repository in a folder the build account
-    may not enter): one line naming the path, not an internal error."""
-    where = f" {exc.filename}" if exc.filename else ""
-    log.warning("refused: cannot read%s: %s", where, exc.strerror or exc)
-    return ServerEvent(
-        "failed",
-        f"the build server cannot read{where}: {exc.strerror or exc}; a repository on "
-        "this host is built only when every account may read it",
-        kind="user",
-    )
+def _failure(spec: str, policy: RepoPolicy, exc: UserError | OSError) -> ServerEvent:
+    """The one-line answer to a request that fails for the requester's
+    reasons. A repository the build account cannot fetch (one that wants
+    credentials, one on this host not open to all, one that is not there,
+    a folder it may not enter) is one answer, :class:`NoAccess`'s text,
+    whichever it was: the requester's own process may fetch it as her
+    (kind ``no-access``: :mod:`hpcbinder.images.private`), and nobody learns
+    whether another's private repository exists. Why is in this server's
+    log, which only the build account reads."""
+    if isinstance(exc, (providers.NotOpenToAll, RepoUnreachable, OSError)):
+        log.info("no anonymous access to %s: %s", providers.echo(spec), exc)
+        try:
+            name = providers.parse_spec(spec, policy).readable_name()
+        except UserError:
+            name = providers.echo(spec)
+        return ServerEvent("failed", str(NoAccess.about(name)), kind="no-access")
+    return ServerEvent("failed", str(exc), kind="user")
 
 
 def _on_behalf(site: Site, sender: str, for_user: str | None) -> str:
@@ -214,10 +219,8 @@ class BuildQueue:
                 prepared.rendered.env_key,
                 time.monotonic() - started,
             )
-        except UserError as exc:
-            await stream.finish(ServerEvent("failed", str(exc), kind="user"))
-        except OSError as exc:
-            await stream.finish(_refusal(exc))
+        except (UserError, OSError) as exc:
+            await stream.finish(_failure(stream.key, self.site.repos, exc))
         except builder.ImageBuildError as exc:
             await stream.finish(
                 ServerEvent(
@@ -339,11 +342,8 @@ class BuildRequestHandler(web.RequestHandler):
     async def _answer(self, request: BuildRequest, user: str) -> Fetched | None:
         try:  # the build account's rights are never lent to read a repository
             await asyncio.to_thread(providers.check_shareable, request.spec, self.site.repos)
-        except UserError as exc:
-            await self._send(ServerEvent("failed", str(exc), kind="user"))
-            return None
-        except OSError as exc:
-            await self._send(_refusal(exc))
+        except (UserError, OSError) as exc:
+            await self._send(_failure(request.spec, self.site.repos, exc))
             return None
         queue: BuildQueue = self.settings["queue"]
         if request.prepare_only:
@@ -354,11 +354,8 @@ class BuildRequestHandler(web.RequestHandler):
             try:
                 with queue.preparing(user):
                     prepared = await asyncio.to_thread(queue.prepare, request.spec, user)
-            except UserError as exc:
-                await self._send(ServerEvent("failed", str(exc), kind="user"))
-                return None
-            except OSError as exc:
-                await self._send(_refusal(exc))
+            except (UserError, OSError) as exc:
+                await self._send(_failure(request.spec, self.site.repos, exc))
                 return None
             return prepared.fetched()
         stream = queue.stream(request.spec, user)

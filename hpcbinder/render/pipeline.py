@@ -51,6 +51,9 @@ class Fetched:
     env_key: str
     reads_whole_repo: bool  # postBuild & co. ran: seed workspaces from the image
     warnings: tuple[str, ...] = ()
+    #: Built as the researcher into her own store (hpcbinder.images.private),
+    #: never said by the build server.
+    private: bool = False
 
     def to_json(self) -> dict[str, Any]:
         repo = self.repo
@@ -60,6 +63,7 @@ class Fetched:
             "env_key": self.env_key,
             "reads_whole_repo": self.reads_whole_repo,
             "warnings": list(self.warnings),
+            "private": self.private,
         }
 
     @classmethod
@@ -73,6 +77,7 @@ class Fetched:
             str(data["env_key"]),
             bool(data["reads_whole_repo"]),
             tuple(str(w) for w in data["warnings"]),
+            bool(data.get("private", False)),
         )
 
 

@@ -33,18 +33,30 @@ allow/ban lists and local roots), then fetched like the repository itself,
 within the same limits and deadline. So git's ``protocol.file.allow``
 (which ``git submodule`` needs relaxed for ``file://``) stays as it is, and
 no submodule URL reaches git unchecked.
+
+Whose credentials: by default none. The build account fetches every
+repository anonymously (:func:`_env`). A researcher's own process fetching
+a private repository for herself (:mod:`hpcbinder.images.private`) runs
+inside :func:`own_credentials`: git then sees her home (her ~/.ssh keys and
+config, her git config and credential helper), her SSH agent and her
+``GIT_SSH_COMMAND``, and a token she gives reaches git's credential helper
+through an environment variable that the helper names, never argv or a URL.
+It is a context, not an argument, so that the one environment builder
+decides it for every git call of a fetch (submodules, short-SHA lookups),
+and no provider can pass credentials on by accident.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import shlex
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,11 +127,84 @@ _SSH = (
 )
 
 
+#: The variable through which a token reaches git's credential helper
+#: (see :class:`OwnCredentials`): named by the helper, set only in git's
+#: own environment.
+TOKEN_VARIABLE = "HPCBINDER_GIT_TOKEN"  # noqa: S105 (a name, not a value)
+#: The user name git offers with that token (HTTPS basic authentication).
+TOKEN_USER_VARIABLE = "HPCBINDER_GIT_USERNAME"  # noqa: S105 (a name)
+#: git's credential helper for a given token: shell text that names the
+#: variables, holds no value (git runs ``!`` helpers through the shell).
+_TOKEN_HELPER = (
+    '!f() { test "$1" = get || exit 0; '
+    f'echo "username=${{{TOKEN_USER_VARIABLE}}}"; echo "password=${{{TOKEN_VARIABLE}}}"; }}; f'
+)
+#: What git keeps of a researcher's own environment when it fetches for her:
+#: where her keys, agent, config and ssh command are.
+_OWN_ENV = ("HOME", "USER", "LOGNAME", "XDG_CONFIG_HOME", "SSH_AUTH_SOCK", "GIT_SSH_COMMAND")
+
+
+@dataclass(frozen=True)
+class OwnCredentials:
+    """This process's account's own credentials, lent to git for one fetch:
+    her ssh keys, agent and config, her git credential helper, and
+    ``token`` (with ``user``) if she gave one, for HTTPS."""
+
+    token: str | None = None
+    user: str = ""
+
+
+_CREDENTIALS: contextvars.ContextVar[OwnCredentials | None] = contextvars.ContextVar(
+    "hpcbinder_git_credentials", default=None
+)
+
+
+@contextlib.contextmanager
+def own_credentials(credentials: OwnCredentials) -> Iterator[None]:
+    """git calls in this context fetch with ``credentials`` (this process's
+    account's own); outside it, anonymously."""
+    reset = _CREDENTIALS.set(credentials)
+    try:
+        yield
+    finally:
+        _CREDENTIALS.reset(reset)
+
+
+def _own_env(credentials: OwnCredentials) -> dict[str, str]:
+    """What git gets of the researcher's own for a fetch of hers: her
+    home, agent and ssh command; the token only through the helper's
+    variable, with her own helpers tried after it."""
+    env = {name: os.environ[name] for name in _OWN_ENV if name in os.environ}
+    env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+    if credentials.token is not None:
+        env.update(
+            {
+                TOKEN_VARIABLE: credentials.token,
+                TOKEN_USER_VARIABLE: credentials.user,
+                "GIT_CONFIG_COUNT": "1",
+                "GIT_CONFIG_KEY_0": "credential.helper",
+                "GIT_CONFIG_VALUE_0": _TOKEN_HELPER,
+            }
+        )
+    return env
+
+
 def _env(protocols: Iterable[str], home: Path) -> dict[str, str]:
     """git's whole environment: ``home`` an empty folder (no ~/.gitconfig,
     ~/.netrc or ~/.ssh), no system config (a credential helper there), no
-    SSH agent, no ssh config or identity but what ssh finds in ``home``."""
+    SSH agent, no ssh config or identity but what ssh finds in ``home``;
+    within :func:`own_credentials`, this account's own instead."""
     kept = {name: os.environ[name] for name in _KEPT_ENV if name in os.environ}
+    credentials = _CREDENTIALS.get()
+    if credentials is not None:
+        return {
+            **kept,
+            **_own_env(credentials),
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_ASKPASS": "true",
+            "SSH_ASKPASS": "true",
+            "GIT_ALLOW_PROTOCOL": ":".join(protocols),
+        }
     return {
         **kept,
         "HOME": str(home),

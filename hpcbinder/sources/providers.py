@@ -223,8 +223,14 @@ def local_repo_path(url: str, roots: Iterable[Path]) -> Path | None:
     return Path(real)
 
 
+class NotOpenToAll(RepoNotAllowed):
+    """A repository on this host that not every account may read (or that
+    is not there): the build account does not build it for anyone; its
+    owner builds it as herself (:mod:`hpcbinder.images.private`)."""
+
+
 def check_open_to_all(path: Path) -> None:
-    """:class:`RepoNotAllowed` unless every account may read the repository
+    """:class:`NotOpenToAll` unless every account may read the repository
     at the real ``path`` (mode bits: every folder above it searchable by
     others, the repository, its git directory and objects readable). Its
     checkout and image are readable by all, so a repository only some may
@@ -238,9 +244,9 @@ def check_open_to_all(path: Path) -> None:
         try:
             info = folder.stat()
         except OSError:
-            raise RepoNotAllowed(f"{path} is not a git repository on this host") from None
+            raise NotOpenToAll(f"{path} is not a git repository on this host") from None
         if not stat.S_ISDIR(info.st_mode) or info.st_mode & bits != bits:
-            raise RepoNotAllowed(
+            raise NotOpenToAll(
                 f"{path} is not readable by every account ({folder} is mode "
                 f"{stat.S_IMODE(info.st_mode):o}): a repository on this host is built only "
                 "when all can read it, as all can read its checkout and image"

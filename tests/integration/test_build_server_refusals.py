@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hpcbinder.errors import NoAccess
 from hpcbinder.seams import proc
 from tests.conftest import SITE_BIN, DevCluster, as_account, running_build_server
 from tests.repohelpers import local_spec
@@ -52,6 +53,9 @@ def private_repo(devcluster: DevCluster) -> Iterator[Path]:
 def test_a_repository_the_build_server_cannot_read_is_refused(
     private_repo: Path, shared_dir: Path
 ) -> None:
+    """bob asks for alice's repository in a mode-700 folder: the build
+    server cannot read it (it answered 500 with a traceback once), bob
+    neither; one line, the words of a repository that does not exist."""
     site = yaml.safe_load(Path("/etc/hpcbinder/site.yaml").read_text())
     site["repos"] = {
         **site.get("repos", {}),
@@ -62,10 +66,11 @@ def test_a_repository_the_build_server_cannot_read_is_refused(
     site_file.write_text(yaml.safe_dump(site))
     argv = [str(SITE_BIN / "hpcbinder"), "--site", str(site_file), "build"]
     with running_build_server(site_file):
-        done = as_account("alice", [*argv, local_spec(private_repo, "main")], timeout=300)
+        done = as_account("bob", [*argv, local_spec(private_repo, "main")], timeout=300)
     server_log = site_file.with_suffix(".build-server.log").read_text()
     assert done.returncode == 2, (done.stdout, done.stderr)
     error = done.stderr.strip().splitlines()
-    assert len(error) == 1 and str(private_repo) in error[0], done.stderr
+    name = f"{private_repo.parent.name}/{private_repo.name} @ main"
+    assert error == [f"error: {NoAccess.about(name)}"], done.stderr
     assert "internal error" not in done.stderr
     assert "Traceback" not in server_log, server_log

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from hpcbinder.config import RepoPolicy
-from hpcbinder.errors import RepoNotAllowed
+from hpcbinder.errors import NoAccess, RepoNotAllowed
 from hpcbinder.seams import git, proc
 from hpcbinder.sources.providers import parse_spec
 from tests.conftest import SITE_BIN, DevCluster, as_account, running_build_server
@@ -138,15 +138,18 @@ def test_the_build_server_lends_nobody_its_rights_to_read_a_repository(
     alices_repo: tuple[Path, Path], shared_dir: Path
 ) -> None:
     """alice's repository is open to the build account (its group) but not
-    to bob: nobody's request is fetched, as its checkout and image would be
-    readable by all; once it is open to all, it goes on (to the next check:
-    the file she names does not exist)."""
+    to bob: the build server fetches it for nobody, as its checkout and
+    image would be readable by all. bob is told it is not there (or not
+    his to read); alice fetches it as herself, into her own store (and goes
+    on to the next check: the file she names does not exist); once it is
+    open to all, the build server fetches it."""
     root, repo = alices_repo
     shutil.chown(repo, "alice", "hpcbuild")
     repo.chmod(0o750)
     site = yaml.safe_load(Path("/etc/hpcbinder/site.yaml").read_text())
     site["repos"] = {**site.get("repos", {}), "local_roots": [str(root)]}
     site["repos"]["cache_dir"] = str(shared_dir / "checkouts")
+    site.setdefault("build", {})["private_store"] = str(shared_dir / "{user}-store")
     site_file = shared_dir / "site.yaml"
     site_file.write_text(yaml.safe_dump(site))
     spec = local_spec(repo, "main")
@@ -160,15 +163,16 @@ def test_the_build_server_lends_nobody_its_rights_to_read_a_repository(
         bob = sbatch("bob", "notebook.py")
         alice = sbatch("alice", "no-such-file.py")
         assert not checkouts.exists() or not any(checkouts.rglob("notebook.py"))
+        assert any((shared_dir / "alice-store" / "repos").rglob("notebook.py"))
         repo.chmod(0o755)
         opened = sbatch("alice", "no-such-file.py")
     assert bob.returncode == 2, bob.stderr
-    assert f"{repo} is not readable by every account" in bob.stderr
-    # Its owner is refused too: its checkout and image would be open to all.
+    assert bob.stderr.strip() == f"error: {NoAccess.about(f'{root.name}/analysis @ main')}"
     assert alice.returncode == 2, alice.stderr
-    assert "not readable by every account" in alice.stderr
+    assert "no-such-file.py" in alice.stderr and "no access" not in alice.stderr
     assert opened.returncode == 2, opened.stderr
-    assert "not readable" not in opened.stderr and "no-such-file.py" in opened.stderr
+    assert "no access" not in opened.stderr and "no-such-file.py" in opened.stderr
+    assert any(checkouts.rglob("notebook.py"))
 
 
 def test_a_repository_borrowing_objects_from_elsewhere_is_refused(

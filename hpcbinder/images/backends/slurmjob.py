@@ -63,7 +63,9 @@ class SlurmBackend:
             mem=settings.mem,
             job_name="hpcbinder-build",
             output=str(build.output),
-            chdir=str(build.cwd),
+            # Slurm shows every job's folder to all; the script enters cwd
+            # (a checkout, named by a hash of its URL) where no one sees it.
+            chdir=str(build.output.parent),
         )
         try:
             job_id = self.slurm.submit(script, options, user=settings.account)

@@ -1,0 +1,86 @@
+"""A git server over plain HTTP on loopback for tests: ``git http-backend``
+(smart HTTP, as a CGI program) behind a small HTTP server that asks for
+basic authentication and lets one user in with one password (a token).
+
+Plain HTTP, not HTTPS: git's credential handling (the helper, the 401
+exchange, basic authentication) is the same over both, and a certificate
+the test would have to make and every account's git to trust adds nothing
+hpcbinder does."""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+
+@contextmanager
+def git_http_server(project_root: Path, user: str, token: str) -> Iterator[str]:
+    """Serves the repositories below ``project_root`` to ``user`` with
+    password ``token``; yields the server's base URL (``http://127.0.0.1:PORT``).
+    """
+    expected = "Basic " + base64.b64encode(f"{user}:{token}".encode()).decode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def _serve(self) -> None:
+            given = self.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="git"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            parts = urlsplit(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            env = {
+                "PATH": "/usr/bin:/bin",
+                "GIT_PROJECT_ROOT": str(project_root),
+                "GIT_HTTP_EXPORT_ALL": "1",
+                "REQUEST_METHOD": self.command,
+                "PATH_INFO": parts.path,
+                "QUERY_STRING": parts.query,
+                "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+                "CONTENT_LENGTH": str(len(body)),
+                "REMOTE_USER": user,
+                "REMOTE_ADDR": "127.0.0.1",
+                "HTTP_GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
+            }
+            done = subprocess.run(
+                ["git", "http-backend"], input=body, env=env, capture_output=True, timeout=60
+            )
+            head, _, payload = done.stdout.partition(b"\r\n\r\n")
+            status, headers = 200, []
+            for line in head.decode(errors="replace").split("\r\n"):
+                name, _, value = line.partition(":")
+                if name.lower() == "status":
+                    status = int(value.split()[0])
+                elif name:
+                    headers.append((name, value.strip()))
+            self.send_response(status)
+            for name, value in headers:
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = _serve
+        do_POST = _serve
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,157 @@
+"""Private repositories (hpcbinder.images.private): the researcher's own
+credentials reach git by environment only, the build server's refusal of
+a repository it cannot fetch is one text whether it exists or not, and a
+researcher's own store is a folder of hers alone."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hpcbinder.config import RepoPolicy, Site
+from hpcbinder.errors import NoAccess, RepoUnreachable
+from hpcbinder.images import private, server
+from hpcbinder.seams import git
+from hpcbinder.sources import providers
+from tests.repohelpers import local_spec
+
+LIMITS = git.FetchLimits(10, 30.0, "repos.max_fetch_mb", "repos.fetch_timeout_seconds")
+
+#: Tokens as hostile as text on one line gets: shell syntax, quotes, $, `.
+TOKENS = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\n\r"),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(token=TOKENS)
+def test_a_token_reaches_git_only_through_its_helpers_variable(token: str) -> None:
+    """git's credential helper (a constant: it holds no value) answers
+    with exactly the token, and nothing the token spells runs."""
+    work = Path(tempfile.mkdtemp(prefix="hpcbinder-token-"))
+    try:
+        with git.own_credentials(git.OwnCredentials(token, "alice")):
+            env = git._env(["https"], work)
+        assert env["GIT_CONFIG_KEY_0"] == "credential.helper"
+        assert env["GIT_CONFIG_VALUE_0"] == git._TOKEN_HELPER
+        assert env[git.TOKEN_VARIABLE] == token
+        # As git runs a "!" helper: through the shell, with "get".
+        done = subprocess.run(
+            ["/bin/sh", "-c", git._TOKEN_HELPER.removeprefix("!") + ' "$@"', "helper", "get"],
+            env=env,
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        assert done.stdout == f"username=alice\npassword={token}\n"
+        assert list(work.iterdir()) == []
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_git_asks_the_helper_and_argv_holds_no_token(tmp_path: Path) -> None:
+    token = "s3cr3t-$(touch pwned)-'\"`id`"  # noqa: S105
+    with git.own_credentials(git.OwnCredentials(token, "alice")):
+        filled = git._git(
+            ["credential", "fill"],
+            "credential",
+            protocols=["https"],
+            limits=LIMITS,
+            deadline=time.monotonic() + 30,
+            cwd=tmp_path,
+        )
+    # stdin is /dev/null: git asks for nothing, but the call shows the argv.
+    assert all(token not in arg for arg in filled.argv)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_outside_the_context_git_fetches_anonymously(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSH_AUTH_SOCK", "/run/agent")
+    monkeypatch.setenv(git.TOKEN_VARIABLE, "from-the-environment")
+    with git.own_credentials(git.OwnCredentials(None, "alice")):
+        own = git._env(["ssh"], Path("/nonexistent"))
+    anonymous = git._env(["ssh"], Path("/nonexistent"))
+    assert own["SSH_AUTH_SOCK"] == "/run/agent" and own["HOME"] == os.environ["HOME"]
+    assert git.TOKEN_VARIABLE not in own  # a token only when she gives one
+    assert "SSH_AUTH_SOCK" not in anonymous and git.TOKEN_VARIABLE not in anonymous
+    assert anonymous["HOME"] == "/nonexistent"
+
+
+def test_the_build_servers_refusal_is_one_text_whether_the_repository_exists(
+    tmp_path: Path,
+) -> None:
+    """A mode-700 repository and a path that names nothing, below the same
+    local root, get the same answer (names aside), and so do the other ways
+    the build account cannot fetch; it is the no-access kind, which the
+    researcher's client builds as her. The old server said 'not readable
+    by every account (... is mode 700)' for one and 'is not a git
+    repository' for the other."""
+    root = tmp_path / "home"
+    repo = root / "secret" / "analysis"
+    repo.mkdir(parents=True)
+    (repo / ".git" / "objects").mkdir(parents=True)
+    (root / "secret").chmod(0o700)
+    policy = RepoPolicy(protocols=["file"], local_roots=[root])
+    answers = []
+    for path in (repo, root / "secret" / "nothing"):
+        spec = local_spec(path, "main")
+        with pytest.raises(providers.NotOpenToAll) as caught:
+            providers.check_shareable(spec, policy)
+        event = server._failure(spec, policy, caught.value)
+        name = providers.parse_spec(spec, policy).readable_name()
+        assert event.kind == "no-access"
+        assert event.message == str(NoAccess.about(name))
+        answers.append(event.message.replace(name, "NAME"))
+    spec = local_spec(repo, "main")
+    name = providers.parse_spec(spec, policy).readable_name()
+    for other in (RepoUnreachable("cannot list refs: Permission denied"), PermissionError(13, "x")):
+        answers.append(server._failure(spec, policy, other).message.replace(name, "NAME"))
+    assert len(set(answers)) == 1
+
+
+def test_her_store_is_a_folder_of_hers_alone(tmp_path: Path) -> None:
+    site = Site.model_validate({"build": {"private_store": f"{tmp_path}/{{user}}/store"}})
+    user = "root"
+    store = private.open_store(site, user)
+    assert store.root == tmp_path / "root" / "store"
+    assert store.root.stat().st_mode & 0o777 == 0o700
+    store.root.chmod(0o755)
+    assert private.open_store(site, user).root.stat().st_mode & 0o777 == 0o700
+    shutil.rmtree(store.root)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    store.root.symlink_to(elsewhere)
+    with pytest.raises(private.PrivateStoreError, match=r"build\.private_store"):
+        private.open_store(site, user)
+    store.root.unlink()
+    store.root.mkdir()
+    os.chown(store.root, 65534, 65534)
+    with pytest.raises(private.PrivateStoreError, match="not a folder of root's"):
+        private.open_store(site, user)
+    dotted = Site.model_validate({"build": {"private_store": "{home}/../shared"}})
+    with pytest.raises(private.PrivateStoreError, match=r"no \.\."):
+        private.private_root(dotted, user)
+
+
+def test_private_builds_use_her_store_for_everything_they_write(tmp_path: Path) -> None:
+    """Checkouts and download caches in her store, builds as her in Slurm
+    jobs; the site's image store (its base images) unchanged."""
+    site = Site.model_validate({"build": {"private_store": f"{tmp_path}/{{user}}"}})
+    store = private.open_store(site, "root")
+    mine = private.private_site(site, store, "root")
+    assert mine.build.account == "root" and mine.build.backend == "slurm"
+    assert mine.build.cache_dir == store.root / private.CACHES
+    assert mine.repos.cache_dir == store.root / private.CHECKOUTS
+    assert mine.image_store == site.image_store
