@@ -87,15 +87,20 @@ def _failure(spec: str, policy: RepoPolicy, exc: UserError | OSError) -> ServerE
     a folder it may not enter) is one answer, :class:`NoAccess`'s text,
     whichever it was: the requester's own process may fetch it as her
     (kind ``no-access``: :mod:`hpcbinder.images.private`), and nobody learns
-    whether another's private repository exists. Why is in this server's
-    log, which only the build account reads."""
-    if isinstance(exc, (providers.NotOpenToAll, RepoUnreachable, OSError)):
-        log.info("no anonymous access to %s: %s", providers.echo(spec), exc)
+    whether another's private repository exists, not even from this
+    server's log (which names the spec, not why). Any other failure of the
+    file system is this server's, one line naming no path."""
+    if isinstance(exc, (providers.NotOpenToAll, RepoUnreachable, PermissionError)):
+        log.info("no anonymous access to %s", providers.echo(spec))
         try:
             name = providers.parse_spec(spec, policy).readable_name()
         except UserError:
             name = providers.echo(spec)
         return ServerEvent("failed", str(NoAccess.about(name)), kind="no-access")
+    if isinstance(exc, OSError):
+        log.warning("preparing %s failed: %s", providers.echo(spec), exc)
+        reason = exc.strerror or type(exc).__name__
+        return ServerEvent("failed", f"preparing the repository failed: {reason}", kind="internal")
     return ServerEvent("failed", str(exc), kind="user")
 
 

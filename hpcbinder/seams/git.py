@@ -170,6 +170,12 @@ def own_credentials(credentials: OwnCredentials) -> Iterator[None]:
         _CREDENTIALS.reset(reset)
 
 
+def fetching_as_self() -> bool:
+    """Whether git calls now fetch with this account's own credentials and
+    rights (for itself), not anonymously for anyone."""
+    return _CREDENTIALS.get() is not None
+
+
 def _own_env(credentials: OwnCredentials) -> dict[str, str]:
     """What git gets of the researcher's own for a fetch of hers: her
     home, agent and ssh command; the token only through the helper's

@@ -405,9 +405,10 @@ class GitRepoProvider(RepoProvider):
         """A submodule's URL judged as this repository's (protocols, allow,
         ban, local roots). One on this host only if every account may read
         it: who asked for the build is not known here, and the build
-        account's rights are not lent."""
+        account's rights are not lent (a researcher fetching for herself
+        reads it with her own rights: git.fetching_as_self)."""
         local = self.check_allowed(url)
-        if local is not None:
+        if local is not None and not git.fetching_as_self():
             check_open_to_all(local)
         return local
 

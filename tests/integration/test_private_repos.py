@@ -210,6 +210,10 @@ def test_bob_is_told_what_he_would_be_told_of_a_repository_that_does_not_exist(
             assert done.stderr.strip().splitlines()[-1] == f"error: {NoAccess.about(name)}"
             answers.append(done.stderr.replace(name, "NAME"))
         assert answers[0] == answers[1]
+    # The build server's log (a site's admins') says no more than bob was told.
+    log = world.server_log.read_text()
+    assert "mode 700" not in log and "not a git repository" not in log
+    assert "Permission denied" not in log and "Authentication" not in log
     bobs = world.stores["bob"]
     assert not (bobs / "envs").exists() or not any((bobs / "envs").iterdir())
     assert shared_images_of(world) == []
