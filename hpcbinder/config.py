@@ -109,6 +109,19 @@ def _conda_channel(value: str) -> str:
     return value
 
 
+#: An archive service's base URL: scheme, lower-case host, port, path prefix.
+_SERVICE = textpatterns.compile(r"https?://[a-z0-9.-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~-]+)*")
+
+
+def _service(value: str) -> str:
+    if not _SERVICE.fullmatch(value):
+        raise ValueError(
+            "expected http(s)://host[:port][/path], the host in lower case, without a "
+            "trailing /, query or fragment"
+        )
+    return value
+
+
 def _hostname(value: str) -> str:
     if not textpatterns.compile(r"[A-Za-z0-9.-]+(:\d+)?").fullmatch(value):
         raise ValueError("expected a host name")
@@ -119,6 +132,7 @@ SlurmTime = Annotated[str, AfterValidator(_slurm_time)]
 Regex = Annotated[str, AfterValidator(_regex)]
 Url = Annotated[str, AfterValidator(_url)]
 Hostname = Annotated[str, AfterValidator(_hostname)]
+ServiceUrl = Annotated[str, AfterValidator(_service)]
 CondaChannel = Annotated[str, AfterValidator(_conda_channel)]
 Name = Annotated[str, AfterValidator(_name)]
 Account = Annotated[str, AfterValidator(_account)]
@@ -407,6 +421,31 @@ class BaseImage(_Strict):
     apt_packages: list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.+-]*$")]] = []
 
 
+class RecordServices(_Strict):
+    """Where archive providers find their services: each defaults to the
+    public one, and a site points it at its own installation (a
+    university's Dataverse, an InvenioRDM instance for Zenodo-like
+    records, a CKAN portal). A URL is ``scheme://host[:port][/prefix]``;
+    a DOI dispatches to the provider whose service its landing page is on.
+    """
+
+    #: Resolves DOIs (``GET RESOLVER/DOI`` answers with a redirect).
+    doi_resolver: ServiceUrl = "https://doi.org"
+    #: Where ``gist/USER/ID`` is cloned from (git over https).
+    gist: ServiceUrl = "https://gist.github.com"
+    #: Zenodo and InvenioRDM instances (their ``/api/records/ID``).
+    zenodo: list[ServiceUrl] = ["https://zenodo.org"]
+    #: Figshare's landing sites (figshare.com and institutions' portals) and its API.
+    figshare: list[ServiceUrl] = ["https://figshare.com"]
+    figshare_api: ServiceUrl = "https://api.figshare.com/v2"
+    #: Dataverse installations (their ``/api/datasets``).
+    dataverse: list[ServiceUrl] = ["https://dataverse.harvard.edu"]
+    hydroshare: ServiceUrl = "https://www.hydroshare.org"
+    #: CKAN portals a ``ckan/`` link may name; empty: any the allow list admits.
+    ckan: list[ServiceUrl] = []
+    software_heritage: ServiceUrl = "https://archive.softwareheritage.org"
+
+
 class RepoPolicy(_Strict):
     """Which repositories may be launched, and how they are fetched.
 
@@ -427,6 +466,9 @@ class RepoPolicy(_Strict):
     #: may take; a fetch past either is stopped while it runs and removed.
     max_fetch_mb: int = Field(default=4096, ge=1)
     fetch_timeout_seconds: float = Field(default=600, gt=0)
+    #: The most files (downloaded and unpacked) one record fetch may make.
+    max_fetch_files: int = Field(default=100_000, ge=1)
+    records: RecordServices = RecordServices()
 
 
 class Mirrors(_Strict):

@@ -11,9 +11,8 @@ from hpcbinder import buildpacks, childcall
 from hpcbinder.buildpacks.base import BuildPlan
 from hpcbinder.config import Site
 from hpcbinder.render import definition as render
-from hpcbinder.seams import git
 from hpcbinder.sources import providers
-from hpcbinder.sources.checkout import check_links
+from hpcbinder.sources.checkout import check_links, tree_id
 from hpcbinder.sources.providers import ResolvedRepo
 
 #: How long reading a repository's configuration and rendering its
@@ -96,5 +95,5 @@ def prepare(spec: str, site: Site) -> Prepared:
 def _plan_and_render(checkout: Path, site: Site) -> tuple[BuildPlan, render.Rendered]:
     """The work whose time the repository's files choose (in a child process)."""
     plan = buildpacks.detect(checkout)
-    tree = git.tree_id(checkout) if plan.reads_whole_repo else None
+    tree = tree_id(checkout) if plan.reads_whole_repo else None
     return plan, render.render_definition(plan, site, checkout, tree)

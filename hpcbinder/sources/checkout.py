@@ -21,6 +21,8 @@ import os
 from pathlib import Path
 
 from hpcbinder.errors import RepoConfigError
+from hpcbinder.seams import git
+from hpcbinder.sources.archives import folder_digest
 
 
 def leads_outside(root: Path, relative: str) -> bool:
@@ -54,3 +56,11 @@ def check_links(root: Path) -> None:
 def _shown(text: str) -> str:
     """``text`` for a one-line message: quoted if it holds a newline or the like."""
     return text if text.isprintable() else repr(text)
+
+
+def tree_id(root: Path) -> str:
+    """What the env key hashes where a build reads the whole checkout
+    ``root``: git's tree id for a git checkout, a digest of every file for
+    a record's (which has no ``.git``: :mod:`hpcbinder.sources.archives`
+    drops any)."""
+    return git.tree_id(root) if (root / ".git").is_dir() else folder_digest(root)

@@ -65,6 +65,7 @@ _CLONE_URL = textpatterns.compile(
 #: %-escapes, ``?``, ``#``, backslashes, spaces or control characters.
 _URL_TEXT = textpatterns.compile(r"[A-Za-z0-9._~:/@+=-]+")
 _SHORT_SHA = textpatterns.compile(r"[0-9a-f]{7,39}")
+_GIST_ID = textpatterns.compile(r"[0-9a-f]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -293,6 +294,16 @@ class RepoProvider(ABC):
     prefix: ClassVar[str]
     #: Whether a repository's name shows its host (not for the site's forges).
     shows_host: ClassVar[bool] = True
+    #: What a link generator shows (BinderHub's ``display_config``): the
+    #: provider's name, its repository field's label and an example of it,
+    #: whether that field is URL-escaped in a link, and the ref field's
+    #: label (None: the provider takes no ref, the record's version is
+    #: resolved).
+    display_name: ClassVar[str]
+    label_repo: ClassVar[str]
+    spec_example: ClassVar[str]
+    url_encode: ClassVar[bool] = False
+    label_ref: ClassVar[str | None] = "Git ref (branch, tag, or commit)"
 
     def __init__(self, body: str, policy: RepoPolicy) -> None:
         self.policy = policy
@@ -405,10 +416,9 @@ class GitRepoProvider(RepoProvider):
         """A submodule's URL judged as this repository's (protocols, allow,
         ban, local roots). One on this host only if every account may read
         it: who asked for the build is not known here, and the build
-        account's rights are not lent (a researcher fetching for herself
-        reads it with her own rights: git.fetching_as_self)."""
+        account's rights are not lent."""
         local = self.check_allowed(url)
-        if local is not None and not git.fetching_as_self():
+        if local is not None:
             check_open_to_all(local)
         return local
 
@@ -431,6 +441,9 @@ class GitRepoProvider(RepoProvider):
 class GitHubRepoProvider(GitRepoProvider):
     prefix = "gh"
     shows_host = False
+    display_name = "GitHub"
+    label_repo = "GitHub repository name or URL"
+    spec_example = "jupyterhub/binderhub"
 
     def parse(self, body: str) -> tuple[str, str]:
         parts = body.split("/", 2)
@@ -446,6 +459,10 @@ class GitHubRepoProvider(GitRepoProvider):
 class GitLabRepoProvider(GitRepoProvider):
     prefix = "gl"
     shows_host = False
+    display_name = "GitLab.com"
+    label_repo = "GitLab.com repository or URL"
+    spec_example = "gitlab-org/gitlab-foss"
+    url_encode = True
 
     def parse(self, body: str) -> tuple[str, str]:
         quoted_path, ref = self._split_last(body, "gl/<url-escaped namespace/project>")
@@ -455,8 +472,36 @@ class GitLabRepoProvider(GitRepoProvider):
         return f"https://{self.policy.gitlab_host}/{path}", ref
 
 
+class GistRepoProvider(GitRepoProvider):
+    """``gist/<user>/<gist id>[/<ref>]``, as BinderHub reads it: no ref,
+    ``HEAD``, ``master`` or ``main`` is the gist's latest revision; any other
+    ref is a revision (commit) of it. Cloned from ``repos.records.gist``."""
+
+    prefix = "gist"
+    shows_host = False
+    display_name = "GitHub Gist"
+    label_repo = "Gist ID (username/gistId) or URL"
+    label_ref = "Git commit SHA"
+    spec_example = "jupyterhub/4a0dfa7b8a7c3e4a1b9d6f2e3c5a7b9d"
+
+    def parse(self, body: str) -> tuple[str, str]:
+        parts = body.removesuffix("/").split("/")
+        if len(parts) not in (2, 3) or not all(parts):
+            raise SpecError("malformed spec: expected gist/<user>/<gist id>[/<ref>]")
+        user, gist_id = parts[0], parts[1].removesuffix(".git")
+        if not (_GH_NAME.fullmatch(user) and _GIST_ID.fullmatch(gist_id)):
+            raise SpecError(f"invalid gist {echo(f'{user}/{gist_id}')}")
+        ref = parts[2] if len(parts) == 3 else "HEAD"
+        ref = "HEAD" if ref in ("master", "main") else ref
+        return f"{self.policy.records.gist}/{user}/{gist_id}.git", ref
+
+
 class GitUrlRepoProvider(GitRepoProvider):
     prefix = "git"
+    display_name = "Git repository"
+    label_repo = "Arbitrary git repository URL (http://git.example.com/repo)"
+    spec_example = "https://github.com/jupyterhub/binderhub"
+    url_encode = True
 
     def parse(self, body: str) -> tuple[str, str]:
         quoted_url, ref = self._split_last(body, "git/<url-escaped clone url>")
@@ -470,6 +515,10 @@ class LocalRepoProvider(GitRepoProvider):
     """A git repository on the site's filesystem, below one of its local_roots."""
 
     prefix = "local"
+    display_name = "Repository on this site"
+    label_repo = "Path below the site's local repository roots"
+    spec_example = "/srv/repos/example"
+    url_encode = True
 
     def readable_name(self) -> str:
         """The repository's folder and the one above it: the site's own roots."""
@@ -494,8 +543,14 @@ class LocalRepoProvider(GitRepoProvider):
 
 PROVIDERS: dict[str, type[RepoProvider]] = {
     cls.prefix: cls
-    for cls in (GitHubRepoProvider, GitLabRepoProvider, GitUrlRepoProvider, LocalRepoProvider)
-}
+    for cls in (
+        GitHubRepoProvider,
+        GitLabRepoProvider,
+        GistRepoProvider,
+        GitUrlRepoProvider,
+        LocalRepoProvider,
+    )
+}  # and the archive providers, which hpcbinder.sources.records adds
 
 
 def parse_spec(spec: str, policy: RepoPolicy) -> RepoProvider:

@@ -1,0 +1,258 @@
+"""HTTP for archive providers: every URL judged by the site, every byte bounded.
+
+An archive provider reaches several URLs for one record: a DOI resolver,
+the service's API, its file downloads, and wherever those redirect. Each
+of them, every redirect hop included, passes :func:`check_fetch_url`
+before a connection is opened, the same rules a clone URL meets (see
+:mod:`hpcbinder.sources.providers`): a scheme among ``repos.protocols``,
+no credentials, one spelling only (the site's allow and ban patterns
+match a URL's text, so a host in capitals, an explicit default port, an
+IP address in another notation, a ``.`` or ``..`` part, or a %-escape a
+server would decode to another path is refused, not normalised), not
+banned (``repos.ban``), and on ``repos.allow`` where the site keeps one.
+
+Requests carry no credentials and no cookies, and only this module's
+handlers run: no ``file:``, ``ftp:`` or ``data:`` opener, no netrc, no
+redirect followed that was not judged. Bodies are read a chunk at a time
+(a slow server cannot hold a read past the deadline) and counted against
+the fetch's :class:`~hpcbinder.sources.archives.Budget`.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import urllib.error
+import urllib.request
+from http.client import HTTPException, HTTPResponse
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+from hpcbinder import textpatterns
+from hpcbinder.config import RepoPolicy
+from hpcbinder.errors import RepoNotAllowed, RepoUnreachable, SpecError
+from hpcbinder.sources.archives import CHUNK, Budget
+from hpcbinder.sources.providers import refuse_credentials
+
+#: A URL's characters: RFC 3986's unreserved, sub-delims, ``: / ? @`` and
+#: %-escapes; no ``#``, backslash, space, quote or control character.
+_URL_TEXT = textpatterns.compile(r"https?://[A-Za-z0-9._~:/?@!$&'()*+,;=%-]+")
+_HOST = textpatterns.compile(
+    r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*"
+)
+_PORT = textpatterns.compile(r"[1-9][0-9]{0,4}")
+_ESCAPE = textpatterns.compile(r"%[0-9A-F]{2}")
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+#: Escapes a server would decode to a character that changes the path or
+#: that has a plain spelling (unreserved characters).
+_PLAIN = set(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~/\\%")
+#: Redirect hops followed (each judged) before giving up.
+MAX_REDIRECTS = 10
+_REDIRECTS = (301, 302, 303, 307, 308)
+_NOT_FOUND = (401, 403, 404, 410)
+
+
+class NotFound(RepoUnreachable):
+    """The service answered that the record does not exist (or is not public)."""
+
+
+def check_fetch_url(url: str, policy: RepoPolicy) -> None:
+    """RepoNotAllowed unless the site lets an archive provider contact
+    ``url`` (see the module's docstring); the message names the setting."""
+    try:
+        refuse_credentials(url)
+    except SpecError as exc:
+        raise RepoNotAllowed(str(exc)) from None
+    parts = urlsplit(url)
+    scheme = parts.scheme
+    if scheme not in ("http", "https") or scheme not in policy.protocols:
+        shown = scheme if scheme.isalnum() else "that"
+        raise RepoNotAllowed(
+            f"a record's URL uses protocol {shown!r}, which this site does not allow "
+            "(repos.protocols)"
+        )
+    problem = _spelling_problem(url, parts.hostname or "", parts.netloc, parts.path, parts.query)
+    if problem:
+        raise RepoNotAllowed(
+            f"a record's URL on {_shown_host(url)} {problem}: it has another spelling that "
+            "the site's patterns would not match"
+        )
+    if any(textpatterns.compile(pattern).fullmatch(url) for pattern in policy.ban):
+        raise RepoNotAllowed(f"{url} is banned on this site (repos.ban)")
+    if policy.allow and not any(
+        textpatterns.compile(pattern).fullmatch(url) for pattern in policy.allow
+    ):
+        raise RepoNotAllowed(f"{url} is not on this site's allow list (repos.allow)")
+
+
+def _spelling_problem(url: str, host: str, netloc: str, path: str, query: str) -> str | None:
+    if not _URL_TEXT.fullmatch(url) or "#" in url:
+        return "holds a character outside a URL's plain set (a space, #, \\ or quote)"
+    name, colon, port = netloc.partition(":")
+    if name != host or not _HOST.fullmatch(name) or name.endswith("."):
+        return "has a host that is not a lower-case name"
+    if colon and (not _PORT.fullmatch(port) or port == _DEFAULT_PORTS.get(urlsplit(url).scheme)):
+        return "has a port that is empty, zero-padded or the scheme's default"
+    if _ipv4_notation(name) and not _dotted_quad(name):
+        return "has an IP address in a form other than a.b.c.d"
+    inner = path.split("/")[1:-1] if path.endswith("/") else path.split("/")[1:]
+    if (path and not path.startswith("/")) or any(part in ("", ".", "..") for part in inner):
+        return "has a . or .. or empty part in its path"
+    for text in (path, query):
+        for index, char in enumerate(text):
+            if char != "%":
+                continue
+            escape = text[index : index + 3]
+            if not _ESCAPE.fullmatch(escape) or int(escape[1:], 16) in _PLAIN:
+                return "has a %-escape of a plain character, a lower-case or a broken one"
+    return None
+
+
+def _ipv4_notation(name: str) -> bool:
+    """Whether the resolver reads ``name`` as an IPv4 address (inet_aton:
+    also ``2130706433``, ``127.1``, ``0x7f.0.0.1``, ``0177.0.0.1``)."""
+    try:
+        socket.inet_aton(name)
+    except OSError:
+        return False
+    return True
+
+
+def _dotted_quad(name: str) -> bool:
+    parts = name.split(".")
+    return len(parts) == 4 and all(
+        p.isdigit() and len(p) <= 3 and p == str(int(p)) and int(p) < 256 for p in parts
+    )
+
+
+def _shown_host(url: str) -> str:
+    host = urlsplit(url).netloc
+    return host if host.isprintable() and len(host) < 100 else "its host"
+
+
+class Session:
+    """Requests for one resolve or fetch of a record: every URL judged by
+    ``policy``, every byte and second counted by ``budget``. ``setting``
+    names the site setting for the service (for unreachable hosts)."""
+
+    def __init__(self, policy: RepoPolicy, budget: Budget, setting: str) -> None:
+        self.policy = policy
+        self.budget = budget
+        self.setting = setting
+        handlers: list[urllib.request.BaseHandler] = [
+            urllib.request.ProxyHandler(),  # the host's proxies, as git keeps them
+            urllib.request.HTTPHandler(),
+            urllib.request.HTTPSHandler(context=ssl.create_default_context()),
+        ]
+        self._opener = urllib.request.OpenerDirector()
+        for handler in handlers:
+            self._opener.add_handler(handler)
+
+    def _open(self, url: str, method: str, accept: str) -> tuple[str, HTTPResponse]:
+        """The response at the end of ``url``'s redirects (each hop judged)."""
+        for _hop in range(MAX_REDIRECTS + 1):
+            response = self._request(url, method, accept)
+            if response.status not in _REDIRECTS:
+                return url, response
+            location = response.getheader("Location") or ""
+            response.close()
+            url = self._next_hop(url, location)
+            method = "GET" if response.status == 303 else method
+        raise RepoUnreachable(
+            f"{_shown_host(url)} redirected more than {MAX_REDIRECTS} times ({self.setting})"
+        )
+
+    def _next_hop(self, url: str, location: str) -> str:
+        if not location or not location.isprintable():
+            raise RepoUnreachable(f"{_shown_host(url)} sent a redirect without a usable Location")
+        return urljoin(url, location)
+
+    def _request(self, url: str, method: str, accept: str) -> HTTPResponse:
+        check_fetch_url(url, self.policy)
+        request = urllib.request.Request(  # noqa: S310 (judged above; http(s) openers only)
+            url, method=method, headers={"User-Agent": "hpcbinder", "Accept": accept}
+        )
+        try:
+            response = self._opener.open(request, timeout=self.budget.remaining_seconds())
+        except (urllib.error.URLError, OSError, HTTPException, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            if isinstance(reason, (TimeoutError, socket.timeout)):
+                self.budget.check_time()
+            raise RepoUnreachable(
+                f"cannot reach {_shown_host(url)} ({_one_line(reason)}): check the host in "
+                f"{self.setting} and that the build server may reach it"
+            ) from None
+        if not isinstance(response, HTTPResponse):  # only http(s) handlers are installed
+            raise RepoUnreachable(f"cannot reach {_shown_host(url)} over HTTP ({self.setting})")
+        return response
+
+    def location(self, url: str, what: str) -> str:
+        """Where ``url`` redirects to (one hop, not followed, but judged as
+        the next hop would be): a DOI's landing page."""
+        response = self._request(url, "GET", "*/*")
+        with response:
+            if response.status in _NOT_FOUND:
+                raise NotFound(f"{what}: not found at {_shown_host(url)} ({self.setting})")
+            location = response.getheader("Location") or ""
+            if response.status not in _REDIRECTS:
+                raise RepoUnreachable(
+                    f"{what}: {_shown_host(url)} answered {response.status}, not a redirect "
+                    f"({self.setting})"
+                )
+        landing = self._next_hop(url, location)
+        check_fetch_url(landing, self.policy)
+        return landing
+
+    def final_url(self, url: str) -> str:
+        """The URL ``url``'s redirects (each judged) end at, its body unread."""
+        final, response = self._open(url, "GET", "*/*")
+        response.close()
+        return final
+
+    def json(self, url: str, what: str, *, method: str = "GET") -> Any:
+        """The JSON document at ``url``; :class:`NotFound` for 401, 403, 404, 410."""
+        _final, response = self._open(url, method, "application/json")
+        with response:
+            self._check_status(response, url, what)
+            body = bytearray()
+            while chunk := response.read1(CHUNK):
+                self.budget.add_bytes(len(chunk))
+                body += chunk
+        try:
+            return json.loads(bytes(body))
+        except ValueError:
+            raise RepoUnreachable(
+                f"{what}: {_shown_host(url)} did not answer with JSON ({self.setting})"
+            ) from None
+
+    def save(self, url: str, path: Path, what: str) -> None:
+        """The body at ``url`` into the new file ``path``, counted."""
+        _final, response = self._open(url, "GET", "*/*")
+        with response:
+            self._check_status(response, url, what)
+            length = response.getheader("Content-Length") or ""
+            if (
+                length.isdigit()
+                and self.budget.written + int(length) > self.budget.bounds.max_bytes
+            ):
+                self.budget.add_bytes(int(length))  # raises, naming the setting
+            self.budget.add_file()
+            with path.open("xb") as out:
+                while chunk := response.read1(CHUNK):
+                    self.budget.add_bytes(len(chunk))
+                    out.write(chunk)
+
+    def _check_status(self, response: HTTPResponse, url: str, what: str) -> None:
+        if response.status in _NOT_FOUND:
+            raise NotFound(f"{what}: not found at {_shown_host(url)} ({self.setting})")
+        if response.status != 200:
+            raise RepoUnreachable(
+                f"{what}: {_shown_host(url)} answered {response.status} ({self.setting})"
+            )
+
+
+def _one_line(reason: object) -> str:
+    text = " ".join(str(reason).split())
+    return text[:200] if text.isprintable() else "an error"

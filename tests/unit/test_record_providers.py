@@ -1,0 +1,336 @@
+"""Archive providers against loopback stand-ins that speak each service's API.
+
+Specs are BinderHub's; each record resolves to its version and fetches to
+the same files (:data:`tests.recordservices.CONTENT`); checkouts are
+cached by record version; every URL contacted, redirects included, meets
+the site's policy; fetches stay within the site's bounds; errors are one
+line naming the record and the setting.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from hpcbinder.config import RepoPolicy
+from hpcbinder.errors import RepoConfigError, RepoNotAllowed, RepoUnreachable, SpecError, UserError
+from hpcbinder.sources import providers
+from hpcbinder.sources.archives import FetchBoundExceeded
+from hpcbinder.sources.checkout import tree_id
+from hpcbinder.sources.download import NotFound
+from hpcbinder.sources.records import RECORD_PROVIDERS
+from tests.recordservices import (
+    CKAN_NAME,
+    CONTENT,
+    DATAVERSE_DOI,
+    FIGSHARE_DOI,
+    HYDROSHARE_DOI,
+    HYDROSHARE_ID,
+    ZENODO_CONCEPT,
+    ZENODO_DOI,
+    Services,
+    default_records,
+    record_services,
+    zipped,
+)
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    with record_services(tmp_path_factory.mktemp("services")) as started:
+        yield started
+
+
+@pytest.fixture(autouse=True)
+def _fresh_records(services: Services) -> Iterator[None]:
+    yield
+    for service in (services.zenodo, services.figshare, services.doi, services.ckan):
+        service.records.clear()
+    default_records(services)
+
+
+def policy_for(services: Services, tmp_path: Path, **changes: Any) -> RepoPolicy:
+    settings: dict[str, Any] = {
+        "protocols": ["http"],
+        "records": services.records_setting(),
+        "cache_dir": str(tmp_path / "cache"),
+        **changes,
+    }
+    return RepoPolicy.model_validate(settings)
+
+
+def fetched(spec: str, policy: RepoPolicy) -> tuple[providers.ResolvedRepo, Path]:
+    provider = providers.parse_spec(spec, policy)
+    resolved = provider.resolve()
+    assert policy.cache_dir is not None
+    return resolved, providers.checkout(provider, resolved, policy.cache_dir)
+
+
+def files_of(folder: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(folder)): path.read_text()
+        for path in folder.rglob("*")
+        if path.is_file() and ".git" not in path.relative_to(folder).parts
+    }
+
+
+FLAT = {name.rpartition("/")[2]: data for name, data in CONTENT.items()}
+
+
+@pytest.mark.parametrize(
+    "name", ["zenodo", "figshare", "dataverse", "hydroshare", "ckan", "swhid", "doi", "gist"]
+)
+def test_each_provider_resolves_and_fetches_its_record(
+    services: Services, tmp_path: Path, name: str
+) -> None:
+    resolved, checkout = fetched(services.specs()[name], policy_for(services, tmp_path))
+    assert providers.COMMIT.fullmatch(resolved.commit)
+    # Figshare and CKAN files have no folders; the others keep the record's layout.
+    assert files_of(checkout) == (FLAT if name in ("figshare", "ckan") else CONTENT)
+    assert providers.served_checkout(policy_for(services, tmp_path), resolved.commit) == checkout
+    assert len(tree_id(checkout)) >= 40
+
+
+def test_every_provider_is_registered_with_what_a_link_generator_shows() -> None:
+    for prefix in ("gist", "zenodo", "figshare", "hydroshare", "dataverse", "ckan", "doi", "swhid"):
+        cls = providers.PROVIDERS[prefix]
+        assert cls.display_name and cls.label_repo and cls.spec_example
+    assert all(cls.label_ref is None for cls in RECORD_PROVIDERS)
+    assert providers.PROVIDERS["gist"].label_ref
+
+
+def test_a_concept_doi_resolves_to_the_latest_version_and_caches_by_version(
+    services: Services, tmp_path: Path
+) -> None:
+    policy = policy_for(services, tmp_path)
+    spec = f"zenodo/{ZENODO_CONCEPT}/"
+    first, checkout = fetched(spec, policy)
+    assert fetched(f"zenodo/{ZENODO_DOI}", policy)[0].commit == first.commit
+    downloads = len([r for r in services.zenodo.requests if r.endswith("/content")])
+    again, same = fetched(spec, policy)
+    assert (again.commit, same) == (first.commit, checkout)
+    assert len([r for r in services.zenodo.requests if r.endswith("/content")]) == downloads
+    # A new version is published: the concept DOI now names another record.
+    services.zenodo.records["3242080"] = {"repo.zip": zipped({"new.py": "print(2)\n"}, "r/")}
+    services.zenodo.records["concepts"][ZENODO_CONCEPT] = "3242080"
+    newer, new_checkout = fetched(spec, policy)
+    assert newer.commit != first.commit
+    assert files_of(new_checkout) == {"new.py": "print(2)\n"}
+    assert files_of(checkout) == CONTENT  # the old version's checkout is kept
+
+
+def test_figshare_without_version_takes_the_latest(services: Services, tmp_path: Path) -> None:
+    article = FIGSHARE_DOI.rpartition(".")[2]
+    services.figshare.records[article]["2"] = {"v2.py": "print(2)\n"}
+    policy = policy_for(services, tmp_path)
+    latest, checkout = fetched(f"figshare/{FIGSHARE_DOI}", policy)
+    assert files_of(checkout) == {"v2.py": "print(2)\n"}
+    assert latest.commit != fetched(f"figshare/{FIGSHARE_DOI}.v1", policy)[0].commit
+
+
+@pytest.mark.parametrize(
+    ("doi", "provider"),
+    [
+        (ZENODO_DOI, "zenodo"),
+        (f"{FIGSHARE_DOI}.v1", "figshare"),
+        (DATAVERSE_DOI, "dataverse"),
+        (HYDROSHARE_DOI, "hydroshare"),
+    ],
+)
+def test_a_doi_dispatches_by_its_landing_host(
+    services: Services, tmp_path: Path, doi: str, provider: str
+) -> None:
+    """doi/ and the provider's own spec land on the same version (one checkout)."""
+    policy = policy_for(services, tmp_path)
+    own = HYDROSHARE_ID if provider == "hydroshare" else doi
+    by_doi, checkout = fetched(f"doi/{doi}", policy)
+    assert by_doi.commit == fetched(f"{provider}/{own}", policy)[0].commit
+    assert files_of(checkout) in (CONTENT, FLAT)
+
+
+def test_a_doi_elsewhere_names_the_settings(services: Services, tmp_path: Path) -> None:
+    services.doi.records["10.1000/elsewhere"] = "http://example.org/paper"
+    with pytest.raises(NotFound, match=r"example\.org.*repos\.records"):
+        fetched("doi/10.1000/elsewhere", policy_for(services, tmp_path))
+    # A Zenodo DOI of a site whose Zenodo is elsewhere: not this site's Zenodo.
+    other = {**services.records_setting(), "zenodo": ["https://zenodo.org"]}
+    with pytest.raises(NotFound, match=r"repos\.records\.zenodo"):
+        fetched(f"zenodo/{ZENODO_DOI}", policy_for(services, tmp_path, records=other))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "zenodo/10.5281/zenodo.999",
+        "figshare/10.6084/m9.figshare.1234.v1",
+        "hydroshare/" + "0" * 32,
+        "swhid/swh:1:dir:" + "0" * 40,
+    ],
+)
+def test_an_unknown_record_is_not_found(services: Services, tmp_path: Path, spec: str) -> None:
+    with pytest.raises(NotFound) as caught:
+        fetched(spec, policy_for(services, tmp_path))
+    message = str(caught.value)
+    assert "not found" in message and "repos." in message and "\n" not in message
+
+
+def test_an_unknown_ckan_dataset_is_not_found(services: Services, tmp_path: Path) -> None:
+    spec = f"ckan/{quote(f'{services.ckan.url}/dataset/nothing', safe='')}"
+    with pytest.raises(NotFound, match=r"not found.*repos\.records\.ckan"):
+        fetched(spec, policy_for(services, tmp_path))
+
+
+def test_an_unreachable_service_names_its_host_and_setting(
+    services: Services, tmp_path: Path
+) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    records = {**services.records_setting(), "hydroshare": f"http://127.0.0.1:{port}"}
+    with pytest.raises(RepoUnreachable) as caught:
+        fetched(f"hydroshare/{HYDROSHARE_ID}", policy_for(services, tmp_path, records=records))
+    message = str(caught.value)
+    assert f"127.0.0.1:{port}" in message and "repos.records.hydroshare" in message
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "zenodo/10.5281",
+        "zenodo/not-a-doi",
+        "zenodo/10.5281/../x",
+        "zenodo/10.5281/a%2F..%2Fb",
+        "figshare/10.6084/m9.figshare.x",
+        "hydroshare/xyz",
+        "ckan/https%3A%2F%2Fdemo.ckan.org%2Fnot-a-dataset",
+        "ckan/file%3A%2F%2F%2Fetc%2Fdataset%2Fx",
+        "swhid/swh:1:cnt:" + "0" * 40,
+        "swhid/swh:1:dir:" + "0" * 40 + ";origin=https://x.org",
+        "gist/user",
+        "gist/user/not-hex",
+        "doi/10.5281/zenodo.1%0Aevil",
+    ],
+)
+def test_malformed_specs_are_refused(services: Services, tmp_path: Path, spec: str) -> None:
+    with pytest.raises(SpecError):
+        providers.parse_spec(spec, policy_for(services, tmp_path))
+
+
+def test_ckan_portals_are_the_sites(services: Services, tmp_path: Path) -> None:
+    spec = f"ckan/{quote('https://demo.ckan.org/dataset/x', safe='')}"
+    with pytest.raises(SpecError, match=r"repos\.records\.ckan"):
+        providers.parse_spec(spec, policy_for(services, tmp_path))
+
+
+def test_gist_refs_are_binderhubs(services: Services, tmp_path: Path) -> None:
+    policy = policy_for(services, tmp_path)
+    user_gist = services.specs()["gist"].removeprefix("gist/").removesuffix("/HEAD")
+    commits = {
+        providers.parse_spec(f"gist/{user_gist}{ref}", policy).resolve().commit
+        for ref in ("", "/", "/HEAD", "/master", "/main")
+    }
+    assert len(commits) == 1
+    (commit,) = commits
+    assert providers.parse_spec(f"gist/{user_gist}/{commit}", policy).resolve().commit == commit
+
+
+def test_the_sites_ban_and_allow_apply_to_every_url_contacted(
+    services: Services, tmp_path: Path
+) -> None:
+    spec = services.specs()["figshare"]
+    # The record's own URL is judged, as a clone URL is.
+    with pytest.raises(RepoNotAllowed, match=r"repos\.ban"):
+        fetched(spec, policy_for(services, tmp_path, ban=[r"http://127\.0\.0\.1:\d+/10\.6084/.*"]))
+    # So is its download's redirect to "S3".
+    banned = policy_for(services, tmp_path, ban=[rf"{services.figshare.url}/s3/.*"])
+    with pytest.raises(RepoNotAllowed, match=r"repos\.ban"):
+        fetched(spec, banned)
+    assert not any((tmp_path / "cache").rglob("hello.py"))
+    # An allow list admits only what it lists: the DOI, its landing page and
+    # the API, not the downloads.
+    allow = [rf"{services.doi.url}/.*", rf"{services.figshare.url}/(articles|v2)/.*"]
+    with pytest.raises(RepoNotAllowed, match=r"ndownloader.*repos\.allow"):
+        fetched(spec, policy_for(services, tmp_path, allow=allow))
+    allow.append(rf"{services.figshare.url}/(ndownloader|s3)/.*")
+    fetched(spec, policy_for(services, tmp_path, allow=allow))
+
+
+@pytest.mark.parametrize(
+    "landing",
+    ["file:///etc/passwd", "ftp://127.0.0.1/x", "http://user:secret@127.0.0.1/records/1"],
+)
+def test_a_doi_redirecting_off_http_or_with_credentials_is_refused(
+    services: Services, tmp_path: Path, landing: str
+) -> None:
+    services.doi.records[ZENODO_DOI] = landing
+    with pytest.raises(UserError) as caught:
+        fetched(f"doi/{ZENODO_DOI}", policy_for(services, tmp_path))
+    assert "secret" not in str(caught.value)
+
+
+def test_a_download_redirecting_to_a_file_url_is_refused(
+    services: Services, tmp_path: Path
+) -> None:
+    """The Zenodo stand-in's file link points at the DOI stand-in, which
+    redirects to file:///etc/passwd: no hop is followed unjudged."""
+    services.doi.records["evil"] = "file:///etc/passwd"
+    record = services.zenodo.records[ZENODO_DOI.rpartition(".")[2]]
+    record.clear()
+    record["passwd"] = b"x"
+    original = services.zenodo.route
+
+    def route(method: str, path: str, query: dict[str, list[str]]) -> Any:
+        if path.endswith("/files/passwd/content"):
+            return 302, {"Location": f"{services.doi.url}/evil"}, b""
+        return original(method, path, query)
+
+    services.zenodo.route = route
+    try:
+        with pytest.raises(RepoNotAllowed, match=r"protocol 'file'.*repos\.protocols"):
+            fetched(services.specs()["zenodo"], policy_for(services, tmp_path))
+    finally:
+        services.zenodo.route = original
+
+
+def test_fetch_bounds_count_downloads_and_unpacked_bytes(
+    services: Services, tmp_path: Path
+) -> None:
+    zenodo_id = ZENODO_DOI.rpartition(".")[2]
+    services.zenodo.records[zenodo_id] = {"bomb.zip": zipped({"zeros": b"\0" * (3 << 20)}, "r/")}
+    policy = policy_for(services, tmp_path, max_fetch_mb=1)
+    with pytest.raises(FetchBoundExceeded, match=r"more than 1 MB.*repos\.max_fetch_mb"):
+        fetched(services.specs()["zenodo"], policy)
+    assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
+    services.zenodo.records[zenodo_id] = {f"f{i}.py": "x" for i in range(5)}
+    with pytest.raises(FetchBoundExceeded, match=r"repos\.max_fetch_files"):
+        fetched(services.specs()["zenodo"], policy_for(services, tmp_path, max_fetch_files=3))
+
+
+def test_a_hostile_record_is_refused_and_leaves_nothing(services: Services, tmp_path: Path) -> None:
+    zenodo_id = ZENODO_DOI.rpartition(".")[2]
+    services.zenodo.records[zenodo_id] = {"repo.zip": zipped({"../../escape.py": "x"})}
+    with pytest.raises(RepoConfigError, match=r"\.\. part"):
+        fetched(services.specs()["zenodo"], policy_for(services, tmp_path))
+    assert not list(tmp_path.rglob("escape.py"))
+    # A record's own file names are checked as archive members are.
+    services.zenodo.records[zenodo_id] = {"../escape.py": "x", "b": "y"}
+    with pytest.raises(RepoConfigError, match=r"\.\. part"):
+        fetched(services.specs()["zenodo"], policy_for(services, tmp_path))
+    assert not list(tmp_path.rglob("escape.py"))
+
+
+def test_a_record_whose_version_moved_is_not_fetched_as_the_old_one(
+    services: Services, tmp_path: Path
+) -> None:
+    policy = policy_for(services, tmp_path)
+    spec = services.specs()["ckan"]
+    resolved = providers.parse_spec(spec, policy).resolve()
+    services.ckan.records[CKAN_NAME]["modified"] = "2024-01-01T00:00:00.000000"
+    fresh = providers.parse_spec(spec, policy)  # a build server that did not resolve it
+    with pytest.raises(RepoUnreachable, match="new version"):
+        providers.checkout(fresh, resolved, tmp_path / "cache")
