@@ -4,6 +4,14 @@ measured in the same run, each part alone: sbatch until the job runs,
 `apptainer exec IMAGE true`, and a Jupyter server's start inside the image
 until it listens.
 
+Each launch is split into its phases (median over the launches) by the
+marks the hub, the job script, hpcbinder-singleuser and the Jupyter server
+write with their times: the spawn request until sbatch returned, Slurm's
+start, the job script until the container starts, the container's start
+until Python runs, the port sent to the hub, Python's imports until the
+server's first log line, the server until it listens, and the hub's
+seeing it ready.
+
 The quick mode: one launch (no warm-up) and each floor once.
 
 Run: sudo .venv/bin/python -m tests.bench.launch [--quick]
@@ -11,6 +19,8 @@ Run: sudo .venv/bin/python -m tests.bench.launch [--quick]
 
 from __future__ import annotations
 
+import datetime
+import re
 import shlex
 import socket
 import statistics
@@ -28,19 +38,72 @@ from tests.hubhelpers import close_hub, new_hub, stop_server, wait_ready
 USER = "alice"
 
 
-def launch_seconds(launches: int, warm_ups: int) -> list[float]:
+#: The phases of a launch, each ending at a mark (:func:`marks`).
+PHASES = [
+    ("spawn_request", "submitted"),
+    ("slurm_start", "job started"),
+    ("job_script", "container starting"),
+    ("container_start", "server script started"),
+    ("port_to_hub", "server starting"),
+    ("python_imports", "first server log line"),
+    ("server_listening", "listening"),
+    ("hub_sees_ready", "ready"),
+]
+_MARK = re.compile(r"hpcbinder: (.+?)(?: on \S+)? at (\d+\.\d+)$")
+_LOGGED = re.compile(r"^\[[IWDE] (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) (\w+)")
+_SUBMITTED = re.compile(r"Submitted server job (\d+) for " + USER)
+
+
+def _logged_at(line: str) -> float | None:
+    """The time of a Jupyter/JupyterHub log line (local time, ms)."""
+    found = _LOGGED.match(line)
+    if not found:
+        return None
+    return datetime.datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+
+
+def marks(hub_log: str, start: float, ready: float) -> dict[str, float]:
+    """Each mark's time in one launch: the hub's log line for the job it
+    submitted (the last one), the job's own marks in its log, the server's
+    first log line and its "is running at" line."""
+    submitted = [line for line in hub_log.splitlines() if _SUBMITTED.search(line)][-1]
+    found = {"start": start, "submitted": _logged_at(submitted) or start, "ready": ready}
+    job_id = _SUBMITTED.search(submitted).group(1)  # type: ignore[union-attr]
+    job_log = Path(f"/home/{USER}/.hpcbinder-server-{job_id}.log").read_text()
+    for line in job_log.splitlines():
+        if mark := _MARK.search(line):
+            found.setdefault(mark.group(1), float(mark.group(2)))
+        elif (at := _logged_at(line)) is not None and "server starting" in found:
+            found.setdefault("first server log line", at)
+            if "is running at" in line:
+                found.setdefault("listening", at)
+    return found
+
+
+def phases(found: dict[str, float]) -> dict[str, float]:
+    """Each phase's seconds: from the previous mark to its own."""
+    spans, previous = {}, found["start"]
+    for phase, mark in PHASES:
+        spans[phase] = found[mark] - previous
+        previous = found[mark]
+    return spans
+
+
+def launches(count: int, warm_ups: int) -> list[dict[str, float]]:
+    """``count`` warm launches, each as its phases' seconds."""
     hub = new_hub()
     try:
         options = {"image": "base:default", "profile": "small"}
-        seconds = []
-        for attempt in range(warm_ups + launches):  # warm-ups warm caches, not counted
-            start = time.monotonic()
+        measured = []
+        for attempt in range(warm_ups + count):  # warm-ups warm caches, not counted
+            start = time.time()
             hub.api("POST", f"/users/{USER}/servers/bench", options)
             wait_ready(hub, USER, "bench", poll=0.05)
+            ready = time.time()
             if attempt >= warm_ups:
-                seconds.append(time.monotonic() - start)
+                measured.append(phases(marks(hub.log.read_text(), start, ready)))
             stop_server(hub, USER, "bench")
-        return seconds
+        return measured
     finally:
         close_hub(hub)
 
@@ -93,7 +156,7 @@ def jupyter_start(image: Path) -> float:
 
 
 def main() -> None:
-    launches, warm_ups, repeats = (1, 0, 1) if quick() else (10, 1, 3)
+    count, warm_ups, repeats = (1, 0, 1) if quick() else (10, 1, 3)
     site = load_site()
     image = site.base_image_path(site.default_base).resolve(strict=True)
     slurm = SlurmCLI(LocalRunner())
@@ -110,7 +173,8 @@ def main() -> None:
         ),
         "jupyter_start": min(jupyter_start(image) for _ in range(repeats)),
     }
-    seconds = sorted(launch_seconds(launches, warm_ups))
+    measured = launches(count, warm_ups)
+    seconds = sorted(sum(launch.values()) for launch in measured)
     floor = sum(floors.values())
     p50 = statistics.median(seconds)
     p90 = seconds[max(0, round(0.9 * len(seconds)) - 1)]
@@ -119,12 +183,14 @@ def main() -> None:
         p50_seconds=round(p50, 2),
         p90_seconds=round(p90, 2),
         floor_seconds=round(floor, 2),
-        over_floor_p50=round(p50 - floor, 2),
+        p50_over_floor=round(p50 / floor, 2),
         floors={name: round(value, 2) for name, value in floors.items()},
+        phases_p50={
+            phase: round(statistics.median(launch[phase] for launch in measured), 3)
+            for phase, _ in PHASES
+        },
         launches=[round(s, 2) for s in seconds],
-        target_p50=4,
-        target_p90=6,
-        target_over_floor=1,
+        target_p50_over_floor=1.3,
     )
 
 
