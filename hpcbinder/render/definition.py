@@ -470,6 +470,8 @@ def base_packages(hub_major: int) -> list[str]:
         "uv>=0.5",
         # Batch mode executes notebooks with parameters (hpcbinder sbatch).
         "papermill>=2.6,<3",
+        # The server's memory and CPU against the job's allocation, in JupyterLab.
+        "jupyter-resource-usage>=1,<2",
     ]
 
 

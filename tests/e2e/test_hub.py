@@ -44,6 +44,16 @@ def test_named_server_runs_in_slurm_and_executes_code(hub: Hub, devcluster: DevC
         HTTPRequest(f"{server['url']}api/status", headers={"Authorization": f"token {hub.token}"})
     )
     assert status.code == 200
+    # JupyterLab's resource display (jupyter-resource-usage) shows the job's
+    # allocation as the server's limits.
+    metrics = HTTPClient().fetch(
+        HTTPRequest(
+            f"{server['url']}api/metrics/v1", headers={"Authorization": f"token {hub.token}"}
+        )
+    )
+    limits = json.loads(metrics.body)["limits"]
+    cpus, memory = allocation("hpcbinder-alice-e2e")
+    assert limits["memory"]["rss"] == memory and limits["cpu"]["cpu"] == cpus, limits
     out = execute(hub, server["url"], "import os, getpass; print(getpass.getuser(), 6 * 7)")
     assert out.split() == ["alice", "42"]
     # The job's callback may set its port and nothing else; the server keeps working.
@@ -78,6 +88,18 @@ def test_named_server_runs_in_slurm_and_executes_code(hub: Hub, devcluster: DevC
             break
         time.sleep(1)
     assert not left.stdout.strip(), left.stdout
+
+
+def allocation(job_name: str) -> tuple[int, int]:
+    """The CPUs and memory (bytes) Slurm allocated to alice's job ``job_name``."""
+    shown = subprocess.run(
+        ["squeue", "-h", "-u", "alice", "-n", job_name, "-o", "%C %m"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    return int(shown[0]), int(float(shown[1][:-1]) * units[shown[1][-1]])
 
 
 @pytest.fixture
