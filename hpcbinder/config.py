@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     ValidationError,
     model_validator,
 )
@@ -444,6 +445,10 @@ class RecordServices(_Strict):
     #: CKAN portals a ``ckan/`` link may name; empty: any the allow list admits.
     ckan: list[ServiceUrl] = []
     software_heritage: ServiceUrl = "https://archive.softwareheritage.org"
+    #: Networks that are not public (a university's own Dataverse at
+    #: 10.1.2.0/24) that the build server may fetch records from; loopback,
+    #: private and link-local addresses are refused otherwise.
+    internal_networks: list[IPvAnyNetwork] = []
 
 
 class RepoPolicy(_Strict):

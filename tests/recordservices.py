@@ -170,6 +170,7 @@ class Services:
             "hydroshare": self.hydroshare.url,
             "ckan": [self.ckan.url],
             "software_heritage": self.swh.url,
+            "internal_networks": ["127.0.0.1/32"],  # the stand-ins' loopback
         }
 
     def specs(self) -> dict[str, str]:

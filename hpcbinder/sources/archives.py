@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from hpcbinder.errors import RepoConfigError, RepoUnreachable
+from hpcbinder.errors import RepoConfigError, UserError
 
 #: Bytes read or written at a time.
 CHUNK = 1 << 16
@@ -53,7 +53,16 @@ _MAX_HEADER = 1 << 20
 _ZIP_SUFFIX = ".zip"
 
 
-class FetchBoundExceeded(RepoUnreachable):
+class RecordError(UserError):
+    """A record that cannot be fetched: not found, its service unreachable or
+    answering otherwise than its API, or past the site's bounds. Not a
+    :class:`~hpcbinder.errors.RepoUnreachable`: that one means "perhaps
+    private, try with the researcher's own credentials"
+    (:mod:`hpcbinder.images.private`), and a record is fetched without
+    credentials by anyone alike, so its reason is said as it is."""
+
+
+class FetchBoundExceeded(RecordError):
     """A fetch wrote more, or took longer, than the site allows."""
 
 

@@ -11,20 +11,38 @@ IP address in another notation, a ``.`` or ``..`` part, or a %-escape a
 server would decode to another path is refused, not normalised), not
 banned (``repos.ban``), and on ``repos.allow`` where the site keeps one.
 
+The build account's connections go only to public addresses: a service's
+JSON names its download URLs, so a hostile (or a site's misconfigured)
+service could otherwise send the build server to its own loopback, the
+cloud's metadata address or the cluster's internal hosts, and the answer
+would become a file in a world-readable checkout. Each host name is
+resolved once and the connection made to the address checked
+(no second lookup to rebind); an address that is not global is refused
+unless it is in ``repos.records.internal_networks`` (a university's own
+Dataverse). Behind a proxy (the host's ``*_proxy`` variables) the proxy
+connects, and decides.
+
 Requests carry no credentials and no cookies, and only this module's
 handlers run: no ``file:``, ``ftp:`` or ``data:`` opener, no netrc, no
 redirect followed that was not judged. Bodies are read a chunk at a time
-(a slow server cannot hold a read past the deadline) and counted against
-the fetch's :class:`~hpcbinder.sources.archives.Budget`.
+and counted against the fetch's :class:`~hpcbinder.sources.archives.Budget`;
+at its deadline a watchdog shuts the open connection, so a server that
+trickles its headers or body cannot hold the build server past it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import ipaddress
 import json
 import socket
 import ssl
+import threading
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from http.client import HTTPException, HTTPResponse
 from pathlib import Path
 from typing import Any
@@ -32,8 +50,8 @@ from urllib.parse import urljoin, urlsplit
 
 from hpcbinder import textpatterns
 from hpcbinder.config import RepoPolicy
-from hpcbinder.errors import RepoNotAllowed, RepoUnreachable, SpecError
-from hpcbinder.sources.archives import CHUNK, Budget
+from hpcbinder.errors import RepoNotAllowed, SpecError, UserError
+from hpcbinder.sources.archives import CHUNK, Budget, RecordError
 from hpcbinder.sources.providers import refuse_credentials
 
 #: A URL's characters: RFC 3986's unreserved, sub-delims, ``: / ? @`` and
@@ -48,13 +66,15 @@ _DEFAULT_PORTS = {"http": "80", "https": "443"}
 #: Escapes a server would decode to a character that changes the path or
 #: that has a plain spelling (unreserved characters).
 _PLAIN = set(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~/\\%")
+#: The largest JSON document read (a service's answer), before the fetch's bound.
+MAX_JSON_BYTES = 16 << 20
 #: Redirect hops followed (each judged) before giving up.
 MAX_REDIRECTS = 10
 _REDIRECTS = (301, 302, 303, 307, 308)
 _NOT_FOUND = (401, 403, 404, 410)
 
 
-class NotFound(RepoUnreachable):
+class NotFound(RecordError):
     """The service answered that the record does not exist (or is not public)."""
 
 
@@ -132,6 +152,105 @@ def _shown_host(url: str) -> str:
     return host if host.isprintable() and len(host) < 100 else "its host"
 
 
+class _Guard:
+    """Where a session's connections may go, and until when."""
+
+    def __init__(self, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
+        self.networks = networks
+        self.proxied = bool(urllib.request.getproxies())
+        self.lock = threading.Lock()
+        self.current: socket.socket | None = None
+        self.expired = False
+
+    def address(self, host: str, port: int) -> str:
+        """The checked address to connect to for ``host``."""
+        try:
+            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise RecordError(f"cannot resolve {host} ({_one_line(exc)})") from None
+        for *_rest, sockaddr in found:
+            address = ipaddress.ip_address(str(sockaddr[0]))
+            if address.is_global or any(address in net for net in self.networks):
+                return str(address)
+            raise RepoNotAllowed(
+                f"{host} is at {address}, not a public address: the build server connects "
+                "to other networks only where the site lists them "
+                "(repos.records.internal_networks)"
+            )
+        raise RecordError(f"cannot resolve {host}")
+
+    def connected(self, sock: socket.socket) -> socket.socket:
+        with self.lock:
+            if self.expired:
+                sock.close()
+                raise TimeoutError("past the fetch's deadline")
+            self.current = sock
+        return sock
+
+    def expire(self) -> None:
+        """At the deadline: shut whatever connection is open."""
+        with self.lock:
+            self.expired = True
+            if self.current is not None:
+                with contextlib.suppress(OSError):
+                    self.current.shutdown(socket.SHUT_RDWR)
+
+
+class _HTTPConnection(http.client.HTTPConnection):
+    def __init__(self, host: str, *, guard: _Guard, **kwargs: Any) -> None:
+        super().__init__(host, **kwargs)
+        self.guard = guard
+
+    def connect(self) -> None:
+        if self.guard.proxied:
+            super().connect()
+            self.guard.connected(self.sock)
+            return
+        address = self.guard.address(self.host, self.port)
+        sock = socket.create_connection((address, self.port), self.timeout)
+        self.sock = self.guard.connected(sock)
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, host: str, *, guard: _Guard, **kwargs: Any) -> None:
+        super().__init__(host, **kwargs)
+        self.guard = guard
+
+    def connect(self) -> None:
+        if self.guard.proxied:
+            super().connect()
+            self.guard.connected(self.sock)
+            return
+        address = self.guard.address(self.host, self.port)
+        sock = socket.create_connection((address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(  # type: ignore[attr-defined]
+            self.guard.connected(sock), server_hostname=self.host
+        )
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, guard: _Guard) -> None:
+        super().__init__()
+        self.guard = guard
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_HTTPConnection, req, guard=self.guard)  # type: ignore[arg-type]
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, guard: _Guard) -> None:
+        super().__init__(context=ssl.create_default_context())
+        self.guard = guard
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(
+            _HTTPSConnection,  # type: ignore[arg-type]
+            req,
+            guard=self.guard,
+            context=self._context,  # type: ignore[attr-defined]
+        )
+
+
 class Session:
     """Requests for one resolve or fetch of a record: every URL judged by
     ``policy``, every byte and second counted by ``budget``. ``setting``
@@ -141,14 +260,26 @@ class Session:
         self.policy = policy
         self.budget = budget
         self.setting = setting
+        self._guard = _Guard(list(policy.records.internal_networks))
         handlers: list[urllib.request.BaseHandler] = [
             urllib.request.ProxyHandler(),  # the host's proxies, as git keeps them
-            urllib.request.HTTPHandler(),
-            urllib.request.HTTPSHandler(context=ssl.create_default_context()),
+            _HTTPHandler(self._guard),
+            _HTTPSHandler(self._guard),
         ]
         self._opener = urllib.request.OpenerDirector()
         for handler in handlers:
             self._opener.add_handler(handler)
+        self._watchdog = threading.Timer(
+            max(budget.deadline - time.monotonic(), 0), self._guard.expire
+        )
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._watchdog.cancel()
 
     def _open(self, url: str, method: str, accept: str) -> tuple[str, HTTPResponse]:
         """The response at the end of ``url``'s redirects (each hop judged)."""
@@ -160,13 +291,13 @@ class Session:
             response.close()
             url = self._next_hop(url, location)
             method = "GET" if response.status == 303 else method
-        raise RepoUnreachable(
+        raise RecordError(
             f"{_shown_host(url)} redirected more than {MAX_REDIRECTS} times ({self.setting})"
         )
 
     def _next_hop(self, url: str, location: str) -> str:
         if not location or not location.isprintable():
-            raise RepoUnreachable(f"{_shown_host(url)} sent a redirect without a usable Location")
+            raise RecordError(f"{_shown_host(url)} sent a redirect without a usable Location")
         return urljoin(url, location)
 
     def _request(self, url: str, method: str, accept: str) -> HTTPResponse:
@@ -178,14 +309,15 @@ class Session:
             response = self._opener.open(request, timeout=self.budget.remaining_seconds())
         except (urllib.error.URLError, OSError, HTTPException, ValueError) as exc:
             reason = getattr(exc, "reason", None) or exc
-            if isinstance(reason, (TimeoutError, socket.timeout)):
-                self.budget.check_time()
-            raise RepoUnreachable(
+            if isinstance(reason, UserError):  # an address the site does not allow
+                raise reason from None
+            self.budget.check_time()
+            raise RecordError(
                 f"cannot reach {_shown_host(url)} ({_one_line(reason)}): check the host in "
                 f"{self.setting} and that the build server may reach it"
             ) from None
         if not isinstance(response, HTTPResponse):  # only http(s) handlers are installed
-            raise RepoUnreachable(f"cannot reach {_shown_host(url)} over HTTP ({self.setting})")
+            raise RecordError(f"cannot reach {_shown_host(url)} over HTTP ({self.setting})")
         return response
 
     def location(self, url: str, what: str) -> str:
@@ -197,7 +329,7 @@ class Session:
                 raise NotFound(f"{what}: not found at {_shown_host(url)} ({self.setting})")
             location = response.getheader("Location") or ""
             if response.status not in _REDIRECTS:
-                raise RepoUnreachable(
+                raise RecordError(
                     f"{what}: {_shown_host(url)} answered {response.status}, not a redirect "
                     f"({self.setting})"
                 )
@@ -217,13 +349,18 @@ class Session:
         with response:
             self._check_status(response, url, what)
             body = bytearray()
-            while chunk := response.read1(CHUNK):
+            for chunk in self._chunks(response, url):
                 self.budget.add_bytes(len(chunk))
                 body += chunk
+                if len(body) > MAX_JSON_BYTES:
+                    raise RecordError(
+                        f"{what}: {_shown_host(url)} answered with more than "
+                        f"{MAX_JSON_BYTES >> 20} MB of JSON ({self.setting})"
+                    )
         try:
             return json.loads(bytes(body))
-        except ValueError:
-            raise RepoUnreachable(
+        except (ValueError, RecursionError):
+            raise RecordError(
                 f"{what}: {_shown_host(url)} did not answer with JSON ({self.setting})"
             ) from None
 
@@ -240,15 +377,28 @@ class Session:
                 self.budget.add_bytes(int(length))  # raises, naming the setting
             self.budget.add_file()
             with path.open("xb") as out:
-                while chunk := response.read1(CHUNK):
+                for chunk in self._chunks(response, url):
                     self.budget.add_bytes(len(chunk))
                     out.write(chunk)
+
+    def _chunks(self, response: HTTPResponse, url: str) -> Iterator[bytes]:
+        """The body a chunk at a time; a connection that breaks (or that the
+        watchdog shut at the deadline) is an error, never a short body."""
+        try:
+            while chunk := response.read1(CHUNK):
+                yield chunk
+        except (OSError, HTTPException) as exc:
+            self.budget.check_time()
+            raise RecordError(
+                f"{_shown_host(url)} broke off its answer ({_one_line(exc)}) ({self.setting})"
+            ) from None
+        self.budget.check_time()
 
     def _check_status(self, response: HTTPResponse, url: str, what: str) -> None:
         if response.status in _NOT_FOUND:
             raise NotFound(f"{what}: not found at {_shown_host(url)} ({self.setting})")
         if response.status != 200:
-            raise RepoUnreachable(
+            raise RecordError(
                 f"{what}: {_shown_host(url)} answered {response.status} ({self.setting})"
             )
 

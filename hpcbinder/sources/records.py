@@ -41,9 +41,9 @@ from urllib.parse import quote, unquote, urlsplit
 
 from hpcbinder import textpatterns
 from hpcbinder.config import RepoPolicy
-from hpcbinder.errors import RepoConfigError, RepoUnreachable, SpecError
+from hpcbinder.errors import RepoConfigError, SpecError
 from hpcbinder.sources import archives, providers
-from hpcbinder.sources.archives import Bounds, Budget
+from hpcbinder.sources.archives import Bounds, Budget, RecordError
 from hpcbinder.sources.download import NotFound, Session, check_fetch_url
 from hpcbinder.sources.providers import RepoProvider, ResolvedRepo, echo
 
@@ -173,23 +173,33 @@ class RecordProvider(RepoProvider):
         try:
             record = self.lookup(session)
         except _Shape as exc:
-            raise RepoUnreachable(
+            raise RecordError(
                 f"{self.what}: the service's answer has no usable {exc} field; check {self.setting}"
+            ) from None
+        except (TypeError, ValueError, AttributeError):  # a field of another type
+            raise RecordError(
+                f"{self.what}: the service's answer is not shaped as its API's; check "
+                f"{self.setting}"
             ) from None
         self.looked_up[record.commit] = record
         return record
 
     def resolve(self) -> ResolvedRepo:
         budget = Budget(self.bounds(), f"looking up {self.what}")
-        record = self._looked_up(self.session(budget))
+        with self.session(budget) as session:
+            record = self._looked_up(session)
         return ResolvedRepo(self.spec, self.url, self.ref, record.commit)
 
     def fetch(self, resolved: ResolvedRepo, dest: Path) -> None:
         budget = Budget(self.bounds(), f"fetching {self.what}")
-        session = self.session(budget)
+        with self.session(budget) as session:
+            self._fetch(session, resolved, dest)
+
+    def _fetch(self, session: Session, resolved: ResolvedRepo, dest: Path) -> None:
+        budget = session.budget
         record = self.looked_up.get(resolved.commit) or self._looked_up(session)
         if record.commit != resolved.commit:
-            raise RepoUnreachable(
+            raise RecordError(
                 f"{self.what} has a new version since it was resolved; launch it again"
             )
         work = Path(tempfile.mkdtemp(prefix=".record-", dir=dest.parent))
@@ -517,7 +527,7 @@ class SoftwareHeritageProvider(RecordProvider):
         cooking = session.json(vault, self.what, method="POST")
         while _text(cooking, "status") != "done":
             if _text(cooking, "status") == "failed":
-                raise RepoUnreachable(f"{self.what}: Software Heritage's vault failed to pack it")
+                raise RecordError(f"{self.what}: Software Heritage's vault failed to pack it")
             time.sleep(min(VAULT_POLL_SECONDS, session.budget.remaining_seconds()))
             cooking = session.json(vault, self.what)
         return Record(

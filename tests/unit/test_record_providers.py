@@ -9,7 +9,10 @@ line naming the record and the setting.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,11 +21,11 @@ from urllib.parse import quote
 import pytest
 
 from hpcbinder.config import RepoPolicy
-from hpcbinder.errors import RepoConfigError, RepoNotAllowed, RepoUnreachable, SpecError, UserError
+from hpcbinder.errors import RepoConfigError, RepoNotAllowed, SpecError, UserError
 from hpcbinder.sources import providers
-from hpcbinder.sources.archives import FetchBoundExceeded
+from hpcbinder.sources.archives import FetchBoundExceeded, RecordError
 from hpcbinder.sources.checkout import tree_id
-from hpcbinder.sources.download import NotFound
+from hpcbinder.sources.download import NotFound, _Guard
 from hpcbinder.sources.records import RECORD_PROVIDERS
 from tests.recordservices import (
     CKAN_NAME,
@@ -192,7 +195,7 @@ def test_an_unreachable_service_names_its_host_and_setting(
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
     records = {**services.records_setting(), "hydroshare": f"http://127.0.0.1:{port}"}
-    with pytest.raises(RepoUnreachable) as caught:
+    with pytest.raises(RecordError) as caught:
         fetched(f"hydroshare/{HYDROSHARE_ID}", policy_for(services, tmp_path, records=records))
     message = str(caught.value)
     assert f"127.0.0.1:{port}" in message and "repos.records.hydroshare" in message
@@ -332,5 +335,97 @@ def test_a_record_whose_version_moved_is_not_fetched_as_the_old_one(
     resolved = providers.parse_spec(spec, policy).resolve()
     services.ckan.records[CKAN_NAME]["modified"] = "2024-01-01T00:00:00.000000"
     fresh = providers.parse_spec(spec, policy)  # a build server that did not resolve it
-    with pytest.raises(RepoUnreachable, match="new version"):
+    with pytest.raises(RecordError, match="new version"):
         providers.checkout(fresh, resolved, tmp_path / "cache")
+
+
+def test_the_build_server_connects_to_no_internal_address_unless_the_site_lists_it(
+    services: Services, tmp_path: Path
+) -> None:
+    """A service's JSON names its downloads: a hostile one could send the
+    build account to its own loopback or the cloud's metadata address, and
+    the answer would become a file of a world-readable checkout."""
+    records = {**services.records_setting(), "internal_networks": []}
+    with pytest.raises(RepoNotAllowed, match=r"127\.0\.0\.1.*repos\.records\.internal_networks"):
+        fetched(services.specs()["zenodo"], policy_for(services, tmp_path, records=records))
+    # A download redirected to another internal address is refused before
+    # any connection (the site lists 127.0.0.1 only).
+    zenodo_id = ZENODO_DOI.rpartition(".")[2]
+    port = services.zenodo.url.rpartition(":")[2]
+    original = services.zenodo.route
+
+    def route(method: str, path: str, query: dict[str, list[str]]) -> Any:
+        if path.endswith("/files/passwd/content"):
+            return 302, {"Location": f"http://127.0.0.2:{port}/secret"}, b""
+        return original(method, path, query)
+
+    services.zenodo.records[zenodo_id] = {"passwd": b"x"}
+    services.zenodo.route = route
+    try:
+        with pytest.raises(RepoNotAllowed, match=r"127\.0\.0\.2 is at 127\.0\.0\.2"):
+            fetched(services.specs()["zenodo"], policy_for(services, tmp_path))
+    finally:
+        services.zenodo.route = original
+    assert not any(r.endswith("/secret") for r in services.zenodo.requests)
+    # A name is judged by the address it resolves to, not its text.
+    with pytest.raises(RepoNotAllowed, match=r"localhost is at .*internal_networks"):
+        _Guard([ipaddress.ip_network("10.0.0.0/8")]).address("localhost", 80)
+
+
+@pytest.fixture
+def trickling_server() -> Iterator[str]:
+    """Answers every connection with a status line, then one header byte
+    every 0.2 s, forever: a server that would hold a reader."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            with connection:
+                try:
+                    connection.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                    while not stop.wait(0.2):
+                        connection.sendall(b"a")
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    listener.close()
+
+
+def test_a_server_trickling_its_answer_is_stopped_at_the_deadline(
+    services: Services, tmp_path: Path, trickling_server: str
+) -> None:
+    records = {**services.records_setting(), "hydroshare": trickling_server}
+    policy = policy_for(services, tmp_path, records=records, fetch_timeout_seconds=1.5)
+    started = time.monotonic()
+    with pytest.raises(FetchBoundExceeded, match=r"repos\.fetch_timeout_seconds"):
+        fetched(f"hydroshare/{HYDROSHARE_ID}", policy)
+    assert time.monotonic() - started < 5
+
+
+def test_hostile_json_is_one_line(services: Services, tmp_path: Path) -> None:
+    original = services.ckan.route
+    answers = [b"[" * 200_000, b'{"success": true, "result": {"resources": 5}}', b"\xff\xfe"]
+
+    for answer in answers:
+
+        def route(method: str, path: str, query: dict[str, list[str]]) -> Any:
+            return 200, {"Content-Type": "application/json"}, answer  # noqa: B023
+
+        services.ckan.route = route
+        try:
+            with pytest.raises(RecordError) as caught:
+                fetched(services.specs()["ckan"], policy_for(services, tmp_path))
+        finally:
+            services.ckan.route = original
+        assert "\n" not in str(caught.value) and "repos.records.ckan" in str(caught.value)
