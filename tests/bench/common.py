@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpcbinder.images.backends import STEP_MARKER
 from tests.conftest import SITE_BIN, running_build_server
 from tests.repohelpers import git, local_spec
 from tests.storehelpers import build_workspace, dev_cluster_base, workspace_site
@@ -83,15 +84,16 @@ class TimedBuild:
 _PROGRESS = re.compile(r"^\[\s*[\d.]+s\] (.*)$")
 #: The first line of each phase after the command's own start (sudo, Python,
 #: its credential and request), as the build server and its builder send
-#: them; the builder sends nothing between its container steps (overlay,
-#: install, squash, smoke test), so they are one phase here.
+#: them; then each step of the build (overlay, install, squash, cleanup,
+#: smoke test), from the marker its backend writes before it.
 _PHASE_STARTS = (
     ("fetch", re.compile(r"fetching: ")),
     ("queue", re.compile(r"waiting: Waiting for a build slot")),
     ("lock_and_stage", re.compile(r"building: Building image ")),
-    ("overlay_install_squash_smoke", re.compile(r"\s+building [0-9a-f]{32} \(")),
+    ("render_and_start", re.compile(r"\s+building [0-9a-f]{32} \(")),
     ("publish_and_exit", re.compile(r"\s+publishing$")),
 )
+_STEP = re.compile(r"\s+" + re.escape(STEP_MARKER) + r"(.+)$")
 
 
 def build_phases(lines: list[tuple[float, str]], seconds: float) -> dict[str, float]:
@@ -104,6 +106,8 @@ def build_phases(lines: list[tuple[float, str]], seconds: float) -> dict[str, fl
         progress = _PROGRESS.match(line)
         if progress is None:
             continue
+        if step := _STEP.match(progress.group(1)):
+            starts.setdefault("step:" + step.group(1).replace(" ", "_"), arrived)
         for name, pattern in _PHASE_STARTS:
             if name not in starts and pattern.match(progress.group(1)):
                 starts[name] = arrived

@@ -11,8 +11,11 @@ BUILT = [
     (0.8, "[   0.3s] waiting: Waiting for a build slot: number 1 in the queue"),
     (0.9, f"[   0.4s] building: Building image {KEY}"),
     (1.1, f"[   0.6s]   building {KEY} (overlay, local backend)"),
+    (1.2, "[   0.7s]   hpcbinder-build-step: install environment"),
     (1.3, "[   0.8s]   Using Python 3.11.2 environment at: /opt/hpcbinder/kernel"),
     (1.4, f"[   0.9s]   building {'0' * 32} (a log line that looks like the builder's)"),
+    (2.4, "[   1.9s]   hpcbinder-build-step: squash environment"),
+    (2.9, "[   2.4s]   hpcbinder-build-step: smoke test"),
     (3.1, "[   2.6s]   publishing"),
     (3.2, "run it with: apptainer --quiet exec ... COMMAND"),
 ]
@@ -24,7 +27,10 @@ def test_each_phase_lasts_until_the_next_starts() -> None:
         "fetch": 0.3,
         "queue": 0.1,
         "lock_and_stage": 0.2,
-        "overlay_install_squash_smoke": 2.0,
+        "render_and_start": 0.1,
+        "step:install_environment": 1.2,
+        "step:squash_environment": 0.5,
+        "step:smoke_test": 0.2,
         "publish_and_exit": 0.4,
     }
 

@@ -46,6 +46,12 @@ class BuildFailed(RuntimeError):
         super().__init__(f"{step}: {message}")
 
 
+#: The line every backend writes into a build's output before each step:
+#: the log shows where each step starts (and so how long it took), and the
+#: Slurm backend, which reads the job's output after the fact, which one failed.
+STEP_MARKER = "hpcbinder-build-step: "
+
+
 #: Told what a backend started ("session 1234" or "slurm-job 56"), so that a
 #: build taking over from a dead one can stop it.
 OnStart = Callable[[str], None]

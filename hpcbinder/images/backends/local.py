@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Callable
 
 from hpcbinder.config import Site
-from hpcbinder.images.backends import BuildCommands, BuildFailed, OnStart
+from hpcbinder.images.backends import STEP_MARKER, BuildCommands, BuildFailed, OnStart
 from hpcbinder.seams import proc
 
 TAIL_LINES = 30
@@ -34,6 +34,7 @@ class LocalBackend:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise BuildFailed(step.name, "the build ran past its time limit", list(tail))
+            line(f"{STEP_MARKER}{step.name}")
             try:
                 status = proc.stream(
                     step.argv,

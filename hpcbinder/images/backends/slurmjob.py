@@ -17,13 +17,12 @@ from collections.abc import Callable
 
 from hpcbinder.config import Site
 from hpcbinder.growingfile import GrowingFile
-from hpcbinder.images.backends import BuildCommands, BuildFailed, OnStart
+from hpcbinder.images.backends import STEP_MARKER, BuildCommands, BuildFailed, OnStart
 from hpcbinder.images.backends.local import TAIL_LINES
 from hpcbinder.render import templating
 from hpcbinder.seams import proc
 from hpcbinder.seams.slurm import SlurmCLI, SlurmError, SubmitOptions
 
-STEP_MARKER = "hpcbinder-build-step: "
 POLL_SECONDS = 0.5
 
 

@@ -18,7 +18,7 @@ import paramiko
 
 from hpcbinder.boundedlines import capped_lines
 from hpcbinder.config import Site
-from hpcbinder.images.backends import BuildCommands, BuildFailed, OnStart
+from hpcbinder.images.backends import STEP_MARKER, BuildCommands, BuildFailed, OnStart
 from hpcbinder.images.backends.local import TAIL_LINES
 from hpcbinder.seams.remote import ssh_client
 
@@ -50,6 +50,8 @@ class SSHBackend:
                 remaining = math.floor(deadline - time.monotonic())
                 if remaining <= 0:
                     raise BuildFailed(step.name, "the build ran past its time limit", list(tail))
+                tail.append(f"{STEP_MARKER}{step.name}")
+                on_line(tail[-1])
                 command = (
                     shlex.join(["cd", str(build.cwd)])
                     + " && "
