@@ -396,6 +396,11 @@ class BuildSettings(_Strict):
     private_store: Annotated[str, Field(pattern=r"^(/|\{home\}/)[A-Za-z0-9_./{}-]*$")] = (
         "{home}/.cache/hpcbinder"
     )
+    #: Read-only credentials per host for repositories the site vouches
+    #: for: a file that only root writes and only the build account (its
+    #: group) reads; the build server fetches with them, into the shared
+    #: store (see hpcbinder.images.deploy). None: none.
+    deploy_credentials: Path | None = None
 
 
 class BaseImage(_Strict):

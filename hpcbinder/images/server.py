@@ -44,14 +44,14 @@ from tornado.iostream import StreamClosedError
 
 from hpcbinder.config import RepoPolicy, Site
 from hpcbinder.errors import NoAccess, RepoUnreachable, UserError
-from hpcbinder.images import builder, quota
+from hpcbinder.images import builder, deploy, quota
 from hpcbinder.images import gc as storegc
 from hpcbinder.images.client import BuildRequest, ServerEvent, UseRequest
 from hpcbinder.images.store import BuildEvent, image_store
 from hpcbinder.images.streams import SharedStream, keep_alive
 from hpcbinder.render import pipeline
 from hpcbinder.render.pipeline import Fetched
-from hpcbinder.seams import munge
+from hpcbinder.seams import git, munge
 from hpcbinder.sources import providers
 
 log = logging.getLogger("hpcbinder.images.server")
@@ -193,7 +193,8 @@ class BuildQueue:
         limit; the checkout counted for them and its use recorded."""
         ledger = quota.DiskLedger(self.site, image_store(self.site))
         ledger.check(user)
-        prepared = pipeline.prepare(spec, self.site)
+        with git.deploy_credentials(deploy.load(self.site)):  # the hosts the site vouches for
+            prepared = pipeline.prepare(spec, self.site)
         storegc.record_checkout_use(prepared.checkout)
         size = quota.tree_bytes(prepared.checkout)
         ledger.add(user, f"checkout:{prepared.checkout}", size)

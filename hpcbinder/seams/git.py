@@ -170,6 +170,79 @@ def own_credentials(credentials: OwnCredentials) -> Iterator[None]:
         _CREDENTIALS.reset(reset)
 
 
+@dataclass(frozen=True)
+class DeployCredential:
+    """Read-only credentials a site gives the build account for one host
+    (``host`` as in URLs: a name, or name:port for HTTPS), for the
+    repositories there that it vouches for: a token (HTTPS basic
+    authentication as ``username``) and/or an SSH key (with the host's
+    key in ``known_hosts``). Values are checked by their loader
+    (:mod:`hpcbinder.images.deploy`): a host name, absolute plain paths."""
+
+    host: str
+    username: str = "x-access-token"
+    token: str | None = None
+    ssh_key: Path | None = None
+    known_hosts: Path | None = None
+
+
+_DEPLOY: contextvars.ContextVar[tuple[DeployCredential, ...]] = contextvars.ContextVar(
+    "hpcbinder_git_deploy", default=()
+)
+
+
+@contextlib.contextmanager
+def deploy_credentials(credentials: Sequence[DeployCredential]) -> Iterator[None]:
+    """Anonymous git calls in this context may use ``credentials``, each
+    for its own host only (git's URL-scoped credential helpers, ssh's
+    ``Host`` blocks): a redirect or a submodule on another host gets none."""
+    reset = _DEPLOY.set(tuple(credentials))
+    try:
+        yield
+    finally:
+        _DEPLOY.reset(reset)
+
+
+def _deploy_env(credentials: Sequence[DeployCredential], home: Path) -> dict[str, str]:
+    """git's configuration (by environment) and ssh's config file (in git's
+    own empty ``home``) for the site's deploy credentials: tokens only in
+    variables that constant helpers name, one helper per host and scheme."""
+    env: dict[str, str] = {}
+    config: list[tuple[str, str]] = []
+    ssh_blocks: list[str] = []
+    for index, credential in enumerate(credentials):
+        if credential.token is not None:
+            token, user = f"HPCBINDER_DEPLOY_TOKEN_{index}", f"HPCBINDER_DEPLOY_USER_{index}"
+            env[token], env[user] = credential.token, credential.username
+            helper = (
+                '!f() { test "$1" = get || exit 0; '
+                f'echo "username=${{{user}}}"; echo "password=${{{token}}}"; }}; f'
+            )
+            config += [
+                (f"credential.{scheme}://{credential.host}.helper", helper)
+                for scheme in ("https", "http")
+            ]
+        if credential.ssh_key is not None:
+            block = [
+                f"Host {credential.host.partition(':')[0]}",
+                f"  IdentityFile {credential.ssh_key}",
+            ]
+            if credential.known_hosts is not None:
+                block.append(f"  UserKnownHostsFile {credential.known_hosts}")
+            ssh_blocks.append("\n".join(block))
+    if config:
+        env["GIT_CONFIG_COUNT"] = str(len(config))
+        for index, (key, value) in enumerate(config):
+            env[f"GIT_CONFIG_KEY_{index}"], env[f"GIT_CONFIG_VALUE_{index}"] = key, value
+    if ssh_blocks:
+        ssh_config = home / "ssh_config"
+        ssh_config.write_text("\n".join(ssh_blocks) + "\n")
+        env["GIT_SSH_COMMAND"] = (
+            f"ssh -F {ssh_config} -o BatchMode=yes -o IdentityAgent=none -o IdentitiesOnly=yes"
+        )
+    return env
+
+
 def fetching_as_self() -> bool:
     """Whether git calls now fetch with this account's own credentials and
     rights (for itself), not anonymously for anyone."""
@@ -222,6 +295,7 @@ def _env(protocols: Iterable[str], home: Path) -> dict[str, str]:
         "SSH_ASKPASS": "true",
         "GIT_SSH_COMMAND": _SSH,
         "GIT_ALLOW_PROTOCOL": ":".join(protocols),
+        **_deploy_env(_DEPLOY.get(), home),
     }
 
 
