@@ -94,7 +94,9 @@ services.append({
 })
 roles.append({
     "name": "binder",
-    "scopes": ["servers", "read:users", "read:servers"],
+    # tokens: a launch's client on another origin (Thebe) gets a token of
+    # the researcher's for that one server (access:servers!server=USER/NAME).
+    "scopes": ["servers", "read:users", "read:servers", "tokens"],
     "services": ["binder"],
 })
 # Every user may log in to the Binder service (the default user role lacks it).

@@ -129,7 +129,26 @@ def _hostname(value: str) -> str:
     return value
 
 
+_ORIGIN = textpatterns.compile(r"https?://[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::[1-9][0-9]{0,4})?")
+
+
+def _origin(value: str) -> str:
+    """A web origin exactly as browsers send it in ``Origin``: scheme and
+    host in lowercase, a port only where it is not the scheme's default, no
+    path, no trailing slash and no wildcard (CORS with credentials is for
+    named sites only)."""
+    default_port = ":443" if value.startswith("https:") else ":80"
+    if not _ORIGIN.fullmatch(value) or value.endswith(default_port):
+        raise ValueError(
+            "expected an origin as browsers send it: http(s)://host[:port] in lowercase, "
+            "without a path, trailing slash, default port or wildcard "
+            "(e.g. https://docs.example.org)"
+        )
+    return value
+
+
 SlurmTime = Annotated[str, AfterValidator(_slurm_time)]
+Origin = Annotated[str, AfterValidator(_origin)]
 Regex = Annotated[str, AfterValidator(_regex)]
 Url = Annotated[str, AfterValidator(_url)]
 Hostname = Annotated[str, AfterValidator(_hostname)]
@@ -294,6 +313,14 @@ class BinderService(_Strict):
     #: ``/versions`` (which otherwise answer the hub's admins only), readable
     #: by the service account and by no other account; never the token here.
     metrics_token_file: Path | None = None
+    #: Other sites' pages (e.g. the centre's documentation, with Thebe or
+    #: launch buttons) whose scripts may use the Binder API with the
+    #: researcher's login: CORS with credentials for exactly these origins,
+    #: and their servers accept those pages' requests.
+    cors_allow_origins: list[Origin] = []
+    #: ``/build/...?build_only=true`` builds an image without starting a
+    #: server (BinderHub allows it only in its API-only mode).
+    allow_build_only: bool = True
 
 
 class Launch(_Strict):

@@ -31,7 +31,9 @@ def open_stream(
 ) -> http.client.HTTPResponse:
     address = urlsplit(binder_url)
     connection = http.client.HTTPConnection(address.hostname or "", address.port, timeout=timeout)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers = {"Accept": "text/event-stream"}  # as EventSource and BinderHub's clients ask
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     connection.request("GET", path, headers=headers)
     return connection.getresponse()
 

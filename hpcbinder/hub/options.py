@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Annotated
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -40,6 +41,21 @@ def _count_as_text(value: object) -> object:
 
 #: A count (cpus, gpus) as the form sends it; its range is the site's to check.
 _Count = Annotated[str, BeforeValidator(_count_as_text), StringConstraints(pattern=r"^\d{1,6}$")]
+
+
+def _one_line(value: str) -> str:
+    """Text that becomes an environment variable of the researcher's
+    server: one line of printable characters (no newline, carriage return,
+    tab, escape, Unicode line separator or other control), since the job's
+    environment is read line by line (``env``, Slurm's records, logs)."""
+    if not value.isprintable():
+        raise ValueError("expected one line of printable text")
+    return value
+
+
+#: A value of BinderHub's launch variables (untrusted: any researcher's API
+#: client sends them for their own server).
+_Line = Annotated[str, StringConstraints(max_length=2000), AfterValidator(_one_line)]
 
 
 class LaunchOptionsError(UserError):
@@ -83,6 +99,13 @@ class LaunchOptions(_Options):
     account: _Text | None = None
     qos: _Text | None = None
     workspace: WorkspaceOptions | None = None
+    #: BinderHub's launch fields (its BinderSpawner's ``user_options``
+    #: names), for the server's ``BINDER_*`` variables (:meth:`binder_env`).
+    repo_url: _Line | None = None
+    binder_ref_url: _Line | None = None
+    binder_launch_host: _Line | None = None
+    binder_request: _Line | None = None
+    binder_persistent_request: _Line | None = None
 
     @classmethod
     def parse(cls, user_options: Mapping[str, object] | None) -> LaunchOptions:
@@ -100,6 +123,19 @@ class LaunchOptions(_Options):
         return {
             name: getattr(self, name) for name in OVERRIDABLE if getattr(self, name) is not None
         }
+
+    def binder_env(self) -> dict[str, str]:
+        """The server's ``BINDER_*`` variables, as BinderHub's spawner sets
+        them: each launch field given, upper-cased (``repo_url`` as
+        ``BINDER_REPO_URL``)."""
+        fields = {
+            "BINDER_REPO_URL": self.repo_url,
+            "BINDER_REF_URL": self.binder_ref_url,
+            "BINDER_LAUNCH_HOST": self.binder_launch_host,
+            "BINDER_REQUEST": self.binder_request,
+            "BINDER_PERSISTENT_REQUEST": self.binder_persistent_request,
+        }
+        return {name: value for name, value in fields.items() if value is not None}
 
     def user_options(self) -> dict[str, object]:
         """The JSON the hub stores as this server's ``user_options``."""

@@ -51,6 +51,7 @@ from jupyterhub.spawner import SpawnException
 from tornado import web
 from traitlets import Float, Integer, Unicode, default
 
+from hpcbinder import textpatterns
 from hpcbinder.config import Site, load_site
 from hpcbinder.errors import UserError
 from hpcbinder.hub.options import LaunchOptions, LaunchOptionsError
@@ -58,6 +59,7 @@ from hpcbinder.images.client import BuildServerClient, BuildServerError, LaunchR
 from hpcbinder.images.launch import launch_image
 from hpcbinder.jobs.request import request_for
 from hpcbinder.jobs.servers import (
+    BINDER_ENV,
     SERVER_ENV,
     JobDied,
     LaunchProgress,
@@ -225,11 +227,28 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
             entrypoint=tuple(image.entrypoint),
         )
 
+    def get_args(self) -> list[str]:
+        """JupyterHub's arguments for the server, and the site's listed
+        origins (``binder.cors_allow_origins``, each matched exactly), whose
+        pages (Thebe on the centre's documentation) talk to the server with
+        the token their launch gave them (never with the researcher's
+        cookies: credentials stay off)."""
+        args: list[str] = list(super().get_args())
+        origins = self.site.binder.cors_allow_origins
+        if origins:
+            pattern = "|".join(textpatterns.escape(origin) for origin in origins)
+            args.append(f"--ServerApp.allow_origin_pat=^(?:{pattern})$")
+        return args
+
     def server_env(self) -> dict[str, str]:
-        """The server job's whole environment: :data:`SERVER_ENV` of
-        ``get_env()``, for its container."""
+        """The server job's whole environment, for its container: JupyterHub's
+        variables of :data:`SERVER_ENV` from ``get_env()``, and BinderHub's
+        ``BINDER_*`` from the launch's options alone (the hub's own
+        environment or ``Spawner.environment`` never sets those)."""
         env = self.get_env()
-        return apptainer.container_env({name: env[name] for name in SERVER_ENV if name in env})
+        chosen = {name: env[name] for name in SERVER_ENV if name in env and name not in BINDER_ENV}
+        chosen.update(LaunchOptions.parse(self.user_options).binder_env())
+        return apptainer.container_env(chosen)
 
     # --- batchspawner's hooks, without shell strings ------------------------------
 

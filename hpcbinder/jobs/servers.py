@@ -36,6 +36,16 @@ from hpcbinder.seams.slurm import JOB_ID, QueueState, SlurmCLI, SlurmError, Subm
 
 OUTPUT_TAIL_LINES = 20
 
+#: BinderHub's variables of a launch (where the repository came from, the
+#: link that started it), set from its ``user_options`` alone, never from
+#: the hub's environment: :meth:`hpcbinder.hub.options.LaunchOptions.binder_env`.
+BINDER_ENV = (
+    "BINDER_REPO_URL",
+    "BINDER_REF_URL",
+    "BINDER_LAUNCH_HOST",
+    "BINDER_REQUEST",
+    "BINDER_PERSISTENT_REQUEST",
+)
 #: What a server's job gets of JupyterHub's ``get_env()``: the variables
 #: jupyterhub-singleuser reads, each the server's own (its token, its URLs,
 #: its OAuth client), by exact name. Nothing else of the hub's environment
@@ -67,6 +77,7 @@ SERVER_ENV = (
     "JUPYTERHUB_SERVICE_URL",
     "JUPYTERHUB_SINGLEUSER_APP",
     "JUPYTERHUB_USER",
+    *BINDER_ENV,
 )
 #: Prints the last lines of ~/.hpcbinder-server-JOB.log, run as the
 #: researcher (configs/hpcbinder-server-log, allowed by the shipped sudoers

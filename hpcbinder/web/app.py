@@ -56,6 +56,14 @@ def log_request(handler: web.RequestHandler) -> None:
     )
 
 
+class Badge(web.StaticFileHandler):
+    """The launch badge, at each of BinderHub's addresses for it (and
+    mybinder.org's older ones): one image, served to anyone."""
+
+    async def get(self, path: str, include_body: bool = True) -> None:
+        await super().get("badge_logo.svg", include_body)
+
+
 def make_app(service: Service) -> web.Application:
     base = service.base_url
     routes: list[Any] = [
@@ -69,7 +77,16 @@ def make_app(service: Service) -> web.Application:
         (f"{base}versions", handlers.VersionsHandler),
         (f"{base}metrics", handlers.MetricsHandler),
         (f"{base}oauth_callback", handlers.OAuthCallbackHandler),
-        (f"{base}(badge_logo\\.svg)", web.StaticFileHandler, {"path": str(STATIC)}),
+        (f"{base}api/repoproviders", handlers.RepoProvidersHandler),
+        (f"{base}api/repoproviders/([^/]+)/config", handlers.RepoProvidersHandler),
+        (f"{base}_config", handlers.LegacyConfigHandler),
+        (rf"{base}repo/([^/]+)/([^/]+)(/.*)?", handlers.LegacyRedirectHandler),
+        # Badges at BinderHub's addresses (mybinder.org's older ones too).
+        (
+            f"{base}(badge_logo\\.svg|badge\\.svg|assets/images/badge\\.svg)",
+            Badge,
+            {"path": str(STATIC)},
+        ),
     ]
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "")
     if prefix and prefix != base:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote, unquote, urljoin
 
 from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
@@ -35,6 +36,7 @@ from hpcbinder.jobs.request import (
 from hpcbinder.seams.cluster import cluster_slurm
 from hpcbinder.seams.slurm import PartitionLoad, SlurmError
 from hpcbinder.sources import providers
+from hpcbinder.web import binderapi
 from hpcbinder.web.builds import Built
 from hpcbinder.web.events import KEEPALIVE, Event, failed
 from hpcbinder.web.launcher import LaunchFailed, server_name, workspace_slug
@@ -46,13 +48,47 @@ KEEPALIVE_SECONDS = 10.0
 
 
 class BaseHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
+    #: Whether the site's listed origins (``binder.cors_allow_origins``) may
+    #: read this route's answers with the researcher's login: the API
+    #: (the stream, the provider list), never a page (pages hold the XSRF
+    #: token that guards the service's forms).
+    cors: ClassVar[bool] = False
+
     def set_default_headers(self) -> None:
         """No other site may frame the service's pages: under a page of
         theirs, a click meant for it would land on "Run it", "Launch" or
         "Run as batch job" (clickjacking). ``frame-ancestors`` for current
-        browsers, ``X-Frame-Options`` for old ones."""
+        browsers, ``X-Frame-Options`` for old ones. CORS headers on the
+        API's routes, for a listed origin only."""
         self.set_header("Content-Security-Policy", "frame-ancestors 'none'")
         self.set_header("X-Frame-Options", "DENY")
+        if self.cors:
+            self.set_header("Vary", "Origin")
+            origin = self.request.headers.get("Origin", "")
+            if self.listed_origin(origin):
+                self.set_header("Access-Control-Allow-Origin", origin)
+                self.set_header("Access-Control-Allow-Credentials", "true")
+
+    def listed_origin(self, origin: str) -> bool:
+        """Whether ``origin`` (an ``Origin`` header, exactly as sent) is this
+        service's own or one the site lists; ``null`` and anything else is not."""
+        service: Service = self.settings["service"]
+        allowed = {*service.site.binder.cors_allow_origins, service.origin}
+        return origin in allowed
+
+    def options(self, *args: str) -> None:
+        """CORS preflight: what a listed origin's script may send (GET with
+        the stream's and the hub's headers); 403 for any other origin."""
+        if not self.cors or not self.listed_origin(self.request.headers.get("Origin", "")):
+            raise web.HTTPError(403, "this origin may not use the Binder API with a login")
+        self.set_header("Access-Control-Allow-Methods", "GET")
+        self.set_header(
+            "Access-Control-Allow-Headers",
+            "Accept, Authorization, Cache-Control, Last-Event-ID, X-XSRFToken",
+        )
+        self.set_header("Access-Control-Max-Age", "600")
+        self.set_status(204)
+        self.finish()
 
     @property
     def service(self) -> Service:
@@ -176,7 +212,12 @@ class OAuthCallbackHandler(HubOAuthCallbackHandler):  # type: ignore[misc]
 class HomeHandler(BaseHandler):
     @web.authenticated
     async def get(self) -> None:
-        self.page("home.html", user=self.user_name, **await self.cluster_view())
+        self.page(
+            "home.html",
+            user=self.user_name,
+            providers=binderapi.repo_providers(),
+            **await self.cluster_view(),
+        )
 
 
 class LaunchPageHandler(BaseHandler):
@@ -259,7 +300,12 @@ class CancelHandler(BaseHandler):
 class BuildHandler(BaseHandler):
     """``/build/<provider>/<spec>``: BinderHub's event stream."""
 
+    cors = True
     _last_write = 0.0
+    #: How the request showed it is no other site's: "token" (the
+    #: researcher's own), "page" (the launch page's XSRF header), "origin"
+    #: (a listed origin's script, with the login cookie).
+    _client = ""
 
     async def emit(self, event: Event) -> None:
         self.write(event.sse())
@@ -275,41 +321,77 @@ class BuildHandler(BaseHandler):
         await keep_alive(lambda: self._last_write, self._ping, KEEPALIVE_SECONDS)
 
     def _check_xsrf_header(self) -> None:
-        """A stream opened with the hub's login cookie must carry the
-        page's XSRF token in ``X-XSRFToken`` (the launch page sends it with
-        fetch): it builds and starts, maybe replaces, a server, and the
-        hub's own check exempts GETs that navigate, so any site could
-        otherwise link or redirect a researcher here. A client with the
-        researcher's own token (``Authorization``) needs none; the token
-        never goes in the URL."""
+        """A stream opened with the hub's login cookie must show that no
+        other site asked for it: it builds and starts, maybe replaces, a
+        server, and the hub's own check exempts GETs that navigate, so any
+        site could otherwise link or redirect a researcher here. Shown by
+        the launch page's XSRF token in ``X-XSRFToken`` (its fetch), or by
+        an ``Origin`` the site lists (``binder.cors_allow_origins``: a
+        documentation page's EventSource, which cannot send headers;
+        browsers set ``Origin`` on every cross-origin request and scripts
+        cannot forge it; navigations, images and frames send none). A
+        client with the researcher's own token (``Authorization``) needs
+        neither; the token never goes in the URL."""
         if getattr(self, "_token_authenticated", False):
+            self._client = "token"
             return
         given = self.request.headers.get("X-XSRFToken", "").encode()
-        if not given or not hmac.compare_digest(given, self.xsrf_token):
+        if given and hmac.compare_digest(given, self.xsrf_token):
+            self._client = "page"
+            return
+        if self.listed_origin(self.request.headers.get("Origin", "")):
+            self._client = "origin"
+            return
+        raise web.HTTPError(
+            403,
+            "/build with the hub's login needs the launch page's X-XSRFToken header "
+            "or a page of an origin the site lists (binder.cors_allow_origins): "
+            "open the link's /v2/ page instead",
+        )
+
+    def _check_accept(self) -> None:
+        """BinderHub's check that this is an event-stream client (EventSource
+        and its clients send ``Accept: text/event-stream``; a navigation
+        asks for HTML)."""
+        accept = self.request.headers.get("Accept", "")
+        types = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+        if "text/event-stream" not in types:
+            raise web.HTTPError(400, "Missing Accept header: text/event-stream")
+
+    def _build_only(self) -> bool:
+        """``build_only=true``: build, say ``ready`` with the image, start
+        nothing; refused (400) where the site does not allow it."""
+        if self.get_query_argument("build_only", "").lower() != "true":
+            return False
+        if not self.service.site.binder.allow_build_only:
             raise web.HTTPError(
-                403,
-                "/build with the hub's login needs the launch page's X-XSRFToken header: "
-                "open the link's /v2/ page instead",
+                400,
+                "Building but not launching is not permitted on this site "
+                "(binder.allow_build_only is false)",
             )
+        return True
 
     async def get(self, provider: str, spec: str) -> None:
         if self.current_user is None:
             raise web.HTTPError(403, "log in to the hub first")
         self._check_xsrf_header()
+        self._check_accept()
+        build_only = self._build_only()
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
         keepalive = asyncio.get_running_loop().create_task(self._keepalive())
         try:
-            await self._stream(self.raw_spec("build"))
+            await self._stream(self.raw_spec("build"), build_only)
         except StreamClosedError:
             pass  # the viewer left; the build goes on for the others
         finally:
             keepalive.cancel()
 
-    async def _stream(self, spec: str) -> None:
+    async def _stream(self, spec: str, build_only: bool) -> None:
         service = self.service
         query = {key: self.get_argument(key) for key in self.request.arguments}
+        query.pop("build_only", None)
         try:
             repo = providers.parse_spec(spec, service.site.repos)
             request_for_link(service.site, query, user=self.user_name)
@@ -323,39 +405,51 @@ class BuildHandler(BaseHandler):
             )
             return
         session = service.builds.session(spec, self.user_name)
+        built_here = False
         async for event in session.follow():
+            built_here = built_here or event.phase == "building"
+            if build_only and event.phase == "built":
+                # BinderHub's build_only: the image is the end, as ready.
+                done = "Done! Image built\n" if built_here else "Done! Found built image\n"
+                event = Event("ready", done, event.extra)
             await self.emit(event)
         built = session.result
-        if built is None or query.get("build_only") == "true":
+        if built is None or build_only:
             return
+        fields = binderapi.launch_fields(spec, repo, built.fetched.repo.commit, service.public_url)
         started = time.monotonic()
+        name = server_name(repo.url)
         try:
             with service.limits.hold(self.user_name, repo.url):
                 await self.emit(Event("launching", "Launching server…\n"))
                 url = await self._launch_relaying(
-                    server_name(repo.url), self._options(built, repo, query), started
+                    name, self._options(built, repo, query, fields), started
                 )
+                token = "" if self._client == "page" else await self._server_token(name)
         except (LaunchFailed, UserError) as exc:
             service.metrics.launch_finished("failure", time.monotonic() - started)
             await self.emit(failed(f"Launch failed: {exc}"))
             return
         service.metrics.launch_finished("success", time.monotonic() - started)
-        commit = built.fetched.repo.commit
         await self.emit(
             Event(
                 "ready",
                 f"Server ready at {url}\n",
                 {
                     "url": server_link(service.hub_public_url, url, query),
-                    "token": "",
+                    "token": token,
                     "image": built.record.key,
-                    "repo_url": repo.url,
-                    "binder_request": f"v2/{spec}",
-                    "binder_persistent_request": f"v2/{spec.rsplit('/', 1)[0]}/{commit}",
-                    "binder_launch_host": service.public_url,
+                    **fields,
                 },
             )
         )
+
+    async def _server_token(self, name: str) -> str:
+        """BinderHub's ``token`` of the ready event, for clients that reach
+        the server from another origin (Thebe, an API client): a hub token
+        of the researcher's good for this one server only, for a few hours.
+        The launch page needs none (the researcher's browser logs in)."""
+        return await self.service.launcher.server_token(self.user_name, name)
 
     async def _launch_relaying(self, name: str, options: LaunchOptions, started: float) -> str:
         """The launch, with the hub's progress (Slurm's queue: partition,
@@ -380,22 +474,30 @@ class BuildHandler(BaseHandler):
         return launch.result()
 
     def _options(
-        self, built: Built, repo: providers.RepoProvider, query: dict[str, str]
+        self,
+        built: Built,
+        repo: providers.RepoProvider,
+        query: dict[str, str],
+        fields: dict[str, str],
     ) -> LaunchOptions:
         """The server's options: the image just built, a workspace seeded
         from the checkout, the link's profile and resources (checked
-        against the site's limits before the build)."""
+        against the site's limits before the build), and BinderHub's
+        launch fields (its ``BINDER_*`` variables)."""
         fetched = built.fetched
         workspace = WorkspaceOptions(
             slug=workspace_slug(repo.url),
             commit=fetched.repo.commit,
             from_image=fetched.reads_whole_repo,
         )
-        return LaunchOptions(
-            image=built.record.key,
-            workspace=workspace,
-            profile=query.get("profile") or None,
-            **link_overrides(query),
+        return LaunchOptions.parse(
+            {
+                "image": built.record.key,
+                "workspace": workspace,
+                "profile": query.get("profile") or None,
+                **link_overrides(query),
+                **fields,
+            }
         )
 
 
@@ -539,3 +641,48 @@ class MetricsHandler(MonitoringHandler):
         if await self.allowed():
             self.set_header("Content-Type", "text/plain; version=0.0.4")
             self.finish(self.service.metrics.exposition())
+
+
+class RepoProvidersHandler(BaseHandler):
+    """``/api/repoproviders``: BinderHub's list of the providers this site
+    takes (their names, the spec's form, labels for a link generator), for
+    anyone, as BinderHub answers it; ``/api/repoproviders/<id>/config``: one
+    of them (404 for a prefix the site does not parse)."""
+
+    cors = True
+
+    def get(self, provider: str | None = None) -> None:
+        configs = binderapi.repo_providers()
+        self.set_header("Content-Type", "application/json")
+        if provider is None:
+            self.finish(json.dumps(configs))
+            return
+        for config in configs:
+            if config["id"] == provider:
+                self.finish(json.dumps(config))
+                return
+        self.set_status(404)
+        self.finish(json.dumps({"message": f"No provider found for prefix {provider}"}))
+
+
+class LegacyConfigHandler(BaseHandler):
+    """``/_config``: the providers' labels by prefix (BinderHub's older
+    endpoint, still read by older clients)."""
+
+    cors = True
+
+    def get(self) -> None:
+        self.finish(binderapi.legacy_config())
+
+
+class LegacyRedirectHandler(BaseHandler):
+    """``/repo/<user>/<repo>[/<path>]``: mybinder.org's first links, to
+    their ``/v2/gh/`` link (:func:`binderapi.legacy_redirect`)."""
+
+    def get(self, user: str, repo: str, urlpath: str | None = None) -> None:
+        try:
+            target = binderapi.legacy_redirect(self.service.base_url, user, repo, urlpath)
+        except UserError as exc:
+            self.page("error.html", 400, status=400, reason=str(exc))
+            return
+        self.redirect(target)

@@ -24,6 +24,8 @@ from hpcbinder.errors import UserError
 from hpcbinder.hub.options import LaunchOptions
 
 _UNSAFE = textpatterns.compile(r"[^a-z0-9]+")
+#: How long the token a launch gives its client reaches the server.
+SERVER_TOKEN_SECONDS = 8 * 3600
 
 
 class LaunchFailed(UserError):
@@ -144,6 +146,23 @@ class Launcher:
         except HTTPClientError as exc:
             raise LaunchFailed(_hub_reason(exc)) from exc
         return True
+
+    async def server_token(self, user: str, name: str) -> str:
+        """A new hub token of ``user``'s that reaches their server ``name``
+        and nothing else (``access:servers!server=USER/NAME``), expiring
+        after :data:`SERVER_TOKEN_SECONDS`: what BinderHub's clients on
+        another origin send to the server (the service's role needs the
+        hub's ``tokens`` scope; the hub grants only scopes the user has)."""
+        body = {
+            "scopes": [f"access:servers!server={user}/{name}"],
+            "expires_in": SERVER_TOKEN_SECONDS,
+            "note": f"Binder launch of server {name}",
+        }
+        try:
+            model = await self.hub.call("POST", f"/users/{quote(user)}/tokens", body)
+        except HTTPClientError as exc:
+            raise LaunchFailed(f"no token for the server: {_hub_reason(exc)}") from exc
+        return str(model["token"])
 
     async def _request_spawn(self, user: str, name: str, options: LaunchOptions) -> None:
         try:

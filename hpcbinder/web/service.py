@@ -22,6 +22,7 @@ from hpcbinder.render import templating
 from hpcbinder.seams import apptainer, proc
 from hpcbinder.seams.cluster import cluster_slurm
 from hpcbinder.seams.slurm import PartitionLoad, SlurmError
+from hpcbinder.web.binderapi import origin_of
 from hpcbinder.web.builds import BuildCoordinator
 from hpcbinder.web.launcher import HubAPI, Launcher
 from hpcbinder.web.metrics import Metrics
@@ -76,6 +77,11 @@ class Service:
         self.launcher = Launcher(self.hub, queue + binder.launch_timeout_seconds)
         self.limits = LaunchLimits(binder.max_launches_per_user, binder.max_launches_per_repo)
         self.confirmations = Confirmations(binder, self.state_dir)
+
+    @property
+    def origin(self) -> str:
+        """This service's own origin (``scheme://host[:port]``)."""
+        return origin_of(self.public_url)
 
     async def is_admin(self, user: str) -> bool:
         """Whether the hub says ``user`` is one of its admins."""

@@ -51,7 +51,7 @@ async def one_stream(url: str, token: str, events: list[str]) -> float:
     await AsyncHTTPClient().fetch(
         HTTPRequest(
             url,
-            headers={"Authorization": f"Bearer {token}"},
+            headers={"Authorization": f"Bearer {token}", "Accept": "text/event-stream"},
             streaming_callback=on_chunk,
             request_timeout=600,
         )
@@ -84,7 +84,8 @@ async def many_streams(
     await prober
     return {
         "clients": clients,
-        "reached_built": sum("built" in events for events in per_client),
+        # build_only ends with BinderHub's ready (the image), not built.
+        "reached_built": sum("ready" in events for events in per_client),
         "last_client_seconds": round(max(seconds), 2),
         "versions_p50_ms": round(statistics.median(latencies) * 1000, 1),
         "versions_max_ms": round(max(latencies) * 1000, 1),

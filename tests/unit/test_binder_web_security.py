@@ -28,6 +28,8 @@ from tests.repohelpers import site_for_tests
 SPEC = "gh/org/repo/HEAD"
 TOKEN = "alice-hub-token"  # noqa: S105 - what the stand-in hub says is alice's
 ALICE = {"name": "alice", "kind": "user", "scopes": ["access:services"]}
+#: What EventSource (and every BinderHub client) asks for.
+STREAM = {"Accept": "text/event-stream"}
 
 
 class _Sessions:
@@ -154,7 +156,7 @@ def test_a_build_link_opened_by_another_site_starts_nothing(
         # The launch page's fetch: the same cookies plus its token.
         stream = await fetch(
             f"/build/{SPEC}",
-            headers={"Cookie": cookie, "X-XSRFToken": xsrf, "Sec-Fetch-Mode": "cors"},
+            headers={"Cookie": cookie, "X-XSRFToken": xsrf, "Sec-Fetch-Mode": "cors", **STREAM},
         )
         assert stream.code == 200 and builds.asked == [SPEC]
 
@@ -169,7 +171,8 @@ def test_api_clients_with_their_own_token_need_no_xsrf(
 
     async def scenario(fetch: Client, login: dict[str, str]) -> None:
         for scheme in ("token", "Bearer"):
-            stream = await fetch(f"/build/{SPEC}", headers={"Authorization": f"{scheme} {TOKEN}"})
+            token = {"Authorization": f"{scheme} {TOKEN}", **STREAM}
+            stream = await fetch(f"/build/{SPEC}", headers=token)
             assert stream.code == 200, stream.body
         assert builds.asked == [SPEC, SPEC]
         # A token the hub does not know falls back to the cookie: checked.
@@ -193,7 +196,11 @@ def test_the_header_does_not_skip_the_confirmation(
         for line in page.headers.get_list("Set-Cookie"):
             name, _, rest = line.partition("=")
             cookies[name] = rest.split(";", 1)[0]
-        headers = {"Cookie": _cookie_header(cookies), "X-XSRFToken": xsrf.group(1).decode()}
+        headers = {
+            "Cookie": _cookie_header(cookies),
+            "X-XSRFToken": xsrf.group(1).decode(),
+            **STREAM,
+        }
         stream = await fetch(f"/build/{SPEC}", headers=headers)
         assert stream.code == 200 and b"confirm that you want to run" in stream.body
 
