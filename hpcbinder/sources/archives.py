@@ -35,9 +35,11 @@ import lzma
 import os
 import shutil
 import stat
+import struct
 import tarfile
 import time
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +51,8 @@ from hpcbinder.errors import RepoConfigError, UserError
 CHUNK = 1 << 16
 #: The longest header (a tar long name or pax record) read into memory.
 _MAX_HEADER = 1 << 20
+#: The longest name a record's file or an archive's member may have (PATH_MAX).
+_MAX_NAME = 4096
 #: What repo2docker calls the archive it unpacks.
 _ZIP_SUFFIX = ".zip"
 
@@ -136,6 +140,8 @@ def member_path(name: str) -> tuple[str, ...] | None:
     under a ``.git`` part (dropped). :class:`RepoConfigError` for an
     absolute name, a ``..`` part, a backslash, a character that is not
     printable, a part longer than 255 bytes, or nothing left."""
+    if len(name.encode("utf-8", "surrogateescape")) > _MAX_NAME:
+        raise _refused(name, f"a name longer than {_MAX_NAME} bytes")
     if name.startswith("/"):
         raise _refused(name, "an absolute path")
     if "\\" in name:
@@ -164,6 +170,8 @@ class _Tree:
         self.kinds: dict[tuple[str, ...], bool] = {(): True}  # parts -> is a folder
 
     def folder(self, name: str, parts: tuple[str, ...]) -> None:
+        if self.kinds.get(parts) is True:  # made already (the common case)
+            return
         for depth in range(1, len(parts) + 1):
             here = parts[:depth]
             kind = self.kinds.get(here)
@@ -203,14 +211,23 @@ def extract(archive: Path, dest: Path, budget: Budget) -> None:
             _extract_zip(archive, tree)
         else:
             _extract_tar(archive, tree)
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, lzma.LZMAError) as exc:
+    except (
+        zipfile.BadZipFile,
+        tarfile.TarError,
+        EOFError,
+        lzma.LZMAError,
+        zlib.error,
+        struct.error,
+        ValueError,
+    ) as exc:
         raise RepoConfigError(
             archive.name, f"not an archive that can be unpacked ({exc})"
         ) from None
     except (RuntimeError, NotImplementedError) as exc:  # encrypted, unknown compression
         raise RepoConfigError(archive.name, f"cannot be unpacked ({exc})") from None
     except OSError as exc:
-        raise RepoConfigError(archive.name, f"cannot be unpacked ({exc.strerror})") from None
+        reason = exc.strerror or "not an archive that can be unpacked"
+        raise RepoConfigError(archive.name, f"cannot be unpacked ({reason})") from None
 
 
 def _extract_zip(archive: Path, tree: _Tree) -> None:

@@ -222,20 +222,21 @@ class RecordProvider(RepoProvider):
 
 def _download_files(session: Session, record: Record, folder: Path, what: str) -> None:
     """Each of ``record``'s files at its path below ``folder``."""
-    seen: set[tuple[str, ...]] = set()
+    files: set[tuple[str, ...]] = set()
+    folders: set[tuple[str, ...]] = set()
     for each in record.files:
         parts = archives.member_path(each.name)
         if parts is None:
             continue
-        if parts in seen or any(parts[:depth] in seen for depth in range(1, len(parts))):
+        above = {parts[:depth] for depth in range(1, len(parts))}
+        if parts in files or parts in folders or above & files:
             raise RepoConfigError(each.name, f"a name that appears twice in {what}")
-        seen.add(parts)
-        target = folder.joinpath(*parts)
+        files.add(parts)
         for depth in range(1, len(parts)):
-            sub = folder.joinpath(*parts[:depth])
-            if not sub.is_dir():
-                sub.mkdir()
-        session.save(each.url, target, what)
+            if parts[:depth] not in folders:
+                folder.joinpath(*parts[:depth]).mkdir()
+                folders.add(parts[:depth])
+        session.save(each.url, folder.joinpath(*parts), what)
 
 
 class _DoiProvider(RecordProvider):

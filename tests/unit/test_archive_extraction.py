@@ -264,3 +264,23 @@ def test_an_inner_folder_is_taken(tmp_path: Path) -> None:
     assert snapshot(tmp_path / "repo") == {"a.py"}
     assert not archive.exists()
     assert os.listdir(tmp_path) == ["repo"]
+
+
+def test_corrupt_and_deep_archives_are_one_line(tmp_path: Path) -> None:
+    """Corrupt compressed data (zlib's own error), a name past PATH_MAX and
+    a deep name: one line each, never a traceback or quadratic work."""
+    good = tmp_path / "good.zip"
+    with zipfile.ZipFile(good, "w", zipfile.ZIP_DEFLATED) as out:
+        out.writestr("a", b"0" * 5000)
+    data = bytearray(good.read_bytes())
+    data[31] = 0xFF  # the deflated member's first byte (after its 30+1-byte header)
+    corrupt = tmp_path / "corrupt.zip"
+    corrupt.write_bytes(bytes(data))
+    deep = tmp_path / "deep.zip"
+    make_zip(deep, [("a/" * 2000 + "f", "file", 1)])
+    long = tmp_path / "long.zip"
+    make_zip(long, [("a" * 5000, "file", 1)])
+    for archive in (corrupt, deep, long):
+        with pytest.raises(UserError) as caught:
+            extract(archive, tmp_path / f"{archive.stem}-dest", Budget(bounds(), "the record"))
+        assert "\n" not in str(caught.value)

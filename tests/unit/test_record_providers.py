@@ -325,6 +325,12 @@ def test_a_hostile_record_is_refused_and_leaves_nothing(services: Services, tmp_
     with pytest.raises(RepoConfigError, match=r"\.\. part"):
         fetched(services.specs()["zenodo"], policy_for(services, tmp_path))
     assert not list(tmp_path.rglob("escape.py"))
+    for names in (["a/b", "a"], ["a", "a/b"], ["a", "./a"]):
+        services.zenodo.records[zenodo_id] = {name: "x" for name in names} | {"c": "y"}
+        if len(services.zenodo.records[zenodo_id]) < 3:  # ./a and a: one key each
+            services.zenodo.records[zenodo_id] = {"a": "x", "./a": "y"}
+        with pytest.raises(RepoConfigError, match="appears twice"):
+            fetched(services.specs()["zenodo"], policy_for(services, tmp_path))
 
 
 def test_a_record_whose_version_moved_is_not_fetched_as_the_old_one(
