@@ -9,13 +9,22 @@ other schemes), each is refused: by its spelling or by the ban.
 
 from __future__ import annotations
 
+import json
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hpcbinder.config import RepoPolicy
 from hpcbinder.errors import RepoNotAllowed
-from hpcbinder.sources.download import check_fetch_url
+from hpcbinder.sources.archives import Bounds, Budget, RecordError
+from hpcbinder.sources.download import Session, check_fetch_url
 
 POLICY = RepoPolicy(
     protocols=["https", "http"],
@@ -103,3 +112,49 @@ def test_an_allow_list_admits_only_what_it_lists() -> None:
         check_fetch_url("https://s3.amazonaws.com/x", policy)
     with pytest.raises(RepoNotAllowed, match=r"repos\.protocols"):
         check_fetch_url("http://zenodo.org/api/records/1", policy)
+
+
+@pytest.fixture
+def https_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A loopback HTTPS server answering JSON, and its self-signed certificate."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    request = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    names = ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+    files = ["-keyout", str(key), "-out", str(cert)]
+    subprocess.run([*request, *names, *files], check=True, capture_output=True)
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = json.dumps({"ok": True}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"https://127.0.0.1:{server.server_address[1]}", cert
+    server.shutdown()
+    server.server_close()
+
+
+def test_https_connects_to_the_checked_address_and_verifies_the_host(
+    https_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, cert = https_server
+    policy = RepoPolicy(protocols=["https"], records={"internal_networks": ["127.0.0.1/32"]})
+
+    def ask() -> object:
+        with Session(policy, Budget(Bounds(1 << 20, 10, 10), "a record"), "the setting") as s:
+            return s.json(f"{url}/api", "a record")
+
+    with pytest.raises(RecordError, match="CERTIFICATE_VERIFY_FAILED"):
+        ask()
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    assert ask() == {"ok": True}
