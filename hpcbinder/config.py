@@ -423,6 +423,9 @@ class BuildSettings(_Strict):
     private_store: Annotated[str, Field(pattern=r"^(/|\{home\}/)[A-Za-z0-9_./{}-]*$")] = (
         "{home}/.cache/hpcbinder"
     )
+    #: The Slurm partition of researchers' private builds (None: ``partition``,
+    #: which must then accept their jobs).
+    private_partition: Name | None = None
     #: Read-only credentials per host for repositories the site vouches
     #: for: a file that only root writes and only the build account (its
     #: group) reads; the build server fetches with them, into the shared

@@ -34,6 +34,7 @@ image across researchers through the build server.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pwd
 import stat
@@ -67,11 +68,42 @@ def private_root(site: Site, user: str) -> Path:
     return Path(path)
 
 
+def _check_ancestors(root: Path, user: str) -> None:
+    """PrivateStoreError unless no one but ``user`` and root can replace
+    any folder on the way to ``root`` (each, as given and resolved, owned
+    by one of them, and writable by others only if sticky): another's
+    folder there (a /scratch/alice that bob made first) could swap her
+    store for his after every check."""
+    uid = os.geteuid()
+    given = [*reversed(root.parents)]
+    resolved = [
+        *reversed(Path(os.path.realpath(root.parent)).parents),
+        Path(os.path.realpath(root.parent)),
+    ]
+    for folder in dict.fromkeys([*given, *resolved]):
+        try:
+            info = folder.lstat()
+        except FileNotFoundError:
+            continue  # made below, by this account
+        open_to_others = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        sticky = stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX
+        if info.st_uid not in (0, uid) or (
+            stat.S_ISDIR(info.st_mode) and open_to_others and not sticky
+        ):
+            raise PrivateStoreError(
+                f"{root}: {folder} could be replaced by another account than {user} or root "
+                "(its owner, or a folder others may write that is not sticky); "
+                "its images would not stay hers (site file: build.private_store)"
+            )
+
+
 def open_store(site: Site, user: str) -> ImageStore:
     """This account's own store, made mode 700 if missing; refused, one
-    line, if it is a link or not this account's folder (someone else's
-    folder would show them her images)."""
+    line, if it is a link or not this account's folder, or if another
+    account could replace a folder above it (either would show them her
+    images)."""
     root = private_root(site, user)
+    _check_ancestors(root, user)
     root.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with contextlib.suppress(FileExistsError):
         root.mkdir(mode=0o700)
@@ -91,16 +123,28 @@ def private_site(site: Site, store: ImageStore, user: str) -> Site:
     in her store, builds as her in Slurm jobs on the build partition. The
     image store stays the site's (it names the base images she reads)."""
     build = site.build.model_copy(
-        update={"account": user, "backend": "slurm", "cache_dir": store.root / CACHES}
+        update={
+            "account": user,
+            "backend": "slurm",
+            "cache_dir": store.root / CACHES,
+            "partition": site.build.private_partition or site.build.partition,
+        }
     )
     repos = site.repos.model_copy(update={"cache_dir": store.root / CHECKOUTS})
     return site.model_copy(update={"build": build, "repos": repos})
 
 
+@functools.cache
+def _given_token() -> str | None:
+    """The token she gave this process (``HPCBINDER_GIT_TOKEN``), taken out
+    of its environment at first use: only git's credential helper gets it,
+    never a program this process starts later (sbatch, a build step)."""
+    return os.environ.pop(git.TOKEN_VARIABLE, None) or None
+
+
 def credentials(user: str) -> git.OwnCredentials:
     """Her credentials for git: a token if she gave one (by variable)."""
-    token = os.environ.get(git.TOKEN_VARIABLE) or None
-    return git.OwnCredentials(token, os.environ.get(git.TOKEN_USER_VARIABLE) or user)
+    return git.OwnCredentials(_given_token(), os.environ.get(git.TOKEN_USER_VARIABLE) or user)
 
 
 def readable_name(site: Site, spec: str) -> str:

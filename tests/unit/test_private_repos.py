@@ -155,3 +155,49 @@ def test_private_builds_use_her_store_for_everything_they_write(tmp_path: Path) 
     assert mine.build.cache_dir == store.root / private.CACHES
     assert mine.repos.cache_dir == store.root / private.CHECKOUTS
     assert mine.image_store == site.image_store
+
+
+def test_her_store_is_refused_below_a_folder_another_account_could_replace(
+    tmp_path: Path,
+) -> None:
+    """bob made /scratch/alice before her (or /scratch lost its sticky bit):
+    he could swap her store for a folder of his after every check."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir(mode=0o1777)
+    scratch.chmod(0o1777)  # sticky, as /tmp: others' names cannot be swapped
+    site = Site.model_validate({"build": {"private_store": f"{scratch}/{{user}}/hpcbinder"}})
+    assert private.open_store(site, "root").root == scratch / "root" / "hpcbinder"
+    shutil.rmtree(scratch / "root")
+    (scratch / "root").mkdir()
+    os.chown(scratch / "root", 65534, 65534)  # bob's, made first
+    with pytest.raises(private.PrivateStoreError, match="could be replaced"):
+        private.open_store(site, "root")
+    shutil.rmtree(scratch / "root")
+    scratch.chmod(0o777)  # not sticky: anyone may rename her folder away
+    with pytest.raises(private.PrivateStoreError, match="could be replaced"):
+        private.open_store(site, "root")
+    scratch.chmod(0o755)
+    assert private.open_store(site, "root").root.is_dir()
+
+
+def test_private_builds_may_have_a_partition_of_their_own(tmp_path: Path) -> None:
+    site = Site.model_validate(
+        {"build": {"private_store": f"{tmp_path}/{{user}}", "private_partition": "batch"}}
+    )
+    mine = private.private_site(site, private.open_store(site, "root"), "root")
+    assert mine.build.partition == "batch"
+
+
+def test_her_token_leaves_the_process_environment_at_first_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing the CLI starts after it (sbatch, a build step) inherits it;
+    git's helper still gets it on every fetch."""
+    private._given_token.cache_clear()
+    monkeypatch.setenv(git.TOKEN_VARIABLE, "her-token")
+    try:
+        first = private.credentials("alice")
+        assert git.TOKEN_VARIABLE not in os.environ
+        assert first == private.credentials("alice") == git.OwnCredentials("her-token", "alice")
+    finally:
+        private._given_token.cache_clear()
