@@ -435,3 +435,31 @@ def test_hostile_json_is_one_line(services: Services, tmp_path: Path) -> None:
         finally:
             services.ckan.route = original
         assert "\n" not in str(caught.value) and "repos.records.ckan" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("spec", "url"),
+    [
+        ("zenodo/10.5281/zenodo.3242074/", "https://doi.org/10.5281/zenodo.3242074"),
+        (
+            "figshare/10.6084/m9.figshare.9782777.v1/",
+            "https://doi.org/10.6084/m9.figshare.9782777.v1",
+        ),
+        ("dataverse/10.7910/DVN/TJCLKP/", "https://doi.org/10.7910/DVN/TJCLKP"),
+        (
+            "hydroshare/https%3A%2F%2Fwww.hydroshare.org%2Fresource%2F"
+            "8f7c2f0341ef4180b0dbe97f59130756%2F",
+            "https://www.hydroshare.org/resource/8f7c2f0341ef4180b0dbe97f59130756",
+        ),
+        (
+            "ckan/https%3A%2F%2Fdemo.ckan.org%2Fdataset%2Fsample-dataset-1/",
+            "https://demo.ckan.org/dataset/sample-dataset-1",
+        ),
+        ("gist/jupyterhub/0123abcd/HEAD", "https://gist.github.com/jupyterhub/0123abcd.git"),
+        ("doi/10.5281/zenodo.3242074", "https://doi.org/10.5281/zenodo.3242074"),
+    ],
+)
+def test_mybinder_links_parse_with_the_public_services_by_default(spec: str, url: str) -> None:
+    """The links mybinder.org's own documentation shows, with a default site."""
+    provider = providers.parse_spec(spec, RepoPolicy())
+    assert (provider.url, provider.ref) == (url, "HEAD")
