@@ -82,6 +82,11 @@ def test_down_stops_exactly_our_daemons_and_up_restores(devcluster: DevCluster) 
         for name in DAEMONS:
             assert subprocess.run(["pgrep", "-x", name], capture_output=True).returncode == 1
         assert bystander.poll() is None
+        # The hosts it made are gone: namespaces, bridge, names in /etc/hosts.
+        netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert "hpcb-" not in netns
+        assert subprocess.run(["ip", "link", "show", "hpcb0"], capture_output=True).returncode != 0
+        assert "hpcb-" not in Path("/etc/hosts").read_text()
 
         status = subprocess.run([str(DEVCLUSTER), "status"], capture_output=True, text=True)
         assert status.returncode != 0
