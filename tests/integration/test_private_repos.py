@@ -95,6 +95,13 @@ def world(devcluster: DevCluster) -> Iterator[World]:
     as_alice("git", *IDENTITY, "add", "-A", cwd=repo)
     as_alice("git", *IDENTITY, "commit", "-q", "-m", "one", cwd=repo)
     as_alice("git", "clone", "-q", "--bare", str(repo), str(folder / "served.git"))
+    # A folder others may pass through but not list, holding a mode-700
+    # repository: the old server told bob "is mode 700" of it and "is not a
+    # git repository" of a name that is not there.
+    passable = Path("/home/alice") / f"hpcbinder-passable-{tag}"
+    as_alice("mkdir", "-m", "711", str(passable))
+    as_alice("cp", "-a", str(repo), str(passable / "analysis"))
+    as_alice("chmod", "700", str(passable / "analysis"))
     served = scratch / "http"  # root's: served by the HTTP server, read by no one else
     served.mkdir(mode=0o700)
     subprocess.run(["cp", "-a", str(folder / "served.git"), str(served / "served.git")], check=True)
@@ -108,7 +115,7 @@ def world(devcluster: DevCluster) -> Iterator[World]:
     site["repos"] = {
         **site.get("repos", {}),
         "protocols": ["https", "http", "ssh", "file"],
-        "local_roots": [str(folder)],
+        "local_roots": [str(folder), str(passable)],
         "cache_dir": str(scratch / "checkouts"),
     }
     site.setdefault("build", {})["private_store"] = f"{{home}}/.cache/hpcbinder-test-{tag}"
@@ -124,6 +131,11 @@ def world(devcluster: DevCluster) -> Iterator[World]:
             base = f"ssh://alice@127.0.0.1:{ssh['port']}{folder}"
             repos = {
                 "local": Repo(local_spec(repo, "main"), local_spec(folder / "nothing", "main"), {}),
+                "passable": Repo(
+                    local_spec(passable / "analysis", "main"),
+                    local_spec(passable / "nothing", "main"),
+                    {},
+                ),
                 "ssh": Repo(
                     f"git/{quote(f'{base}/served.git', safe='')}/main",
                     f"git/{quote(f'{base}/nothing.git', safe='')}/main",
@@ -155,7 +167,9 @@ def world(devcluster: DevCluster) -> Iterator[World]:
                 scratch / "checkouts",
             )
     finally:
-        subprocess.run(["rm", "-rf", str(folder), str(scratch), *map(str, stores.values())])
+        subprocess.run(
+            ["rm", "-rf", str(folder), str(passable), str(scratch), *map(str, stores.values())]
+        )
 
 
 def hpcbinder(world: World, user: str, kind: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -193,7 +207,7 @@ def test_alice_builds_and_runs_her_private_repository(world: World, kind: str) -
     assert grep.returncode == 1, grep.stdout
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [*KINDS, "passable"])
 def test_bob_is_told_what_he_would_be_told_of_a_repository_that_does_not_exist(
     world: World, kind: str
 ) -> None:
