@@ -1,14 +1,20 @@
-"""JupyterHub for the dev cluster (slurm/devcluster): servers run in Slurm
-jobs inside Apptainer images through hpcbinder's ApptainerSlurmSpawner.
+"""JupyterHub with hpcbinder, for sites and the dev cluster alike: servers
+run in Slurm jobs inside Apptainer images through hpcbinder's
+ApptainerSlurmSpawner.
 
-The DummyAuthenticator is for the demo and tests only: a site uses PAM,
-LDAP or its OAuth provider. Settings come from the environment so that tests
-can run several hubs side by side:
+The site file's ``hub`` section (hpcbinder.config.HubSettings) says where
+the hub, its proxy and the Binder service listen, the hub's address for
+compute nodes, its public URL and the authenticator (PAM by default; Dummy
+only where the site file says it is the dev cluster, which slurm/devcluster
+writes). A site configures its authenticator's own options (LDAP server,
+OAuth client) in a file of its own that loads this one. The environment
+overrides a few settings so that tests can run several hubs side by side:
 
-  HPCBINDER_HUB_PORT     public port (default 8000), on 127.0.0.1
+  HPCBINDER_HUB_PORT     public port (default hub.port, 8000)
   HPCBINDER_HUB_PUBLIC_URL  the hub's address in browsers (default
-                         http://localhost:PORT); each researcher's servers are
-                         on a subdomain of it (USER.localhost: see README)
+                         hub.public_url, else http://localhost:PORT); each
+                         researcher's servers are on a subdomain of it
+                         (USER.localhost: see README)
   HPCBINDER_HUB_STATE    folder for the database and cookie secret
   HPCBINDER_CHP          configurable-http-proxy executable
   HPCBINDER_DEMO_PASSWORD  the demo users' password
@@ -20,26 +26,42 @@ import os
 import sys
 from pathlib import Path
 
+from hpcbinder.config import load_site
+from hpcbinder.errors import UserError
+from hpcbinder.hub.authenticator import authenticator_class
+
 c = get_config()  # type: ignore[name-defined]  # noqa: F821 - JupyterHub's config loader
+
+try:
+    site_hub = load_site().hub
+    authenticator = authenticator_class(site_hub)
+except UserError as exc:  # one line, not a traceback
+    sys.exit(f"jupyterhub_config.py: {exc}")
 
 state = Path(os.environ.get("HPCBINDER_HUB_STATE", "/var/lib/hpcbinder/hub"))
 state.mkdir(parents=True, exist_ok=True)
-port = int(os.environ.get("HPCBINDER_HUB_PORT", "8000"))
+port = int(os.environ.get("HPCBINDER_HUB_PORT", str(site_hub.port)))
 
 # Each researcher's servers on their own origin (https://alice.hub.example.org),
 # so a repository's JavaScript in JupyterLab cannot act on the hub's pages as
 # the researcher. A site needs wildcard DNS and a wildcard certificate for it;
 # the dev cluster uses *.localhost, which browsers resolve to loopback.
-hub_public_url = os.environ.get("HPCBINDER_HUB_PUBLIC_URL", f"http://localhost:{port}").rstrip("/")
+hub_public_url = os.environ.get(
+    "HPCBINDER_HUB_PUBLIC_URL", site_hub.public_url or f"http://localhost:{port}"
+).rstrip("/")
 c.JupyterHub.subdomain_host = hub_public_url
 # The hub's cookies (login, session) as __Host- cookies, which no subdomain can
 # set: else a repository's JavaScript on alice.hub.example.org could set them for
 # hub.example.org (cookie tossing, GHSA-7r3h-4ph8-w38g). Browsers take them only
 # over HTTPS; the hub passes the setting to the servers it spawns.
 c.JupyterHub.cookie_host_prefix_enabled = hub_public_url.startswith("https://")
-c.JupyterHub.ip = "127.0.0.1"
+c.JupyterHub.ip = site_hub.ip
 c.JupyterHub.port = port
-c.JupyterHub.hub_ip = "127.0.0.1"  # the dev cluster's compute node is this host
+# Every server job calls the hub's API from its compute node: at a site an
+# address the compute nodes reach (hub_connect_ip where hub_ip is 0.0.0.0).
+c.JupyterHub.hub_ip = site_hub.hub_ip
+if site_hub.hub_connect_ip:
+    c.JupyterHub.hub_connect_ip = site_hub.hub_connect_ip
 c.JupyterHub.hub_port = port + 1
 c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{port + 2}"
 c.ConfigurableHTTPProxy.command = [os.environ.get(
@@ -50,10 +72,11 @@ c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
 c.JupyterHub.pid_file = str(state / "jupyterhub.pid")
 c.JupyterHub.cleanup_servers = False  # a hub restart keeps running servers
 
-c.JupyterHub.authenticator_class = "dummy"
+c.JupyterHub.authenticator_class = authenticator
 c.DummyAuthenticator.password = os.environ.get("HPCBINDER_DEMO_PASSWORD", "hpcbinder-demo")
-c.Authenticator.allowed_users = {"alice", "bob"}
-c.Authenticator.admin_users = {"hubadmin"}  # sees /health's details; runs no server
+c.Authenticator.allowed_users = set(site_hub.allowed_users)
+c.LocalAuthenticator.allowed_groups = set(site_hub.allowed_groups)  # PAM: the researchers' group
+c.Authenticator.admin_users = set(site_hub.admin_users)  # see /health's details; run no server
 
 c.JupyterHub.allow_named_servers = True
 c.JupyterHub.spawner_class = "hpcbinder.hub.spawner.ApptainerSlurmSpawner"
@@ -76,20 +99,22 @@ roles = [{
 # The Binder service (hpcbinder serve): BinderHub-style links on its own port,
 # logging users in through the hub; it starts servers with its own token.
 binder_port = int(os.environ.get("HPCBINDER_BINDER_PORT", str(port + 3)))
-binder_url = f"http://127.0.0.1:{binder_port}"
+binder_url = f"http://{site_hub.binder_ip}:{binder_port}"
+binder_public_url = (site_hub.binder_public_url or binder_url).rstrip("/")
 services.append({
     "name": "binder",
     "url": binder_url,
     "command": [
         str(Path(sys.executable).with_name("hpcbinder")), "serve",
-        "--ip", "127.0.0.1", "--port", str(binder_port), "--public-url", binder_url + "/",
+        "--ip", site_hub.binder_ip, "--port", str(binder_port),
+        "--public-url", binder_public_url + "/",
     ],
     "environment": {
         "HPCBINDER_HUB_PUBLIC_URL": hub_public_url + "/",
         "HPCBINDER_BINDER_STATE": str(state / "binder"),
         **{k: v for k, v in os.environ.items() if k in ("HPCBINDER_SITE", "PATH")},
     },
-    "oauth_redirect_uri": binder_url + "/oauth_callback",
+    "oauth_redirect_uri": binder_public_url + "/oauth_callback",
     "oauth_no_confirm": True,
 })
 roles.append({

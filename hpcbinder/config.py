@@ -9,6 +9,7 @@ error names its place in the file, e.g. ``partitions.gpu.max_time: expected
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
@@ -381,6 +382,47 @@ class Cluster(_Strict):
         return self
 
 
+def _bind_address(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError("expected an IP address to listen on (0.0.0.0: every address)") from None
+    return value
+
+
+BindAddress = Annotated[str, AfterValidator(_bind_address)]
+
+
+class HubSettings(_Strict):
+    """The hub host: where JupyterHub, its proxy and the Binder service
+    listen, how browsers and compute nodes reach them, and who may log in
+    (``configs/jupyterhub_config.py`` reads this section).
+
+    ``public_url``: the hub in browsers (each researcher's servers are on a
+    subdomain of it). ``ip``: the proxy's public address; ``hub_ip``: the
+    hub's own API, which every server job calls from its compute node, so at
+    a site an address the compute nodes reach (``hub_connect_ip`` names it
+    where ``hub_ip`` is 0.0.0.0). ``authenticator``: JupyterHub's name or
+    class (PAM by default; LDAP or OAuth as the site chooses, configured in
+    the site's own JupyterHub config); ``dummy`` lets anyone in with one
+    shared password, so only a site file saying ``dev_cluster: true`` may
+    choose it. Defaults are loopback: one host, as in the dev cluster.
+    """
+
+    public_url: Url | None = None  # default http://localhost:PORT
+    ip: BindAddress = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65532)  # the hub, its proxy's API, Binder: +1..+3
+    hub_ip: BindAddress = "127.0.0.1"
+    hub_connect_ip: Hostname | None = None
+    binder_ip: BindAddress = "127.0.0.1"
+    binder_public_url: Url | None = None  # default http://BINDER_IP:PORT+3
+    authenticator: Name = "pam"
+    dev_cluster: bool = False
+    allowed_groups: list[Name] = ["hpcusers"]
+    allowed_users: list[Account] = []
+    admin_users: list[Account] = []
+
+
 class BuildSettings(_Strict):
     """Where, as whom and within which limits images are built.
 
@@ -650,6 +692,7 @@ class Site(_Strict):
     workspace: WorkspacePolicy = WorkspacePolicy()
     quotas: Quotas = Quotas()
     cluster: Cluster = Cluster()
+    hub: HubSettings = HubSettings()
     binder: BinderService = BinderService()
     launch: Launch = Launch()
     accounts: dict[Name, list[Name]] = {}
