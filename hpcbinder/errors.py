@@ -33,8 +33,8 @@ class NoAccess(UserError):
     def about(cls, name: str) -> NoAccess:
         return cls(
             f"{name}: repository not found, or you have no access to it (a private "
-            "repository is fetched with your own SSH key or agent, git credential helper "
-            "or HPCBINDER_GIT_TOKEN, and built as you)"
+            "repository is built by hpcbinder build or sbatch, as you, with your own SSH "
+            "key or agent, git credential helper or HPCBINDER_GIT_TOKEN)"
         )
 
 
