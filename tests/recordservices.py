@@ -317,7 +317,7 @@ def _dataverse_route(service: Callable[[], Service]) -> Route:
                                         if "/" in name
                                         else {}
                                     ),
-                                    "restricted": False,
+                                    "restricted": name in dataset.get("restricted", ()),
                                     "dataFile": {
                                         "id": 3323460 + index,
                                         "filename": name.rpartition("/")[2],
@@ -334,9 +334,12 @@ def _dataverse_route(service: Callable[[], Service]) -> Route:
         if path.startswith("/api/access/datafile/"):
             index = int(path.rpartition("/")[2]) - 3323460
             for dataset in me.records.values():
-                items = list(dataset["files"].values())
+                items = list(dataset["files"].items())
                 if 0 <= index < len(items):
-                    return _bytes(items[index])
+                    name, data = items[index]
+                    if name in dataset.get("restricted", ()):
+                        return 403, {"Content-Type": "application/json"}, b'{"status": "ERROR"}'
+                    return _bytes(data)
         return NOT_FOUND
 
     return route

@@ -325,12 +325,17 @@ def _members(opened: tarfile.TarFile, budget: Budget) -> Iterator[tarfile.TarInf
 
 def unpack_record(files: Path, dest: Path, budget: Budget, *, inner: tuple[str, ...] = ()) -> None:
     """The record's downloaded ``files`` (a folder) as a repository at the
-    new ``dest``, as repo2docker lays it out: a record of a single zip is
-    that zip unpacked, its one top-level folder stripped (or, ``inner``
+    new ``dest``, as repo2docker lays it out: a record of a single zip (by
+    name and content) is that zip unpacked, its one top-level folder stripped (or, ``inner``
     given, the folder at that path inside it: a HydroShare bag's
     ``ID/data/contents``); any other record is its files as they are."""
     entries = sorted(files.iterdir())
-    if len(entries) == 1 and entries[0].is_file() and entries[0].name.lower().endswith(_ZIP_SUFFIX):
+    single = entries[0] if len(entries) == 1 and entries[0].is_file() else None
+    if (
+        single is not None
+        and single.name.lower().endswith(_ZIP_SUFFIX)
+        and zipfile.is_zipfile(single)
+    ):
         unpack_archive(entries[0], dest, budget, inner=inner)
         return
     if inner:

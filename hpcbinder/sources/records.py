@@ -394,6 +394,8 @@ class DataverseProvider(_DoiProvider):
         major, minor = _text(latest, "versionNumber"), _text(latest, "versionMinorNumber")
         files = []
         for entry in _field(latest, "files"):
+            if entry.get("restricted") is True:  # not for anonymous readers
+                continue
             data_file = _field(entry, "dataFile")
             file_id = _text(data_file, "id")
             if not _DIGITS.fullmatch(file_id):

@@ -284,3 +284,11 @@ def test_corrupt_and_deep_archives_are_one_line(tmp_path: Path) -> None:
         with pytest.raises(UserError) as caught:
             extract(archive, tmp_path / f"{archive.stem}-dest", Budget(bounds(), "the record"))
         assert "\n" not in str(caught.value)
+
+
+def test_a_single_file_named_zip_that_is_not_one_is_kept(tmp_path: Path) -> None:
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "data.zip").write_text("not a zip")
+    unpack_record(files, tmp_path / "repo", Budget(bounds(), "the record"))
+    assert (tmp_path / "repo" / "data.zip").read_text() == "not a zip"

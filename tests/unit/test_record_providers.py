@@ -463,3 +463,14 @@ def test_mybinder_links_parse_with_the_public_services_by_default(spec: str, url
     """The links mybinder.org's own documentation shows, with a default site."""
     provider = providers.parse_spec(spec, RepoPolicy())
     assert (provider.url, provider.ref) == (url, "HEAD")
+
+
+def test_a_datasets_restricted_files_are_left_out(services: Services, tmp_path: Path) -> None:
+    """Dataverse lists restricted files to anyone but serves them to none
+    of an anonymous fetch: the rest of the dataset is the repository."""
+    services.dataverse.records[DATAVERSE_DOI]["restricted"] = {"data/numbers.csv"}
+    try:
+        _resolved, checkout = fetched(services.specs()["dataverse"], policy_for(services, tmp_path))
+    finally:
+        del services.dataverse.records[DATAVERSE_DOI]["restricted"]
+    assert files_of(checkout) == {"hello.py": CONTENT["hello.py"]}
