@@ -161,6 +161,11 @@ def member_path(name: str) -> tuple[str, ...] | None:
     return parts
 
 
+def _is_top(name: str) -> bool:
+    """Whether a folder member is the archive's own top (``tar c .`` writes ``./``)."""
+    return name in (".", "./")
+
+
 class _Tree:
     """The folder an extraction fills: each name once, files only below folders."""
 
@@ -240,6 +245,8 @@ def _extract_zip(archive: Path, tree: _Tree) -> None:
             if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
                 raise _refused(info.filename, "a member that is not a file or folder")
             is_dir = info.filename.endswith("/") or stat.S_ISDIR(mode)
+            if is_dir and _is_top(info.filename):
+                continue
             parts = member_path(info.filename)
             if parts is None:
                 continue
@@ -298,6 +305,8 @@ def _extract_tar(archive: Path, tree: _Tree) -> None:
             bounded = _HeaderBound(raw)
             with tarfile.open(fileobj=bounded, mode="r:") as opened:  # type: ignore[call-overload]
                 for member in _members(opened, tree.budget):
+                    if member.isdir() and _is_top(member.name):
+                        continue
                     parts = member_path(member.name)
                     if not (member.isreg() or member.isdir()):
                         raise _refused(member.name, "a member that is not a file or folder")

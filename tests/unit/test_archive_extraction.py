@@ -292,3 +292,11 @@ def test_a_single_file_named_zip_that_is_not_one_is_kept(tmp_path: Path) -> None
     (files / "data.zip").write_text("not a zip")
     unpack_record(files, tmp_path / "repo", Budget(bounds(), "the record"))
     assert (tmp_path / "repo" / "data.zip").read_text() == "not a zip"
+
+
+def test_a_tarball_of_dot_keeps_its_files(tmp_path: Path) -> None:
+    """``tar czf record.tgz .`` starts with a ./ folder member."""
+    archive = tmp_path / "dot.tar.gz"
+    make_tar(archive, [(".", "dir", 0), ("./a.py", "file", 3), ("./d", "dir", 0)])
+    extract(archive, tmp_path / "dest", Budget(bounds(), "the record"))
+    assert snapshot(tmp_path / "dest") == {"a.py", "d"}
