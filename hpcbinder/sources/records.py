@@ -41,7 +41,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from hpcbinder import textpatterns
 from hpcbinder.config import RepoPolicy
-from hpcbinder.errors import RepoConfigError, SpecError
+from hpcbinder.errors import RepoConfigError, RepoNotAllowed, SpecError
 from hpcbinder.sources import archives, providers
 from hpcbinder.sources.archives import Bounds, Budget, RecordError
 from hpcbinder.sources.download import NotFound, Session, check_fetch_url
@@ -53,7 +53,8 @@ _HEX32 = textpatterns.compile(r"[0-9a-f]{32}")
 _SWHID = textpatterns.compile(r"swh:1:(dir|rev):([0-9a-f]{40})")
 #: A record id in a landing page's path: Zenodo's digits, InvenioRDM's ``abcde-12345``.
 _RECORD_ID = textpatterns.compile(r"[0-9a-z][0-9a-z-]{0,63}")
-_CKAN_NAME = textpatterns.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
+#: A CKAN dataset's name or id: lower case only, as CKAN makes them.
+_CKAN_NAME = textpatterns.compile(r"[a-z0-9][a-z0-9_-]{0,99}")
 _FIGSHARE_VERSION = textpatterns.compile(r"v([0-9]{1,9})")
 _DIGITS = textpatterns.compile(r"[0-9]{1,18}")
 #: A version label as a service writes it (a date, numbers).
@@ -168,8 +169,12 @@ class RecordProvider(RepoProvider):
     def session(self, budget: Budget) -> Session:
         return Session(self.policy, budget, self.setting)
 
-    def _looked_up(self, session: Session) -> Record:
+    def judge(self) -> None:
+        """RepoNotAllowed unless the site allows the record's URL."""
         check_fetch_url(self.url, self.policy)
+
+    def _looked_up(self, session: Session) -> Record:
+        self.judge()
         try:
             record = self.lookup(session)
         except _Shape as exc:
@@ -252,6 +257,17 @@ class _DoiProvider(RecordProvider):
 
     def record_url(self) -> str:
         return f"{self.policy.records.doi_resolver}/{self.identifier}"
+
+    def judge(self) -> None:
+        """A DOI names one record in any case (10.5281/ZENODO.1 is
+        10.5281/zenodo.1), so a ban matching it in lower or upper case
+        bans it as written too; allow and trust see it as written."""
+        super().judge()
+        resolver = self.policy.records.doi_resolver
+        for spelling in (self.identifier.lower(), self.identifier.upper()):
+            url = f"{resolver}/{spelling}"
+            if any(textpatterns.compile(p).fullmatch(url) for p in self.policy.ban):
+                raise RepoNotAllowed(f"{self.url} is banned on this site (repos.ban)")
 
     def landing(self, session: Session) -> str:
         """Where the DOI resolver sends this DOI."""

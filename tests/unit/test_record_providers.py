@@ -474,3 +474,16 @@ def test_a_datasets_restricted_files_are_left_out(services: Services, tmp_path: 
     finally:
         del services.dataverse.records[DATAVERSE_DOI]["restricted"]
     assert files_of(checkout) == {"hello.py": CONTENT["hello.py"]}
+
+
+@pytest.mark.parametrize("doi", ["10.5281/ZENODO.3242074", "10.5281/Zenodo.3242074"])
+def test_a_doi_in_another_case_is_the_banned_record(
+    services: Services, tmp_path: Path, doi: str
+) -> None:
+    """doi.org resolves DOIs in any case: a ban written in lower case holds."""
+    services.doi.records[doi] = services.doi.records[ZENODO_DOI]
+    ban = [rf"{services.doi.url}/10\.5281/zenodo\.3242074"]
+    for prefix in ("zenodo", "doi"):
+        with pytest.raises(RepoNotAllowed, match=r"repos\.ban"):
+            fetched(f"{prefix}/{doi}", policy_for(services, tmp_path, ban=ban))
+    fetched(f"zenodo/{doi}", policy_for(services, tmp_path))
