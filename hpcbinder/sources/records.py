@@ -286,13 +286,19 @@ class _DoiProvider(RecordProvider):
         """The record, given where its DOI leads."""
 
     def service_for(self, landing: str) -> str:
+        """The site's service ``landing`` is on: a DOI of another service is
+        not this provider's record (the site's trust and bans see the DOI)."""
         service = _service_of(landing, self.services(self.policy))
         if service is None:
             raise NotFound(
                 f"{self.what}: the DOI leads to {urlsplit(landing).netloc or 'nowhere'}, "
-                f"which is not among this site's {self.setting}"
+                f"which is not among this site's {self.landing_setting}"
             )
         return service
+
+    @property
+    def landing_setting(self) -> str:
+        return self.setting
 
 
 class ZenodoProvider(_DoiProvider):
@@ -354,7 +360,15 @@ class FigshareProvider(_DoiProvider):
         self.article, self.version = _figshare_article(doi)
         return doi
 
+    @property
+    def landing_setting(self) -> str:
+        return "repos.records.figshare"
+
     def from_landing(self, session: Session, landing: str) -> Record:
+        # The article is read from the DOI, so the DOI must be Figshare's:
+        # figshare/10.5281/zenodo.N would otherwise fetch Figshare's article
+        # N under a Zenodo DOI that the site trusts.
+        self.service_for(landing)
         api = self.policy.records.figshare_api
         version = self.version
         if version is None:  # BinderHub's rule: the latest version

@@ -487,3 +487,18 @@ def test_a_doi_in_another_case_is_the_banned_record(
         with pytest.raises(RepoNotAllowed, match=r"repos\.ban"):
             fetched(f"{prefix}/{doi}", policy_for(services, tmp_path, ban=ban))
     fetched(f"zenodo/{doi}", policy_for(services, tmp_path))
+
+
+def test_a_figshare_link_of_another_services_doi_is_refused(
+    services: Services, tmp_path: Path
+) -> None:
+    """Figshare's article is read from the DOI's last number: under a DOI the
+    site trusts (any Zenodo record), figshare/10.5281/zenodo.N named
+    Figshare's article N, anyone's."""
+    article = FIGSHARE_DOI.rpartition(".")[2]
+    doi = f"10.5281/zenodo.{article}"
+    services.doi.records[doi] = f"{services.zenodo.url}/records/{article}"
+    asked = len(services.figshare.requests)
+    with pytest.raises(NotFound, match=r"not among this site's repos\.records\.figshare"):
+        fetched(f"figshare/{doi}", policy_for(services, tmp_path))
+    assert len(services.figshare.requests) == asked
