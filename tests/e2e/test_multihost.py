@@ -1,0 +1,147 @@
+"""The shipped hub config on the dev cluster's hub host (``hpcb-hub``, its
+own network namespace, ``slurm/devcluster up``): JupyterHub, its proxy and
+the Binder service listen on the hub host's address from the site file's
+``hub`` section, a researcher's servers run on the compute hosts, call the
+hub back across the bridge, and the proxy on the hub host reaches them."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import secrets
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from tornado.httpclient import HTTPClientError
+
+from tests.conftest import DEVCLUSTER, SHARED_SCRATCH, SITE_BIN, DevCluster, free_port_block
+from tests.hubhelpers import CHP, HUB_CONFIG, SERVICE_ACCOUNT, Hub, site_with, wait_ready
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slurm, pytest.mark.apptainer]
+
+HUB_HOST, HUB_ADDRESS = "hpcb-hub", "10.79.13.10"
+COMPUTE = {"hpcb-c1": "10.79.13.21", "hpcb-c2": "10.79.13.22"}
+SERVERS = ("mh1", "mh2")
+
+
+def _site(port: int) -> dict[str, object]:
+    """The dev site with the hub on the hub host and servers on the compute
+    hosts' partition; profile ``node`` takes a whole compute host."""
+    return {
+        "partitions": {
+            "interactive": {"max_time": "08:00:00"},
+            "interactive-multi": {"max_time": "08:00:00", "max_cpus": 8},
+            "build": {"max_time": "04:00:00", "researchers": False},
+        },
+        "default_partition": "interactive-multi",
+        "profiles": {
+            "small": {"description": "1 CPU", "partition": "interactive-multi"},
+            "node": {"description": "a whole node", "partition": "interactive-multi", "cpus": 8},
+        },
+        "default_profile": "small",
+        "hub": {
+            "public_url": f"http://hub.test:{port}",
+            "ip": HUB_ADDRESS,
+            "hub_ip": HUB_ADDRESS,
+            "binder_ip": HUB_ADDRESS,
+            "authenticator": "dummy",
+            "dev_cluster": True,
+            "allowed_users": ["alice", "bob"],
+        },
+    }
+
+
+@pytest.fixture
+def host_hub(devcluster: DevCluster) -> Iterator[Hub]:
+    """configs/jupyterhub_config.py as the service account on the hub host."""
+    port = free_port_block(4)
+    site = site_with(_site(port))
+    state = SHARED_SCRATCH / f"hub-{uuid.uuid4().hex[:8]}"
+    state.mkdir(parents=True)
+    shutil.chown(state, SERVICE_ACCOUNT, SERVICE_ACCOUNT)
+    token = secrets.token_hex(16)
+    env = {
+        "PATH": f"{SITE_BIN}:/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": "/var/lib/hpcbinder/service",
+        "HPCBINDER_HUB_STATE": str(state),
+        "HPCBINDER_ADMIN_TOKEN": token,
+        "HPCBINDER_CHP": str(CHP),
+        "HPCBINDER_SITE": str(site),
+        "HPCBINDER_HUB_PORT": str(port),
+    }
+    log = state / "hub.log"
+    account = [f"--reuid={SERVICE_ACCOUNT}", f"--regid={SERVICE_ACCOUNT}", "--init-groups"]
+    with log.open("a") as handle:
+        process = subprocess.Popen(
+            [str(DEVCLUSTER), "host", HUB_HOST, "setpriv", *account, "env", "-i",
+             *(f"{name}={value}" for name, value in env.items()),
+             str(SITE_BIN / "python"), "-m", "jupyterhub", "-f", str(HUB_CONFIG)],
+            cwd=state, stdout=handle, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+    hub = Hub(f"http://{HUB_ADDRESS}:{port}", token, log, env, state, process)
+    try:
+        for _ in range(120):
+            if process.poll() is not None:
+                pytest.fail(f"the hub on {HUB_HOST} exited; log:\n{log.read_text()[-3000:]}")
+            try:
+                hub.api("GET", "/")
+                break
+            except (HTTPClientError, OSError):
+                time.sleep(0.5)
+        else:
+            pytest.fail(f"the hub on {HUB_HOST} did not answer; log:\n{log.read_text()[-3000:]}")
+        yield hub
+    finally:
+        for name in SERVERS:
+            with contextlib.suppress(HTTPClientError, OSError):
+                hub.api("DELETE", f"/users/alice/servers/{name}")
+        hub.stop()  # the hub stops its proxy and services
+        names = ",".join(f"hpcbinder-alice-{name}" for name in SERVERS)
+        subprocess.run(["scancel", "--user=alice", f"--name={names}"], check=False)
+        shutil.rmtree(state, ignore_errors=True)
+        site.unlink(missing_ok=True)
+
+
+def _through_proxy(hub: Hub, url: str) -> str:
+    """GET ``url`` (on a researcher's subdomain of hub.test) through the
+    proxy on the hub host's address, as a browser with DNS for it would."""
+    host_port = url.split("/")[2]
+    result = subprocess.run(
+        ["curl", "-sS", "--fail", "--max-time", "20", "--resolve", f"{host_port}:{HUB_ADDRESS}",
+         "-H", f"Authorization: token {hub.token}", url],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_servers_run_on_compute_hosts_not_the_hubs_and_the_proxy_reaches_them(
+    host_hub: Hub,
+) -> None:
+    hub = host_hub
+    for name in SERVERS:  # two servers of one researcher, each a whole node
+        hub.api(
+            "POST", f"/users/alice/servers/{name}", {"image": "base:default", "profile": "node"}
+        )
+    nodes = {}
+    for name in SERVERS:
+        server = wait_ready(hub, "alice", name)
+        node = server["state"]["job_status"].split()[-1]
+        assert node in COMPUTE, server["state"]
+        nodes[name] = node
+        # The proxy on the hub host forwards to the server on its compute host.
+        assert '"started"' in _through_proxy(hub, f"{server['url']}api/status")
+    assert sorted(nodes.values()) == sorted(COMPUTE), "two servers on one node"
+
+    log = hub.log.read_text()
+    for node in nodes.values():
+        # Each job called the hub's API from its own host's address...
+        assert f"POST /hub/api/batchspawner (alice@{COMPUTE[node]})" in log
+        # ...and the hub reaches its server there, not on its own address.
+        assert re.search(rf"Server of alice is up at {node}:\d+", log)
+    assert f"Starting proxy @ http://{HUB_ADDRESS}:" in log
