@@ -147,6 +147,16 @@ def credentials(user: str) -> git.OwnCredentials:
     return git.OwnCredentials(_given_token(), os.environ.get(git.TOKEN_USER_VARIABLE) or user)
 
 
+def no_access(exc: BaseException) -> bool:
+    """Whether ``exc`` says a repository cannot be read with the rights at
+    hand (not there, or not open to the reader), as opposed to a fetch
+    that went far enough to reach a site limit (which says nothing of
+    whether a repository exists: its data was flowing)."""
+    if isinstance(exc, RepoUnreachable):
+        return not isinstance(exc.__cause__, git.FetchLimitExceeded)
+    return isinstance(exc, (providers.NotOpenToAll, PermissionError))
+
+
 def readable_name(site: Site, spec: str) -> str:
     """The repository's name for messages, from the spec alone (the same
     whether it exists or not)."""
@@ -163,7 +173,9 @@ def prepare(site: Site, spec: str, user: str | None = None) -> pipeline.Prepared
     with git.own_credentials(credentials(user)):
         try:
             return pipeline.prepare(spec, mine)
-        except (RepoUnreachable, PermissionError):
+        except (RepoUnreachable, PermissionError) as exc:
+            if not no_access(exc):
+                raise
             raise NoAccess.about(name) from None
 
 

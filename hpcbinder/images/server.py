@@ -43,8 +43,8 @@ from tornado.httpserver import HTTPServer
 from tornado.iostream import StreamClosedError
 
 from hpcbinder.config import RepoPolicy, Site
-from hpcbinder.errors import NoAccess, RepoUnreachable, UserError
-from hpcbinder.images import builder, deploy, quota
+from hpcbinder.errors import NoAccess, UserError
+from hpcbinder.images import builder, deploy, private, quota
 from hpcbinder.images import gc as storegc
 from hpcbinder.images.client import BuildRequest, ServerEvent, UseRequest
 from hpcbinder.images.store import BuildEvent, image_store
@@ -90,7 +90,7 @@ def _failure(spec: str, policy: RepoPolicy, exc: UserError | OSError) -> ServerE
     whether another's private repository exists, not even from this
     server's log (which names the spec, not why). Any other failure of the
     file system is this server's, one line naming no path."""
-    if isinstance(exc, (providers.NotOpenToAll, RepoUnreachable, PermissionError)):
+    if private.no_access(exc):
         log.info("no anonymous access to %s", providers.echo(spec))
         try:
             name = providers.parse_spec(spec, policy).readable_name()

@@ -201,3 +201,20 @@ def test_her_token_leaves_the_process_environment_at_first_use(
         assert first == private.credentials("alice") == git.OwnCredentials("her-token", "alice")
     finally:
         private._given_token.cache_clear()
+
+
+def test_a_fetch_that_reached_a_site_limit_says_so_and_is_not_no_access(tmp_path: Path) -> None:
+    """Its data was flowing, so it tells nothing of whether a repository
+    exists: the researcher hears which limit (site file setting) stopped it,
+    not 'no access' (which would also send her to build it herself)."""
+    policy = RepoPolicy(protocols=["https"])
+    spec = "git/https%3A%2F%2Fgit.example.org%2Fbig.git/main"
+    try:
+        raise git.FetchLimitExceeded("stopped after taking more than 5 MB (repos.max_fetch_mb)")
+    except git.FetchLimitExceeded as cause:
+        limited = RepoUnreachable(str(cause))
+        limited.__cause__ = cause
+    event = server._failure(spec, policy, limited)
+    assert event.kind == "user" and "repos.max_fetch_mb" in event.message
+    assert private.no_access(RepoUnreachable("cannot list refs: Permission denied"))
+    assert not private.no_access(limited)
