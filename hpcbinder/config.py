@@ -391,6 +391,7 @@ def _bind_address(value: str) -> str:
 
 
 BindAddress = Annotated[str, AfterValidator(_bind_address)]
+HubOrigin = Annotated[str, Field(pattern=r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?/?$")]
 
 
 class HubSettings(_Strict):
@@ -409,13 +410,18 @@ class HubSettings(_Strict):
     choose it. Defaults are loopback: one host, as in the dev cluster.
     """
 
-    public_url: Url | None = None  # default http://localhost:PORT
+    #: An origin (researchers' servers are on its subdomains); default http://localhost:PORT.
+    public_url: HubOrigin | None = None
     ip: BindAddress = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65532)  # the hub, its proxy's API, Binder: +1..+3
     hub_ip: BindAddress = "127.0.0.1"
-    hub_connect_ip: Hostname | None = None
+    hub_connect_ip: Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]+$")] | None = None
     binder_ip: BindAddress = "127.0.0.1"
-    binder_public_url: Url | None = None  # default http://BINDER_IP:PORT+3
+    #: Default http://BINDER_IP:PORT+3.
+    binder_public_url: (
+        Annotated[str, Field(pattern=r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?(/[A-Za-z0-9._~-]+)*/?$")]
+        | None
+    ) = None
     authenticator: Name = "pam"
     dev_cluster: bool = False
     allowed_groups: list[Name] = ["hpcusers"]

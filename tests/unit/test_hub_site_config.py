@@ -97,7 +97,15 @@ def test_addresses_and_public_urls_come_from_the_site_file(
 
 
 @pytest.mark.parametrize(
-    ("setting", "value"), [("ip", "localhost"), ("hub_ip", "hub.example.org"), ("port", 70000)]
+    ("setting", "value"),
+    [
+        ("ip", "localhost"),
+        ("hub_ip", "hub.example.org"),
+        ("port", 70000),
+        ("public_url", "file:///etc"),
+        ("public_url", "https://hub.example.org/not-an-origin"),
+        ("hub_connect_ip", "hub:8081"),
+    ],
 )
 def test_bad_addresses_are_one_line_naming_the_setting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str, value: object
