@@ -50,7 +50,7 @@ from urllib.parse import urljoin, urlsplit
 
 from hpcbinder import textpatterns
 from hpcbinder.config import RepoPolicy
-from hpcbinder.errors import RepoNotAllowed, SpecError, UserError
+from hpcbinder.errors import RepoNotAllowed, SpecError
 from hpcbinder.sources.archives import CHUNK, Budget, RecordError
 from hpcbinder.sources.providers import refuse_credentials
 
@@ -167,7 +167,7 @@ class _Guard:
         try:
             found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as exc:
-            raise RecordError(f"cannot resolve {host} ({_one_line(exc)})") from None
+            raise OSError(f"cannot resolve {host}: {_one_line(exc)}") from None
         for *_rest, sockaddr in found:
             address = ipaddress.ip_address(str(sockaddr[0]))
             if address.is_global or any(address in net for net in self.networks):
@@ -177,7 +177,7 @@ class _Guard:
                 "to other networks only where the site lists them "
                 "(repos.records.internal_networks)"
             )
-        raise RecordError(f"cannot resolve {host}")
+        raise OSError(f"cannot resolve {host}")
 
     def connected(self, sock: socket.socket) -> socket.socket:
         with self.lock:
@@ -292,12 +292,16 @@ class Session:
             url = self._next_hop(url, location)
             method = "GET" if response.status == 303 else method
         raise RecordError(
-            f"{_shown_host(url)} redirected more than {MAX_REDIRECTS} times ({self.setting})"
+            f"{self.budget.what}: {_shown_host(url)} redirected more than {MAX_REDIRECTS} "
+            f"times ({self.setting})"
         )
 
     def _next_hop(self, url: str, location: str) -> str:
         if not location or not location.isprintable():
-            raise RecordError(f"{_shown_host(url)} sent a redirect without a usable Location")
+            raise RecordError(
+                f"{self.budget.what}: {_shown_host(url)} sent a redirect without a usable "
+                f"Location ({self.setting})"
+            )
         return urljoin(url, location)
 
     def _request(self, url: str, method: str, accept: str) -> HTTPResponse:
@@ -309,15 +313,16 @@ class Session:
             response = self._opener.open(request, timeout=self.budget.remaining_seconds())
         except (urllib.error.URLError, OSError, HTTPException, ValueError) as exc:
             reason = getattr(exc, "reason", None) or exc
-            if isinstance(reason, UserError):  # an address the site does not allow
-                raise reason from None
             self.budget.check_time()
             raise RecordError(
-                f"cannot reach {_shown_host(url)} ({_one_line(reason)}): check the host in "
+                f"{self.budget.what}: cannot reach {_shown_host(url)} ({_one_line(reason)}): "
+                "check the host in "
                 f"{self.setting} and that the build server may reach it"
             ) from None
         if not isinstance(response, HTTPResponse):  # only http(s) handlers are installed
-            raise RecordError(f"cannot reach {_shown_host(url)} over HTTP ({self.setting})")
+            raise RecordError(
+                f"{self.budget.what}: cannot reach {_shown_host(url)} over HTTP ({self.setting})"
+            )
         return response
 
     def location(self, url: str, what: str) -> str:
@@ -390,7 +395,8 @@ class Session:
         except (OSError, HTTPException) as exc:
             self.budget.check_time()
             raise RecordError(
-                f"{_shown_host(url)} broke off its answer ({_one_line(exc)}) ({self.setting})"
+                f"{self.budget.what}: {_shown_host(url)} broke off its answer "
+                f"({_one_line(exc)}) ({self.setting})"
             ) from None
         self.budget.check_time()
 

@@ -199,6 +199,13 @@ def test_an_unreachable_service_names_its_host_and_setting(
         fetched(f"hydroshare/{HYDROSHARE_ID}", policy_for(services, tmp_path, records=records))
     message = str(caught.value)
     assert f"127.0.0.1:{port}" in message and "repos.records.hydroshare" in message
+    assert f"HydroShare resource {HYDROSHARE_ID}" in message and "\n" not in message
+    # A host that does not resolve: the same, naming it.
+    records["hydroshare"] = "http://no-such-host.invalid"
+    with pytest.raises(
+        RecordError, match=r"HydroShare resource .*no-such-host\.invalid.*hydroshare"
+    ):
+        fetched(f"hydroshare/{HYDROSHARE_ID}", policy_for(services, tmp_path, records=records))
 
 
 @pytest.mark.parametrize(
