@@ -8,8 +8,10 @@ address, reach slurmctld across the bridge and run Apptainer, while node
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -103,3 +105,48 @@ def test_status_shows_every_host_and_vm_keeps_its_partitions(devcluster: DevClus
     for partition in ("interactive", "batch", "build"):
         assert partitions[partition] == this_machine
     assert partitions[PARTITION] == "hpcb-c[1-2]"
+
+
+BUILD_NODE = "http://10.79.13.12:8590"
+HOSTS_SITE = Path("/etc/hpcbinder/site-hosts.yaml")
+BUILD_LOG = Path("/var/log/hpcbinder-devcluster/hpcb-build.build-server.log")
+
+
+@pytest.mark.slurm
+@pytest.mark.apptainer
+def test_sbatch_on_the_login_node_builds_through_the_build_nodes_server(
+    devcluster: DevCluster, shared_dir: Path
+) -> None:
+    health = subprocess.run(["curl", "-sf", f"{BUILD_NODE}/health"], capture_output=True)
+    assert health.returncode == 0, "no build server on hpcb-build (make site starts it)"
+    repo = shared_dir / "hello"
+    repo.mkdir()
+    (repo / "hello.py").write_text('import socket\nprint("ran on", socket.gethostname())\n')
+    for argv in (["init", "-q"], ["add", "."], ["commit", "-qm", "hello"]):
+        subprocess.run(
+            ["git", "-c", "user.email=t@example.org", "-c", "user.name=t", *argv],
+            cwd=repo, check=True,
+        )  # fmt: skip
+    subprocess.run(["chmod", "-R", "a+rX", str(shared_dir)], check=True)
+    spec = f"local/{quote(str(repo), safe='')}/HEAD"
+    alice = ["setpriv", "--reuid=alice", "--regid=alice", "--init-groups", "env", "-i"]
+    env = [
+        "HOME=/home/alice", "USER=alice", "LOGNAME=alice", "LANG=C.UTF-8",
+        "PATH=/opt/hpcbinder/venv/bin:/usr/bin:/bin", f"HPCBINDER_SITE={HOSTS_SITE}",
+    ]  # fmt: skip
+    sbatch = ["hpcbinder", "sbatch", spec, "--run", "hello.py", "--wait"]
+    run = subprocess.run(
+        [str(DEVCLUSTER), "host", "hpcb-login", *alice, *env, *sbatch],
+        cwd=shared_dir, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    # Built (here: found) by the build node's server, asked from the login node...
+    assert f"POST /build ({HOSTS['hpcb-login']})" in BUILD_LOG.read_text()
+    # ...and run in the hosts' batch partition on a compute host.
+    (ran_on,) = [line.split()[-1] for line in run.stdout.splitlines() if line.startswith("ran on")]
+    assert ran_on in COMPUTE
+    outputs = re.search(
+        r"outputs in (/home/alice/hpcbinder-runs/[^/\s]+)/", run.stdout + run.stderr
+    )
+    if outputs:
+        shutil.rmtree(outputs.group(1), ignore_errors=True)
