@@ -114,7 +114,7 @@ BUILD_LOG = Path("/var/log/hpcbinder-devcluster/hpcb-build.build-server.log")
 
 @pytest.mark.slurm
 @pytest.mark.apptainer
-def test_sbatch_on_the_login_node_builds_through_the_build_nodes_server(
+def test_sbatch_on_the_login_node_builds_on_the_build_node_and_spans_the_hosts(
     devcluster: DevCluster, shared_dir: Path
 ) -> None:
     health = subprocess.run(["curl", "-sf", f"{BUILD_NODE}/health"], capture_output=True)
@@ -134,7 +134,10 @@ def test_sbatch_on_the_login_node_builds_through_the_build_nodes_server(
         "HOME=/home/alice", "USER=alice", "LOGNAME=alice", "LANG=C.UTF-8",
         "PATH=/opt/hpcbinder/venv/bin:/usr/bin:/bin", f"HPCBINDER_SITE={HOSTS_SITE}",
     ]  # fmt: skip
-    sbatch = ["hpcbinder", "sbatch", spec, "--run", "hello.py", "--wait"]
+    # An array of two tasks, each a whole host: one on each compute host.
+    whole_host = str(min(_cpus(host) for host in COMPUTE))
+    sbatch = ["hpcbinder", "sbatch", spec, "--run", "hello.py", "--array=0-1"]
+    sbatch += [f"--cpus={whole_host}", "--wait"]
     run = subprocess.run(
         [str(DEVCLUSTER), "host", "hpcb-login", *alice, *env, *sbatch],
         cwd=shared_dir, capture_output=True, text=True, timeout=240,
@@ -142,11 +145,9 @@ def test_sbatch_on_the_login_node_builds_through_the_build_nodes_server(
     assert run.returncode == 0, run.stdout + run.stderr
     # Built (here: found) by the build node's server, asked from the login node...
     assert f"POST /build ({HOSTS['hpcb-login']})" in BUILD_LOG.read_text()
-    # ...and run in the hosts' batch partition on a compute host.
-    (ran_on,) = [line.split()[-1] for line in run.stdout.splitlines() if line.startswith("ran on")]
-    assert ran_on in COMPUTE
-    outputs = re.search(
-        r"outputs in (/home/alice/hpcbinder-runs/[^/\s]+)/", run.stdout + run.stderr
-    )
+    # ...and its tasks ran on both compute hosts.
+    ran_on = sorted(line.split()[-1] for line in run.stdout.splitlines() if " ran on " in line)
+    assert ran_on == sorted(COMPUTE), run.stdout
+    outputs = re.search(r"outputs in (/home/alice/hpcbinder-runs/[^/\s]+)/", run.stdout)
     if outputs:
         shutil.rmtree(outputs.group(1), ignore_errors=True)
