@@ -332,11 +332,21 @@ class SlurmCLI:
         env: Mapping[str, str] | None = None,
     ) -> str:
         """Submit ``script`` (read by sbatch from stdin) and return the job
-        id. The job gets exactly the variables of ``env`` (``--export``
-        names each, ``NONE`` for none) on its account's own login
-        environment (which that mode loads), never the submitting process's
-        environment."""
-        export = ",".join(sorted(proc.passed_env(env))) or "NONE"
+        id; never with the submitting process's environment.
+
+        A job for another account gets the whole environment its sbatch
+        runs with (``--export=ALL``), which is exactly what a command run as
+        another account gets: a fixed PATH, the variables of ``env`` and
+        sudo's own (the account's HOME, USER, LOGNAME, SHELL; or the SSH
+        runner's ``env -i``). Not ``NONE`` or a list of names: for those
+        Slurm loads the account's login environment on the node by running
+        its login shell, which took 1 to 2 s of every launch here (and a
+        slow or chatty ``.bashrc`` would be in every server's start). A job
+        of this process's own account exports only the names in ``env``
+        (``NONE`` for none), on that account's login environment."""
+        names = sorted(proc.passed_env(env))
+        for_another = user is not None and user != proc.current_user()
+        export = "ALL" if for_another else ",".join(names) or "NONE"
         result = self._run(
             [*self.dialect.sbatch, "--parsable", f"--export={export}", *options.argv()],
             user=user,

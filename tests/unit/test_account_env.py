@@ -161,12 +161,19 @@ def test_builds_as_another_account_stream_with_an_empty_environment(
     assert seen["argv"][:4] == ["sudo", "-n", "-u", "hpcbuild"]
 
 
-def test_sbatch_exports_exactly_the_passed_names() -> None:
-    slurm = Replies((0, "4242\n", ""), (0, "4243\n", ""))
+def test_sbatch_exports_exactly_the_passed_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another account's job gets the environment its sbatch runs with,
+    which is exactly the passed names on a fixed PATH (account_env); the
+    own account's job the passed names only, on its login environment."""
+    monkeypatch.setattr(proc, "current_user", lambda: "hpcbinder")
+    slurm = Replies(*[(0, "4242\n", "")] * 4)
     cli = SlurmCLI(slurm)
     cli.submit("#!/bin/sh\n", SubmitOptions(), user="alice", env={"B": "2", "A": "1"})
     cli.submit("#!/bin/sh\n", SubmitOptions(), user="alice")
-    assert [call[0][2] for call in slurm.calls] == ["--export=A,B", "--export=NONE"]
+    cli.submit("#!/bin/sh\n", SubmitOptions(), env={"B": "2", "A": "1"})
+    cli.submit("#!/bin/sh\n", SubmitOptions(), user="hpcbinder")
+    exports = [call[0][2] for call in slurm.calls]
+    assert exports == ["--export=ALL", "--export=ALL", "--export=A,B", "--export=NONE"]
 
 
 def test_a_server_job_gets_its_own_hub_variables_and_nothing_of_the_hubs(

@@ -52,7 +52,7 @@ def test_sbatch_parsable_answers_give_the_job_id(answer: str) -> None:
     job = SlurmCLI(slurm).submit("#!/bin/sh\n", SubmitOptions(cpus=2), user="alice")
     assert job == "4242"
     [(argv, user, script)] = slurm.calls
-    assert argv == ("sbatch", "--parsable", "--export=NONE", "--cpus-per-task=2")
+    assert argv == ("sbatch", "--parsable", "--export=ALL", "--cpus-per-task=2")
     assert (user, script) == ("alice", "#!/bin/sh\n")
 
 
