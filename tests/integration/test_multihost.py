@@ -96,6 +96,14 @@ def test_status_shows_every_host_and_vm_keeps_its_partitions(devcluster: DevClus
             assert row[-1] in {"idle", "mixed", "allocated"}
         found = subprocess.run(["getent", "hosts", host], capture_output=True, text=True)
         assert found.stdout.split()[0] == address
+    # The login node's sshd answers on its address with the site's host key.
+    assert re.search(r"sshd\(\d+\)", rows["hpcb-login"])
+    scan = subprocess.run(
+        ["ssh-keyscan", "-T", "10", "-t", "ed25519", HOSTS["hpcb-login"]],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    host_key = Path("/etc/ssh/ssh_host_ed25519_key.pub").read_text().split()[1]
+    assert host_key in scan.stdout, scan.stderr
     # Nothing aimed at node vm can land on the hosts: its partitions are its own.
     nodes = subprocess.run(
         ["sinfo", "-h", "-o", "%R %N"], capture_output=True, text=True, check=True
