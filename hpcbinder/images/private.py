@@ -103,11 +103,17 @@ def open_store(site: Site, user: str) -> ImageStore:
     account could replace a folder above it (either would show them her
     images)."""
     root = private_root(site, user)
-    _check_ancestors(root, user)
-    root.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with contextlib.suppress(FileExistsError):
-        root.mkdir(mode=0o700)
-    info = root.lstat()
+    try:
+        _check_ancestors(root, user)
+        root.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(FileExistsError):
+            root.mkdir(mode=0o700)
+        info = root.lstat()
+    except OSError as exc:
+        raise PrivateStoreError(
+            f"cannot make {user}'s private store {root}: {exc.strerror} "
+            "(site file: build.private_store)"
+        ) from None
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
         raise PrivateStoreError(
             f"{root} is not a folder of {user}'s: it holds private images "

@@ -178,6 +178,10 @@ def test_her_store_is_refused_below_a_folder_another_account_could_replace(
         private.open_store(site, "root")
     scratch.chmod(0o755)
     assert private.open_store(site, "root").root.is_dir()
+    (tmp_path / "file").write_text("")
+    unmakeable = Site.model_validate({"build": {"private_store": f"{tmp_path}/file/{{user}}"}})
+    with pytest.raises(private.PrivateStoreError, match=r"cannot make root's private store"):
+        private.open_store(unmakeable, "root")
 
 
 def test_private_builds_may_have_a_partition_of_their_own(tmp_path: Path) -> None:
