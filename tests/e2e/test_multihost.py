@@ -14,52 +14,29 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from tornado.httpclient import HTTPClientError
 
 from tests.conftest import DEVCLUSTER, SHARED_SCRATCH, SITE_BIN, DevCluster, free_port_block
-from tests.hubhelpers import CHP, HUB_CONFIG, SERVICE_ACCOUNT, Hub, site_with, wait_ready
+from tests.hubhelpers import CHP, HUB_CONFIG, SERVICE_ACCOUNT, Hub, wait_ready
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm, pytest.mark.apptainer]
 
 HUB_HOST, HUB_ADDRESS = "hpcb-hub", "10.79.13.10"
 COMPUTE = {"hpcb-c1": "10.79.13.21", "hpcb-c2": "10.79.13.22"}
 SERVERS = ("mh1", "mh2")
-
-
-def _site(port: int) -> dict[str, object]:
-    """The dev site with the hub on the hub host and servers on the compute
-    hosts' partition; profile ``node`` takes a whole compute host."""
-    return {
-        "partitions": {
-            "interactive": {"max_time": "08:00:00"},
-            "interactive-multi": {"max_time": "08:00:00", "max_cpus": 8},
-            "build": {"max_time": "04:00:00", "researchers": False},
-        },
-        "default_partition": "interactive-multi",
-        "profiles": {
-            "small": {"description": "1 CPU", "partition": "interactive-multi"},
-            "node": {"description": "a whole node", "partition": "interactive-multi", "cpus": 8},
-        },
-        "default_profile": "small",
-        "hub": {
-            "public_url": f"http://hub.test:{port}",
-            "ip": HUB_ADDRESS,
-            "hub_ip": HUB_ADDRESS,
-            "binder_ip": HUB_ADDRESS,
-            "authenticator": "dummy",
-            "dev_cluster": True,
-            "allowed_users": ["alice", "bob"],
-        },
-    }
+#: The dev site as its hosts see it (slurm/devcluster): the hub on the hub
+#: host's address, profile ``node`` a whole compute host.
+HOSTS_SITE = Path("/etc/hpcbinder/site-hosts.yaml")
 
 
 @pytest.fixture
 def host_hub(devcluster: DevCluster) -> Iterator[Hub]:
-    """configs/jupyterhub_config.py as the service account on the hub host."""
+    """configs/jupyterhub_config.py as the service account on the hub host,
+    with the site file the dev cluster writes for its hosts."""
     port = free_port_block(4)
-    site = site_with(_site(port))
     state = SHARED_SCRATCH / f"hub-{uuid.uuid4().hex[:8]}"
     state.mkdir(parents=True)
     shutil.chown(state, SERVICE_ACCOUNT, SERVICE_ACCOUNT)
@@ -71,8 +48,9 @@ def host_hub(devcluster: DevCluster) -> Iterator[Hub]:
         "HPCBINDER_HUB_STATE": str(state),
         "HPCBINDER_ADMIN_TOKEN": token,
         "HPCBINDER_CHP": str(CHP),
-        "HPCBINDER_SITE": str(site),
+        "HPCBINDER_SITE": str(HOSTS_SITE),
         "HPCBINDER_HUB_PORT": str(port),
+        "HPCBINDER_HUB_PUBLIC_URL": f"http://hub.test:{port}",
     }
     log = state / "hub.log"
     account = [f"--reuid={SERVICE_ACCOUNT}", f"--regid={SERVICE_ACCOUNT}", "--init-groups"]
@@ -104,7 +82,6 @@ def host_hub(devcluster: DevCluster) -> Iterator[Hub]:
         names = ",".join(f"hpcbinder-alice-{name}" for name in SERVERS)
         subprocess.run(["scancel", "--user=alice", f"--name={names}"], check=False)
         shutil.rmtree(state, ignore_errors=True)
-        site.unlink(missing_ok=True)
 
 
 def _through_proxy(hub: Hub, url: str) -> str:
