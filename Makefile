@@ -30,8 +30,16 @@ $(WEB)/node_modules/@jupyterhub/binderhub-client/package.json: | $(BIN)/hpcbinde
 	npm install --silent --no-audit --no-fund --prefix $(WEB) \
 	  @jupyterhub/binderhub-client@0.5.0 playwright-core@1.65.1
 
+# Thebe (executablebooks), pinned, as a documentation page loads it: its
+# published bundle (lib/, with its dependencies built in), from npm pack.
+THEBE_VERSION := 0.9.3
+$(WEB)/thebe/package.json: | $(WEB)/node_modules/@jupyterhub/binderhub-client/package.json
+	rm -rf $(WEB)/thebe $(WEB)/package $(WEB)/thebe-$(THEBE_VERSION).tgz
+	cd $(WEB) && npm pack --silent thebe@$(THEBE_VERSION) >/dev/null && \
+	  tar xzf thebe-$(THEBE_VERSION).tgz && mv package thebe && rm thebe-$(THEBE_VERSION).tgz
+
 venv: $(BIN)/hpcbinder $(VENV)/chp/node_modules/.bin/configurable-http-proxy \
-	$(WEB)/node_modules/@jupyterhub/binderhub-client/package.json
+	$(WEB)/node_modules/@jupyterhub/binderhub-client/package.json $(WEB)/thebe/package.json
 
 cluster:
 	$(SUDO) slurm/devcluster up

@@ -61,6 +61,7 @@ from hpcbinder.jobs.request import request_for
 from hpcbinder.jobs.servers import (
     BINDER_ENV,
     SERVER_ENV,
+    TOKEN_IN_URL_ENV,
     JobDied,
     LaunchProgress,
     QueueTimeout,
@@ -242,12 +243,16 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
 
     def server_env(self) -> dict[str, str]:
         """The server job's whole environment, for its container: JupyterHub's
-        variables of :data:`SERVER_ENV` from ``get_env()``, and BinderHub's
+        variables of :data:`SERVER_ENV` from ``get_env()``, BinderHub's
         ``BINDER_*`` from the launch's options alone (the hub's own
-        environment or ``Spawner.environment`` never sets those)."""
+        environment or ``Spawner.environment`` never sets those), and
+        :data:`TOKEN_IN_URL_ENV` where the site lists origins."""
         env = self.get_env()
-        chosen = {name: env[name] for name in SERVER_ENV if name in env and name not in BINDER_ENV}
+        own = (*BINDER_ENV, TOKEN_IN_URL_ENV)
+        chosen = {name: env[name] for name in SERVER_ENV if name in env and name not in own}
         chosen.update(LaunchOptions.parse(self.user_options).binder_env())
+        if self.site.binder.cors_allow_origins:
+            chosen[TOKEN_IN_URL_ENV] = "1"
         return apptainer.container_env(chosen)
 
     # --- batchspawner's hooks, without shell strings ------------------------------

@@ -349,6 +349,17 @@ class BuildHandler(BaseHandler):
             "open the link's /v2/ page instead",
         )
 
+    def check_xsrf_cookie(self) -> None:
+        """The hub's own XSRF check of a cookie login (HubOAuth applies it
+        to every request that is not a navigation, e.g. an EventSource's):
+        passed by the page's header as before, or by a listed ``Origin``,
+        which a documentation page's EventSource has instead of a header.
+        Without it the hub ignores the cookie (no login) and
+        :meth:`_check_xsrf_header` never runs."""
+        if self.listed_origin(self.request.headers.get("Origin", "")):
+            return
+        super().check_xsrf_cookie()
+
     def _check_accept(self) -> None:
         """BinderHub's check that this is an event-stream client (EventSource
         and its clients send ``Accept: text/event-stream``; a navigation

@@ -5,6 +5,7 @@ quotas, escaping, and the health, versions, metrics and badge routes."""
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import shutil
@@ -16,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from tornado.httpclient import HTTPClient
 
 from tests.binderhelpers import (
     Binder,
@@ -29,9 +31,18 @@ from tests.binderhelpers import (
 from tests.conftest import SHARED_SCRATCH, DevCluster
 from tests.e2e.conftest import running_binder
 from tests.hubhelpers import execute
+from tests.repohelpers import git
 from tests.sshhelpers import running_sshd, sshd_log
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm, pytest.mark.apptainer]
+
+
+def http_status(url: str, headers: dict[str, str], method: str = "GET") -> int:
+    body = "{}" if method == "POST" else None
+    response = HTTPClient().fetch(
+        url, method=method, body=body, headers=headers, raise_error=False, request_timeout=30
+    )
+    return response.code
 
 
 def test_a_launch_goes_through_every_phase_into_the_server(binder: Binder) -> None:
@@ -57,9 +68,39 @@ def test_a_launch_goes_through_every_phase_into_the_server(binder: Binder) -> No
     # On alice's own origin, not the hub's.
     server_url = f"{binder.hub.origin('alice')}/user/alice/{name}/"
     assert ready["url"] == f"{server_url}lab/tree/index.ipynb"
-    assert ready["binder_request"] == f"v2/{spec}"
-    code = "print(open('built.txt').read().split()[0], 6 * 7)"
-    assert execute(binder.hub, server_url, code).strip() == "built 42"
+    # BinderHub's fields, and the same as the server's BINDER_* variables.
+    commit = git(repo, "rev-parse", "HEAD")
+    binder_fields = {
+        "repo_url": f"file://{repo.resolve()}",
+        "binder_ref_url": f"file://{repo.resolve()}",
+        "binder_launch_host": f"{binder.url}/",
+        "binder_request": f"v2/{spec}",
+        "binder_persistent_request": f"v2/{spec.removesuffix('/HEAD')}/{commit}",
+    }
+    assert {key: ready[key] for key in binder_fields} == binder_fields, ready
+    code = (
+        "import os; print(open('built.txt').read().split()[0], 6 * 7); "
+        "print(sorted((k, v) for k, v in os.environ.items() if k.startswith('BINDER_')))"
+    )
+    built_line, variables = execute(binder.hub, server_url, code).strip().splitlines()
+    assert built_line == "built 42"
+    assert ast.literal_eval(variables) == sorted(
+        (key.upper() if key.startswith("binder_") else "BINDER_" + key.upper(), value)
+        for key, value in binder_fields.items()
+    )
+    # BinderHub's token: the researcher's API client reaches the server with
+    # it, and nothing else of hers (the hub's API, her other servers).
+    assert ready["token"]
+    server_token = {"Authorization": f"token {ready['token']}"}
+    assert http_status(f"{server_url}api/status", server_token) == 200
+    whoami = HTTPClient().fetch(f"{binder.hub.url}/hub/api/user", headers=server_token)
+    scopes = json.loads(whoami.body)["scopes"]  # with the hub's own identity scopes
+    assert [s for s in scopes if not s.startswith("read:users:")] == [
+        f"access:servers!server=alice/{name}"
+    ]
+    hub_api = f"{binder.hub.url}/hub/api/users/alice"
+    assert http_status(f"{hub_api}/tokens", server_token) in (403, 404)
+    assert http_status(f"{hub_api}/servers/other", server_token, "POST") in (403, 404)
 
     again = build_events(binder.url, spec, binder.token)
     assert phases(again) == ["fetching", "built", "launching", "ready"]
@@ -105,7 +146,10 @@ def test_builds_over_the_parallel_limit_wait_with_their_queue_position(binder: B
         viewer.start()
     for viewer in viewers:
         viewer.join(timeout=300)
-    assert all(events[-1]["phase"] == "built" for events in results.values()), results
+    # build_only: BinderHub's ready with the image, and no launch.
+    assert all(events[-1]["phase"] == "ready" for events in results.values()), results
+    assert all(events[-1]["imageName"] for events in results.values()), results
+    assert not any(e["phase"] == "launching" for events in results.values() for e in events)
     waited = [
         e for events in results.values() for e in events if e["phase"] == "waiting"
     ]  # the site allows one build at a time: the second in waits

@@ -6,6 +6,7 @@ credentials for the origins a site lists, where a cookie-authenticated
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -32,6 +33,8 @@ from tests.unit.test_binder_web_security import (
 
 DOCS = "https://docs.example.org"
 OWN = "http://binder.test"  # the stand-in service's public URL's origin
+#: What browsers add to a script's cross-origin request (EventSource, fetch).
+BROWSER = {"Sec-Fetch-Mode": "cors", "Sec-Fetch-Site": "same-site"}
 #: Origins that look like the listed one and are not it.
 LOOKALIKES = [
     "https://docs.example.org.evil.test",
@@ -243,9 +246,9 @@ def test_a_listed_origin_builds_and_reads_the_stream_with_the_login(
     async def scenario(fetch: Client, login: dict[str, str]) -> None:
         cookie = _cookie_header(login)
         for origin in (DOCS, OWN):
-            answer = await fetch(
-                f"/build/{SPEC}", headers={"Cookie": cookie, "Origin": origin, **STREAM}
-            )
+            # What Chromium sends with an EventSource's withCredentials.
+            headers = {"Cookie": cookie, "Origin": origin, **BROWSER, **STREAM}
+            answer = await fetch(f"/build/{SPEC}", headers=headers)
             assert answer.code == 200, answer.body
             assert answer.headers["Access-Control-Allow-Origin"] == origin
             assert answer.headers["Access-Control-Allow-Credentials"] == "true"
@@ -280,8 +283,13 @@ def test_no_other_origin_starts_a_build_or_reads_the_stream(
 
     async def scenario(fetch: Client, login: dict[str, str]) -> None:
         cookie = _cookie_header(login)
-        for origin in LOOKALIKES:
-            headers = {"Cookie": cookie, **STREAM, **({"Origin": origin} if origin else {})}
+        for origin, browser in itertools.product(LOOKALIKES, ({}, BROWSER)):
+            headers = {
+                "Cookie": cookie,
+                **STREAM,
+                **browser,
+                **({"Origin": origin} if origin else {}),
+            }
             answer = await fetch(f"/build/{SPEC}", headers=headers)
             assert answer.code == 403, (origin, answer.body)
             assert "Access-Control-Allow-Origin" not in answer.headers, origin
@@ -326,7 +334,7 @@ def test_any_unlisted_origin_is_refused(
         allowed = origin.strip(" \t") in (*listed, OWN)
 
         async def scenario(fetch: Client, login: dict[str, str]) -> None:
-            headers = {"Cookie": _cookie_header(login), "Origin": origin, **STREAM}
+            headers = {"Cookie": _cookie_header(login), "Origin": origin, **BROWSER, **STREAM}
             answer = await fetch(f"/build/{SPEC}", headers=headers)
             assert (answer.code == 200) is allowed, (origin, answer.code)
             assert ("Access-Control-Allow-Origin" in answer.headers) is allowed
