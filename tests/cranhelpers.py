@@ -12,14 +12,13 @@ import functools
 import shutil
 import subprocess
 import tempfile
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
-from tests.conftest import free_port
+from tests.loopback import QuietHandler, serving_on_loopback
 
 
 @dataclass(frozen=True)
@@ -78,24 +77,15 @@ def build_snapshot(root: Path, date: str, packages: list[RPackage]) -> Path:
     return contrib
 
 
-class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        """Requests are not the test's output."""
+class _QuietFiles(QuietHandler, SimpleHTTPRequestHandler):
+    """Serves a folder's files, without logging each request."""
 
 
 @contextmanager
 def serving(root: Path) -> Iterator[str]:
     """``root`` served over HTTP on loopback; yields its base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(root))
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with serving_on_loopback(functools.partial(_QuietFiles, directory=str(root))) as url:
+        yield url
 
 
 def r_available() -> bool:

@@ -12,12 +12,56 @@ from __future__ import annotations
 import base64
 import hmac
 import subprocess
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from tests.loopback import QuietHandler, serving_on_loopback
+
+
+def answer_with_git_http_backend(
+    request: BaseHTTPRequestHandler, project_root: Path, remote_user: str | None = None
+) -> None:
+    """Answers ``request`` with ``git http-backend`` (git's smart HTTP as a
+    CGI program) serving every repository below ``project_root``, as
+    ``remote_user`` if given, anonymously otherwise: the one translation
+    between an HTTP request and the CGI's environment, input and output
+    that every test git host uses."""
+    parts = urlsplit(request.path)
+    length = int(request.headers.get("Content-Length") or 0)
+    body = request.rfile.read(length) if length else b""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "GIT_PROJECT_ROOT": str(project_root),
+        "GIT_HTTP_EXPORT_ALL": "1",
+        "REQUEST_METHOD": request.command,
+        "PATH_INFO": parts.path,
+        "QUERY_STRING": parts.query,
+        "CONTENT_TYPE": request.headers.get("Content-Type", ""),
+        "CONTENT_LENGTH": str(len(body)),
+        **({"REMOTE_USER": remote_user} if remote_user is not None else {}),
+        "REMOTE_ADDR": "127.0.0.1",
+        "HTTP_GIT_PROTOCOL": request.headers.get("Git-Protocol", ""),
+    }
+    done = subprocess.run(
+        ["git", "http-backend"], input=body, env=env, capture_output=True, timeout=60
+    )
+    head, _, payload = done.stdout.partition(b"\r\n\r\n")
+    status, headers = 200, []
+    for line in head.decode(errors="replace").split("\r\n"):
+        name, _, value = line.partition(":")
+        if name.lower() == "status":
+            status = int(value.split()[0])
+        elif name:
+            headers.append((name, value.strip()))
+    request.send_response(status)
+    for name, value in headers:
+        request.send_header(name, value)
+    request.send_header("Content-Length", str(len(payload)))
+    request.end_headers()
+    request.wfile.write(payload)
 
 
 @contextmanager
@@ -27,10 +71,7 @@ def git_http_server(project_root: Path, user: str, token: str) -> Iterator[str]:
     """
     expected = "Basic " + base64.b64encode(f"{user}:{token}".encode()).decode()
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
+    class Handler(QuietHandler):
         def _serve(self) -> None:
             given = self.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), expected.encode()):
@@ -39,48 +80,10 @@ def git_http_server(project_root: Path, user: str, token: str) -> Iterator[str]:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
-            parts = urlsplit(self.path)
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            env = {
-                "PATH": "/usr/bin:/bin",
-                "GIT_PROJECT_ROOT": str(project_root),
-                "GIT_HTTP_EXPORT_ALL": "1",
-                "REQUEST_METHOD": self.command,
-                "PATH_INFO": parts.path,
-                "QUERY_STRING": parts.query,
-                "CONTENT_TYPE": self.headers.get("Content-Type", ""),
-                "CONTENT_LENGTH": str(len(body)),
-                "REMOTE_USER": user,
-                "REMOTE_ADDR": "127.0.0.1",
-                "HTTP_GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
-            }
-            done = subprocess.run(
-                ["git", "http-backend"], input=body, env=env, capture_output=True, timeout=60
-            )
-            head, _, payload = done.stdout.partition(b"\r\n\r\n")
-            status, headers = 200, []
-            for line in head.decode(errors="replace").split("\r\n"):
-                name, _, value = line.partition(":")
-                if name.lower() == "status":
-                    status = int(value.split()[0])
-                elif name:
-                    headers.append((name, value.strip()))
-            self.send_response(status)
-            for name, value in headers:
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            answer_with_git_http_backend(self, project_root, user)
 
         do_GET = _serve
         do_POST = _serve
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving_on_loopback(Handler) as url:
+        yield url

@@ -34,15 +34,17 @@ import io
 import json
 import subprocess
 import tarfile
-import threading
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from tests.githttp import answer_with_git_http_backend
+from tests.loopback import QuietHandler, serving_on_loopback
 
 #: The repository every record holds.
 CONTENT = {
@@ -62,6 +64,8 @@ GIST = "alice/0123456789abcdef0123456789abcdef"
 
 Reply = tuple[int, dict[str, str], bytes]
 Route = Callable[[str, str, dict[str, list[str]]], Reply]
+#: How a stand-in answers one request (status, headers and body written to it).
+Answer = Callable[[BaseHTTPRequestHandler], None]
 
 
 def zipped(files: Mapping[str, str | bytes], top: str = "") -> bytes:
@@ -113,36 +117,41 @@ class Service:
     requests: list[str] = field(default_factory=list)
 
 
-def _serve(service: Service) -> Iterator[None]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: object) -> None:
-            pass
+def _answer_route(service: Service) -> Answer:
+    """Answers a request with what ``service``'s route replies."""
 
+    def answer(request: BaseHTTPRequestHandler) -> None:
+        parts = urlsplit(request.path)
+        status, headers, body = service.route(
+            request.command, unquote(parts.path), parse_qs(parts.query)
+        )
+        request.send_response(status)
+        for name, value in headers.items():
+            request.send_header(name, value)
+        request.send_header("Content-Length", str(len(body)))
+        request.end_headers()
+        request.wfile.write(body)
+
+    return answer
+
+
+@contextmanager
+def _serving(service: Service, answer: Answer) -> Iterator[None]:
+    """``service`` on loopback (its ``url`` set), each request logged in
+    ``service.requests`` (what tests assert was or was not asked) before
+    ``answer`` answers it."""
+
+    class Handler(QuietHandler):
         def _answer(self) -> None:
             service.requests.append(f"{self.command} {self.path}")
-            parts = urlsplit(self.path)
-            status, headers, body = service.route(
-                self.command, unquote(parts.path), parse_qs(parts.query)
-            )
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            answer(self)
 
         do_GET = _answer
         do_POST = _answer
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    service.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving_on_loopback(Handler) as url:
+        service.url = url
         yield
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @dataclass
@@ -459,61 +468,6 @@ def _swh_route(service: Callable[[], Service]) -> Route:
     return route
 
 
-@contextmanager
-def _git_http(service: Service, root: Path) -> Iterator[None]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-        def _answer(self) -> None:
-            service.requests.append(f"{self.command} {self.path}")
-            parts = urlsplit(self.path)
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            env = {
-                "PATH": "/usr/bin:/bin",
-                "GIT_PROJECT_ROOT": str(root),
-                "GIT_HTTP_EXPORT_ALL": "1",
-                "REQUEST_METHOD": self.command,
-                "PATH_INFO": parts.path,
-                "QUERY_STRING": parts.query,
-                "CONTENT_TYPE": self.headers.get("Content-Type", ""),
-                "CONTENT_LENGTH": str(len(body)),
-                "REMOTE_ADDR": "127.0.0.1",
-                "HTTP_GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
-            }
-            done = subprocess.run(
-                ["git", "http-backend"], input=body, env=env, capture_output=True, timeout=60
-            )
-            head, _, payload = done.stdout.partition(b"\r\n\r\n")
-            status, headers = 200, []
-            for line in head.decode(errors="replace").split("\r\n"):
-                name, _, value = line.partition(":")
-                if name.lower() == "status":
-                    status = int(value.split()[0])
-                elif name:
-                    headers.append((name, value.strip()))
-            self.send_response(status)
-            for name, value in headers:
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        do_GET = _answer
-        do_POST = _answer
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    service.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def _gist_repository(root: Path) -> None:
     """The gist as a bare repository below ``root`` (``USER/ID.git``)."""
     work = root / "work"
@@ -597,7 +551,10 @@ def record_services(scratch: Path) -> Iterator[Services]:
             services.ckan,
             services.swh,
         ):
-            stack.enter_context(contextmanager(_serve)(each))
-        stack.enter_context(_git_http(services.gist, scratch / "gists"))
+            stack.enter_context(_serving(each, _answer_route(each)))
+        gists = scratch / "gists"
+        stack.enter_context(
+            _serving(services.gist, lambda request: answer_with_git_http_backend(request, gists))
+        )
         default_records(services)
         yield services
