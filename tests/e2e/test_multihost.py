@@ -32,6 +32,28 @@ SERVERS = ("mh1", "mh2")
 HOSTS_SITE = Path("/etc/hpcbinder/site-hosts.yaml")
 
 
+class HostHub(Hub):
+    """A hub started on the hub host (``slurm/devcluster host``)."""
+
+    def start(self) -> None:
+        account = [f"--reuid={SERVICE_ACCOUNT}", f"--regid={SERVICE_ACCOUNT}", "--init-groups"]
+        with self.log.open("a") as handle:
+            self.process = subprocess.Popen(
+                [str(DEVCLUSTER), "host", HUB_HOST, "setpriv", *account, "env", "-i",
+                 *(f"{name}={value}" for name, value in self.env.items()),
+                 str(SITE_BIN / "python"), "-m", "jupyterhub", "-f", str(HUB_CONFIG)],
+                cwd=self.state, stdout=handle, stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+        for _ in range(120):
+            if self.process.poll() is not None:
+                pytest.fail(f"the hub on {HUB_HOST} exited; log:\n{self.log.read_text()[-3000:]}")
+            with contextlib.suppress(HTTPClientError, OSError):
+                self.api("GET", "/")
+                return
+            time.sleep(0.5)
+        pytest.fail(f"the hub on {HUB_HOST} did not answer; log:\n{self.log.read_text()[-3000:]}")
+
+
 @pytest.fixture
 def host_hub(devcluster: DevCluster) -> Iterator[Hub]:
     """configs/jupyterhub_config.py as the service account on the hub host,
@@ -52,27 +74,9 @@ def host_hub(devcluster: DevCluster) -> Iterator[Hub]:
         "HPCBINDER_HUB_PORT": str(port),
         "HPCBINDER_HUB_PUBLIC_URL": f"http://hub.test:{port}",
     }
-    log = state / "hub.log"
-    account = [f"--reuid={SERVICE_ACCOUNT}", f"--regid={SERVICE_ACCOUNT}", "--init-groups"]
-    with log.open("a") as handle:
-        process = subprocess.Popen(
-            [str(DEVCLUSTER), "host", HUB_HOST, "setpriv", *account, "env", "-i",
-             *(f"{name}={value}" for name, value in env.items()),
-             str(SITE_BIN / "python"), "-m", "jupyterhub", "-f", str(HUB_CONFIG)],
-            cwd=state, stdout=handle, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-    hub = Hub(f"http://{HUB_ADDRESS}:{port}", token, log, env, state, process)
+    hub = HostHub(f"http://{HUB_ADDRESS}:{port}", token, state / "hub.log", env, state)
     try:
-        for _ in range(120):
-            if process.poll() is not None:
-                pytest.fail(f"the hub on {HUB_HOST} exited; log:\n{log.read_text()[-3000:]}")
-            try:
-                hub.api("GET", "/")
-                break
-            except (HTTPClientError, OSError):
-                time.sleep(0.5)
-        else:
-            pytest.fail(f"the hub on {HUB_HOST} did not answer; log:\n{log.read_text()[-3000:]}")
+        hub.start()
         yield hub
     finally:
         for name in SERVERS:
@@ -97,7 +101,7 @@ def _through_proxy(hub: Hub, url: str) -> str:
     return result.stdout
 
 
-def test_servers_run_on_compute_hosts_not_the_hubs_and_the_proxy_reaches_them(
+def test_servers_run_on_compute_hosts_not_the_hubs_and_outlive_a_hub_restart(
     host_hub: Hub,
 ) -> None:
     hub = host_hub
@@ -122,3 +126,11 @@ def test_servers_run_on_compute_hosts_not_the_hubs_and_the_proxy_reaches_them(
         # ...and the hub reaches its server there, not on its own address.
         assert re.search(rf"Server of alice is up at {node}:\d+", log)
     assert f"Starting proxy @ http://{HUB_ADDRESS}:" in log
+
+    # The hub host restarts (hub, proxy, Binder service): both servers stay.
+    hub.stop()
+    hub.start()
+    for name in SERVERS:
+        server = wait_ready(hub, "alice", name)
+        assert server["state"]["job_status"].split()[-1] == nodes[name]
+        assert '"started"' in _through_proxy(hub, f"{server['url']}api/status")
