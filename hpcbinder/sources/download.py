@@ -197,6 +197,11 @@ class _Guard:
 
 
 class _HTTPConnection(http.client.HTTPConnection):
+    """A connection whose socket the session's guard judged: made directly
+    to the checked address of its host (or through the site's proxy, which
+    decides), and shut at the fetch's deadline. HTTPS inherits this
+    connect and only secures the socket."""
+
     def __init__(self, host: str, *, guard: _Guard, **kwargs: Any) -> None:
         super().__init__(host, **kwargs)
         self.guard = guard
@@ -208,23 +213,18 @@ class _HTTPConnection(http.client.HTTPConnection):
             return
         address = self.guard.address(self.host, self.port)
         sock = socket.create_connection((address, self.port), self.timeout)
-        self.sock = self.guard.connected(sock)
+        self.sock = self.secured(self.guard.connected(sock))
+
+    def secured(self, sock: socket.socket) -> socket.socket:
+        """``sock`` as the request is sent over it: plain for HTTP."""
+        return sock
 
 
-class _HTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, host: str, *, guard: _Guard, **kwargs: Any) -> None:
-        super().__init__(host, **kwargs)
-        self.guard = guard
-
-    def connect(self) -> None:
-        if self.guard.proxied:
-            super().connect()
-            self.guard.connected(self.sock)
-            return
-        address = self.guard.address(self.host, self.port)
-        sock = socket.create_connection((address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(  # type: ignore[attr-defined]
-            self.guard.connected(sock), server_hostname=self.host
+class _HTTPSConnection(_HTTPConnection, http.client.HTTPSConnection):
+    def secured(self, sock: socket.socket) -> socket.socket:
+        """TLS to the host by its name, on a socket to its checked address."""
+        return self._context.wrap_socket(  # type: ignore[attr-defined, no-any-return]
+            sock, server_hostname=self.host
         )
 
 
