@@ -62,6 +62,9 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
         API's routes, for a listed origin only."""
         self.set_header("Content-Security-Policy", "frame-ancestors 'none'")
         self.set_header("X-Frame-Options", "DENY")
+        # An answer is what its Content-Type says: the JSON API's (which
+        # echoes a provider's name) is never sniffed into a page.
+        self.set_header("X-Content-Type-Options", "nosniff")
         if self.cors:
             self.set_header("Vary", "Origin")
             origin = self.request.headers.get("Origin", "")

@@ -89,6 +89,10 @@ def test_repoproviders_lists_every_provider_in_binderhubs_shape(
         assert "(?<repo>" in byid["gh"]["detect"]["regex"]
         missing = await fetch("/api/repoproviders/nope/config")
         assert missing.code == 404 and b"No provider found for prefix nope" in missing.body
+        # A name that is markup stays JSON text, never sniffed into a page.
+        markup = await fetch("/api/repoproviders/%3Cscript%3Ealert(1)%3C%2Fscript%3E/config")
+        assert markup.code == 404 and markup.headers["Content-Type"] == "application/json"
+        assert markup.headers["X-Content-Type-Options"] == "nosniff"
         legacy = json.loads((await fetch("/_config")).body)
         assert list(legacy) == list(PROVIDERS)
         assert legacy["gh"]["ref_prop_disabled"] is False and legacy["gh"]["text"]
