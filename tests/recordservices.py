@@ -117,6 +117,24 @@ class Service:
     requests: list[str] = field(default_factory=list)
 
 
+@contextmanager
+def answering(service: Service, reply: Reply, paths_ending: str = "") -> Iterator[None]:
+    """``service`` answers ``reply`` (a hostile or broken service's answer)
+    to every path ending in ``paths_ending``, as its route does to the others,
+    until the block ends: a module's tests share one set of stand-ins, so
+    its route is put back even when the test fails."""
+    original = service.route
+
+    def route(method: str, path: str, query: dict[str, list[str]]) -> Reply:
+        return reply if path.endswith(paths_ending) else original(method, path, query)
+
+    service.route = route
+    try:
+        yield
+    finally:
+        service.route = original
+
+
 def _answer_route(service: Service) -> Answer:
     """Answers a request with what ``service``'s route replies."""
 

@@ -37,6 +37,7 @@ from tests.recordservices import (
     ZENODO_CONCEPT,
     ZENODO_DOI,
     Services,
+    answering,
     default_records,
     record_services,
     zipped,
@@ -292,19 +293,12 @@ def test_a_download_redirecting_to_a_file_url_is_refused(
     record = services.zenodo.records[ZENODO_DOI.rpartition(".")[2]]
     record.clear()
     record["passwd"] = b"x"
-    original = services.zenodo.route
-
-    def route(method: str, path: str, query: dict[str, list[str]]) -> Any:
-        if path.endswith("/files/passwd/content"):
-            return 302, {"Location": f"{services.doi.url}/evil"}, b""
-        return original(method, path, query)
-
-    services.zenodo.route = route
-    try:
-        with pytest.raises(RepoNotAllowed, match=r"protocol 'file'.*repos\.protocols"):
-            fetched(services.specs()["zenodo"], policy_for(services, tmp_path))
-    finally:
-        services.zenodo.route = original
+    redirect = (302, {"Location": f"{services.doi.url}/evil"}, b"")
+    with (
+        answering(services.zenodo, redirect, "/files/passwd/content"),
+        pytest.raises(RepoNotAllowed, match=r"protocol 'file'.*repos\.protocols"),
+    ):
+        fetched(services.specs()["zenodo"], policy_for(services, tmp_path))
 
 
 def test_fetch_bounds_count_downloads_and_unpacked_bytes(
@@ -365,20 +359,13 @@ def test_the_build_server_connects_to_no_internal_address_unless_the_site_lists_
     # any connection (the site lists 127.0.0.1 only).
     zenodo_id = ZENODO_DOI.rpartition(".")[2]
     port = services.zenodo.url.rpartition(":")[2]
-    original = services.zenodo.route
-
-    def route(method: str, path: str, query: dict[str, list[str]]) -> Any:
-        if path.endswith("/files/passwd/content"):
-            return 302, {"Location": f"http://127.0.0.2:{port}/secret"}, b""
-        return original(method, path, query)
-
+    redirect = (302, {"Location": f"http://127.0.0.2:{port}/secret"}, b"")
     services.zenodo.records[zenodo_id] = {"passwd": b"x"}
-    services.zenodo.route = route
-    try:
-        with pytest.raises(RepoNotAllowed, match=r"127\.0\.0\.2 is at 127\.0\.0\.2"):
-            fetched(services.specs()["zenodo"], policy_for(services, tmp_path))
-    finally:
-        services.zenodo.route = original
+    with (
+        answering(services.zenodo, redirect, "/files/passwd/content"),
+        pytest.raises(RepoNotAllowed, match=r"127\.0\.0\.2 is at 127\.0\.0\.2"),
+    ):
+        fetched(services.specs()["zenodo"], policy_for(services, tmp_path))
     assert not any(r.endswith("/secret") for r in services.zenodo.requests)
     # A name is judged by the address it resolves to, not its text.
     with pytest.raises(RepoNotAllowed, match=r"localhost is at .*internal_networks"):
@@ -427,20 +414,12 @@ def test_a_server_trickling_its_answer_is_stopped_at_the_deadline(
 
 
 def test_hostile_json_is_one_line(services: Services, tmp_path: Path) -> None:
-    original = services.ckan.route
     answers = [b"[" * 200_000, b'{"success": true, "result": {"resources": 5}}', b"\xff\xfe"]
 
     for answer in answers:
-
-        def route(method: str, path: str, query: dict[str, list[str]]) -> Any:
-            return 200, {"Content-Type": "application/json"}, answer  # noqa: B023
-
-        services.ckan.route = route
-        try:
-            with pytest.raises(RecordError) as caught:
-                fetched(services.specs()["ckan"], policy_for(services, tmp_path))
-        finally:
-            services.ckan.route = original
+        reply = (200, {"Content-Type": "application/json"}, answer)
+        with answering(services.ckan, reply), pytest.raises(RecordError) as caught:
+            fetched(services.specs()["ckan"], policy_for(services, tmp_path))
         assert "\n" not in str(caught.value) and "repos.records.ckan" in str(caught.value)
 
 
