@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import ssl
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,7 @@ from hpcbinder.config import RepoPolicy
 from hpcbinder.errors import RepoNotAllowed
 from hpcbinder.sources.archives import Bounds, Budget, RecordError
 from hpcbinder.sources.download import Session, check_fetch_url
+from tests.loopback import QuietHandler, serving_on_loopback
 
 POLICY = RepoPolicy(
     protocols=["https", "http"],
@@ -123,10 +122,7 @@ def https_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     files = ["-keyout", str(key), "-out", str(cert)]
     subprocess.run([*request, *names, *files], check=True, capture_output=True)
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             body = json.dumps({"ok": True}).encode()
             self.send_response(200)
@@ -134,14 +130,10 @@ def https_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             self.end_headers()
             self.wfile.write(body)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"https://127.0.0.1:{server.server_address[1]}", cert
-    server.shutdown()
-    server.server_close()
+    with serving_on_loopback(Handler, tls=context) as url:
+        yield url, cert
 
 
 def test_https_connects_to_the_checked_address_and_verifies_the_host(
