@@ -20,7 +20,10 @@ resolved once and the connection made to the address checked
 (no second lookup to rebind); an address that is not global is refused
 unless it is in ``repos.records.internal_networks`` (a university's own
 Dataverse). Behind a proxy (the host's ``*_proxy`` variables) the proxy
-connects, and decides.
+connects, and decides; only a request urllib sends through the proxy,
+to the proxy's own host and port, skips the check. Every other
+connection is checked, also one to a host ``no_proxy`` names, which
+urllib reaches directly.
 
 Requests carry no credentials and no cookies, and only this module's
 handlers run: no ``file:``, ``ftp:`` or ``data:`` opener, no netrc, no
@@ -155,12 +158,22 @@ def _shown_host(url: str) -> str:
 class _Guard:
     """Where a session's connections may go, and until when."""
 
-    def __init__(self, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
+    def __init__(
+        self,
+        networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
+        proxies: dict[str, str],
+    ) -> None:
         self.networks = networks
-        self.proxied = bool(urllib.request.getproxies())
+        self.proxies = {_host_port(url) for scheme, url in proxies.items() if scheme != "no"}
         self.lock = threading.Lock()
         self.current: socket.socket | None = None
         self.expired = False
+
+    def is_proxy(self, host: str, port: int, via_proxy: bool) -> bool:
+        """Whether a connection goes to the site's proxy as the proxy: a
+        request urllib routes through it, to its own host and port (a
+        ``no_proxy`` host is reached directly, and checked)."""
+        return via_proxy and (host, port) in self.proxies
 
     def address(self, host: str, port: int) -> str:
         """The checked address to connect to for ``host``."""
@@ -202,12 +215,13 @@ class _HTTPConnection(http.client.HTTPConnection):
     decides), and shut at the fetch's deadline. HTTPS inherits this
     connect and only secures the socket."""
 
-    def __init__(self, host: str, *, guard: _Guard, **kwargs: Any) -> None:
+    def __init__(self, host: str, *, guard: _Guard, via_proxy: bool, **kwargs: Any) -> None:
         super().__init__(host, **kwargs)
         self.guard = guard
+        self.via_proxy = via_proxy
 
     def connect(self) -> None:
-        if self.guard.proxied:
+        if self.guard.is_proxy(self.host, self.port, self.via_proxy):
             super().connect()
             self.guard.connected(self.sock)
             return
@@ -234,7 +248,12 @@ class _HTTPHandler(urllib.request.HTTPHandler):
         self.guard = guard
 
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(_HTTPConnection, req, guard=self.guard)  # type: ignore[arg-type]
+        return self.do_open(
+            _HTTPConnection,  # type: ignore[arg-type]
+            req,
+            guard=self.guard,
+            via_proxy=_via_proxy(req),
+        )
 
 
 class _HTTPSHandler(urllib.request.HTTPSHandler):
@@ -247,8 +266,25 @@ class _HTTPSHandler(urllib.request.HTTPSHandler):
             _HTTPSConnection,  # type: ignore[arg-type]
             req,
             guard=self.guard,
+            via_proxy=_via_proxy(req),
             context=self._context,  # type: ignore[attr-defined]
         )
+
+
+def _via_proxy(req: urllib.request.Request) -> bool:
+    """Whether urllib's ProxyHandler routed ``req`` through a proxy: an
+    absolute URL sent to it (HTTP) or a CONNECT tunnel (HTTPS)."""
+    return req.has_proxy() or bool(getattr(req, "_tunnel_host", None))
+
+
+def _host_port(proxy: str) -> tuple[str, int]:
+    """A ``*_proxy`` value's host and port, as urllib connects to it."""
+    parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return parts.hostname or "", port or 80
 
 
 class Session:
@@ -260,9 +296,10 @@ class Session:
         self.policy = policy
         self.budget = budget
         self.setting = setting
-        self._guard = _Guard(list(policy.records.internal_networks))
+        proxies = urllib.request.getproxies()  # the host's, as git keeps them
+        self._guard = _Guard(list(policy.records.internal_networks), proxies)
         handlers: list[urllib.request.BaseHandler] = [
-            urllib.request.ProxyHandler(),  # the host's proxies, as git keeps them
+            urllib.request.ProxyHandler(proxies),
             _HTTPHandler(self._guard),
             _HTTPSHandler(self._guard),
         ]

@@ -369,7 +369,7 @@ def test_the_build_server_connects_to_no_internal_address_unless_the_site_lists_
     assert not any(r.endswith("/secret") for r in services.zenodo.requests)
     # A name is judged by the address it resolves to, not its text.
     with pytest.raises(RepoNotAllowed, match=r"localhost is at .*internal_networks"):
-        _Guard([ipaddress.ip_network("10.0.0.0/8")]).address("localhost", 80)
+        _Guard([ipaddress.ip_network("10.0.0.0/8")], {}).address("localhost", 80)
 
 
 @pytest.fixture
