@@ -10,6 +10,7 @@ clients in tests resolve them with :class:`LoopbackSubdomains`.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import re
@@ -32,7 +33,15 @@ from tornado.ioloop import IOLoop
 from tornado.netutil import DefaultLoopResolver, Resolver
 from tornado.websocket import websocket_connect
 
-from tests.conftest import REPO, SHARED_SCRATCH, SITE_BIN, free_port, free_port_block, wait_for_port
+from tests.conftest import (
+    DEVCLUSTER,
+    REPO,
+    SHARED_SCRATCH,
+    SITE_BIN,
+    free_port,
+    free_port_block,
+    wait_for_port,
+)
 
 #: The hub runs as the service account from the site-wide install.
 SERVICE_ACCOUNT = "hpcbinder"
@@ -119,12 +128,44 @@ class Hub:
         return json.loads(response.body) if response.body else None
 
 
-def new_hub(site: Path | None = None) -> Hub:
-    """A hub on free loopback ports with its own state folder, started;
-    its spawners read ``site`` (default: the dev cluster's site file)."""
+#: The dev cluster's hub host (slurm/devcluster up) and the site as its
+#: hosts see it: the hub on the hub host's address, servers on the compute hosts.
+HUB_HOST, HUB_ADDRESS = "hpcb-hub", "10.79.13.10"
+HOSTS_SITE = Path("/etc/hpcbinder/site-hosts.yaml")
+
+
+class HostHub(Hub):
+    """A hub started on the hub host (``slurm/devcluster host``)."""
+
+    def start(self) -> None:
+        account = [f"--reuid={SERVICE_ACCOUNT}", f"--regid={SERVICE_ACCOUNT}", "--init-groups"]
+        with self.log.open("a") as handle:
+            self.process = subprocess.Popen(
+                [str(DEVCLUSTER), "host", HUB_HOST, "setpriv", *account, "env", "-i",
+                 *(f"{name}={value}" for name, value in self.env.items()),
+                 str(SITE_BIN / "python"), "-m", "jupyterhub", "-f", str(HUB_CONFIG)],
+                cwd=self.state, stdout=handle, stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+        for _ in range(120):
+            if self.process.poll() is not None:
+                pytest.fail(f"the hub on {HUB_HOST} exited; log:\n{self.log.read_text()[-3000:]}")
+            with contextlib.suppress(HTTPClientError, OSError):
+                self.api("GET", "/")
+                return
+            time.sleep(0.5)
+        pytest.fail(f"the hub on {HUB_HOST} did not answer; log:\n{self.log.read_text()[-3000:]}")
+
+
+def new_hub(site: Path | None = None, *, on_hub_host: bool = False) -> Hub:
+    """A hub with its own state folder, started: on free loopback ports, its
+    spawners reading ``site`` (default: the dev cluster's site file); or
+    ``on_hub_host``, on the hub host's address with the hosts' site file
+    (``site``: another one), its public URL ``http://hub.test:PORT``."""
     if not CHP.exists():
         pytest.fail(f"configurable-http-proxy missing at {CHP} (make venv installs it)")
-    port = free_port_block(3)  # the proxy, the hub, the proxy's API
+    # The proxy, the hub, the proxy's API (and, from the site file's hub
+    # section on the hub host, the Binder service).
+    port = free_port_block(4 if on_hub_host else 3)
     state = SHARED_SCRATCH / f"hub-{uuid.uuid4().hex[:8]}"
     state.mkdir(parents=True)
     shutil.chown(state, SERVICE_ACCOUNT, SERVICE_ACCOUNT)
@@ -137,11 +178,17 @@ def new_hub(site: Path | None = None) -> Hub:
         "HPCBINDER_HUB_STATE": str(state),
         "HPCBINDER_ADMIN_TOKEN": token,
         "HPCBINDER_CHP": str(CHP),
-        "HPCBINDER_BINDER_PORT": str(free_port()),
     }
-    if site is not None:
-        env["HPCBINDER_SITE"] = str(site)
-    hub = Hub(f"http://localhost:{port}", token, state / "hub.log", env, state)
+    hub: Hub
+    if on_hub_host:
+        env["HPCBINDER_SITE"] = str(site or HOSTS_SITE)
+        env["HPCBINDER_HUB_PUBLIC_URL"] = f"http://hub.test:{port}"
+        hub = HostHub(f"http://{HUB_ADDRESS}:{port}", token, state / "hub.log", env, state)
+    else:
+        env["HPCBINDER_BINDER_PORT"] = str(free_port())
+        if site is not None:
+            env["HPCBINDER_SITE"] = str(site)
+        hub = Hub(f"http://localhost:{port}", token, state / "hub.log", env, state)
     hub.start()
     return hub
 

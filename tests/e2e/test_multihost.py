@@ -8,75 +8,28 @@ from __future__ import annotations
 
 import contextlib
 import re
-import secrets
 import shutil
 import subprocess
-import time
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from tornado.httpclient import HTTPClientError
 
-from tests.conftest import DEVCLUSTER, SHARED_SCRATCH, SITE_BIN, DevCluster, free_port_block
-from tests.hubhelpers import CHP, HUB_CONFIG, SERVICE_ACCOUNT, Hub, wait_ready
+from tests.conftest import DevCluster
+from tests.hubhelpers import HUB_ADDRESS, Hub, new_hub, wait_ready
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm, pytest.mark.apptainer]
 
-HUB_HOST, HUB_ADDRESS = "hpcb-hub", "10.79.13.10"
 COMPUTE = {"hpcb-c1": "10.79.13.21", "hpcb-c2": "10.79.13.22"}
 SERVERS = ("mh1", "mh2")
-#: The dev site as its hosts see it (slurm/devcluster): the hub on the hub
-#: host's address, profile ``node`` a whole compute host.
-HOSTS_SITE = Path("/etc/hpcbinder/site-hosts.yaml")
-
-
-class HostHub(Hub):
-    """A hub started on the hub host (``slurm/devcluster host``)."""
-
-    def start(self) -> None:
-        account = [f"--reuid={SERVICE_ACCOUNT}", f"--regid={SERVICE_ACCOUNT}", "--init-groups"]
-        with self.log.open("a") as handle:
-            self.process = subprocess.Popen(
-                [str(DEVCLUSTER), "host", HUB_HOST, "setpriv", *account, "env", "-i",
-                 *(f"{name}={value}" for name, value in self.env.items()),
-                 str(SITE_BIN / "python"), "-m", "jupyterhub", "-f", str(HUB_CONFIG)],
-                cwd=self.state, stdout=handle, stderr=subprocess.STDOUT, text=True,
-            )  # fmt: skip
-        for _ in range(120):
-            if self.process.poll() is not None:
-                pytest.fail(f"the hub on {HUB_HOST} exited; log:\n{self.log.read_text()[-3000:]}")
-            with contextlib.suppress(HTTPClientError, OSError):
-                self.api("GET", "/")
-                return
-            time.sleep(0.5)
-        pytest.fail(f"the hub on {HUB_HOST} did not answer; log:\n{self.log.read_text()[-3000:]}")
 
 
 @pytest.fixture
 def host_hub(devcluster: DevCluster) -> Iterator[Hub]:
     """configs/jupyterhub_config.py as the service account on the hub host,
     with the site file the dev cluster writes for its hosts."""
-    port = free_port_block(4)
-    state = SHARED_SCRATCH / f"hub-{uuid.uuid4().hex[:8]}"
-    state.mkdir(parents=True)
-    shutil.chown(state, SERVICE_ACCOUNT, SERVICE_ACCOUNT)
-    token = secrets.token_hex(16)
-    env = {
-        "PATH": f"{SITE_BIN}:/usr/local/bin:/usr/bin:/bin",
-        "LANG": "C.UTF-8",
-        "HOME": "/var/lib/hpcbinder/service",
-        "HPCBINDER_HUB_STATE": str(state),
-        "HPCBINDER_ADMIN_TOKEN": token,
-        "HPCBINDER_CHP": str(CHP),
-        "HPCBINDER_SITE": str(HOSTS_SITE),
-        "HPCBINDER_HUB_PORT": str(port),
-        "HPCBINDER_HUB_PUBLIC_URL": f"http://hub.test:{port}",
-    }
-    hub = HostHub(f"http://{HUB_ADDRESS}:{port}", token, state / "hub.log", env, state)
+    hub = new_hub(on_hub_host=True)
     try:
-        hub.start()
         yield hub
     finally:
         for name in SERVERS:
@@ -85,7 +38,7 @@ def host_hub(devcluster: DevCluster) -> Iterator[Hub]:
         hub.stop()  # the hub stops its proxy and services
         names = ",".join(f"hpcbinder-alice-{name}" for name in SERVERS)
         subprocess.run(["scancel", "--user=alice", f"--name={names}"], check=False)
-        shutil.rmtree(state, ignore_errors=True)
+        shutil.rmtree(hub.state, ignore_errors=True)
 
 
 def _through_proxy(hub: Hub, url: str) -> str:
