@@ -149,8 +149,20 @@ def _given_token() -> str | None:
 
 
 def credentials(user: str) -> git.OwnCredentials:
-    """Her credentials for git: a token if she gave one (by variable)."""
-    return git.OwnCredentials(_given_token(), os.environ.get(git.TOKEN_USER_VARIABLE) or user)
+    """Her credentials for git: a token if she gave one (by variable), for
+    the one origin she names with it (``HPCBINDER_GIT_TOKEN_HOST``). Not the
+    origin of whatever repository she asks for: a link someone else gives
+    her names their host, and a token would go to whoever answers 401."""
+    token = _given_token()
+    origin = os.environ.get(git.TOKEN_ORIGIN_VARIABLE, "").strip().lower().rstrip("/")
+    if token is not None and not git.TOKEN_ORIGIN.fullmatch(origin):
+        raise UserError(
+            f"{git.TOKEN_VARIABLE} is set: set {git.TOKEN_ORIGIN_VARIABLE} to the one "
+            "https://host[:port] it is for (it is given to no other host)"
+        )
+    return git.OwnCredentials(
+        token, os.environ.get(git.TOKEN_USER_VARIABLE) or user, origin if token else ""
+    )
 
 
 def no_access(exc: BaseException) -> bool:

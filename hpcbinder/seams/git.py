@@ -41,6 +41,12 @@ inside :func:`own_credentials`: git then sees her home (her ~/.ssh keys and
 config, her git config and credential helper), her SSH agent and her
 ``GIT_SSH_COMMAND``, and a token she gives reaches git's credential helper
 through an environment variable that the helper names, never argv or a URL.
+That helper is scoped (``credential.<origin>.helper``) to the one
+``scheme://host[:port]`` she names for the token: git asks it for no other
+host, whatever a repository, a redirect or a submodule points at. Her own
+rights reach a submodule only on the same origin as the repository fetched
+(:func:`origin`): a repository's author chooses its submodules, and a
+public one must not borrow her access to another host or her files.
 It is a context, not an argument, so that the one environment builder
 decides it for every git call of a fetch (submodules, short-SHA lookups),
 and no provider can pass credentials on by accident.
@@ -92,6 +98,13 @@ class FetchLimitExceeded(GitError):
     """A fetch took more disk or time than the site allows, and was stopped."""
 
 
+class SubmoduleUnreachable(GitError):
+    """The repository was fetched, but one of its submodules could not be
+    (or may not be, with the rights at hand): says nothing of whether the
+    repository itself is open to the reader, so it is never taken for "no
+    access" (which would have the researcher fetch it as herself)."""
+
+
 @dataclass(frozen=True)
 class FetchLimits:
     """The most disk (what git writes, its output included) and wall time
@@ -133,6 +146,9 @@ _SSH = (
 TOKEN_VARIABLE = "HPCBINDER_GIT_TOKEN"  # noqa: S105 (a name, not a value)
 #: The user name git offers with that token (HTTPS basic authentication).
 TOKEN_USER_VARIABLE = "HPCBINDER_GIT_USERNAME"  # noqa: S105 (a name)
+#: The variable that names the one origin (``https://host[:port]``) that
+#: token is for: a token given without it is refused.
+TOKEN_ORIGIN_VARIABLE = "HPCBINDER_GIT_TOKEN_HOST"  # noqa: S105 (a name)
 #: git's credential helper for a given token: shell text that names the
 #: variables, holds no value (git runs ``!`` helpers through the shell).
 _TOKEN_HELPER = (
@@ -144,14 +160,27 @@ _TOKEN_HELPER = (
 _OWN_ENV = ("HOME", "USER", "LOGNAME", "XDG_CONFIG_HOME", "SSH_AUTH_SOCK", "GIT_SSH_COMMAND")
 
 
+#: An origin a token is given for: ``http(s)://host[:port]``, lower case,
+#: no user, path or wildcard (git's URL matching takes ``*`` in a host).
+TOKEN_ORIGIN = textpatterns.compile(
+    r"https?://(?:[a-z0-9](?:[a-z0-9-]{0,62}\.)*[a-z0-9-]{1,63}|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?"
+)
+
+
 @dataclass(frozen=True)
 class OwnCredentials:
     """This process's account's own credentials, lent to git for one fetch:
     her ssh keys, agent and config, her git credential helper, and
-    ``token`` (with ``user``) if she gave one, for HTTPS."""
+    ``token`` (with ``user``) if she gave one, for HTTPS to ``token_origin``
+    only (a :data:`TOKEN_ORIGIN`, checked here: it scopes a config key)."""
 
     token: str | None = None
     user: str = ""
+    token_origin: str = ""
+
+    def __post_init__(self) -> None:
+        if self.token is not None and not TOKEN_ORIGIN.fullmatch(self.token_origin):
+            raise ValueError(f"not an origin (scheme://host[:port]): {self.token_origin!r}")
 
 
 _CREDENTIALS: contextvars.ContextVar[OwnCredentials | None] = contextvars.ContextVar(
@@ -252,7 +281,9 @@ def fetching_as_self() -> bool:
 def _own_env(credentials: OwnCredentials) -> dict[str, str]:
     """What git gets of the researcher's own for a fetch of hers: her
     home, agent and ssh command; the token only through the helper's
-    variable, with her own helpers tried after it."""
+    variable, that helper asked for her token's origin only (a redirect, a
+    submodule or a repository elsewhere never gets it), her own helpers
+    tried after it."""
     env = {name: os.environ[name] for name in _OWN_ENV if name in os.environ}
     env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
     if credentials.token is not None:
@@ -261,7 +292,7 @@ def _own_env(credentials: OwnCredentials) -> dict[str, str]:
                 TOKEN_VARIABLE: credentials.token,
                 TOKEN_USER_VARIABLE: credentials.user,
                 "GIT_CONFIG_COUNT": "1",
-                "GIT_CONFIG_KEY_0": "credential.helper",
+                "GIT_CONFIG_KEY_0": f"credential.{credentials.token_origin}.helper",
                 "GIT_CONFIG_VALUE_0": _TOKEN_HELPER,
             }
         )

@@ -148,9 +148,13 @@ def world(devcluster: DevCluster) -> Iterator[World]:
                     f"git/{quote(f'{http}/served.git', safe='')}/main",
                     f"git/{quote(f'{http}/nothing.git', safe='')}/main",
                     {
-                        "alice": {"HPCBINDER_GIT_TOKEN": token},
+                        "alice": {
+                            "HPCBINDER_GIT_TOKEN": token,
+                            "HPCBINDER_GIT_TOKEN_HOST": http,
+                        },
                         "bob": {
                             "HPCBINDER_GIT_TOKEN": "not-alices",
+                            "HPCBINDER_GIT_TOKEN_HOST": http,
                             "HPCBINDER_GIT_USERNAME": "alice",
                         },
                     },

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hpcbinder.config import RepoPolicy, Site
-from hpcbinder.errors import NoAccess, RepoUnreachable
+from hpcbinder.errors import NoAccess, RepoUnreachable, UserError
 from hpcbinder.images import private, server
 from hpcbinder.seams import git
 from hpcbinder.sources import providers
@@ -40,9 +40,9 @@ def test_a_token_reaches_git_only_through_its_helpers_variable(token: str) -> No
     with exactly the token, and nothing the token spells runs."""
     work = Path(tempfile.mkdtemp(prefix="hpcbinder-token-"))
     try:
-        with git.own_credentials(git.OwnCredentials(token, "alice")):
+        with git.own_credentials(git.OwnCredentials(token, "alice", "https://git.example.org")):
             env = git._env(["https"], work)
-        assert env["GIT_CONFIG_KEY_0"] == "credential.helper"
+        assert env["GIT_CONFIG_KEY_0"] == "credential.https://git.example.org.helper"
         assert env["GIT_CONFIG_VALUE_0"] == git._TOKEN_HELPER
         assert env[git.TOKEN_VARIABLE] == token
         # As git runs a "!" helper: through the shell, with "get".
@@ -63,7 +63,7 @@ def test_a_token_reaches_git_only_through_its_helpers_variable(token: str) -> No
 
 def test_git_asks_the_helper_and_argv_holds_no_token(tmp_path: Path) -> None:
     token = "s3cr3t-$(touch pwned)-'\"`id`"  # noqa: S105
-    with git.own_credentials(git.OwnCredentials(token, "alice")):
+    with git.own_credentials(git.OwnCredentials(token, "alice", "https://git.example.org")):
         filled = git._git(
             ["credential", "fill"],
             "credential",
@@ -199,10 +199,31 @@ def test_her_token_leaves_the_process_environment_at_first_use(
     git's helper still gets it on every fetch."""
     private._given_token.cache_clear()
     monkeypatch.setenv(git.TOKEN_VARIABLE, "her-token")
+    monkeypatch.setenv(git.TOKEN_ORIGIN_VARIABLE, "https://GitLab.example.org:8443/")
     try:
         first = private.credentials("alice")
         assert git.TOKEN_VARIABLE not in os.environ
-        assert first == private.credentials("alice") == git.OwnCredentials("her-token", "alice")
+        expected = git.OwnCredentials("her-token", "alice", "https://gitlab.example.org:8443")
+        assert first == private.credentials("alice") == expected
+    finally:
+        private._given_token.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "origin", ["", "gitlab.example.org", "https://*.example.org", "https://h/path", "ssh://h"]
+)
+def test_a_token_without_the_one_host_it_is_for_is_refused(
+    monkeypatch: pytest.MonkeyPatch, origin: str
+) -> None:
+    """Given for whatever host she asks for, a link bob gives her (his
+    host answering 401) would collect it: one line naming the variable."""
+    private._given_token.cache_clear()
+    monkeypatch.setenv(git.TOKEN_VARIABLE, "her-token")
+    monkeypatch.setenv(git.TOKEN_ORIGIN_VARIABLE, origin)
+    try:
+        with pytest.raises(UserError, match=git.TOKEN_ORIGIN_VARIABLE) as caught:
+            private.credentials("alice")
+        assert "her-token" not in str(caught.value) and "\n" not in str(caught.value)
     finally:
         private._given_token.cache_clear()
 
