@@ -87,7 +87,11 @@ def test_site_hosts_replace_public_ones() -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("zz/org/repo/main", "unknown provider 'zz' (this site knows: ckan, dataverse, doi, figshare, gh, gist, git, gl, hydroshare, local, swhid, zenodo)"),
+        (
+            "zz/org/repo/main",
+            "unknown provider 'zz' (this site knows: ckan, dataverse, doi, figshare, gh, "
+            "gist, git, gl, hydroshare, local, swhid, zenodo)",
+        ),
         ("gh/org/repo", "malformed spec: expected gh/<org>/<repo>/<ref>"),
         ("gh", "malformed spec 'gh'"),
         ("gh/org/re po/main", "invalid GitHub repository 'org/re po'"),
