@@ -75,6 +75,7 @@ bench: venv base
 	$(SUDO) $(BIN)/python -m tests.bench.env_build $(BENCH_FLAGS)
 	$(SUDO) $(BIN)/python -m tests.bench.launch $(BENCH_FLAGS)
 	$(SUDO) $(BIN)/python -m tests.bench.binder_load $(BENCH_FLAGS)
+	$(SUDO) $(BIN)/python -m tests.bench.scale $(BENCH_FLAGS)
 
 # The doctor's report with a real job, then JupyterHub and the Binder service
 # in the foreground, an example repository built and its link printed.

@@ -31,8 +31,13 @@ BENCHMARKS: dict[str, tuple[tuple[str, ...], tuple[str, ...], dict[str, Any]]] =
         ("event_streams", "floor_one_client_seconds"),
         {},
     ),
+    "scale": (
+        ("across_hosts", "all_ready_seconds"),
+        ("floor_one_server_seconds",),
+        {"lost": 0},
+    ),
 }
-BROWSER = {"launch", "binder_load"}
+BROWSER = {"launch", "binder_load", "scale"}
 
 pytestmark = [pytest.mark.slurm, pytest.mark.apptainer]
 
