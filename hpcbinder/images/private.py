@@ -169,9 +169,11 @@ def no_access(exc: BaseException) -> bool:
     """Whether ``exc`` says a repository cannot be read with the rights at
     hand (not there, or not open to the reader), as opposed to a fetch
     that went far enough to reach a site limit (which says nothing of
-    whether a repository exists: its data was flowing)."""
+    whether a repository exists: its data was flowing) or to its
+    submodules (the repository was read: fetching it again as the
+    researcher would lend its author's submodules her rights)."""
     if isinstance(exc, RepoUnreachable):
-        return not isinstance(exc.__cause__, git.FetchLimitExceeded)
+        return not isinstance(exc.__cause__, (git.FetchLimitExceeded, git.SubmoduleError))
     return isinstance(exc, (providers.NotOpenToAll, PermissionError))
 
 

@@ -65,6 +65,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from hpcbinder import textpatterns
 from hpcbinder.patterns import COMMIT, LOCAL_PATH
@@ -88,6 +89,8 @@ _GITLINK = textpatterns.compile(rf"160000 ({COMMIT.pattern}) 0\t(.+)")
 #: Judges a submodule URL by the site's policy: raises if it is not
 #: allowed, else returns its checked path for a repository on this host.
 UrlPolicy = Callable[[str], Path | None]
+#: Default ports, which an origin leaves out (as git's URL matching does).
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ssh": 22, "git": 9418}
 
 
 class GitError(RuntimeError):
@@ -98,11 +101,13 @@ class FetchLimitExceeded(GitError):
     """A fetch took more disk or time than the site allows, and was stopped."""
 
 
-class SubmoduleUnreachable(GitError):
-    """The repository was fetched, but one of its submodules could not be
-    (or may not be, with the rights at hand): says nothing of whether the
-    repository itself is open to the reader, so it is never taken for "no
-    access" (which would have the researcher fetch it as herself)."""
+class SubmoduleError(GitError):
+    """The repository was fetched, but its submodules could not be (one
+    refused by the policy or the origin rule, unreachable, or badly
+    declared): says nothing of whether the repository itself is open to
+    the reader, so it is never taken for "no access", which would have the
+    researcher fetch a public repository again as herself, lending its
+    author's submodules her rights."""
 
 
 @dataclass(frozen=True)
@@ -539,6 +544,7 @@ class _Fetch:
     deadline: float
     root: Path  # the whole checkout, measured against the size limit
     policy: UrlPolicy
+    origin: str | None  # the repository's (see origin), its submodules' with her rights
 
     def git(self, args: list[str], what: str, cwd: Path) -> proc.CommandResult:
         return _git(
@@ -570,7 +576,9 @@ def fetch_commit(
     :func:`ls_remote`."""
     if not COMMIT.fullmatch(commit):
         raise ValueError(f"not a full commit id: {commit!r}")
-    fetch = _Fetch(list(protocols), limits, time.monotonic() + limits.seconds, dest, policy)
+    fetch = _Fetch(
+        list(protocols), limits, time.monotonic() + limits.seconds, dest, policy, origin(url)
+    )
     dest.mkdir(parents=True)
     try:
         _fetch_into(fetch, url, commit, dest, local_repo, depth=0)
@@ -597,14 +605,61 @@ def _fetch_into(
             raise _failed(what, result)
     for path, pinned, sub_url in _submodules(fetch, folder, url, what):
         if depth >= MAX_SUBMODULE_DEPTH:
-            raise GitError(f"{what}: submodules nest deeper than {MAX_SUBMODULE_DEPTH} levels")
+            raise SubmoduleError(
+                f"{what}: submodules nest deeper than {MAX_SUBMODULE_DEPTH} levels"
+            )
         target = folder / path
         inside = f"{os.path.realpath(fetch.root)}/"
         if target.is_symlink() or not os.path.realpath(target).startswith(inside):
-            raise GitError(f"{what}: submodule path {path!r} leads outside the repository")
+            raise SubmoduleError(f"{what}: submodule path {path!r} leads outside the repository")
         target.mkdir(parents=True, exist_ok=True)
-        local = fetch.policy(sub_url)
-        _fetch_into(fetch, sub_url, pinned, target, local, depth + 1)
+        local = _judge_submodule(fetch, f"{what}: submodule {path!r}", sub_url)
+        try:
+            _fetch_into(fetch, sub_url, pinned, target, local, depth + 1)
+        except (SubmoduleError, FetchLimitExceeded):
+            raise
+        except GitError as exc:
+            raise SubmoduleError(str(exc)) from exc
+
+
+def _judge_submodule(fetch: _Fetch, what: str, url: str) -> Path | None:
+    """The site's policy's judgement of submodule ``url`` (its checked
+    local path; the policy raises its refusal); fetching with her own
+    rights, also refused unless on the repository's own origin: the repository's
+    author chose it, and her rights are lent to the repository she named,
+    not to another host or to her files (git refuses ``file://``
+    submodules by default too, since CVE-2022-39253)."""
+    if fetching_as_self() and (origin(url) is None or origin(url) != fetch.origin):
+        raise SubmoduleError(
+            f"{what}: {url} is not on the repository's own host ({fetch.origin}); "
+            "a build with your own credentials fetches submodules from there only"
+        )
+    return fetch.policy(url)
+
+
+def origin(url: str) -> str | None:
+    """``scheme://host[:port]`` of a clone URL (lower case, no user, default
+    port left out; scp-like ``host:path`` is ``ssh://host``), ``file://``
+    for any repository on this host; None where a reader could take
+    another host from it (two ``@``, a bad port, no host)."""
+    if url.lower().startswith("file:") or url.startswith("/"):
+        return "file://"
+    if "://" not in url:
+        authority, colon, _ = url.partition(":")
+        user, _, host = authority.rpartition("@")
+        if not colon or "@" in user or "/" in authority or not host:
+            return None
+        return f"ssh://{host.lower()}"
+    parts = urlsplit(url)
+    scheme = {"git+ssh": "ssh", "ssh+git": "ssh"}.get(parts.scheme.lower(), parts.scheme.lower())
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.netloc.count("@") > 1 or not parts.hostname:
+        return None
+    shown = "" if port is None or port == _DEFAULT_PORTS.get(scheme) else f":{port}"
+    return f"{scheme}://{parts.hostname}{shown}"
 
 
 def _submodules(fetch: _Fetch, folder: Path, url: str, what: str) -> list[tuple[str, str, str]]:
@@ -616,7 +671,7 @@ def _submodules(fetch: _Fetch, folder: Path, url: str, what: str) -> list[tuple[
     if not gitlinks:
         return []
     if (folder / ".gitmodules").is_symlink():  # git refuses these too; never read one
-        raise GitError(f"{what}: .gitmodules is a symbolic link")
+        raise SubmoduleError(f"{what}: .gitmodules is a symbolic link")
     config = fetch.git(
         ["config", "-z", "--file", ".gitmodules", "--get-regexp", r"^submodule\..*\.(path|url)$"],
         what,
@@ -632,7 +687,7 @@ def _submodules(fetch: _Fetch, folder: Path, url: str, what: str) -> list[tuple[
     found = []
     for commit, path in gitlinks:
         if path not in url_of_path:
-            raise GitError(f"{what}: submodule {path!r} has no URL in .gitmodules")
+            raise SubmoduleError(f"{what}: submodule {path!r} has no URL in .gitmodules")
         found.append((path, commit, submodule_url(url, url_of_path[path])))
     return found
 

@@ -33,6 +33,7 @@ holding any of those (or ``?``, ``#``, a backslash, a part starting with
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -434,6 +435,11 @@ class GitRepoProvider(RepoProvider):
                 policy=self.check_submodule,
                 local_repo=local,
             )
+        except NotOpenToAll as exc:
+            # A submodule's: this repository was read, so this is a refusal,
+            # not "no access" (on which the researcher's own process would
+            # fetch it again as her, lending its author's submodules her rights).
+            raise RepoNotAllowed(f"submodule of {resolved.url}: {exc}") from None
         except git.GitError as exc:
             raise RepoUnreachable(str(exc)) from exc
 
@@ -612,6 +618,7 @@ def checkout(provider: RepoProvider, resolved: ResolvedRepo, root: Path) -> Path
     final = root / url_hash / resolved.commit
     if final.is_dir():
         return final
+    made = not final.parent.exists()
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{resolved.commit}-", dir=final.parent))
     try:
@@ -623,4 +630,7 @@ def checkout(provider: RepoProvider, resolved: ResolvedRepo, root: Path) -> Path
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if made and not final.is_dir():  # a failed first fetch of this URL leaves no folder
+            with contextlib.suppress(OSError):  # not empty: another fetch of it is under way
+                final.parent.rmdir()
     return final
