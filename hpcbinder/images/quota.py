@@ -20,6 +20,7 @@ import os
 import stat
 from pathlib import Path
 
+from hpcbinder import foldertree
 from hpcbinder.config import Site
 from hpcbinder.errors import UserError
 from hpcbinder.images import safefs
@@ -36,7 +37,7 @@ class DiskLimitReached(UserError):
 def tree_bytes(folder: Path) -> int:
     """The bytes of the regular files below ``folder`` (links not followed)."""
     total = 0
-    for parent, _, files in os.walk(folder):
+    for parent, _, files in foldertree.walk(folder):
         for name in files:
             try:
                 info = os.lstat(os.path.join(parent, name))

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from hpcbinder import foldertree
 from hpcbinder.errors import RepoConfigError, UserError
 
 #: Bytes read or written at a time.
@@ -53,6 +54,9 @@ CHUNK = 1 << 16
 _MAX_HEADER = 1 << 20
 #: The longest name a record's file or an archive's member may have (PATH_MAX).
 _MAX_NAME = 4096
+#: The most folder levels a name may have: a deep tree costs every walk over
+#: the checkout, and no repository needs more.
+MAX_DEPTH = 64
 #: What repo2docker calls the archive it unpacks.
 _ZIP_SUFFIX = ".zip"
 
@@ -139,7 +143,8 @@ def member_path(name: str) -> tuple[str, ...] | None:
     archive member's), ``.`` and empty parts dropped; None for a name
     under a ``.git`` part (dropped). :class:`RepoConfigError` for an
     absolute name, a ``..`` part, a backslash, a character that is not
-    printable, a part longer than 255 bytes, or nothing left."""
+    printable, a part longer than 255 bytes, more than :data:`MAX_DEPTH`
+    parts, or nothing left."""
     if len(name.encode("utf-8", "surrogateescape")) > _MAX_NAME:
         raise _refused(name, f"a name longer than {_MAX_NAME} bytes")
     if name.startswith("/"):
@@ -156,6 +161,8 @@ def member_path(name: str) -> tuple[str, ...] | None:
             raise _refused(name, "a name part longer than 255 bytes")
     if not parts:
         raise _refused(name, "an empty name")
+    if len(parts) > MAX_DEPTH:
+        raise _refused(name, f"a name more than {MAX_DEPTH} folders deep")
     if any(part.lower() == ".git" for part in parts):
         return None
     return parts
@@ -166,8 +173,9 @@ def _is_top(name: str) -> bool:
     return name in (".", "./")
 
 
-class _Tree:
-    """The folder an extraction fills: each name once, files only below folders."""
+class Tree:
+    """The folder an extraction (or a record's downloads) fills: each name
+    once, files only below folders, every file and folder counted."""
 
     def __init__(self, root: Path, budget: Budget) -> None:
         self.root = root
@@ -181,20 +189,26 @@ class _Tree:
             here = parts[:depth]
             kind = self.kinds.get(here)
             if kind is False:
-                raise _refused(name, "a folder where the archive has a file of that name")
+                raise _refused(name, "a name that appears twice, as a file and a folder")
             if kind is None:
                 self.budget.add_file()
                 os.mkdir(self.root.joinpath(*here), 0o755)
                 self.kinds[here] = True
 
-    def file(self, name: str, parts: tuple[str, ...], source: IO[bytes], executable: bool) -> None:
+    def place(self, name: str, parts: tuple[str, ...]) -> Path:
+        """Where the new file ``name`` goes: its folders made, the name
+        claimed once; the caller creates the file (and counts it)."""
         if parts in self.kinds:
             raise _refused(name, "a name that appears twice")
         self.folder(name, parts[:-1])
-        self.budget.add_file()
         self.kinds[parts] = False
+        return self.root.joinpath(*parts)
+
+    def file(self, name: str, parts: tuple[str, ...], source: IO[bytes], executable: bool) -> None:
+        path = self.place(name, parts)
+        self.budget.add_file()
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        handle = os.open(self.root.joinpath(*parts), flags, 0o755 if executable else 0o644)
+        handle = os.open(path, flags, 0o755 if executable else 0o644)
         with os.fdopen(handle, "wb") as out:
             copy(source, out, self.budget)
 
@@ -210,7 +224,7 @@ def extract(archive: Path, dest: Path, budget: Budget) -> None:
     """The zip or tar (plain, gzip, bzip2, xz) ``archive`` into the new
     folder ``dest``: see the module's docstring for what is refused."""
     os.mkdir(dest, 0o755)
-    tree = _Tree(dest, budget)
+    tree = Tree(dest, budget)
     try:
         if zipfile.is_zipfile(archive):
             _extract_zip(archive, tree)
@@ -235,7 +249,7 @@ def extract(archive: Path, dest: Path, budget: Budget) -> None:
         raise RepoConfigError(archive.name, f"cannot be unpacked ({reason})") from None
 
 
-def _extract_zip(archive: Path, tree: _Tree) -> None:
+def _extract_zip(archive: Path, tree: Tree) -> None:
     with zipfile.ZipFile(archive) as opened:
         members = opened.infolist()
         tree.budget.check_files(len(members))  # before reading a central directory's worth
@@ -298,7 +312,7 @@ def _decompressed(archive: Path, folder: Path, budget: Budget) -> Path:
     return archive
 
 
-def _extract_tar(archive: Path, tree: _Tree) -> None:
+def _extract_tar(archive: Path, tree: Tree) -> None:
     plain = _decompressed(archive, archive.parent, tree.budget)
     try:
         with plain.open("rb") as raw:
@@ -377,8 +391,7 @@ def folder_digest(root: Path) -> str:
     where the build reads the whole repository. Links are hashed as their
     target text, never followed."""
     digest = hashlib.sha256(b"hpcbinder-folder-digest-1\0")
-    for folder, dirs, names in os.walk(root):
-        dirs.sort()
+    for folder, dirs, names in foldertree.walk(root):
         relative = os.path.relpath(folder, root).encode("utf-8", "surrogateescape")
         for name in sorted([*dirs, *names]):
             path = os.path.join(folder, name)

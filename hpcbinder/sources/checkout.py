@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hpcbinder import foldertree
 from hpcbinder.errors import RepoConfigError
 from hpcbinder.seams import git
 from hpcbinder.sources.archives import folder_digest
@@ -37,20 +38,27 @@ def check_links(root: Path) -> None:
     """RepoConfigError naming the first symlink in the checkout ``root``
     (git's own ``.git`` folder aside) that points outside it."""
     real_root = Path(os.path.realpath(root))
-    for folder, dirs, files in os.walk(real_root):
-        if Path(folder) == real_root and ".git" in dirs:
-            dirs.remove(".git")  # written by git, not by the repository
-        for name in sorted([*dirs, *files]):
-            path = Path(folder, name)
-            if not path.is_symlink():
-                continue
-            relative = str(path.relative_to(real_root))
-            if leads_outside(real_root, relative):
-                raise RepoConfigError(
-                    _shown(relative),
-                    f"links to {_shown(os.readlink(path))}, outside the repository; "
-                    "make it a link inside the repository or a copy of the file",
-                )
+    try:
+        for folder, dirs, others in foldertree.walk(real_root):
+            if Path(folder) == real_root and ".git" in dirs:
+                dirs.remove(".git")  # written by git, not by the repository
+            for name in others:
+                path = Path(folder, name)
+                if not path.is_symlink():
+                    continue
+                relative = str(path.relative_to(real_root))
+                if leads_outside(real_root, relative):
+                    raise RepoConfigError(
+                        _shown(relative),
+                        f"links to {_shown(os.readlink(path))}, outside the repository; "
+                        "make it a link inside the repository or a copy of the file",
+                    )
+    except OSError as exc:  # unchecked is refused: a path too long to read, say
+        where = exc.filename if isinstance(exc.filename, str) else str(real_root)
+        raise RepoConfigError(
+            _shown(os.path.relpath(where, real_root)[:200]),
+            f"cannot be read to check its links ({exc.strerror or 'unreadable'})",
+        ) from None
 
 
 def _shown(text: str) -> str:

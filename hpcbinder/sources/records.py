@@ -41,7 +41,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from hpcbinder import textpatterns
 from hpcbinder.config import RepoPolicy
-from hpcbinder.errors import RepoConfigError, RepoNotAllowed, SpecError
+from hpcbinder.errors import RepoNotAllowed, SpecError
 from hpcbinder.sources import archives, providers
 from hpcbinder.sources.archives import Bounds, Budget, RecordError
 from hpcbinder.sources.download import NotFound, Session, check_fetch_url
@@ -216,8 +216,14 @@ class RecordProvider(RepoProvider):
             else:
                 files = work / "files"
                 files.mkdir()
-                _download_files(session, record, files, self.what)
+                _download_files(session, record, archives.Tree(files, budget), self.what)
                 archives.unpack_record(files, dest, budget)
+        except OSError as exc:  # a path too long for this host, say: the record's
+            shutil.rmtree(dest, ignore_errors=True)
+            raise RecordError(
+                f"{self.what} cannot be written here ({exc.strerror or 'an error'}): "
+                "its files' names or layout do not fit this host"
+            ) from None
         except BaseException:
             shutil.rmtree(dest, ignore_errors=True)
             raise
@@ -225,23 +231,13 @@ class RecordProvider(RepoProvider):
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _download_files(session: Session, record: Record, folder: Path, what: str) -> None:
-    """Each of ``record``'s files at its path below ``folder``."""
-    files: set[tuple[str, ...]] = set()
-    folders: set[tuple[str, ...]] = set()
+def _download_files(session: Session, record: Record, tree: archives.Tree, what: str) -> None:
+    """Each of ``record``'s files at its path in ``tree``: named, laid out
+    and counted as an archive's members are."""
     for each in record.files:
         parts = archives.member_path(each.name)
-        if parts is None:
-            continue
-        above = {parts[:depth] for depth in range(1, len(parts))}
-        if parts in files or parts in folders or above & files:
-            raise RepoConfigError(each.name, f"a name that appears twice in {what}")
-        files.add(parts)
-        for depth in range(1, len(parts)):
-            if parts[:depth] not in folders:
-                folder.joinpath(*parts[:depth]).mkdir()
-                folders.add(parts[:depth])
-        session.save(each.url, folder.joinpath(*parts), what)
+        if parts is not None:
+            session.save(each.url, tree.place(each.name, parts), what)
 
 
 class _DoiProvider(RecordProvider):

@@ -170,7 +170,7 @@ def test_clean_archives_unpack_exactly(
         ([("a\\..\\..\\evil", "file", 1)], "a backslash"),
         ([("link", "symlink", 0)], "not a file or folder"),
         ([("a", "file", 1), ("a", "file", 2)], "appears twice"),
-        ([("a", "file", 1), ("a/b", "file", 2)], "a folder where the archive has a file"),
+        ([("a", "file", 1), ("a/b", "file", 2)], "appears twice, as a file and a folder"),
         ([("evil\x1b]52;c;aGk=\x07", "file", 1)], "control or unprintable"),
     ],
 )

@@ -7,14 +7,19 @@ own aside), and what a record's JSON can make the build server do.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from hpcbinder.config import RepoPolicy
-from hpcbinder.errors import RepoNotAllowed
-from hpcbinder.sources.archives import Bounds, Budget
+from hpcbinder.errors import RepoConfigError, RepoNotAllowed
+from hpcbinder.images import quota
+from hpcbinder.sources.archives import MAX_DEPTH, Bounds, Budget, folder_digest, member_path
+from hpcbinder.sources.checkout import check_links
 from hpcbinder.sources.download import Session
 from tests.loopback import QuietHandler, serving_on_loopback
 
@@ -70,3 +75,56 @@ def test_a_request_through_the_proxy_is_the_proxys_to_judge(
     monkeypatch.setenv("no_proxy", "127.0.0.1")
     with pytest.raises(RepoNotAllowed, match=r"127\.0\.0\.1 is at 127\.0\.0\.1"):
         _ask(f"{loopback}/api")
+
+
+def test_a_name_deeper_than_the_cap_is_refused_naming_it() -> None:
+    member_path("/".join(["d"] * MAX_DEPTH))
+    with pytest.raises(RepoConfigError, match=r"d/d/.*more than 64 folders deep"):
+        member_path("/".join(["d"] * (MAX_DEPTH + 1)))
+
+
+def test_every_walk_over_a_checkout_survives_a_deep_tree(tmp_path: Path) -> None:
+    """A git checkout may be as deep as a path may be long: the symlink
+    check, the tree's digest and the quota's count walk it all (Python
+    3.11's os.walk raised RecursionError), and still see the link at the
+    bottom."""
+    root = tmp_path / "repo"
+    folders = [root]
+    try:
+        for _ in range(1200):  # each made alone: pathlib's mkdir(parents=True) recurses too
+            folders[-1].mkdir()
+            folders.append(folders[-1] / "d")
+        deep = folders[-2]
+        (deep / "f").write_text("12345")
+        assert quota.tree_bytes(root) == 5
+        assert len(folder_digest(root)) == 64
+        check_links(root)
+        (deep / "key").symlink_to("/etc/shadow")
+        with pytest.raises(RepoConfigError, match=r"d/d/.*key.*outside the repository"):
+            check_links(root)
+    finally:  # shutil.rmtree (pytest's cleanup of old temporary folders) recurses as well
+        for folder in reversed(folders):
+            for name in ("f", "key"):
+                (folder / name).unlink(missing_ok=True)
+            if folder.is_dir():
+                folder.rmdir()
+
+
+def test_a_folder_that_cannot_be_read_is_refused_not_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """os.walk skipped a folder it could not list, so a link in it went
+    unchecked: every walk now fails on it instead."""
+    root = tmp_path / "repo"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "key").symlink_to("/etc/shadow")
+    real_scandir = os.scandir
+
+    def failing(path: str) -> object:
+        if path.endswith("sub"):
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), path)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", failing)
+    with pytest.raises(RepoConfigError, match=r"sub.*cannot be read to check its links"):
+        check_links(root)

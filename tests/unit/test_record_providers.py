@@ -488,3 +488,29 @@ def test_a_figshare_link_of_another_services_doi_is_refused(
     with pytest.raises(NotFound, match=r"not among this site's repos\.records\.figshare"):
         fetched(f"figshare/{doi}", policy_for(services, tmp_path))
     assert len(services.figshare.requests) == asked
+
+
+def test_a_records_folders_count_as_its_archives_do(services: Services, tmp_path: Path) -> None:
+    """A record's own files make their folders through the extractor's
+    tree: each folder counts against repos.max_fetch_files, and no name
+    is deeper than archives.MAX_DEPTH."""
+    zenodo_id = ZENODO_DOI.rpartition(".")[2]
+    services.zenodo.records[zenodo_id] = {"a/b/c/d/e/f.py": "x", "g.py": "y"}
+    with pytest.raises(FetchBoundExceeded, match=r"more than 4 files.*repos\.max_fetch_files"):
+        fetched(services.specs()["zenodo"], policy_for(services, tmp_path, max_fetch_files=4))
+    services.zenodo.records[zenodo_id] = {"d/" * 65 + "f.py": "x", "g.py": "y"}
+    with pytest.raises(RepoConfigError, match="more than 64 folders deep"):
+        fetched(services.specs()["zenodo"], policy_for(services, tmp_path))
+    assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
+
+
+def test_a_record_path_too_long_for_this_host_names_the_record(
+    services: Services, tmp_path: Path
+) -> None:
+    """A name within the record's limits that the checkout's place makes
+    longer than the host's PATH_MAX: one line naming the record, not an
+    internal error."""
+    zenodo_id = ZENODO_DOI.rpartition(".")[2]
+    services.zenodo.records[zenodo_id] = {"/".join(["p" * 250] * 16): "x", "g.py": "y"}
+    with pytest.raises(RecordError, match=rf"Zenodo record {ZENODO_DOI} cannot be written here"):
+        fetched(services.specs()["zenodo"], policy_for(services, tmp_path))
