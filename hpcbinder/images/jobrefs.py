@@ -37,11 +37,17 @@ class JobReferenceError(UserError):
     """An image key or commit id that cannot go into a job's comment."""
 
 
-def job_comment(image_key: str | None, commit: str | None) -> str:
+def job_comment(image_key: str | None, commit: str | None, *, private: bool = False) -> str:
     """The comment of a job that starts image ``image_key`` (None for a
     site base, which gc never removes) and copies the checkout of
     ``commit`` (None when it copies none). Both are checked in full: the
-    result goes onto an #SBATCH line."""
+    result goes onto an #SBATCH line. A ``private`` run's (her own store's
+    image and checkout, :mod:`hpcbinder.images.private`) names neither:
+    every account may list every job's comment (squeue, unless the site
+    sets PrivateData=jobs), gc does not keep her store, and its key and
+    commit would tell others of her private repository."""
+    if private:
+        return "hpcbinder"
     if image_key is not None and not ENV_KEY.fullmatch(image_key):
         raise JobReferenceError(f"not an image key: {image_key!r}")
     if commit is not None and not COMMIT.fullmatch(commit):

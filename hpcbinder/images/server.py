@@ -30,9 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import pwd
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -65,6 +68,8 @@ _LOGGED = frozenset({"waiting", "building", "log", "smoke", "publishing"})
 _FOLLOWED = frozenset({"waiting", "building", "log"})
 
 BuildStream = SharedStream[ServerEvent, Fetched]
+#: This process's key for the request ids its log shows (:func:`request_id`).
+_LOG_KEY = secrets.token_bytes(32)
 _Request = TypeVar("_Request")
 
 
@@ -80,6 +85,17 @@ async def _verified(body: bytes, parse: Callable[[str], _Request]) -> tuple[str,
         raise web.HTTPError(400, reason=f"malformed request: {exc}"[:200]) from exc
 
 
+def request_id(spec: str) -> str:
+    """What this server's log says of ``spec`` until it is known not to be
+    a repository the build account may not read: a hash keyed with this
+    process's secret, so that a reader of the log (an account the site
+    lets read it) can neither read nor confirm a guess of the names of
+    others' private repositories that were asked for; the same id for the
+    same spec, to follow one request's lines."""
+    digest = hmac.new(_LOG_KEY, spec.encode(errors="replace"), hashlib.sha256).hexdigest()
+    return f"request-{digest[:16]}"
+
+
 def _failure(spec: str, policy: RepoPolicy, exc: UserError | OSError) -> ServerEvent:
     """The one-line answer to a request that fails for the requester's
     reasons. A repository the build account cannot fetch (one that wants
@@ -88,10 +104,11 @@ def _failure(spec: str, policy: RepoPolicy, exc: UserError | OSError) -> ServerE
     whichever it was: the requester's own process may fetch it as her
     (kind ``no-access``: :mod:`hpcbinder.images.private`), and nobody learns
     whether another's private repository exists, not even from this
-    server's log (which names the spec, not why). Any other failure of the
+    server's log (which names only its :func:`request_id`, not the spec or
+    why). Any other failure of the
     file system is this server's, one line naming no path."""
     if private.no_access(exc):
-        log.info("no anonymous access to %s", providers.echo(spec))
+        log.info("no anonymous access to %s", request_id(spec))
         try:
             name = providers.parse_spec(spec, policy).readable_name()
         except UserError:
@@ -315,7 +332,11 @@ class BuildRequestHandler(web.RequestHandler):
         site: Site = self.settings["site"]
         return site
 
+    #: Whether this request was answered "no access" (its spec is then not logged).
+    _no_access = False
+
     async def _send(self, event: ServerEvent) -> None:
+        self._no_access = self._no_access or event.kind == "no-access"
         self.write(event.to_line())
         await self.flush()
         self._last_write = time.monotonic()
@@ -331,7 +352,8 @@ class BuildRequestHandler(web.RequestHandler):
         sender, request = await _verified(self.request.body, BuildRequest.from_json)
         user = _on_behalf(self.site, sender, request.for_user)
         spec = providers.echo(request.spec)  # not parsed yet: it may hold credentials
-        log.info("%s asks for %s%s", sender, spec, f" for {user}" if user != sender else "")
+        rid = request_id(request.spec)
+        log.info("%s asks for %s%s", sender, rid, f" for {user}" if user != sender else "")
         self.set_header("Content-Type", "application/x-ndjson")
         self.set_header("Cache-Control", "no-cache")
         keepalive = asyncio.get_running_loop().create_task(self._keepalive())
@@ -344,6 +366,8 @@ class BuildRequestHandler(web.RequestHandler):
             pass  # the client left; a build goes on for the others
         finally:
             keepalive.cancel()
+            if not self._no_access:  # a repository the build account may read (or not one)
+                log.info("%s was %s", rid, spec)
 
     async def _answer(self, request: BuildRequest, user: str) -> Fetched | None:
         try:  # the build account's rights are never lent to read a repository

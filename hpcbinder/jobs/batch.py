@@ -105,6 +105,7 @@ class BatchRun:
     run_dir: Path
     container_home: str | None = None  # the real home, where the site binds it
     entrypoint: tuple[str, ...] = ()  # what the run goes through: the repository's start
+    private: bool = False  # built into her own store (hpcbinder.images.private)
 
     @property
     def notebook(self) -> bool:
@@ -303,6 +304,7 @@ def plan_run(
         run_dir=run_dir,
         container_home=container_home(site, home),
         entrypoint=tuple(image_entrypoint(record)),
+        private=fetched.private,
     )
 
 
@@ -322,7 +324,7 @@ def render_batch_script(run: BatchRun) -> str:
         "batch.sbatch.j2",
         job_name=_SLUG_CHARS.sub("-", f"hpcbinder-batch-{PurePosixPath(run.path).stem}")[:64],
         request=run.request,
-        job_comment=job_comment(run.env_key, run.repo.commit),
+        job_comment=job_comment(run.env_key, run.repo.commit, private=run.private),
         array=run.array,
         log=log,
         home=safe_path(run.home, "home"),

@@ -36,5 +36,5 @@ def test_a_spec_with_credentials_is_refused_and_shown_nowhere(
     assert len(error) == 1 and "may not carry credentials" in error[0], done.stderr
     assert token not in done.stdout + done.stderr
     if command == "build":  # render asks no build server
-        assert "alice asks for (not repeated: it may hold credentials)" in server_log
+        assert "was (not repeated: it may hold credentials)" in server_log
     assert token not in server_log, server_log

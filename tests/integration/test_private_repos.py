@@ -233,6 +233,10 @@ def test_bob_is_told_what_he_would_be_told_of_a_repository_that_does_not_exist(
     # The build server's log (a site's admins') says no more than bob was told.
     log = world.server_log.read_text()
     assert "mode 700" not in log and "not a git repository" not in log
+    # Nor which repositories were asked for: a keyed hash of each (the old
+    # log said "bob asks for SPEC" and "no anonymous access to SPEC").
+    for spec in (repo.spec, repo.missing):
+        assert spec not in log and private.readable_name(site, spec) not in log
     assert "Permission denied" not in log and "Authentication" not in log
     bobs = world.stores["bob"]
     assert not (bobs / "envs").exists() or not any((bobs / "envs").iterdir())

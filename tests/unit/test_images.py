@@ -5,6 +5,7 @@ it which images and checkouts jobs use."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -397,6 +398,8 @@ def test_gc_removes_unused_checkouts_and_unfinished_fetches(tmp_path: Path) -> N
 def test_job_comments_name_image_and_commit_and_refuse_anything_else() -> None:
     assert job_comment(KEY, COMMIT) == f"hpcbinder-image={KEY},hpcbinder-commit={COMMIT}"
     assert job_comment(None, None) == "hpcbinder"
+    # A private run's names neither: squeue shows every job's comment to all.
+    assert job_comment(KEY, COMMIT, private=True) == "hpcbinder"
     for bad in (f"{KEY} --wrap=id", KEY.upper(), "base:default"):
         with pytest.raises(JobReferenceError):
             job_comment(bad, None)
@@ -440,6 +443,10 @@ def test_server_and_batch_scripts_carry_the_comment(tmp_path: Path) -> None:
         run_dir=Path("/home/alice/hpcbinder-runs/b"),
     )
     assert expected in render_batch_script(run)
+    # Her private repository's run: squeue shows its comment to every account.
+    mine = render_batch_script(dataclasses.replace(run, private=True))
+    assert "#SBATCH --comment=hpcbinder\n" in mine
+    assert KEY not in mine.split("#SBATCH --comment=")[1].splitlines()[0]
 
 
 # --- Slurm's view of every job --------------------------------------------------

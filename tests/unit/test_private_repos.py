@@ -5,6 +5,8 @@ researcher's own store is a folder of hers alone."""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -243,3 +245,21 @@ def test_a_fetch_that_reached_a_site_limit_says_so_and_is_not_no_access(tmp_path
     assert event.kind == "user" and "repos.max_fetch_mb" in event.message
     assert private.no_access(RepoUnreachable("cannot list refs: Permission denied"))
     assert not private.no_access(limited)
+
+
+def test_the_build_servers_log_names_no_spec_it_may_not_read(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its log (readable by a site's admins, world-readable in the old dev
+    cluster) said 'no anonymous access to SPEC': the names of others'
+    private repositories. Now a hash keyed with the server's own secret,
+    which a reader can neither reverse nor check a guess against."""
+    policy = RepoPolicy(protocols=["https"])
+    spec = "git/https%3A%2F%2Fgitlab.example.org%2Falice%2Fthesis.git/main"
+    with caplog.at_level(logging.INFO, logger=server.log.name):
+        event = server._failure(spec, policy, RepoUnreachable("Authentication failed"))
+    assert event.kind == "no-access"
+    assert "thesis" not in caplog.text and "gitlab" not in caplog.text
+    assert server.request_id(spec) in caplog.text
+    assert server.request_id(spec) == server.request_id(spec) != server.request_id(spec + "x")
+    assert hashlib.sha256(spec.encode()).hexdigest()[:16] not in server.request_id(spec)
