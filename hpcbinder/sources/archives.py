@@ -52,6 +52,12 @@ from hpcbinder.errors import RepoConfigError, UserError
 CHUNK = 1 << 16
 #: The longest header (a tar long name or pax record) read into memory.
 _MAX_HEADER = 1 << 20
+#: The longest pax header tarfile may parse: unpatched Pythons parse one in
+#: quadratic time (CVE-2024-6232); a path and git's comment need a few kB.
+MAX_PAX_HEADER = 16 << 10
+#: The most bytes of a zip's central directory per file the bounds allow
+#: (its fixed 46 bytes, a name, extra fields, a comment): zipfile reads it whole.
+_CENTRAL_BYTES_PER_FILE = 8 << 10
 #: The longest name a record's file or an archive's member may have (PATH_MAX).
 _MAX_NAME = 4096
 #: The most folder levels a name may have: a deep tree costs every walk over
@@ -249,11 +255,38 @@ def extract(archive: Path, dest: Path, budget: Budget) -> None:
         raise RepoConfigError(archive.name, f"cannot be unpacked ({reason})") from None
 
 
+def _check_zip_members(archive: Path, budget: Budget) -> None:
+    """The member-count gate ahead of :class:`zipfile.ZipFile`, which parses
+    its whole central directory into memory first: the directory ZipFile
+    would read, walked header by header, holds no more entries than the
+    bounds' files and no more bytes than they need."""
+    with archive.open("rb") as raw:
+        end = zipfile._EndRecData(raw)  # type: ignore[attr-defined]  # what ZipFile reads
+        if not end:
+            raise zipfile.BadZipFile("no end of central directory")
+        size, offset = end[zipfile._ECD_SIZE], end[zipfile._ECD_OFFSET]  # type: ignore[attr-defined]
+        concat = end[zipfile._ECD_LOCATION] - size - offset  # type: ignore[attr-defined]
+        if end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:  # type: ignore[attr-defined]
+            concat -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator  # type: ignore[attr-defined]
+        if size > budget.bounds.max_files * _CENTRAL_BYTES_PER_FILE:
+            budget.check_files(size // _CENTRAL_BYTES_PER_FILE)  # raises, naming the setting
+        raw.seek(concat + offset)
+        walked = count = 0
+        while walked < size:
+            header = raw.read(46)
+            if len(header) < 46 or header[:4] != b"PK\x01\x02":
+                raise zipfile.BadZipFile("a broken central directory")
+            name, extra, comment = struct.unpack("<HHH", header[28:34])
+            walked += 46 + name + extra + comment
+            raw.seek(name + extra + comment, os.SEEK_CUR)
+            count += 1
+            budget.check_files(count)
+
+
 def _extract_zip(archive: Path, tree: Tree) -> None:
+    _check_zip_members(archive, tree.budget)
     with zipfile.ZipFile(archive) as opened:
-        members = opened.infolist()
-        tree.budget.check_files(len(members))  # before reading a central directory's worth
-        for info in members:
+        for info in opened.infolist():
             tree.budget.check_time()
             mode = info.external_attr >> 16
             if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
@@ -317,7 +350,9 @@ def _extract_tar(archive: Path, tree: Tree) -> None:
     try:
         with plain.open("rb") as raw:
             bounded = _HeaderBound(raw)
-            with tarfile.open(fileobj=bounded, mode="r:") as opened:  # type: ignore[call-overload]
+            with tarfile.open(  # type: ignore[call-overload]
+                fileobj=bounded, mode="r:", tarinfo=_PaxBoundInfo
+            ) as opened:
                 for member in _members(opened, tree.budget):
                     if member.isdir() and _is_top(member.name):
                         continue
@@ -340,10 +375,26 @@ def _extract_tar(archive: Path, tree: Tree) -> None:
 
 
 def _members(opened: tarfile.TarFile, budget: Budget) -> Iterator[tarfile.TarInfo]:
-    """Each member as tarfile reads it (one at a time, not all first)."""
+    """Each member as tarfile reads it (one at a time, not all first):
+    every header counts against the bounds' files, also those skipped
+    (``.git``) or repeated (a folder), and tarfile keeps none of them."""
+    count = 0
     while (member := opened.next()) is not None:
+        opened.members.clear()  # type: ignore[attr-defined]  # tarfile keeps all, unused here
+        count += 1
+        budget.check_files(count)
         budget.check_time()
         yield member
+
+
+class _PaxBoundInfo(tarfile.TarInfo):
+    """A tar header whose pax extended header is refused past
+    :data:`MAX_PAX_HEADER` before tarfile parses it."""
+
+    def _proc_pax(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.size > MAX_PAX_HEADER:
+            raise tarfile.TarError(f"a pax header larger than {MAX_PAX_HEADER >> 10} kB")
+        return super()._proc_pax(tarfile_)  # type: ignore[misc, no-any-return]
 
 
 def unpack_record(files: Path, dest: Path, budget: Budget, *, inner: tuple[str, ...] = ()) -> None:

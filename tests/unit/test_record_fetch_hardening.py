@@ -8,8 +8,11 @@ own aside), and what a record's JSON can make the build server do.
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
+import tarfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +21,16 @@ import pytest
 from hpcbinder.config import RepoPolicy
 from hpcbinder.errors import RepoConfigError, RepoNotAllowed
 from hpcbinder.images import quota
-from hpcbinder.sources.archives import MAX_DEPTH, Bounds, Budget, folder_digest, member_path
+from hpcbinder.sources.archives import (
+    MAX_DEPTH,
+    MAX_PAX_HEADER,
+    Bounds,
+    Budget,
+    FetchBoundExceeded,
+    extract,
+    folder_digest,
+    member_path,
+)
 from hpcbinder.sources.checkout import check_links
 from hpcbinder.sources.download import Session
 from tests.loopback import QuietHandler, serving_on_loopback
@@ -128,3 +140,59 @@ def test_a_folder_that_cannot_be_read_is_refused_not_skipped(
     monkeypatch.setattr(os, "scandir", failing)
     with pytest.raises(RepoConfigError, match=r"sub.*cannot be read to check its links"):
         check_links(root)
+
+
+def _budget(max_files: int = 12) -> Budget:
+    return Budget(Bounds(64 << 20, max_files, 60.0), "fetching a record")
+
+
+def test_a_zips_members_are_counted_before_zipfile_reads_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ZipFile parses the whole central directory into memory: a zip of
+    more entries than the bounds allow is refused before it is opened."""
+    archive = tmp_path / "many.zip"
+    with zipfile.ZipFile(archive, "w") as writing:
+        for index in range(200):
+            writing.writestr(f"f{index}", b"")
+
+    def never(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("zipfile.ZipFile parsed a directory past the bounds")
+
+    monkeypatch.setattr(zipfile, "ZipFile", never)
+    with pytest.raises(FetchBoundExceeded, match=r"more than 12 files.*repos\.max_fetch_files"):
+        extract(archive, tmp_path / "out", _budget())
+
+
+@pytest.mark.parametrize("names", [["a/"] * 100, [f".git/o{index}" for index in range(100)]])
+def test_every_tar_header_counts_skipped_and_repeated_alike(
+    tmp_path: Path, names: list[str]
+) -> None:
+    """A tar of one folder repeated, or of files under .git (dropped),
+    created almost nothing but held every header in TarFile.members."""
+    archive = tmp_path / "many.tar"
+    with tarfile.open(archive, "w") as writing:
+        for name in names:
+            info = tarfile.TarInfo(name.rstrip("/"))
+            info.type = tarfile.DIRTYPE if name.endswith("/") else tarfile.REGTYPE
+            writing.addfile(info, io.BytesIO(b""))
+    with pytest.raises(FetchBoundExceeded, match=r"repos\.max_fetch_files"):
+        extract(archive, tmp_path / "out", _budget())
+
+
+def test_a_large_pax_header_is_refused_before_tarfile_parses_it(tmp_path: Path) -> None:
+    """Unpatched Pythons parse a pax header in quadratic time (CVE-2024-6232)."""
+    archive = tmp_path / "pax.tar"
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as writing:
+        info = tarfile.TarInfo("a")
+        info.pax_headers = {"comment": "x" * (MAX_PAX_HEADER + 1)}
+        writing.addfile(info, io.BytesIO(b""))
+    with pytest.raises(RepoConfigError, match=r"pax header larger than 16 kB"):
+        extract(archive, tmp_path / "out", _budget())
+    small = tmp_path / "small.tar"
+    with tarfile.open(small, "w", format=tarfile.PAX_FORMAT) as writing:
+        info = tarfile.TarInfo("a")
+        info.pax_headers = {"comment": "x" * 4096}
+        writing.addfile(info, io.BytesIO(b""))
+    extract(small, tmp_path / "small", _budget())
+    assert (tmp_path / "small" / "a").is_file()
