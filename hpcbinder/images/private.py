@@ -106,6 +106,9 @@ def open_store(site: Site, user: str) -> ImageStore:
     try:
         _check_ancestors(root, user)
         root.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Again, now that each exists: one another account made between the
+        # check and mkdir (which accepts an existing folder) is refused too.
+        _check_ancestors(root, user)
         with contextlib.suppress(FileExistsError):
             root.mkdir(mode=0o700)
         info = root.lstat()

@@ -263,3 +263,29 @@ def test_the_build_servers_log_names_no_spec_it_may_not_read(
     assert server.request_id(spec) in caplog.text
     assert server.request_id(spec) == server.request_id(spec) != server.request_id(spec + "x")
     assert hashlib.sha256(spec.encode()).hexdigest()[:16] not in server.request_id(spec)
+
+
+def test_a_folder_another_account_makes_while_her_store_is_made_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bob makes /scratch/alice between open_store's check (which skips a
+    folder not there yet) and its mkdir (exist_ok accepts it): her store
+    would be below his folder. The old code accepted it."""
+    shared = tmp_path / "scratch"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o1777)  # sticky, as /scratch is
+    site = Site.model_validate({"build": {"private_store": f"{shared}/{{user}}/store"}})
+    bobs = shared / "root"
+    real_mkdir = Path.mkdir
+
+    def racing_mkdir(
+        self: Path, mode: int = 0o777, parents: bool = False, exist_ok: bool = False
+    ) -> None:
+        if self == bobs and not bobs.exists():
+            real_mkdir(bobs, mode=0o777)
+            os.chown(bobs, 65534, 65534)  # bob's, made first
+        real_mkdir(self, mode=mode, parents=parents, exist_ok=exist_ok)
+
+    monkeypatch.setattr(Path, "mkdir", racing_mkdir)
+    with pytest.raises(private.PrivateStoreError, match=r"build\.private_store"):
+        private.open_store(site, "root")
