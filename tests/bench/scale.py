@@ -6,7 +6,8 @@ lost (never ready), and where they ran. The floor is one server started
 alone through the same hub.
 
 Servers are split between alice and bob (each may run all of theirs: the
-benchmark's own site file, the hosts' site with ``quotas`` raised).
+benchmark's own site file, the hosts' site with ``quotas`` raised and each
+server's memory that of an idle JupyterLab).
 
 The quick mode: 4 servers.
 
@@ -34,10 +35,18 @@ COMPUTE = ("hpcb-c1", "hpcb-c2")
 READY_SECONDS = 900
 
 
+#: Each server's memory: what an idle JupyterLab uses, so that 40 fit on one
+#: host (2 GB each, the small profile's, let 8 of a host's 18 GB run and the
+#: rest wait in the queue).
+SERVER_MEM = "400M"
+
+
 def bench_site(servers: int) -> Path:
-    """The hosts' site file with each researcher allowed ``servers`` servers."""
+    """The hosts' site file with each researcher allowed ``servers`` servers,
+    each of :data:`SERVER_MEM`."""
     site = yaml.safe_load(HOSTS_SITE.read_text())
     site.setdefault("quotas", {})["max_servers_per_user"] = servers
+    site["profiles"]["small"]["mem"] = SERVER_MEM
     path = SHARED_SCRATCH / f"bench-scale-{uuid.uuid4().hex[:8]}.yaml"
     path.write_text(yaml.safe_dump(site))
     path.chmod(0o644)
