@@ -138,11 +138,12 @@ _KEPT_ENV = (
 )
 
 
+#: ssh's options for the build account: no prompt, agent or key of its own
+#: (ssh reads ~ from passwd, not $HOME: without an IdentityFile it would offer
+#: the account's ~/.ssh/id_* keys).
+_SSH_OPTIONS = "-o BatchMode=yes -o IdentityAgent=none -o IdentitiesOnly=yes"
 #: ssh for git: no config, agent or key of the build account's own.
-_SSH = (
-    "ssh -F /dev/null -o BatchMode=yes -o IdentityAgent=none"
-    " -o IdentitiesOnly=yes -o IdentityFile=none"
-)
+_SSH = f"ssh -F /dev/null {_SSH_OPTIONS} -o IdentityFile=none"
 
 
 #: The variable through which a token reaches git's credential helper
@@ -269,11 +270,12 @@ def _deploy_env(credentials: Sequence[DeployCredential], home: Path) -> dict[str
         for index, (key, value) in enumerate(config):
             env[f"GIT_CONFIG_KEY_{index}"], env[f"GIT_CONFIG_VALUE_{index}"] = key, value
     if ssh_blocks:
+        # Last, for every host: no key but a deploy key its block names (a
+        # value ssh takes for an option is the first it reads; keys add up).
+        ssh_blocks.append("Host *\n  IdentityFile none")
         ssh_config = home / "ssh_config"
         ssh_config.write_text("\n".join(ssh_blocks) + "\n")
-        env["GIT_SSH_COMMAND"] = (
-            f"ssh -F {ssh_config} -o BatchMode=yes -o IdentityAgent=none -o IdentitiesOnly=yes"
-        )
+        env["GIT_SSH_COMMAND"] = f"ssh -F {ssh_config} {_SSH_OPTIONS}"
     return env
 
 

@@ -5,6 +5,7 @@ only, and no value in argv, config text or a refusal."""
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -99,13 +100,29 @@ def test_an_ssh_key_is_offered_to_its_own_host_only(tmp_path: Path) -> None:
         "Host git.example.org",
         "  IdentityFile /etc/deploy/key",
         "  UserKnownHostsFile /etc/deploy/kh",
+        "Host *",
+        "  IdentityFile none",
     ]
     assert f"-F {tmp_path / 'ssh_config'}" in env["GIT_SSH_COMMAND"]
     assert "IdentityAgent=none" in env["GIT_SSH_COMMAND"]
-    resolved = subprocess.run(
-        ["ssh", "-G", "-F", str(tmp_path / "ssh_config"), "elsewhere.example.org"],
-        capture_output=True,
-        text=True,
-        timeout=10,
-    ).stdout
-    assert "/etc/deploy/key" not in resolved
+
+    def identity_lines(host: str) -> list[str]:
+        """The key files ssh, as git runs it, would offer ``host``."""
+        resolved = subprocess.run(
+            [*shlex.split(env["GIT_SSH_COMMAND"]), "-G", host],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+        files = [line.split(" ", 1)[1] for line in resolved.splitlines()]
+        return [
+            name
+            for line, name in zip(resolved.splitlines(), files, strict=True)
+            if line.lower().startswith("identityfile ") and name != "none"
+        ]
+
+    # Elsewhere, none: not the deploy key, nor the build account's own
+    # ~/.ssh/id_* (ssh reads ~ from passwd), which the old command offered.
+    assert identity_lines("elsewhere.example.org") == []
+    assert identity_lines("git.example.org") == ["/etc/deploy/key"]
