@@ -112,7 +112,12 @@ def wrk(url: str, token: str) -> dict[str, float]:
     }
 
 
-def click_to_lab(link: str, screenshot: Path) -> float:
+def click_to_lab(link: str, screenshot: Path) -> tuple[float, dict[str, float]]:
+    """Seconds from the launch page's click until JupyterLab shows the
+    notebook, and each phase's seconds in it: the phases the launch page
+    showed (resolving, fetching, building, launching...), then "server"
+    (from leaving for the server, JupyterLab's front end loading) until the
+    notebook is shown."""
     script = REPO / "tests" / "web" / "launch_in_browser.mjs"
     args = [link, "alice", "hpcbinder-demo", "index.ipynb", str(screenshot)]
     done = subprocess.run(
@@ -128,7 +133,13 @@ def click_to_lab(link: str, screenshot: Path) -> float:
     if "seconds" not in summary:  # the phases and why only: the summary holds cookies too
         shown = {key: summary.get(key) for key in ("phases", "failed", "launchPageTitle")}
         raise RuntimeError(f"the browser did not reach JupyterLab: {json.dumps(shown)}")
-    return float(summary["seconds"])
+    starts = sorted(summary["phaseStarts"].items(), key=lambda item: item[1])
+    spans = {
+        name: round(end - start, 2)
+        for (name, start), (_, end) in zip(starts, [*starts[1:], ("", starts[-1][1])], strict=True)
+        if name != "notebook shown"
+    }
+    return float(summary["seconds"]), {"before_first_phase": round(starts[0][1], 2), **spans}
 
 
 def main() -> None:
@@ -150,15 +161,17 @@ def main() -> None:
             }
             _, fresh = binder_repo(root, f"echo {uuid.uuid4().hex}")
             link = f"{binder.url}/v2/{fresh}?labpath=index.ipynb"
-            cold = click_to_lab(link, root / "cold.png")
+            cold, cold_phases = click_to_lab(link, root / "cold.png")
             for name in hub.api("GET", "/users/alice")["servers"]:
                 stop_server(hub, "alice", name)
-            warm = click_to_lab(link, root / "warm.png")
+            warm, warm_phases = click_to_lab(link, root / "warm.png")
             report(
                 "binder_load",
                 event_streams={**load, "floor_one_client_seconds": round(alone, 2)},
                 pages=pages,
                 click_to_jupyterlab_seconds={"cold": round(cold, 2), "warm": round(warm, 2)},
+                click_to_jupyterlab_phases={"cold": cold_phases, "warm": warm_phases},
+                target_warm_seconds=4,
             )
         finally:  # the repositories and screenshots
             subprocess.run(["rm", "-rf", str(binder.root)], check=False)

@@ -14,7 +14,10 @@ const browser = await chromium.launch({
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
   ],
 });
-const summary = { phases: [], failed: null, requestedUrls: [] };
+// phaseStarts: seconds from the click until the page first showed each
+// phase, then until it left for the server ("server") and JupyterLab
+// showed the notebook ("notebook shown").
+const summary = { phases: [], phaseStarts: {}, failed: null, requestedUrls: [] };
 try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   // Every URL the browser asks for, to check that no token rides in one.
@@ -53,6 +56,7 @@ try {
     if (phase && !seen.has(phase)) {
       seen.add(phase);
       summary.phases.push(phase);
+      summary.phaseStarts[phase] = (Date.now() - clicked) / 1000;
     }
     if (phase === "failed") {
       summary.failed = await page.textContent("#status");
@@ -61,10 +65,12 @@ try {
     await page.waitForTimeout(50);
   }
   if (!summary.failed) {
+    summary.phaseStarts.server = (Date.now() - clicked) / 1000;
     await page.waitForSelector(`.lm-TabBar-tab.jp-mod-current .lm-TabBar-tabLabel:text-is("${file}")`);
     await page.waitForSelector(".jp-Notebook .jp-Cell .cm-line");
     summary.firstCell = await page.textContent(".jp-Notebook .jp-Cell .cm-content");
     summary.seconds = (Date.now() - clicked) / 1000;
+    summary.phaseStarts["notebook shown"] = summary.seconds;
     summary.url = page.url();
     summary.currentTab = await page.textContent(".lm-TabBar-tab.jp-mod-current .lm-TabBar-tabLabel");
   }
