@@ -28,6 +28,7 @@ from pathlib import Path
 
 from hpcbinder.config import load_site
 from hpcbinder.errors import UserError
+from hpcbinder.hub import servertokens
 from hpcbinder.hub.authenticator import authenticator_class
 
 c = get_config()  # type: ignore[name-defined]  # noqa: F821 - JupyterHub's config loader
@@ -117,11 +118,21 @@ services.append({
     "oauth_redirect_uri": binder_public_url + "/oauth_callback",
     "oauth_no_confirm": True,
 })
+# A launch's client on another origin (Thebe) gets a token of the researcher's
+# for that one server, minted in the hub by hpcbinder's handler (only
+# access:servers!server=USER/NAME, for an hour; revoked when the server stops).
+# Never the hub's `tokens` scope: with it the service could mint tokens with
+# any scopes of any user, admins' included (JupyterHub checks the owner's).
+c.JupyterHub.custom_scopes = {
+    servertokens.SCOPE: {"description": "Mint a user's token for one running server of theirs"},
+}
+c.JupyterHub.extra_handlers = [(servertokens.ROUTE, servertokens.ServerTokenHandler)]
+c.Spawner.post_stop_hook = servertokens.revoke_server_tokens
+# Any token a user or service asks the hub's API for expires within a week.
+c.JupyterHub.token_expires_in_max_seconds = 7 * 24 * 3600
 roles.append({
     "name": "binder",
-    # tokens: a launch's client on another origin (Thebe) gets a token of
-    # the researcher's for that one server (access:servers!server=USER/NAME).
-    "scopes": ["servers", "read:users", "read:servers", "tokens"],
+    "scopes": ["servers", "read:users", "read:servers", servertokens.SCOPE],
     "services": ["binder"],
 })
 # Every user may log in to the Binder service (the default user role lacks it).

@@ -461,7 +461,7 @@ class BuildHandler(BaseHandler):
     async def _server_token(self, name: str) -> str:
         """BinderHub's ``token`` of the ready event, for clients that reach
         the server from another origin (Thebe, an API client): a hub token
-        of the researcher's good for this one server only, for a few hours.
+        of the researcher's good for this one server only, for an hour.
         The launch page needs none (the researcher's browser logs in)."""
         return await self.service.launcher.server_token(self.user_name, name)
 

@@ -24,8 +24,6 @@ from hpcbinder.errors import UserError
 from hpcbinder.hub.options import LaunchOptions
 
 _UNSAFE = textpatterns.compile(r"[^a-z0-9]+")
-#: How long the token a launch gives its client reaches the server.
-SERVER_TOKEN_SECONDS = 8 * 3600
 
 
 class LaunchFailed(UserError):
@@ -148,18 +146,14 @@ class Launcher:
         return True
 
     async def server_token(self, user: str, name: str) -> str:
-        """A new hub token of ``user``'s that reaches their server ``name``
-        and nothing else (``access:servers!server=USER/NAME``), expiring
-        after :data:`SERVER_TOKEN_SECONDS`: what BinderHub's clients on
-        another origin send to the server (the service's role needs the
-        hub's ``tokens`` scope; the hub grants only scopes the user has)."""
-        body = {
-            "scopes": [f"access:servers!server={user}/{name}"],
-            "expires_in": SERVER_TOKEN_SECONDS,
-            "note": f"Binder launch of server {name}",
-        }
+        """A new hub token of ``user``'s that reaches their running server
+        ``name`` and nothing else, for an hour: what BinderHub's clients on
+        another origin send to the server. Minted in the hub by
+        :mod:`hpcbinder.hub.servertokens`, which fixes its scope and expiry
+        (this service never holds the hub's ``tokens`` scope)."""
+        path = f"/hpcbinder/servers/{quote(user, safe='')}/{quote(name, safe='')}/token"
         try:
-            model = await self.hub.call("POST", f"/users/{quote(user)}/tokens", body)
+            model = await self.hub.call("POST", path)
         except HTTPClientError as exc:
             raise LaunchFailed(f"no token for the server: {_hub_reason(exc)}") from exc
         return str(model["token"])
