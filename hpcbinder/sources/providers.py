@@ -66,6 +66,10 @@ _CLONE_URL = textpatterns.compile(
 #: %-escapes, ``?``, ``#``, backslashes, spaces or control characters.
 _URL_TEXT = textpatterns.compile(r"[A-Za-z0-9._~:/@+=-]+")
 _SHORT_SHA = textpatterns.compile(r"[0-9a-f]{7,39}")
+#: What a spec (a link's path) may hold: a URL's printable characters
+#: (RFC 3986), anything else %-escaped. A spec is stored, logged and shown
+#: (an image's record, ``images ls``), so no control character reaches them.
+_SPEC_TEXT = textpatterns.compile(r"[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]+")
 _GIST_ID = textpatterns.compile(r"[0-9a-f]{1,64}")
 
 
@@ -309,6 +313,11 @@ class RepoProvider(ABC):
     def __init__(self, body: str, policy: RepoPolicy) -> None:
         self.policy = policy
         self.spec = f"{self.prefix}/{body}"
+        if not (self.spec.isascii() and _SPEC_TEXT.fullmatch(self.spec)):
+            raise SpecError(
+                "malformed spec: a link may hold only a URL's characters (letters, digits "
+                "and -._~:/?#[]@!$&'()*+,;=%); %-escape any other"
+            )
         self.url, quoted_ref = self.parse(body)
         check_clone_url(self.url)
         self.ref = check_ref(unquote(quoted_ref))

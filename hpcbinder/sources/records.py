@@ -50,6 +50,10 @@ from hpcbinder.sources.providers import RepoProvider, ResolvedRepo, echo
 #: A DOI as these providers take it: the characters a URL path holds as is.
 _DOI = textpatterns.compile(r"10\.[0-9]{4,9}/[A-Za-z0-9._:+-]+(?:/[A-Za-z0-9._:+-]+)*")
 _HEX32 = textpatterns.compile(r"[0-9a-f]{32}")
+#: A HydroShare link's body: the resource id, or its resource page's URL.
+_HYDROSHARE = textpatterns.compile(
+    r"(?:https?://[a-z0-9.-]+(?::[0-9]{1,5})?/resource/)?([0-9a-f]{32})/?"
+)
 _SWHID = textpatterns.compile(r"swh:1:(dir|rev):([0-9a-f]{40})")
 #: A record id in a landing page's path: Zenodo's digits, InvenioRDM's ``abcde-12345``.
 _RECORD_ID = textpatterns.compile(r"[0-9a-z][0-9a-z-]{0,63}")
@@ -446,10 +450,10 @@ class HydroshareProvider(RecordProvider):
     noun = "HydroShare resource"
 
     def identify(self, text: str) -> str:
-        found = [match.group(0) for match in _HEX32.finditer(text)]
-        if len(found) != 1:
+        match = _HYDROSHARE.fullmatch(text)
+        if match is None:
             raise SpecError(f"invalid HydroShare resource {echo(text)}: expected its 32-digit id")
-        return found[0]
+        return match.group(1)
 
     def record_url(self) -> str:
         return f"{self.policy.records.hydroshare}/resource/{self.identifier}"

@@ -15,11 +15,14 @@ import tarfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hpcbinder.config import RepoPolicy
-from hpcbinder.errors import RepoConfigError, RepoNotAllowed
+from hpcbinder.errors import RepoConfigError, RepoNotAllowed, SpecError
 from hpcbinder.images import quota
 from hpcbinder.sources.archives import (
     MAX_DEPTH,
@@ -33,6 +36,8 @@ from hpcbinder.sources.archives import (
 )
 from hpcbinder.sources.checkout import check_links
 from hpcbinder.sources.download import Session
+from hpcbinder.sources.providers import PROVIDERS, RepoProvider, parse_spec
+from hpcbinder.sources.records import RECORD_PROVIDERS
 from tests.loopback import QuietHandler, serving_on_loopback
 
 
@@ -103,7 +108,7 @@ def test_every_walk_over_a_checkout_survives_a_deep_tree(tmp_path: Path) -> None
     root = tmp_path / "repo"
     folders = [root]
     try:
-        for _ in range(1200):  # each made alone: pathlib's mkdir(parents=True) recurses too
+        for _ in range(1050):  # each made alone: pathlib's mkdir(parents=True) recurses too
             folders[-1].mkdir()
             folders.append(folders[-1] / "d")
         deep = folders[-2]
@@ -196,3 +201,47 @@ def test_a_large_pax_header_is_refused_before_tarfile_parses_it(tmp_path: Path) 
         writing.addfile(info, io.BytesIO(b""))
     extract(small, tmp_path / "small", _budget())
     assert (tmp_path / "small" / "a").is_file()
+
+
+assert set(PROVIDERS) >= {cls.prefix for cls in RECORD_PROVIDERS}
+
+
+def _example_body(cls: type[RepoProvider]) -> str:
+    body = quote(cls.spec_example, safe="") if cls.url_encode else cls.spec_example
+    return body if cls.label_ref is None else f"{body}/HEAD"
+
+
+UNPRINTABLE = st.characters(
+    blacklist_categories=("Lu", "Ll", "Nd"), blacklist_characters="._~:/?#[]@!$&'()*+,;=%-"
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    prefix=st.sampled_from(sorted(PROVIDERS)),
+    hostile=st.text(UNPRINTABLE, min_size=1, max_size=3),
+    where=st.floats(0, 1),
+)
+def test_no_provider_takes_a_spec_that_is_not_url_text(
+    prefix: str, hostile: str, where: float
+) -> None:
+    """A spec is stored in the shared store's record and printed by
+    ``images ls``: a terminal's escape codes, a newline or a space in it
+    is refused by every provider, wherever it stands."""
+    body = _example_body(PROVIDERS[prefix])
+    index = int(where * len(body))
+    with pytest.raises(SpecError, match="only a URL's characters"):
+        parse_spec(f"{prefix}/{body[:index]}{hostile}{body[index:]}", RepoPolicy())
+
+
+def test_a_hydroshare_link_is_its_id_or_its_resource_url_only() -> None:
+    resource = "8f7c2f0341ef4180b0dbe97f59130756"
+    assert parse_spec(f"hydroshare/{resource}", RepoPolicy()).url.endswith(resource)
+    for body in (
+        f"\x1b]0;pwned\x07\n#{resource}",
+        quote(f"\x1b]0;pwned\x07\n#{resource}", safe=""),
+        f"x{resource}",
+        f"{resource}{resource}",
+    ):
+        with pytest.raises(SpecError):
+            parse_spec(f"hydroshare/{body}", RepoPolicy())

@@ -94,7 +94,7 @@ def test_site_hosts_replace_public_ones() -> None:
         ),
         ("gh/org/repo", "malformed spec: expected gh/<org>/<repo>/<ref>"),
         ("gh", "malformed spec 'gh'"),
-        ("gh/org/re po/main", "invalid GitHub repository 'org/re po'"),
+        ("gh/org/re po/main", "only a URL's characters"),
         ("gh/org/repo/main;reboot", "invalid ref 'main;reboot'"),
         ("gh/org/repo/a..b", "invalid ref 'a..b'"),
         ("gh/org/repo/-upload-pack=x", "invalid ref '-upload-pack=x'"),
