@@ -14,6 +14,8 @@ import os
 import pwd
 import shutil
 import stat
+import sys
+import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -271,6 +273,23 @@ def check_jupyter() -> CheckResult:
     )
 
 
+def check_python() -> CheckResult:
+    """Advisory: whether this Python's tarfile parses pax headers in linear
+    time (CVE-2024-6232, fixed in 3.11.10 and 3.12.6 and by distributions'
+    patches, which bring ``_header_length_prefix_re``). Records' tarballs
+    are refused pax headers over 16 kB either way."""
+    name = "python"
+    version = sys.version.split()[0]
+    if not hasattr(tarfile, "_header_length_prefix_re"):
+        return _warn(
+            name,
+            f"{sys.executable} ({version}) has tarfile's quadratic pax-header parser "
+            "(CVE-2024-6232)",
+            "install hpcbinder on a patched Python (the distribution's, or 3.11.10+/3.12.6+)",
+        )
+    return _ok(name, f"{version}, tarfile patched for CVE-2024-6232")
+
+
 #: What the service account runs as researchers (configs/sudoers.hpcbinder).
 SERVICE_COMMANDS = ("/usr/bin/sbatch", "/usr/bin/squeue", "/usr/bin/scancel", SERVER_LOG_READER)
 SUDOERS_HINT = "install configs/sudoers.hpcbinder as /etc/sudoers.d/hpcbinder (README: Deploying)"
@@ -387,6 +406,7 @@ def run_checks(site: Site, slurm: SlurmCLI, job_user: str | None = None) -> list
         lambda: check_image_store(site),
         lambda: check_base_images(site),
         check_jupyter,
+        check_python,
         lambda: check_sudo_rules(site, job_user),
     ]
     if job_user is not None:

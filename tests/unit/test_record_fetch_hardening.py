@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hpcbinder.cli import doctor
 from hpcbinder.config import RepoPolicy
 from hpcbinder.errors import RepoConfigError, RepoNotAllowed, SpecError
 from hpcbinder.images import quota
@@ -245,3 +246,14 @@ def test_a_hydroshare_link_is_its_id_or_its_resource_url_only() -> None:
     ):
         with pytest.raises(SpecError):
             parse_spec(f"hydroshare/{body}", RepoPolicy())
+
+
+def test_doctor_names_a_python_with_the_quadratic_pax_parser(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The .venv's pyenv 3.11.7 has it; the site's Debian Python is patched."""
+    monkeypatch.setattr(tarfile, "_header_length_prefix_re", object(), raising=False)
+    assert doctor.check_python().status is doctor.Status.OK
+    monkeypatch.delattr(tarfile, "_header_length_prefix_re")
+    line = doctor.check_python().line()
+    assert line.startswith("✱ python:") and "CVE-2024-6232" in line and "fix:" in line
