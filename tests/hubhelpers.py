@@ -21,6 +21,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -369,14 +370,14 @@ def stop_server(hub: Hub, user: str, name: str) -> None:
     pytest.fail(f"server {user}/{name} did not stop")
 
 
-def singleuser_token(user: str) -> str:
-    """The hub token of ``user``'s running server, read from its process."""
-    uid = int(subprocess.run(["id", "-u", user], capture_output=True, text=True).stdout)
+def process_hub_token(matches: Callable[[Path, list[bytes]], bool], what: str) -> str:
+    """``JUPYTERHUB_API_TOKEN`` from the environment of the first process
+    that ``matches`` (its /proc folder and argv); fails naming ``what``."""
     for proc in Path("/proc").iterdir():
         try:
-            if not proc.name.isdigit() or proc.stat().st_uid != uid:
+            if not proc.name.isdigit():
                 continue
-            if b"jupyterhub-singleuser" not in (proc / "cmdline").read_bytes():
+            if not matches(proc, (proc / "cmdline").read_bytes().split(b"\0")):
                 continue
             environ = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
@@ -384,4 +385,15 @@ def singleuser_token(user: str) -> str:
         for item in environ:
             if item.startswith(b"JUPYTERHUB_API_TOKEN="):
                 return item.split(b"=", 1)[1].decode()
-    pytest.fail(f"no running jupyterhub-singleuser of {user}")
+    pytest.fail(f"no {what}")
+
+
+def singleuser_token(user: str) -> str:
+    """The hub token of ``user``'s running server, read from its process."""
+    uid = int(subprocess.run(["id", "-u", user], capture_output=True, text=True).stdout)
+    return process_hub_token(
+        lambda proc, argv: (
+            proc.stat().st_uid == uid and b"jupyterhub-singleuser" in b"\0".join(argv)
+        ),
+        f"running jupyterhub-singleuser of {user}",
+    )

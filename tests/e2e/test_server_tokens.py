@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import string
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -20,7 +19,7 @@ from hypothesis import strategies as st
 from tornado.httpclient import HTTPClient, HTTPResponse
 
 from tests.conftest import DevCluster
-from tests.hubhelpers import Hub, start_server, stop_server
+from tests.hubhelpers import Hub, process_hub_token, start_server, stop_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm, pytest.mark.apptainer]
 
@@ -32,18 +31,9 @@ def binder_token(hub: Hub) -> str:
     """The Binder service's own hub token, read from the process the hub
     started (``hpcbinder serve --port PORT``)."""
     port = hub.env["HPCBINDER_BINDER_PORT"].encode()
-    for proc in Path("/proc").iterdir():
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-            if b"serve" not in argv or port not in argv:
-                continue
-            environ = (proc / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        for item in environ:
-            if item.startswith(b"JUPYTERHUB_API_TOKEN="):
-                return item.split(b"=", 1)[1].decode()
-    pytest.fail("no Binder service process of this hub")
+    return process_hub_token(
+        lambda _, argv: b"serve" in argv and port in argv, "Binder service process of this hub"
+    )
 
 
 def call(hub: Hub, token: str, method: str, path: str, body: Any = None) -> HTTPResponse:
