@@ -51,6 +51,7 @@ from hpcbinder.config import RepoPolicy
 from hpcbinder.errors import RepoNotAllowed, RepoUnreachable, SpecError, UnknownRef
 from hpcbinder.patterns import COMMIT, LOCAL_PATH
 from hpcbinder.seams import git
+from hpcbinder.sources.checkout import check_links
 
 _REF = textpatterns.compile(r"[A-Za-z0-9_][A-Za-z0-9._/+@-]{0,254}")
 _GH_NAME = textpatterns.compile(r"[A-Za-z0-9_.-]{1,100}")
@@ -621,7 +622,10 @@ def checkout(provider: RepoProvider, resolved: ResolvedRepo, root: Path) -> Path
 
     The fetch goes to a temporary sibling that is renamed into place, so a
     checkout that exists is complete, and concurrent fetches of the same
-    version end with one of them kept.
+    version end with one of them kept. Its links are checked
+    (:func:`~hpcbinder.sources.checkout.check_links`) before it is renamed
+    into the cache: a refused tree is never published, so it is neither
+    served again from the cache nor left for anything else to read.
     """
     url_hash = hashlib.sha256(resolved.url.encode()).hexdigest()[:16]
     final = root / url_hash / resolved.commit
@@ -632,6 +636,7 @@ def checkout(provider: RepoProvider, resolved: ResolvedRepo, root: Path) -> Path
     staging = Path(tempfile.mkdtemp(prefix=f".{resolved.commit}-", dir=final.parent))
     try:
         provider.fetch(resolved, staging / "repo")
+        check_links(staging / "repo")
         try:
             (staging / "repo").rename(final)
         except OSError:

@@ -11,7 +11,13 @@ from urllib.parse import quote
 import pytest
 
 from hpcbinder.config import RepoPolicy
-from hpcbinder.errors import RepoNotAllowed, RepoUnreachable, SpecError, UnknownRef
+from hpcbinder.errors import (
+    RepoConfigError,
+    RepoNotAllowed,
+    RepoUnreachable,
+    SpecError,
+    UnknownRef,
+)
 from hpcbinder.sources import providers
 from hpcbinder.sources.providers import parse_spec
 from tests.conftest import free_port, wait_for_port
@@ -211,3 +217,20 @@ def test_git_protocol_over_loopback(git_daemon: str, repo: Path, tmp_path: Path)
     assert (checkout / "a.txt").read_text() == "one\n"
     with pytest.raises(RepoNotAllowed, match="protocol 'git' is not allowed"):
         parse_spec(spec, RepoPolicy(protocols=["https"])).resolve()
+
+
+def test_a_checkout_with_a_link_outside_is_refused_before_it_is_cached(
+    repo: Path, tmp_path: Path
+) -> None:
+    """The refused tree is never published into the cache: the old code
+    renamed it into place first, so it stayed there for every later read."""
+    (repo / "key").symlink_to("/etc/passwd")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "a link out")
+    provider = parse_spec(file_spec(repo, "main"), POLICY)
+    resolved = provider.resolve()
+    cache = tmp_path / "cache"
+    for _attempt in range(2):  # refused each time, never served from the cache
+        with pytest.raises(RepoConfigError, match="links to /etc/passwd, outside the repository"):
+            providers.checkout(provider, resolved, cache)
+    assert not list(cache.rglob(resolved.commit)), list(cache.rglob("*"))
