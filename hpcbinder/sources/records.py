@@ -130,8 +130,9 @@ def _service_of(url: str, services: Iterable[str]) -> str | None:
 class RecordProvider(RepoProvider):
     """A provider whose repositories are archived records, not git."""
 
-    #: The site setting that names this provider's service(s).
-    setting: ClassVar[str]
+    #: The field of ``repos.records`` naming this provider's service(s),
+    #: where it is not the provider's prefix.
+    records_field: ClassVar[str | None] = None
     #: What a link names, for messages ("Zenodo record 10.5281/zenodo.1").
     noun: ClassVar[str]
     label_ref = None
@@ -156,6 +157,22 @@ class RecordProvider(RepoProvider):
     @abstractmethod
     def lookup(self, session: Session) -> Record:
         """The record at the version the link names now."""
+
+    @classmethod
+    def services(cls, policy: RepoPolicy) -> list[str]:
+        """The service base URLs this provider reads: its ``repos.records`` field."""
+        value = getattr(policy.records, cls.records_field or cls.prefix)
+        return [value] if isinstance(value, str) else list(value)
+
+    @classmethod
+    def services_setting(cls) -> str:
+        """The site setting that names this provider's service(s)."""
+        return f"repos.records.{cls.records_field or cls.prefix}"
+
+    @property
+    def setting(self) -> str:
+        """The site setting a message names for the hosts this provider asks."""
+        return self.services_setting()
 
     def readable_name(self) -> str:
         return f"{self.display_name} {self.identifier}"
@@ -276,11 +293,6 @@ class _DoiProvider(RecordProvider):
     def lookup(self, session: Session) -> Record:
         return self.from_landing(session, self.landing(session))
 
-    @classmethod
-    def services(cls, policy: RepoPolicy) -> list[str]:
-        """The service base URLs whose landing pages this provider reads."""
-        return []
-
     @abstractmethod
     def from_landing(self, session: Session, landing: str) -> Record:
         """The record, given where its DOI leads."""
@@ -292,13 +304,9 @@ class _DoiProvider(RecordProvider):
         if service is None:
             raise NotFound(
                 f"{self.what}: the DOI leads to {urlsplit(landing).netloc or 'nowhere'}, "
-                f"which is not among this site's {self.landing_setting}"
+                f"which is not among this site's {self.services_setting()}"
             )
         return service
-
-    @property
-    def landing_setting(self) -> str:
-        return self.setting
 
 
 class ZenodoProvider(_DoiProvider):
@@ -306,12 +314,7 @@ class ZenodoProvider(_DoiProvider):
     display_name = "Zenodo DOI"
     label_repo = "Zenodo DOI"
     spec_example = "10.5281/zenodo.3242074"
-    setting = "repos.records.zenodo"
     noun = "Zenodo record"
-
-    @classmethod
-    def services(cls, policy: RepoPolicy) -> list[str]:
-        return list(policy.records.zenodo)
 
     def from_landing(self, session: Session, landing: str) -> Record:
         service = self.service_for(landing)
@@ -348,21 +351,17 @@ class FigshareProvider(_DoiProvider):
     display_name = "Figshare DOI"
     label_repo = "Figshare DOI"
     spec_example = "10.6084/m9.figshare.9782777.v1"
-    setting = "repos.records.figshare_api"
     noun = "Figshare article"
 
-    @classmethod
-    def services(cls, policy: RepoPolicy) -> list[str]:
-        return list(policy.records.figshare)
+    @property
+    def setting(self) -> str:
+        """Its API's: what a Figshare link asks after its DOI's landing page."""
+        return "repos.records.figshare_api"
 
     def identify(self, text: str) -> str:
         doi = super().identify(text)
         self.article, self.version = _figshare_article(doi)
         return doi
-
-    @property
-    def landing_setting(self) -> str:
-        return "repos.records.figshare"
 
     def from_landing(self, session: Session, landing: str) -> Record:
         # The article is read from the DOI, so the DOI must be Figshare's:
@@ -405,12 +404,7 @@ class DataverseProvider(_DoiProvider):
     display_name = "Dataverse DOI"
     label_repo = "Dataverse DOI"
     spec_example = "10.7910/DVN/TJCLKP"
-    setting = "repos.records.dataverse"
     noun = "Dataverse dataset"
-
-    @classmethod
-    def services(cls, policy: RepoPolicy) -> list[str]:
-        return list(policy.records.dataverse)
 
     def from_landing(self, session: Session, landing: str) -> Record:
         service = self.service_for(landing)
@@ -446,7 +440,6 @@ class HydroshareProvider(RecordProvider):
     label_repo = "HydroShare resource id"
     spec_example = "8f7c2f0341ef4180b0dbe97f59130756"
     url_encode = True
-    setting = "repos.records.hydroshare"
     noun = "HydroShare resource"
 
     def identify(self, text: str) -> str:
@@ -482,7 +475,6 @@ class CkanProvider(RecordProvider):
     label_repo = "CKAN dataset URL"
     spec_example = "https://demo.ckan.org/dataset/my-sample-dataset-001"
     url_encode = True
-    setting = "repos.records.ckan"
     noun = "CKAN dataset"
 
     def identify(self, text: str) -> str:
@@ -533,7 +525,7 @@ class SoftwareHeritageProvider(RecordProvider):
     display_name = "Software Heritage ID"
     label_repo = "SWHID (swh:1:dir:... or swh:1:rev:...)"
     spec_example = "swh:1:dir:1f7ca8e4b9f5a6fb5a0b1a8f3e8f6f0c7d5e3b21"
-    setting = "repos.records.software_heritage"
+    records_field = "software_heritage"
     noun = "Software Heritage object"
 
     def identify(self, text: str) -> str:
@@ -578,14 +570,19 @@ class DoiProvider(_DoiProvider):
     prefix = "doi"
     display_name = "DOI"
     spec_example = "10.5281/zenodo.3242074"
-    setting = "repos.records"
+    records_field = "doi_resolver"
     noun = "DOI"
+
+    @property
+    def setting(self) -> str:
+        """Every service's: a DOI may lead to any of them."""
+        return "repos.records"
 
     def from_landing(self, session: Session, landing: str) -> Record:
         for cls in (ZenodoProvider, FigshareProvider, DataverseProvider):
             if _service_of(landing, cls.services(self.policy)) is not None:
                 return cls(self.identifier, self.policy).from_landing(session, landing)
-        if _service_of(landing, [self.policy.records.hydroshare]) is not None:
+        if _service_of(landing, HydroshareProvider.services(self.policy)) is not None:
             found = [match.group(0) for match in _HEX32.finditer(urlsplit(landing).path)]
             if len(found) == 1:
                 return HydroshareProvider(found[0], self.policy).lookup(session)

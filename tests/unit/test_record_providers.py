@@ -26,7 +26,7 @@ from hpcbinder.sources import providers
 from hpcbinder.sources.archives import FetchBoundExceeded, RecordError
 from hpcbinder.sources.checkout import tree_id
 from hpcbinder.sources.download import NotFound, _Guard
-from hpcbinder.sources.records import RECORD_PROVIDERS
+from hpcbinder.sources.records import RECORD_PROVIDERS, RecordProvider
 from tests.recordservices import (
     CKAN_NAME,
     CONTENT,
@@ -514,3 +514,25 @@ def test_a_record_path_too_long_for_this_host_names_the_record(
     services.zenodo.records[zenodo_id] = {"/".join(["p" * 250] * 16): "x", "g.py": "y"}
     with pytest.raises(RecordError, match=rf"Zenodo record {ZENODO_DOI} cannot be written here"):
         fetched(services.specs()["zenodo"], policy_for(services, tmp_path))
+
+
+@pytest.mark.parametrize("provider", RECORD_PROVIDERS, ids=lambda cls: cls.prefix)
+def test_each_provider_reads_the_services_of_the_setting_it_names(
+    provider: type[RecordProvider],
+) -> None:
+    """One rule for every record provider: the services it reads are the
+    ``repos.records`` field its messages name (the old code repeated it in
+    each provider, and HydroShare, CKAN and Software Heritage had none)."""
+    records = {
+        "doi_resolver": "https://doi.example.org",
+        "zenodo": ["https://zenodo.example.org", "https://rdm.example.org"],
+        "figshare": ["https://figshare.example.org"],
+        "dataverse": ["https://dataverse.example.org"],
+        "hydroshare": "https://hydroshare.example.org",
+        "ckan": ["https://ckan.example.org"],
+        "software_heritage": "https://swh.example.org",
+    }
+    field = provider.services_setting().removeprefix("repos.records.")
+    value = records[field]
+    expected = [value] if isinstance(value, str) else value
+    assert provider.services(RepoPolicy.model_validate({"records": records})) == expected
