@@ -1,45 +1,109 @@
-"""A mybinder.org-style link of an archived record launches, end to end.
+"""mybinder.org-style links of every provider launch, end to end.
 
-``doi/<concept DOI>`` through the Binder service's ``/build`` stream, as
-BinderHub's clients ask: the DOI resolver and Zenodo are loopback stand-ins
-speaking their APIs (:mod:`tests.recordservices`), the build server fetches
-the record's zip and builds, and JupyterLab starts as alice in a Slurm job
-with the record's files in its workspace. Every other provider's link is
-built (and one run as a batch job) in tests/integration/test_record_links.py.
+Each link (``/build/<provider>/<spec>``, as BinderHub's clients ask) goes
+through the Binder service, the build server, the hub, Slurm and
+Apptainer: the DOI resolver, Zenodo, Figshare, Dataverse, HydroShare, CKAN,
+Software Heritage and a git host (the gist host's ``git http-backend``,
+which also serves a ``git/`` link's repository) are loopback stand-ins
+speaking their APIs (:mod:`tests.recordservices`). Every record holds the
+same tiny repository without environment files, so every build is
+code-only on one environment image, and all links launch at once, as
+alice's named servers, each with 1 GB so that all fit on the one
+interactive host. Each server must serve its record's file to the ready
+event's token.
+
+``gh/`` and ``gl/`` clone ``https://`` URLs on the site's GitHub and GitLab
+hosts: there is no stand-in for them (a loopback HTTPS git host would need
+its certificate in the site's CA bundle, which is part of every image's
+key); they share :class:`~hpcbinder.sources.providers.GitRepoProvider`
+with ``git/`` and ``gist/``, launched here over HTTP.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
+import subprocess
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import quote
+
+from tornado.httpclient import HTTPClient, HTTPRequest
 
 from tests.binderhelpers import build_events, phases
 from tests.conftest import SHARED_SCRATCH, DevCluster
 from tests.e2e.conftest import running_binder
 from tests.hubhelpers import execute
-from tests.recordservices import record_services
+from tests.recordservices import CONTENT, GIST, ZENODO_CONCEPT, record_services
+
+#: Each server's memory: the small profile's 2 GB would not let all of them
+#: share the interactive partition's one host (18 GB).
+LINK_QUERY = "labpath=hello.py&mem=1G"
+#: A second repository on the gist host, for the ``git/`` link: the same
+#: clone URL as the gist's would be the same named server.
+GIT_REPO = "lab/records.git"
 
 
-def test_a_doi_link_launches_the_records_files(devcluster: DevCluster) -> None:
+def _contents(ready: dict[str, Any], path: str) -> str:
+    """``path`` in the ready server's workspace, read through its contents
+    API with the ready event's token, as a BinderHub client would."""
+    server = ready["url"].split("lab/tree/")[0]
+    request = HTTPRequest(
+        f"{server}api/contents/{path}?content=1",
+        headers={"Authorization": f"token {ready['token']}"},
+        request_timeout=60,
+    )
+    return str(json.loads(HTTPClient().fetch(request).body)["content"])
+
+
+def test_every_providers_link_launches_from_its_loopback_service(devcluster: DevCluster) -> None:
     scratch = SHARED_SCRATCH / f"records-{uuid.uuid4().hex[:8]}"
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(shutil.rmtree, scratch, ignore_errors=True)
         services = cleanup.enter_context(record_services(scratch))
-        repos = {
-            "protocols": ["https", "http", "file"],
-            "local_roots": [str(SHARED_SCRATCH)],
-            "records": services.records_setting(),
+        gists = scratch / "gists"
+        subprocess.run(
+            ["git", "clone", "-q", "--bare", str(gists / f"{GIST}.git"), str(gists / GIT_REPO)],
+            check=True,
+        )
+        specs = services.specs()
+        specs["git"] = f"git/{quote(f'{services.gist.url}/{GIT_REPO}', safe='')}/HEAD"
+        settings = {
+            "repos": {
+                "protocols": ["https", "http", "file"],
+                "local_roots": [str(SHARED_SCRATCH)],
+                "records": services.records_setting(),
+            },
+            "binder": {
+                "max_parallel_builds": 3,
+                "max_launches_per_user": len(specs),
+                "confirm_untrusted": False,
+            },
+            "quotas": {"max_servers_per_user": len(specs)},
+            "build": {"max_builds_per_user": len(specs)},
         }
-        with running_binder({"repos": repos}) as binder:
-            spec = services.specs()["doi"]
-            events = build_events(binder.url, spec, binder.token, "labpath=hello.py")
-            seen = phases(events)
-            assert seen[0] == "fetching" and seen[-1] == "ready", events[-1]
-            assert events[0]["message"].startswith("Fetching DOI 10.5281/zenodo.3242073"), events[0]
-            ready = events[-1]
-            server_url = ready["url"].split("lab/tree/")[0]
-            assert ready["url"].endswith("lab/tree/hello.py"), ready
+        with running_binder(settings) as binder:
+
+            def launch(spec: str) -> list[dict[str, Any]]:
+                return build_events(binder.url, spec, binder.token, LINK_QUERY, timeout=600)
+
+            with ThreadPoolExecutor(len(specs)) as pool:
+                launched = dict(zip(specs, pool.map(launch, specs.values()), strict=True))
+            for name, events in launched.items():
+                assert phases(events)[-1] == "ready", f"{name}: {events[-1]}"
+                ready = events[-1]
+                assert ready["url"].endswith("lab/tree/hello.py"), f"{name}: {ready}"
+                assert _contents(ready, "hello.py") == CONTENT["hello.py"], name
+            # One environment image for every link: each build was code-only.
+            assert len({events[-1]["image"] for events in launched.values()}) == 1
+            doi = launched["doi"]
+            assert doi[0]["message"].startswith(f"Fetching DOI {ZENODO_CONCEPT}"), doi[0]
+            # The record's files are the kernel's working folder.
+            server = doi[-1]["url"].split("lab/tree/")[0]
             code = "print(open('hello.py').read().strip()); print(open('data/numbers.csv').read())"
-            output = execute(binder.hub, server_url, code)
+            output = execute(binder.hub, server, code)
             assert "hello from an archived record" in output and "1,2" in output, output
+            servers = binder.hub.api("GET", "/users/alice")["servers"]
+            assert len(servers) == len(specs), sorted(servers)
