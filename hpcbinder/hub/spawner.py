@@ -61,7 +61,6 @@ from hpcbinder.jobs.request import request_for
 from hpcbinder.jobs.servers import (
     BINDER_ENV,
     SERVER_ENV,
-    TOKEN_IN_URL_ENV,
     JobDied,
     LaunchProgress,
     QueueTimeout,
@@ -245,14 +244,13 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
         """The server job's whole environment, for its container: JupyterHub's
         variables of :data:`SERVER_ENV` from ``get_env()``, BinderHub's
         ``BINDER_*`` from the launch's options alone (the hub's own
-        environment or ``Spawner.environment`` never sets those), and
-        :data:`TOKEN_IN_URL_ENV` where the site lists origins."""
+        environment or ``Spawner.environment`` never sets those). Never
+        ``JUPYTERHUB_ALLOW_TOKEN_IN_URL``: kernel websockets take their
+        token from the URL without it (the bases' hpcbinder_websocket_tokens
+        extension), and a page never does."""
         env = self.get_env()
-        own = (*BINDER_ENV, TOKEN_IN_URL_ENV)
-        chosen = {name: env[name] for name in SERVER_ENV if name in env and name not in own}
+        chosen = {name: env[name] for name in SERVER_ENV if name in env and name not in BINDER_ENV}
         chosen.update(LaunchOptions.parse(self.user_options).binder_env())
-        if self.site.binder.cors_allow_origins:
-            chosen[TOKEN_IN_URL_ENV] = "1"
         return apptainer.container_env(chosen)
 
     # --- batchspawner's hooks, without shell strings ------------------------------

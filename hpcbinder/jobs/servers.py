@@ -46,13 +46,6 @@ BINDER_ENV = (
     "BINDER_REQUEST",
     "BINDER_PERSISTENT_REQUEST",
 )
-#: jupyterhub-singleuser's switch for tokens in URLs, set by the site alone
-#: (never from the hub's environment): on where the site lists origins
-#: (``binder.cors_allow_origins``), whose pages (Thebe) open kernel
-#: websockets with ``?token=``. JupyterHub means to take a URL's token on
-#: websockets always, but knows them by ``Sec-Fetch-Mode: websocket``,
-#: which Chromium does not send.
-TOKEN_IN_URL_ENV = "JUPYTERHUB_ALLOW_TOKEN_IN_URL"  # noqa: S105 - a variable name
 #: What a server's job gets of JupyterHub's ``get_env()``: the variables
 #: jupyterhub-singleuser reads, each the server's own (its token, its URLs,
 #: its OAuth client), by exact name. Nothing else of the hub's environment
@@ -62,7 +55,6 @@ TOKEN_IN_URL_ENV = "JUPYTERHUB_ALLOW_TOKEN_IN_URL"  # noqa: S105 - a variable na
 SERVER_ENV = (
     "JUPYTERHUB_ACTIVITY_URL",
     "JUPYTERHUB_ADMIN_ACCESS",
-    TOKEN_IN_URL_ENV,
     "JUPYTERHUB_API_TOKEN",
     "JUPYTERHUB_API_URL",
     "JUPYTERHUB_BASE_URL",

@@ -20,12 +20,14 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from tornado.httpclient import HTTPClient
 
 from hpcbinder.sources.providers import PROVIDERS
 from hpcbinder.web.launcher import server_name
 from tests.binderhelpers import Binder, binder_repo
 from tests.conftest import REPO, DevCluster, free_port
 from tests.e2e.conftest import running_binder
+from tests.hubhelpers import process_hub_token
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm, pytest.mark.apptainer]
 
@@ -164,6 +166,13 @@ def serving(folder: Path, port: int) -> Iterator[None]:
         server.server_close()
 
 
+def status_of(url: str, headers: dict[str, str] | None = None) -> int:
+    response = HTTPClient().fetch(
+        url, headers=headers, follow_redirects=False, raise_error=False, request_timeout=30
+    )
+    return response.code
+
+
 class QuietFiles(SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -242,6 +251,20 @@ def test_thebe_on_a_listed_documentation_site_runs_a_cell_as_the_researcher(
         assert screenshot.stat().st_size > 5_000
         servers = binder.hub.api("GET", "/users/alice")["servers"]
         assert server_name(f"file://{repo}") in servers
+        # Thebe's websocket took the token from its URL; a page or an API
+        # call never does: a link with her token logs nobody in to her server.
+        name = server_name(f"file://{repo}")
+        server_url = f"{binder.hub.origin('alice')}/user/alice/{name}/"
+        token = process_hub_token(
+            lambda proc, _: (
+                f"JUPYTERHUB_SERVER_NAME={name}".encode()
+                in (proc / "environ").read_bytes().split(b"\0")
+            ),
+            f"alice's server {name}",
+        )
+        assert status_of(f"{server_url}api/status", {"Authorization": f"token {token}"}) == 200
+        assert status_of(f"{server_url}api/status?token={token}") == 403
+        assert status_of(f"{server_url}lab?token={token}") == 302  # to the hub's login
         # The other origin, with the same login: refused (the hub's own check
         # drops a cookie whose request shows no XSRF token and no listed
         # origin), nothing started, and nothing of the answer readable.
