@@ -797,13 +797,20 @@ def parse_site(text: str, source: str = "<site>") -> Site:
         raise SiteConfigError(source, _problems(exc)) from exc
 
 
-def load_site(path: Path | None = None) -> Site:
-    """The site in force: ``path``, else $HPCBINDER_SITE, else
-    /etc/hpcbinder/site.yaml if it exists, else the dev cluster's defaults."""
+def site_file_in_force(path: Path | None = None) -> Path | None:
+    """The file :func:`load_site` reads (None: the defaults), so that a job
+    started for a researcher reads the same one."""
     if path is None and os.environ.get(SITE_ENV):
         path = Path(os.environ[SITE_ENV])
     if path is None and SYSTEM_SITE_FILE.exists():
         path = SYSTEM_SITE_FILE
+    return path
+
+
+def load_site(path: Path | None = None) -> Site:
+    """The site in force: ``path``, else $HPCBINDER_SITE, else
+    /etc/hpcbinder/site.yaml if it exists, else the dev cluster's defaults."""
+    path = site_file_in_force(path)
     if path is None:
         return Site()
     try:

@@ -23,7 +23,7 @@ from hpcbinder.cli.common import (
     site_in_force,
 )
 from hpcbinder.cli.sbatch import jobs_group, sbatch_command
-from hpcbinder.config import Site, load_site
+from hpcbinder.config import Site, load_site, site_file_in_force
 from hpcbinder.errors import UserError
 from hpcbinder.images import builder as build
 from hpcbinder.images import gc as storegc
@@ -330,4 +330,5 @@ def serve_command(
 
     site = site_in_force(ctx)
     address = public_url or f"http://{ip}:{port}/"
-    asyncio.run(serve(site, ip, port, address, hub_public_url, state_dir))
+    site_file = site_file_in_force(ctx.find_root().params.get("site"))
+    asyncio.run(serve(site, ip, port, address, hub_public_url, state_dir, site_file))

@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    model_validator,
 )
 
 from hpcbinder import textpatterns
@@ -99,6 +100,12 @@ class LaunchOptions(_Options):
     account: _Text | None = None
     qos: _Text | None = None
     workspace: WorkspaceOptions | None = None
+    #: ``image`` is in the researcher's own store, not the shared one (a
+    #: private repository's: :mod:`hpcbinder.images.private`): the server's
+    #: job, as her, finds it there, and her workspace's checkout
+    #: (:mod:`hpcbinder.jobs.privateserver`). Only an env key: never a
+    #: path, nor a base.
+    private: bool = False
     #: BinderHub's launch fields (its BinderSpawner's ``user_options``
     #: names), for the server's ``BINDER_*`` variables (:meth:`binder_env`).
     repo_url: _Line | None = None
@@ -106,6 +113,12 @@ class LaunchOptions(_Options):
     binder_launch_host: _Line | None = None
     binder_request: _Line | None = None
     binder_persistent_request: _Line | None = None
+
+    @model_validator(mode="after")
+    def _private_is_a_key(self) -> LaunchOptions:
+        if self.private and (self.image is None or not ENV_KEY.fullmatch(self.image)):
+            raise ValueError("a private launch names an image key of the researcher's store")
+        return self
 
     @classmethod
     def parse(cls, user_options: Mapping[str, object] | None) -> LaunchOptions:

@@ -52,11 +52,12 @@ from tornado import web
 from traitlets import Float, Integer, Unicode, default
 
 from hpcbinder import textpatterns
-from hpcbinder.config import Site, load_site
+from hpcbinder.config import Site, load_site, site_file_in_force
 from hpcbinder.errors import UserError
 from hpcbinder.hub.options import LaunchOptions, LaunchOptionsError
 from hpcbinder.images.client import BuildServerClient, BuildServerError, LaunchRefused
 from hpcbinder.images.launch import launch_image
+from hpcbinder.jobs.privateserver import private_server_job
 from hpcbinder.jobs.request import request_for
 from hpcbinder.jobs.servers import (
     BINDER_ENV,
@@ -202,6 +203,12 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
         )
         home = Path(pwd.getpwnam(self.user.name).pw_dir)
         command = [self.batchspawner_singleuser_cmd, *self.cmd, *self.get_args()]
+        job_name = f"hpcbinder-{self.user.name}-{self.name or 'default'}"
+        if options.private:  # her store's image: her job finds it there, or refuses
+            site_file = site_file_in_force(Path(self.site_file) if self.site_file else None)
+            return private_server_job(
+                site_file, self.user.name, home, request, options, command, job_name
+            )
         workspace = seed = None
         if options.workspace is not None:
             spec = options.workspace
@@ -222,7 +229,7 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
             command,
             workspace=workspace,
             seed=seed,
-            job_name=f"hpcbinder-{self.user.name}-{self.name or 'default'}",
+            job_name=job_name,
             image_key=image.key,
             entrypoint=tuple(image.entrypoint),
         )

@@ -127,14 +127,16 @@ def open_store(site: Site, user: str) -> ImageStore:
     return ImageStore(root, owner=user)
 
 
-def private_site(site: Site, store: ImageStore, user: str) -> Site:
+def private_site(site: Site, store: ImageStore, user: str, backend: str = "slurm") -> Site:
     """``site`` as her private builds see it: checkouts and download caches
-    in her store, builds as her in Slurm jobs on the build partition. The
-    image store stays the site's (it names the base images she reads)."""
+    in her store, builds as her in Slurm jobs on the build partition (or,
+    ``backend`` "local", in the job of hers that runs this on the build
+    partition already: :mod:`hpcbinder.images.privatejob`). The image store
+    stays the site's (it names the base images she reads)."""
     build = site.build.model_copy(
         update={
             "account": user,
-            "backend": "slurm",
+            "backend": backend,
             "cache_dir": store.root / CACHES,
             "partition": site.build.private_partition or site.build.partition,
         }
@@ -202,15 +204,19 @@ def prepare(site: Site, spec: str, user: str | None = None) -> pipeline.Prepared
             raise NoAccess.about(name) from None
 
 
-def request(site: Site, spec: str, emit: Emit, *, prepare_only: bool = False) -> Fetched:
+def request(
+    site: Site, spec: str, emit: Emit, *, prepare_only: bool = False, backend: str = "slurm"
+) -> Fetched:
     """Prepare and (unless ``prepare_only``) build ``spec`` as this account,
-    into its own store; the result is marked private (its image is in her
-    store: :func:`published`)."""
+    into its own store (its commands through ``backend``: see
+    :func:`private_site`); the result is marked private (its image is in
+    her store: :func:`published`)."""
     user = proc.current_user()
     prepared = prepare(site, spec, user)
     if not prepare_only:
         store = open_store(site, user)
-        Builder(private_site(site, store, user), store=store).build_image(prepared, emit, user)
+        mine = private_site(site, store, user, backend)
+        Builder(mine, store=store).build_image(prepared, emit, user)
     fetched = prepared.fetched()
     return Fetched(
         fetched.repo,

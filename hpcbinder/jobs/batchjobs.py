@@ -22,11 +22,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcbinder import textpatterns
+from hpcbinder.config import Site
 from hpcbinder.errors import UserError
 from hpcbinder.growingfile import GrowingFile
-from hpcbinder.jobs.batch import JOB_INDEX, BatchRun, expand_array
+from hpcbinder.images.store import ImageRecord
+from hpcbinder.jobs.batch import (
+    JOB_INDEX,
+    BatchRun,
+    expand_array,
+    plan_run,
+    plan_tasks,
+    render_batch_script,
+)
 from hpcbinder.jobs.records import RunRecord, TaskProvenance
+from hpcbinder.jobs.request import JobRequest
+from hpcbinder.render.pipeline import Fetched
 from hpcbinder.seams import proc
+from hpcbinder.seams.cluster import cluster_slurm
 from hpcbinder.seams.slurm import JOB_ID, JobInfo, SlurmCLI, SubmitOptions
 
 #: Exit status of ``hpcbinder sbatch --wait`` for jobs Slurm ended.
@@ -49,6 +61,24 @@ def _home(user: str) -> Path:
 
 def _slurm_user(user: str) -> str | None:
     return None if user == proc.current_user() else user
+
+
+def submit_checked(
+    site: Site,
+    fetched: Fetched,
+    record: ImageRecord,
+    launch: list[str],
+    user: str,
+    request: JobRequest,
+    path: str,
+    parameters: dict[str, str],
+) -> tuple[str, Path]:
+    """Check and submit one run of ``path`` in ``record`` as ``user`` (the
+    launch page's batch run: the Binder service's for a public image, her
+    own job's for a private one); (job id, run folder)."""
+    plan = plan_tasks(fetched, path, parameters)
+    run = plan_run(site, fetched, record, launch, user=user, request=request, plan=plan)
+    return submit_run(run, render_batch_script(run), cluster_slurm(site)), run.run_dir
 
 
 def submit_run(run: BatchRun, script: str, slurm: SlurmCLI) -> str:

@@ -55,6 +55,20 @@ class ServerJob:
     #: What the command runs through in the image: the repository's start
     #: (see :mod:`hpcbinder.images.launch`).
     entrypoint: tuple[str, ...] = ()
+    #: An image of the researcher's own store: the job resolves it as her
+    #: (:mod:`hpcbinder.jobs.privateserver`); ``image_argv`` and ``seed``
+    #: are then decided there.
+    private: PrivateLaunch | None = None
+
+
+@dataclass(frozen=True)
+class PrivateLaunch:
+    """What a private launch's job gets on stdin (JSON: the launch's
+    options, the command, the site file) and the Python it runs
+    :mod:`hpcbinder.jobs.privateserver` with."""
+
+    request: str
+    python: str
 
 
 def safe_path(path: Path | str, what: str) -> str:
@@ -113,6 +127,8 @@ def container_home(site: Site, home: Path) -> str | None:
 
 
 def render_server_script(site: Site, job: ServerJob) -> str:
+    if job.private is not None:
+        return _render_private(job, job.private)
     if job.seed is not None and not COMMIT.fullmatch(job.seed.commit):
         raise UserError(f"not a commit id: {job.seed.commit!r}")
     # Without a repository (a base image from the spawn page) the server
@@ -137,4 +153,20 @@ def render_server_script(site: Site, job: ServerJob) -> str:
         image=job.image_argv[-1],
         container_home=container_home(site, job.home),
         command=[*job.entrypoint, *job.command],
+    )
+
+
+def _render_private(job: ServerJob, launch: PrivateLaunch) -> str:
+    """A private launch's job: its resources, and as the researcher, the
+    server's script for the image in her own store (slurm/private-server.sbatch.j2)."""
+    return templating.render_text(
+        "slurm",
+        "private-server.sbatch.j2",
+        job_name=job.job_name if _SLUG.fullmatch(job.job_name) else "hpcbinder-server",
+        job_comment=job_comment(None, None, private=True),
+        request=job.request,
+        output=f"{safe_path(job.home, 'home')}/.hpcbinder-server-%j.log",
+        home=safe_path(job.home, "home"),
+        python=safe_path(launch.python, "python"),
+        payload=launch.request,
     )

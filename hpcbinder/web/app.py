@@ -140,7 +140,13 @@ def hub_oauth(public_url: str, hub_public_url: str) -> HubOAuth:
 
 
 async def serve(
-    site: Site, ip: str, port: int, public_url: str, hub_public_url: str, state_dir: Path
+    site: Site,
+    ip: str,
+    port: int,
+    public_url: str,
+    hub_public_url: str,
+    state_dir: Path,
+    site_file: Path | None = None,
 ) -> None:
     """Run until cancelled."""
     logging.basicConfig(
@@ -157,6 +163,7 @@ async def serve(
         state_dir=state_dir,
         versions=await tool_versions(site),
         metrics_token=metrics_token,
+        site_file=site_file,
     )
     make_app(service).listen(port, ip)
     logging.getLogger("hpcbinder.web").info("Binder service at %s", service.public_url)

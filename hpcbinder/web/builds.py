@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from hpcbinder.config import Site
 from hpcbinder.images import builder
@@ -28,6 +28,7 @@ from hpcbinder.images.client import (
     BuildRefused,
     BuildServerClient,
     BuildServerError,
+    NoAnonymousAccess,
     ServerEvent,
     published_image,
 )
@@ -36,17 +37,33 @@ from hpcbinder.images.streams import SharedStream
 from hpcbinder.render.pipeline import Fetched
 from hpcbinder.web.events import Event, failed
 from hpcbinder.web.metrics import Metrics
+from hpcbinder.web.privatebuilds import PrivateBuildFailed, PrivateBuilds, PrivateBuilt
 
 log = logging.getLogger("hpcbinder.web")
 
 
 @dataclass(frozen=True)
 class Built:
+    """An image of the shared store, as the build server reported it."""
+
     fetched: Fetched
     record: ImageRecord
+    private: ClassVar[bool] = False
+
+    @property
+    def key(self) -> str:
+        return self.record.key
+
+    @property
+    def commit(self) -> str:
+        return self.fetched.repo.commit
+
+    @property
+    def from_image(self) -> bool:
+        return self.fetched.reads_whole_repo
 
 
-BuildSession = SharedStream[Event, Built]
+BuildSession = SharedStream[Event, Built | PrivateBuilt]
 
 
 def _relayed(event: ServerEvent) -> Event:
@@ -72,12 +89,21 @@ class BuildRequester(Protocol):
 
 class BuildCoordinator:
     """One build-server request per spec and researcher, shared by their
-    viewers. ``client``: the site's build server unless given."""
+    viewers. ``client``: the site's build server unless given. A
+    repository the build server cannot fetch is built by the researcher's
+    own job (``private``; :mod:`hpcbinder.web.privatebuilds`)."""
 
-    def __init__(self, site: Site, metrics: Metrics, client: BuildRequester | None = None) -> None:
+    def __init__(
+        self,
+        site: Site,
+        metrics: Metrics,
+        client: BuildRequester | None = None,
+        private: PrivateBuilds | None = None,
+    ) -> None:
         self.site = site
         self.metrics = metrics
         self.client = BuildServerClient(site) if client is None else client
+        self.private = PrivateBuilds(site, None) if private is None else private
         self._sessions: dict[tuple[str, str], BuildSession] = {}  # by (spec, researcher)
         self._building: set[tuple[str, str]] = set()
         self._queued: set[tuple[str, str]] = set()
@@ -137,6 +163,8 @@ class BuildCoordinator:
                 ),
                 Built(fetched, record),
             )
+        except NoAnonymousAccess:
+            await self._private(session, user)
         except BuildRefused as exc:
             await session.finish(failed(str(exc)))
         except builder.ImageBuildError as exc:
@@ -151,3 +179,22 @@ class BuildCoordinator:
             await session.finish(failed(f"Internal error while building {session.key}"))
         finally:
             self._report((session.key, user), None)
+
+    async def _private(self, session: BuildSession, user: str) -> None:
+        """``user``'s own job builds the spec into her store; her page gets
+        its phases, then the image or the one line that says why not (for a
+        repository she cannot read: the build server's, word for word)."""
+        request = self.private.request("build", session.key)
+        try:
+            outcome = await self.private.run(request, user, session.publish)
+        except PrivateBuildFailed as exc:
+            await session.finish(failed(str(exc)))
+            return
+        await session.finish(
+            Event(
+                "built",
+                f"Built in your private store: {outcome.env_key}\n",
+                {"imageName": outcome.env_key},
+            ),
+            PrivateBuilt(outcome.env_key, outcome.commit, outcome.from_image),
+        )

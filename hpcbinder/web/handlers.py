@@ -23,8 +23,7 @@ from hpcbinder.errors import UserError
 from hpcbinder.hub.options import LaunchOptions, WorkspaceOptions
 from hpcbinder.images.launch import launch_argv
 from hpcbinder.images.streams import keep_alive
-from hpcbinder.jobs import batch
-from hpcbinder.jobs.batchjobs import submit_run
+from hpcbinder.jobs.batchjobs import submit_checked
 from hpcbinder.jobs.request import (
     JobRequest,
     accounts_for,
@@ -33,7 +32,6 @@ from hpcbinder.jobs.request import (
     request_for,
     request_for_link,
 )
-from hpcbinder.seams.cluster import cluster_slurm
 from hpcbinder.seams.slurm import PartitionLoad, SlurmError
 from hpcbinder.sources import providers
 from hpcbinder.web import binderapi
@@ -41,6 +39,7 @@ from hpcbinder.web.builds import Built
 from hpcbinder.web.events import KEEPALIVE, Event, failed
 from hpcbinder.web.launcher import LaunchFailed, server_name, workspace_slug
 from hpcbinder.web.metrics import is_scrape_token
+from hpcbinder.web.privatebuilds import PrivateBuildFailed, PrivateBuilt
 from hpcbinder.web.service import Service
 
 #: Seconds of silence after which the stream sends a keepalive comment.
@@ -430,7 +429,7 @@ class BuildHandler(BaseHandler):
         built = session.result
         if built is None or build_only:
             return
-        fields = binderapi.launch_fields(spec, repo, built.fetched.repo.commit, service.public_url)
+        fields = binderapi.launch_fields(spec, repo, built.commit, service.public_url)
         started = time.monotonic()
         name = server_name(repo.url)
         try:
@@ -452,7 +451,7 @@ class BuildHandler(BaseHandler):
                 {
                     "url": server_link(service.hub_public_url, url, query),
                     "token": token,
-                    "image": built.record.key,
+                    "image": built.key,
                     **fields,
                 },
             )
@@ -489,7 +488,7 @@ class BuildHandler(BaseHandler):
 
     def _options(
         self,
-        built: Built,
+        built: Built | PrivateBuilt,
         repo: providers.RepoProvider,
         query: dict[str, str],
         fields: dict[str, str],
@@ -497,16 +496,15 @@ class BuildHandler(BaseHandler):
         """The server's options: the image just built, a workspace seeded
         from the checkout, the link's profile and resources (checked
         against the site's limits before the build), and BinderHub's
-        launch fields (its ``BINDER_*`` variables)."""
-        fetched = built.fetched
+        launch fields (its ``BINDER_*`` variables). A private image is
+        marked so: the server's job finds it in her own store."""
         workspace = WorkspaceOptions(
-            slug=workspace_slug(repo.url),
-            commit=fetched.repo.commit,
-            from_image=fetched.reads_whole_repo,
+            slug=workspace_slug(repo.url), commit=built.commit, from_image=built.from_image
         )
         return LaunchOptions.parse(
             {
-                "image": built.record.key,
+                "image": built.key,
+                **({"private": True} if built.private else {}),
                 "workspace": workspace,
                 "profile": query.get("profile") or None,
                 **link_overrides(query),
@@ -550,6 +548,9 @@ class BatchHandler(BaseHandler):
             self.page("error.html", 400, status=400, reason=reason, user=self.user_name)
             return
         built = session.result
+        if isinstance(built, PrivateBuilt):
+            await self._private_run(full, overrides, parameters)
+            return
         try:
             job_id, run_dir = await asyncio.to_thread(
                 submit_batch,
@@ -564,6 +565,43 @@ class BatchHandler(BaseHandler):
             self.page("error.html", 400, status=400, reason=str(exc), user=self.user_name)
             return
         self.page("batch.html", job_id=job_id, run_dir=str(run_dir), spec=full, user=self.user_name)
+
+    async def _private_run(
+        self,
+        spec: str,
+        overrides: dict[str, str],
+        parameters: dict[str, str],
+    ) -> None:
+        """A private repository's run: her own job checks and submits it
+        from her store, as ``hpcbinder sbatch`` would (the service cannot
+        read her checkout or image); the same resources, checked there
+        again against the same site file (checked here first: a bad one
+        never reaches her job)."""
+        builds = self.service.private_builds
+        job = builds.request(
+            "batch",
+            spec,
+            path=self.get_body_argument("path", ""),
+            parameters=parameters,
+            profile=self.get_body_argument("profile", ""),
+            overrides={name: value for name, value in overrides.items() if value},
+        )
+
+        async def ignore(_: Event) -> None:
+            return None
+
+        try:
+            outcome = await builds.run(job, self.user_name, ignore)
+        except PrivateBuildFailed as exc:
+            self.page("error.html", 400, status=400, reason=str(exc), user=self.user_name)
+            return
+        self.page(
+            "batch.html",
+            job_id=outcome.run_job,
+            run_dir=outcome.run_dir,
+            spec=spec,
+            user=self.user_name,
+        )
 
 
 def parse_parameters(text: str) -> dict[str, str]:
@@ -588,12 +626,10 @@ def submit_batch(
     parameters: dict[str, str],
 ) -> tuple[str, Path]:
     """Check and submit one run of ``path`` as ``user``; (job id, run folder)."""
-    plan = batch.plan_tasks(built.fetched, path, parameters)
     launch = launch_argv(built.record)
-    run = batch.plan_run(
-        site, built.fetched, built.record, launch, user=user, request=request, plan=plan
+    return submit_checked(
+        site, built.fetched, built.record, launch, user, request, path, parameters
     )
-    return submit_run(run, batch.render_batch_script(run), cluster_slurm(site)), run.run_dir
 
 
 class HealthHandler(BaseHandler):

@@ -190,7 +190,11 @@ class Launcher:
         ``on_message`` as they come."""
         server = await self._server(user, name)
         if server is not None:
-            same_image = server.get("user_options", {}).get("image") == options.image
+            running = server.get("user_options", {})
+            same_image = (running.get("image"), bool(running.get("private"))) == (
+                options.image,
+                options.private,
+            )
             if server.get("ready") and same_image:
                 return str(server["url"])
             if server.get("pending") != "spawn" or not same_image:

@@ -27,6 +27,7 @@ from hpcbinder.web.builds import BuildCoordinator
 from hpcbinder.web.launcher import HubAPI, Launcher
 from hpcbinder.web.metrics import Metrics
 from hpcbinder.web.policy import LaunchLimits
+from hpcbinder.web.privatebuilds import PrivateBuilds
 from hpcbinder.web.trust import Confirmations
 
 #: How long a health report is reused.
@@ -68,10 +69,13 @@ class Service:
     #: Prometheus' bearer token for /metrics and /versions (from the site's
     #: binder.metrics_token_file); None: the hub's admins only.
     metrics_token: str | None = None
+    #: The site file the service read: researchers' private build jobs read it too.
+    site_file: Path | None = None
 
     def __post_init__(self) -> None:
         binder = self.site.binder
-        self.builds = BuildCoordinator(self.site, self.metrics)
+        self.private_builds = PrivateBuilds(self.site, self.site_file)
+        self.builds = BuildCoordinator(self.site, self.metrics, private=self.private_builds)
         # A launch waits in Slurm's queue for as long as the site lets it.
         queue = self.site.launch.max_queue_minutes * 60
         self.launcher = Launcher(self.hub, queue + binder.launch_timeout_seconds)
