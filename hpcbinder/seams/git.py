@@ -75,6 +75,8 @@ _LS_REMOTE_LINE = textpatterns.compile(rf"({COMMIT.pattern})\t(\S+)")
 #: A line of git's stderr that starts a new message (``fatal: ...``).
 _MESSAGE_START = textpatterns.compile(r"(?i)(?:fatal|error|warning|hint|remote):")
 _ERROR_START = textpatterns.compile(r"(?i)(?:fatal|error): ?")
+#: curl's words for an HTTP redirect that git did not follow.
+_REDIRECTED = textpatterns.compile(r"returned error: 30[12378]\b")
 #: How long a git error (first line and its continuation) may get before
 #: only its first line is kept.
 _ERROR_CHARS = 300
@@ -144,6 +146,14 @@ _KEPT_ENV = (
 _SSH_OPTIONS = "-o BatchMode=yes -o IdentityAgent=none -o IdentitiesOnly=yes"
 #: ssh for git: no config, agent or key of the build account's own.
 _SSH = f"ssh -F /dev/null {_SSH_OPTIONS} -o IdentityFile=none"
+#: Options of every git call: no HTTP redirect is followed. By default git
+#: follows a server's redirects on its first request (``initial``), to any
+#: host: past the site's allow and ban patterns, which judged only the URL
+#: asked for, and to this host's loopback or the cluster's internal hosts.
+#: repo2docker and BinderHub run git with that default; a moved repository
+#: fails here instead, naming the redirect, and is linked by its new URL.
+#: ``-c`` outranks every config file, a researcher's own included.
+_OPTIONS = ("-c", "http.followRedirects=false")
 
 
 #: The variable through which a token reaches git's credential helper
@@ -351,7 +361,7 @@ def _git(
     group) by :class:`FetchLimitExceeded` (``what`` failed: why) once
     ``deadline`` (``time.monotonic``) passes or once its output and the
     folders in ``watch`` hold more than ``limits.max_mb``."""
-    argv = ["git", *args]
+    argv = ["git", *_OPTIONS, *args]
     with tempfile.TemporaryDirectory(prefix="hpcbinder-git-") as tmp:
         output = Path(tmp)
         with (output / "out").open("w+b") as out, (output / "err").open("w+b") as err:
@@ -438,7 +448,10 @@ def _upload_pack(local_repo: Path | None) -> list[str]:
 
 
 def _failed(what: str, result: proc.CommandResult) -> GitError:
-    return GitError(f"{what}: {error_message(result)}")
+    message = error_message(result)
+    if _REDIRECTED.search(message):  # see _OPTIONS
+        message += " (a redirect, which hpcbinder does not follow: link the URL it leads to)"
+    return GitError(f"{what}: {message}")
 
 
 def error_message(result: proc.CommandResult) -> str:
