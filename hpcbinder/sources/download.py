@@ -30,7 +30,8 @@ handlers run: no ``file:``, ``ftp:`` or ``data:`` opener, no netrc, no
 redirect followed that was not judged. Bodies are read a chunk at a time
 and counted against the fetch's :class:`~hpcbinder.sources.archives.Budget`;
 at its deadline a watchdog shuts the open connection, so a server that
-trickles its headers or body cannot hold the build server past it.
+trickles its headers or body cannot hold the build server past it, and a
+host name's lookup is given up at the deadline too (a stalling resolver).
 """
 
 from __future__ import annotations
@@ -162,8 +163,10 @@ class _Guard:
         self,
         networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
         proxies: dict[str, str],
+        deadline: float,
     ) -> None:
         self.networks = networks
+        self.deadline = deadline
         self.proxies = {_host_port(url) for scheme, url in proxies.items() if scheme != "no"}
         self.lock = threading.Lock()
         self.current: socket.socket | None = None
@@ -177,10 +180,7 @@ class _Guard:
 
     def address(self, host: str, port: int) -> str:
         """The checked address to connect to for ``host``."""
-        try:
-            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError as exc:
-            raise OSError(f"cannot resolve {host}: {_one_line(exc)}") from None
+        found = _resolve(host, port, self.deadline)
         for *_rest, sockaddr in found:
             address = ipaddress.ip_address(str(sockaddr[0]))
             if address.is_global or any(address in net for net in self.networks):
@@ -207,6 +207,30 @@ class _Guard:
             if self.current is not None:
                 with contextlib.suppress(OSError):
                     self.current.shutdown(socket.SHUT_RDWR)
+
+
+def _resolve(host: str, port: int, deadline: float) -> list[Any]:
+    """``host``'s addresses, or OSError once ``deadline`` (``time.monotonic``)
+    passes: a resolver that stalls does not hold the fetch past its bound
+    (``getaddrinfo`` takes no timeout, and the watchdog shuts sockets only,
+    so it runs in a thread of its own, left to end on its own)."""
+    found: list[Any] = []
+    failed: list[OSError] = []
+
+    def lookup() -> None:
+        try:
+            found.extend(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=lookup, name=f"resolve {host}", daemon=True)
+    thread.start()
+    thread.join(max(deadline - time.monotonic(), 0))
+    if thread.is_alive():
+        raise TimeoutError(f"resolving {host} did not end before the fetch's deadline")
+    if failed:
+        raise OSError(f"cannot resolve {host}: {_one_line(failed[0])}")
+    return found
 
 
 class _HTTPConnection(http.client.HTTPConnection):
@@ -297,7 +321,7 @@ class Session:
         self.budget = budget
         self.setting = setting
         proxies = urllib.request.getproxies()  # the host's, as git keeps them
-        self._guard = _Guard(list(policy.records.internal_networks), proxies)
+        self._guard = _Guard(list(policy.records.internal_networks), proxies, budget.deadline)
         handlers: list[urllib.request.BaseHandler] = [
             urllib.request.ProxyHandler(proxies),
             _HTTPHandler(self._guard),

@@ -369,7 +369,9 @@ def test_the_build_server_connects_to_no_internal_address_unless_the_site_lists_
     assert not any(r.endswith("/secret") for r in services.zenodo.requests)
     # A name is judged by the address it resolves to, not its text.
     with pytest.raises(RepoNotAllowed, match=r"localhost is at .*internal_networks"):
-        _Guard([ipaddress.ip_network("10.0.0.0/8")], {}).address("localhost", 80)
+        _Guard([ipaddress.ip_network("10.0.0.0/8")], {}, time.monotonic() + 30).address(
+            "localhost", 80
+        )
 
 
 @pytest.fixture
@@ -411,6 +413,32 @@ def test_a_server_trickling_its_answer_is_stopped_at_the_deadline(
     with pytest.raises(FetchBoundExceeded, match=r"repos\.fetch_timeout_seconds"):
         fetched(f"hydroshare/{HYDROSHARE_ID}", policy)
     assert time.monotonic() - started < 5
+
+
+def test_a_stalling_resolver_is_stopped_at_the_deadline(
+    services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DNS lookup counts against the fetch's time: the old code waited
+    for the resolver however long it took, past repos.fetch_timeout_seconds."""
+    released = threading.Event()
+    original = socket.getaddrinfo
+
+    def stalling(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host == "records.stall.test":
+            released.wait(20)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return original(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", stalling)
+    records = {**services.records_setting(), "hydroshare": "http://records.stall.test"}
+    policy = policy_for(services, tmp_path, records=records, fetch_timeout_seconds=1.5)
+    started = time.monotonic()
+    try:
+        with pytest.raises(FetchBoundExceeded, match=r"repos\.fetch_timeout_seconds"):
+            fetched(f"hydroshare/{HYDROSHARE_ID}", policy)
+        assert time.monotonic() - started < 5
+    finally:
+        released.set()
 
 
 def test_hostile_json_is_one_line(services: Services, tmp_path: Path) -> None:
