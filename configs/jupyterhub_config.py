@@ -28,7 +28,7 @@ from pathlib import Path
 
 from hpcbinder.config import load_site
 from hpcbinder.errors import UserError
-from hpcbinder.hub import servertokens
+from hpcbinder.hub import servertokens, spawner
 from hpcbinder.hub.authenticator import authenticator_class
 
 c = get_config()  # type: ignore[name-defined]  # noqa: F821 - JupyterHub's config loader
@@ -81,6 +81,8 @@ c.Authenticator.admin_users = set(site_hub.admin_users)  # see /health's details
 
 c.JupyterHub.allow_named_servers = True
 c.JupyterHub.spawner_class = "hpcbinder.hub.spawner.ApptainerSlurmSpawner"
+# The page of a server that is not running says why its job ended (a lost node).
+c.JupyterHub.template_paths = [str(spawner.TEMPLATES)]
 c.Spawner.default_url = "/lab"
 # No Spawner.start_timeout: the spawner derives it from the site file's
 # launch.max_queue_minutes (the wait in Slurm's queue, which it enforces

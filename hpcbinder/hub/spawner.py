@@ -58,6 +58,7 @@ from hpcbinder.hub.options import LaunchOptions, LaunchOptionsError
 from hpcbinder.images.client import BuildServerClient, BuildServerError, LaunchRefused
 from hpcbinder.images.launch import launch_image
 from hpcbinder.jobs.privateserver import private_server_job
+from hpcbinder.jobs.queueboard import board_for
 from hpcbinder.jobs.request import request_for
 from hpcbinder.jobs.servers import (
     BINDER_ENV,
@@ -78,6 +79,8 @@ from hpcbinder.seams.remote import LoginNodeCommands, Tunnel
 from hpcbinder.seams.slurm import SlurmCLI
 from hpcbinder.sources.providers import served_checkout
 
+#: JupyterHub templates of hpcbinder's (c.JupyterHub.template_paths).
+TEMPLATES = Path(__file__).parent / "templates"
 #: Seconds of start_timeout beyond the queue wait and the server's start:
 #: submitting, and the hub's own steps around start().
 _START_MARGIN = 30
@@ -129,6 +132,13 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
         # One squeue as the user costs ~20 ms; batchspawner's 0.5 s is most of a launch.
         return 0.2
 
+    @default("poll_interval")
+    def _poll_interval_default(self) -> float:
+        # JupyterHub's 30 s: a lost node's server would look alive for up to
+        # that long after Slurm ended its job. One squeue answers every
+        # server's poll (the board), so polling often costs little.
+        return 10.0
+
     @default("batchspawner_singleuser_cmd")
     def _singleuser_default(self) -> str:
         # In every site base: reports the port without importing JupyterHub first.
@@ -166,11 +176,17 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
     slurm: SlurmCLI | None = None
 
     def _jobs(self) -> ServerJobs:
+        """The user's jobs, their states from the one board of this
+        process's spawners that share a Slurm client (one squeue a round
+        for all of the hub's jobs: :mod:`hpcbinder.jobs.queueboard`)."""
+        slurm = cluster_slurm(self.site) if self.slurm is None else self.slurm
+        key: object = self.site.cluster.model_dump_json() if self.slurm is None else self.slurm
         return ServerJobs(
             self.user.name,
-            slurm=cluster_slurm(self.site) if self.slurm is None else self.slurm,
+            slurm=slurm,
             retries=self.query_retries,
             backoff=self.query_backoff,
+            board=board_for(key, slurm, self.startup_poll_interval),
         )
 
     #: The build server that rules on launches of the store's images; None:
@@ -279,11 +295,40 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
         if not self.job_id:
             self.job_status = ""
             return JobStatus.NOTFOUND
-        status = await self._jobs().status(self.job_id)
+        status = self._status = await self._jobs().status(self.job_id)
         self._set_job_status(status)
         if status.state is ServerJobState.UNKNOWN:
             self.log.warning("Slurm did not answer about job %s; keeping it", self.job_id)
         return _STATES[status.state]
+
+    #: The job's last answer (its node and final state once gone).
+    _status: ServerJobStatus | None = None
+    #: Why the server's job ended under it, in words for the researcher: the
+    #: hub's page for a server that is not running shows it
+    #: (hpcbinder/hub/templates/not_running.html); "" after a start or a stop.
+    stop_reason: str = ""
+
+    def _stopped_because(self, status: ServerJobStatus, host: str) -> None:
+        node = status.node or host
+        ended = status.ended or "ended"
+        lost = ended == "NODE_FAIL"
+        self.stop_reason = (
+            f"Your server's Slurm job {self.job_id} ended {ended} on node {node}"
+            f"{' (the node was lost)' if lost else ''}. "
+            f"Your files are kept in {self._workspace_path()}; start the server again"
+            f"{' to run it on another node' if lost else ''}."
+        )
+        self.log.warning("Server of %s stopped: %s", self.user.name, self.stop_reason)
+
+    def _workspace_path(self) -> str:
+        """The launch's workspace folder (as :meth:`server_job` places it)."""
+        try:
+            options = LaunchOptions.parse(self.user_options)
+            home = Path(pwd.getpwnam(self.user.name).pw_dir)
+            slug = options.workspace.slug if options.workspace is not None else "default"
+            return str(workspace_for(self.site, self.user.name, home, slug))
+        except (UserError, KeyError):
+            return "your workspace"
 
     def _set_job_status(self, status: ServerJobStatus) -> None:
         """Keep batchspawner's ``job_status`` (read by ``state_is*``) current."""
@@ -317,6 +362,7 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
     _launch: LaunchProgress | None = None
 
     async def start(self) -> tuple[str, int]:
+        self.stop_reason = ""
         self._launch = LaunchProgress()
         try:
             return await self._start(self._launch)
@@ -388,12 +434,21 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
         self.log.warning("Server job %s still runs after scancel", self.job_id)
 
     async def poll(self) -> int | None:
-        status: int | None = await super().poll()
-        if status is None and self._tunnel_state and self._tunnel_key() not in _TUNNELS:
+        """batchspawner's poll, and a server whose job ended under it (its
+        node lost, its time up) says why (:attr:`stop_reason`)."""
+        host = self.state_gethost() if self.state_isrunning() else ""
+        if await self.query_job_status() not in (
+            JobStatus.PENDING, JobStatus.RUNNING, JobStatus.UNKNOWN,
+        ):  # fmt: skip
+            if host and self._status is not None:
+                self._stopped_because(self._status, host)
+            self.clear_state()
+            return 1
+        if self._tunnel_state and self._tunnel_key() not in _TUNNELS:
             # A restarted hub: the proxy still routes to the tunnel's old port.
-            host, port, local_port = self._tunnel_state
-            self._open_tunnel(str(host), int(port), int(local_port))
-        return status
+            tunnel_host, port, local_port = self._tunnel_state
+            self._open_tunnel(str(tunnel_host), int(port), int(local_port))
+        return None
 
     # --- the SSH tunnel to a compute node (cluster.tunnel) ------------------
 
@@ -423,11 +478,16 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
         self._tunnel_state = state.get("tunnel")
+        self.stop_reason = str(state.get("stop_reason", ""))
 
     def get_state(self) -> dict[str, Any]:
+        # The stop reason outlives the stop: JupyterHub then drops this
+        # object and makes the page's spawner anew from the stored state.
         state: dict[str, Any] = super().get_state()
         if self._tunnel_state:
             state["tunnel"] = self._tunnel_state
+        if self.stop_reason:
+            state["stop_reason"] = self.stop_reason
         return state
 
     def clear_state(self) -> None:

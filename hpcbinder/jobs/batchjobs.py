@@ -214,9 +214,13 @@ class BatchJobs:
         return info.state if info else None
 
     def state(self, job: BatchJob) -> str:
-        live = self.slurm_state(job)
-        if live is not None:
-            return live
+        """Slurm's state while it remembers the job (with the node, for a
+        job its node's loss ended: ``NODE_FAIL on hpcb-c1``), else what its
+        outputs say."""
+        info = self.slurm.job(job.job_id)
+        if info is not None:
+            lost = info.state == "NODE_FAIL" and info.node_list
+            return f"{info.state} on {info.node_list}" if lost else info.state
         tasks = job.tasks()
         if not tasks:
             return "UNKNOWN"

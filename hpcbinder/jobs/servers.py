@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from hpcbinder.errors import UserError
+from hpcbinder.jobs.queueboard import QueueBoard
 from hpcbinder.seams.proc import CommandError
 from hpcbinder.seams.slurm import JOB_ID, QueueState, SlurmCLI, SlurmError, SubmitOptions
 
@@ -145,6 +146,9 @@ class ServerJobStatus:
     node: str = ""
     partition: str = ""
     reason: str = ""
+    #: A gone job's last state while Slurm remembers it (``NODE_FAIL``: its
+    #: node, ``node``, was lost), else "".
+    ended: str = ""
 
 
 @dataclass(frozen=True)
@@ -198,6 +202,10 @@ class ServerJobs:
     slurm: SlurmCLI  # the site's cluster client (hpcbinder.seams.cluster.cluster_slurm)
     retries: int = 4
     backoff: float = 0.5
+    #: Where job states come from: the process's board shared by every
+    #: spawner of the hub (:func:`~hpcbinder.jobs.queueboard.board_for`),
+    #: else one squeue per question.
+    board: QueueBoard | None = None
 
     async def submit(self, script: str, env: Mapping[str, str]) -> str:
         """Submit ``script`` as the user; the job's environment is exactly
@@ -215,13 +223,16 @@ class ServerJobs:
         """The job's state, node, partition and pending reason."""
         for attempt in range(self.retries + 1):
             try:
-                entry = await asyncio.to_thread(self.slurm.queue_entry, job_id, user=self.user)
+                if self.board is not None:
+                    entry = await self.board.entry(job_id, self.user)
+                else:
+                    entry = await asyncio.to_thread(self.slurm.queue_entry, job_id, user=self.user)
             except (SlurmError, CommandError):
                 if attempt < self.retries:
                     await asyncio.sleep(self.backoff * 2**attempt)
                 continue
             return ServerJobStatus(
-                _FROM_QUEUE[entry.state], entry.node, entry.partition, entry.reason
+                _FROM_QUEUE[entry.state], entry.node, entry.partition, entry.reason, entry.ended
             )
         return ServerJobStatus(ServerJobState.UNKNOWN)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -62,9 +62,11 @@ class SlurmDialect:
     sinfo: tuple[str, ...] = ("sinfo",)
     scancel: tuple[str, ...] = ("scancel",)
     sacctmgr: tuple[str, ...] = ("sacctmgr",)
-    #: One job's state, node, partition and pending reason, for the frequent
-    #: queries of a starting server (:attr:`squeue_fields` reads the answer).
-    squeue: tuple[str, ...] = ("squeue", "-h", "-o", "%T %B %P %r", "-j")
+    #: Jobs' id, state, node, partition and pending reason, in every state
+    #: Slurm still remembers (a lost node's NODE_FAIL for MinJobAge), for
+    #: the frequent queries of the hub's servers, many jobs at once
+    #: (``--jobs=ID,ID``; :attr:`squeue_fields` reads each line).
+    squeue: tuple[str, ...] = ("squeue", "-h", "--states=all", "-o", "%i %T %B %P %r", "--jobs")
     #: A pending job's expected start (``N/A`` until the scheduler has one).
     squeue_start: tuple[str, ...] = ("squeue", "-h", "--start", "-o", "%S", "-j")
     #: A partition's pending jobs, the next to start first.
@@ -88,7 +90,8 @@ class SlurmDialect:
     )
     squeue_running: textpatterns.Pattern = textpatterns.compile(r"(?:RUNNING|COMPLETING)\b")
     squeue_fields: textpatterns.Pattern = textpatterns.compile(
-        r"\s*(?P<state>\S+)(?:\s+(?P<node>\S+))?(?:\s+(?P<partition>\S+))?(?:\s+(?P<reason>.*\S))?\s*"
+        r"\s*(?P<job>\S+)\s+(?P<state>\S+)(?:\s+(?P<node>\S+))?(?:\s+(?P<partition>\S+))?"
+        r"(?:\s+(?P<reason>.*\S))?\s*"
     )
     squeue_no_node: frozenset[str] = frozenset({"n/a", "(null)"})
     ping_up: textpatterns.Pattern = textpatterns.compile(
@@ -219,6 +222,9 @@ class QueueEntry:
     node: str = ""
     partition: str = ""
     reason: str = ""
+    #: A gone job's last state while Slurm remembers it (``NODE_FAIL``,
+    #: ``COMPLETED``...), with ``node`` the node it ran on; "" once forgotten.
+    ended: str = ""
 
 
 @dataclass(frozen=True)
@@ -386,29 +392,41 @@ class SlurmCLI:
         return entry.state, entry.node
 
     def queue_entry(self, job_id: str, *, user: str | None = None) -> QueueEntry:
-        """The job as ``squeue`` lists it; :class:`SlurmError` when Slurm
-        gives no definite answer."""
-        if not JOB_ID.fullmatch(job_id):
-            return QueueEntry(QueueState.GONE)
-        result = self._run([*self.dialect.squeue, job_id], user=user)
+        """The job as ``squeue`` lists it: :meth:`queue_entries` for one."""
+        return self.queue_entries([job_id], user=user)[job_id]
+
+    def queue_entries(
+        self, job_ids: Iterable[str], *, user: str | None = None
+    ) -> dict[str, QueueEntry]:
+        """Each job as one ``squeue`` lists them (as ``user``, who must see
+        them all); a job it does not list is gone; :class:`SlurmError`
+        when Slurm gives no definite answer."""
+        wanted = list(dict.fromkeys(job_ids))
+        entries = {job_id: QueueEntry(QueueState.GONE) for job_id in wanted}
+        asked = [job_id for job_id in wanted if JOB_ID.fullmatch(job_id)]
+        if not asked:
+            return entries
+        result = self._run([*self.dialect.squeue, ",".join(asked)], user=user)
         if self.dialect.job_gone.search(result.stderr + result.stdout):
-            return QueueEntry(QueueState.GONE)
+            return entries  # squeue says so only when none of them is known
         if not result.ok:
             raise SlurmError(f"squeue did not answer: {(result.stderr or result.stdout).strip()}")
-        line = result.stdout.strip()
-        fields = self.dialect.squeue_fields.fullmatch(line)
-        if fields is None:
-            return QueueEntry(QueueState.GONE)
-        node = fields.group("node") or ""
+        for line in result.stdout.splitlines():
+            fields = self.dialect.squeue_fields.fullmatch(line)
+            if fields is not None and fields.group("job") in entries:
+                entries[fields.group("job")] = self._entry(
+                    *(fields.group(name) or "" for name in ("state", "node", "partition", "reason"))
+                )
+        return entries
+
+    def _entry(self, state: str, node: str, partition: str, reason: str) -> QueueEntry:
         if node.lower() in self.dialect.squeue_no_node:
             node = ""  # a job between pending and running has no batch host yet
-        partition = fields.group("partition") or ""
-        if self.dialect.squeue_running.match(line):
+        if self.dialect.squeue_running.match(state):
             return QueueEntry(QueueState.RUNNING, node, partition)
-        if self.dialect.squeue_pending.match(line):
-            reason = fields.group("reason") or ""
+        if self.dialect.squeue_pending.match(state):
             return QueueEntry(QueueState.PENDING, "", partition, reason)
-        return QueueEntry(QueueState.GONE)
+        return QueueEntry(QueueState.GONE, node, partition, ended=state)
 
     def expected_start(self, job_id: str, *, user: str | None = None) -> datetime | None:
         """When the scheduler expects the pending job to start (its local
@@ -465,17 +483,23 @@ class SlurmCLI:
                 comments.append(JobComment(user.strip(), comment))
         return comments
 
-    def _check_sees_every_job(self, account: str) -> None:
+    def sees_every_job(self, account: str) -> bool:
+        """Whether ``account`` (the one commands run as without ``user``)
+        sees every user's jobs: Slurm hides none (no PrivateData=jobs), or
+        it is root, SlurmUser, an operator or an administrator."""
         config = self._config()
         if not _hides_jobs(config, self.dialect):
-            return
+            return True
         slurm_user = self.dialect.slurm_user.search(config)
         if account == "root" or (slurm_user is not None and slurm_user.group(1) == account):
-            return
+            return True
         result = self._run(
             [*self.dialect.sacctmgr, "-n", "-P", "show", "user", account, "format=adminlevel"]
         )
-        if result.ok and result.stdout.strip().lower() in self.dialect.sees_all_jobs:
+        return result.ok and result.stdout.strip().lower() in self.dialect.sees_all_jobs
+
+    def _check_sees_every_job(self, account: str) -> None:
+        if self.sees_every_job(account):
             return
         raise SlurmError(
             f"Slurm hides other users' jobs from {account} (slurm.conf: PrivateData=jobs), so "

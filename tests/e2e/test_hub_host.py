@@ -7,57 +7,91 @@ hub back across the bridge, and the proxy on the hub host reaches them."""
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 import subprocess
+import time
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+import yaml
 from tornado.httpclient import HTTPClientError
 
-from tests.conftest import DevCluster
-from tests.hubhelpers import HUB_ADDRESS, Hub, new_hub, wait_ready
+from tests.conftest import DEVCLUSTER, SHARED_SCRATCH, DevCluster
+from tests.hubhelpers import HOSTS_SITE, HUB_ADDRESS, Hub, new_hub, wait_ready
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm, pytest.mark.apptainer]
 
 COMPUTE = {"hpcb-c1": "10.79.13.21", "hpcb-c2": "10.79.13.22"}
 SERVERS = ("mh1", "mh2")
+LOST = "lost"  # the server whose node is lost
 
 
-@pytest.fixture
+#: The hosts' site with a profile for each compute host (its name is a
+#: node feature), so that a test places a server and a batch run on one host.
+PINNED = {f"on-{host}": {"partition": "interactive-multi", "constraint": host} for host in COMPUTE}
+
+
+@pytest.fixture(scope="module")
 def host_hub(devcluster: DevCluster) -> Iterator[Hub]:
     """configs/jupyterhub_config.py as the service account on the hub host,
-    with the site file the dev cluster writes for its hosts."""
-    hub = new_hub(on_hub_host=True)
+    with the site file the dev cluster writes for its hosts (and
+    :data:`PINNED`), shared by this module's tests."""
+    site = yaml.safe_load(HOSTS_SITE.read_text())
+    site["profiles"].update(PINNED)
+    site_file = SHARED_SCRATCH / f"site-hosts-{uuid.uuid4().hex[:8]}.yaml"
+    site_file.write_text(yaml.safe_dump(site))
+    site_file.chmod(0o644)
+    hub = new_hub(site_file, on_hub_host=True)
+    hub.env["HPCBINDER_SITE"] = str(site_file)
     try:
         yield hub
     finally:
-        for name in SERVERS:
-            with contextlib.suppress(HTTPClientError, OSError):
-                hub.api("DELETE", f"/users/alice/servers/{name}")
         hub.stop()  # the hub stops its proxy and services
-        names = ",".join(f"hpcbinder-alice-{name}" for name in SERVERS)
-        subprocess.run(["scancel", "--user=alice", f"--name={names}"], check=False)
         shutil.rmtree(hub.state, ignore_errors=True)
+        site_file.unlink(missing_ok=True)
 
 
-def _through_proxy(hub: Hub, url: str) -> str:
+def _delete_servers(hub: Hub, names: tuple[str, ...]) -> None:
+    """Stop these servers of alice's and cancel their jobs by name."""
+    for name in names:
+        with contextlib.suppress(HTTPClientError, OSError):
+            hub.api("DELETE", f"/users/alice/servers/{name}")
+    jobs = ",".join(f"hpcbinder-alice-{name}" for name in names)
+    subprocess.run(["scancel", "--user=alice", f"--name={jobs}"], check=False)
+
+
+def _through_proxy(hub: Hub, url: str, *curl: str, token: str = "") -> str:
     """GET ``url`` (on a researcher's subdomain of hub.test) through the
-    proxy on the hub host's address, as a browser with DNS for it would."""
+    proxy on the hub host's address, as a browser with DNS for it would
+    (``curl``: more of curl's options)."""
     host_port = url.split("/")[2]
     result = subprocess.run(
         ["curl", "-sS", "--fail", "--max-time", "20", "--resolve", f"{host_port}:{HUB_ADDRESS}",
-         "-H", f"Authorization: token {hub.token}", url],
+         "-H", f"Authorization: token {token or hub.token}", *curl, url],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return result.stdout
 
 
+@pytest.fixture
+def servers(host_hub: Hub) -> Iterator[Hub]:
+    """The module's hub; every server a test names in SERVERS is deleted after it."""
+    try:
+        yield host_hub
+    finally:
+        _delete_servers(host_hub, (*SERVERS, LOST))
+
+
 def test_servers_run_on_compute_hosts_not_the_hubs_and_outlive_a_hub_restart(
-    host_hub: Hub,
+    servers: Hub,
 ) -> None:
-    hub = host_hub
+    hub = servers
     for name in SERVERS:  # two servers of one researcher, each a whole node
         hub.api(
             "POST", f"/users/alice/servers/{name}", {"image": "base:default", "profile": "node"}
@@ -87,3 +121,104 @@ def test_servers_run_on_compute_hosts_not_the_hubs_and_outlive_a_hub_restart(
         server = wait_ready(hub, "alice", name)
         assert server["state"]["job_status"].split()[-1] == nodes[name]
         assert '"started"' in _through_proxy(hub, f"{server['url']}api/status")
+
+
+#: alice on the login node, with the module's site file.
+def _as_alice_on_login(hub: Hub, argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    alice = ["setpriv", "--reuid=alice", "--regid=alice", "--init-groups", "env", "-i"]
+    env = [
+        "HOME=/home/alice", "USER=alice", "LOGNAME=alice", "LANG=C.UTF-8",
+        "PATH=/opt/hpcbinder/venv/bin:/usr/bin:/bin", f"HPCBINDER_SITE={hub.env['HPCBINDER_SITE']}",
+    ]  # fmt: skip
+    return subprocess.run(
+        [str(DEVCLUSTER), "host", "hpcb-login", *alice, *env, *argv],
+        cwd=cwd, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+
+
+def _code_only_repo(folder: Path) -> str:
+    """A repository of one script that sleeps (no environment: its image is
+    the code-only one the other tests' builds made)."""
+    repo = folder / "sleeper"
+    repo.mkdir()
+    (repo / "sleep.py").write_text("import time\ntime.sleep(600)\n")
+    for argv in (["init", "-q"], ["add", "."], ["commit", "-qm", "sleeper"]):
+        subprocess.run(
+            ["git", "-c", "user.email=t@example.org", "-c", "user.name=t", *argv],
+            cwd=repo, check=True,
+        )  # fmt: skip
+    subprocess.run(["chmod", "-R", "a+rX", str(folder)], check=True)
+    return f"local/{quote(str(repo), safe='')}/HEAD"
+
+
+def _node_of(server: dict[str, object]) -> str:
+    state = server["state"]
+    assert isinstance(state, dict)
+    return str(state["job_status"]).split()[-1]
+
+
+def test_a_compute_node_lost_mid_session(servers: Hub, shared_dir: Path) -> None:
+    """A compute host's link goes down under a running server and a batch
+    run: within a minute the hub has the server stopped, its page and
+    `jobs ls` name the node, the workspace is intact and the next launch
+    runs on the other node. The host is back (link up, node idle) after."""
+    hub, lost, other = servers, "hpcb-c1", "hpcb-c2"
+    hub.api(
+        "POST", f"/users/alice/servers/{LOST}", {"image": "base:default", "profile": f"on-{lost}"}
+    )
+    spec = _code_only_repo(shared_dir)
+    batch = _as_alice_on_login(
+        hub,
+        ["hpcbinder", "sbatch", spec, "--run", "sleep.py", "--profile", f"on-{lost}"],
+        shared_dir,
+    )
+    assert batch.returncode == 0, batch.stdout + batch.stderr
+    job_id = batch.stdout.split()[-1]  # stdout is the job's id alone
+    assert job_id.isdigit(), batch.stdout
+    try:
+        server = wait_ready(hub, "alice", LOST)
+        assert _node_of(server) == lost
+        # The researcher saves a file in the server's workspace.
+        url = f"{server['url']}api/contents/lost-node.txt"
+        body = json.dumps({"type": "file", "format": "text", "content": "kept"})
+        _through_proxy(hub, url, "-X", "PUT", "--data", body)
+        for _ in range(120):  # the batch run has started on the same host
+            listed = _as_alice_on_login(hub, ["hpcbinder", "jobs", "ls"], shared_dir).stdout
+            if re.search(rf"^{job_id}\s+RUNNING\b", listed, re.M):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"batch job {job_id} did not start: {listed}")
+
+        lost_at = time.monotonic()
+        subprocess.run([str(DEVCLUSTER), "link", lost, "down"], check=True, timeout=30)
+        while LOST in hub.api("GET", "/users/alice")["servers"]:
+            assert time.monotonic() - lost_at < 60, "the hub still has the server a minute on"
+            time.sleep(1)
+        print(f"server seen stopped {time.monotonic() - lost_at:.1f} s after its node was lost")
+
+        # The hub's page for the server (where the researcher's JupyterLab
+        # sends her) says which node was lost and where her files are.
+        alice = hub.api("POST", "/users/alice/tokens", {"expires_in": 600})["token"]
+        page = subprocess.run(
+            ["curl", "-sS", "--max-time", "20", "-H", f"Authorization: token {alice}",
+             "-H", "Accept: text/html", f"{hub.url}/hub/user/alice/{LOST}/lab"],
+            capture_output=True, text=True, check=False,
+        ).stdout  # fmt: skip
+        reason = re.search(r'id="hpcbinder-stop-reason">([^<]*)<', page)
+        assert reason, hub.log.read_text()[-6000:]
+        assert f"ended NODE_FAIL on node {lost} (the node was lost)" in reason.group(1)
+        workspace = Path(re.search(r"kept in (/\S+);", reason.group(1)).group(1))  # type: ignore[union-attr]
+        assert (workspace / "lost-node.txt").read_text() == "kept"
+        listed = _as_alice_on_login(hub, ["hpcbinder", "jobs", "ls"], shared_dir).stdout
+        assert re.search(rf"^{job_id}\s+NODE_FAIL on {lost}\b", listed, re.M), listed
+
+        # The next launch runs on the other node, on the same files.
+        hub.api("POST", f"/users/alice/servers/{LOST}", {"image": "base:default"})
+        server = wait_ready(hub, "alice", LOST)
+        assert _node_of(server) == other
+        saved = json.loads(_through_proxy(hub, f"{server['url']}api/contents/lost-node.txt"))
+        assert saved["content"] == "kept"
+    finally:
+        subprocess.run([str(DEVCLUSTER), "link", lost, "up"], check=True, timeout=90)
+        subprocess.run(["scancel", job_id], check=False)

@@ -54,6 +54,10 @@ def flaky_squeue(folder: Path, failures: int) -> Path:
     return script
 
 
+#: The shipped squeue's arguments, for the flaky squeue in front of it.
+_SQUEUE_ARGS = SlurmDialect().squeue[1:]
+
+
 def job_script(body: str) -> str:
     return f"#!/bin/sh\n{body}\n"
 
@@ -72,9 +76,7 @@ def test_transient_query_failures_are_retried(
             "alice",
             SlurmCLI(
                 runner,
-                SlurmDialect(
-                    squeue=(str(flaky_squeue(shared_dir, failures=2)), "-h", "-o", "%T %B", "-j")
-                ),
+                SlurmDialect(squeue=(str(flaky_squeue(shared_dir, failures=2)), *_SQUEUE_ARGS)),
             ),
             backoff=0.1,
             retries=3,
@@ -85,9 +87,7 @@ def test_transient_query_failures_are_retried(
             "alice",
             SlurmCLI(
                 runner,
-                SlurmDialect(
-                    squeue=(str(flaky_squeue(shared_dir, failures=99)), "-h", "-o", "%T %B", "-j")
-                ),
+                SlurmDialect(squeue=(str(flaky_squeue(shared_dir, failures=99)), *_SQUEUE_ARGS)),
             ),
             backoff=0.05,
             retries=2,

@@ -36,10 +36,10 @@ class Submission:
 
 
 class ScriptedSlurm:
-    """A :class:`hpcbinder.seams.proc.CommandRunner`: each ``squeue -j`` answers
-    with the next of ``states`` (the last repeats) until ``scancel``, then
-    the job is gone; sbatch submits job :data:`JOB`; other commands have
-    fixed answers. Every argv is recorded, and every submission."""
+    """A :class:`hpcbinder.seams.proc.CommandRunner`: each ``squeue --jobs``
+    answers for job :data:`JOB` with the next of ``states`` (the last
+    repeats) until ``scancel``, then the job is gone; sbatch submits job
+    :data:`JOB`; other commands have fixed answers. Every argv is recorded, and every submission."""
 
     def __init__(
         self,
@@ -85,11 +85,13 @@ class ScriptedSlurm:
         if self.cancelled:
             return CommandResult(argv, *GONE)
         code, out, err = self.states[0] if len(self.states) == 1 else self.states.pop(0)
-        return CommandResult(argv, code, out, err)
+        return CommandResult(
+            argv, code, "".join(f"{JOB} {line}\n" for line in out.splitlines()), err
+        )
 
     def squeue_queries(self) -> int:
         """How many times the job's state was asked."""
-        return sum(1 for call in self.calls if call[:2] == ("squeue", "-h") and "-j" in call)
+        return sum(1 for call in self.calls if call[:2] == ("squeue", "-h") and "--jobs" in call)
 
 
 class Replies:

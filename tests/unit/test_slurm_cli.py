@@ -133,14 +133,35 @@ def test_wait_returns_the_finished_record_and_gives_up_on_a_forgotten_job() -> N
             QueueEntry(QueueState.PENDING, "", "gpu", "ReqNodeNotAvail,_UnavailableNodes:vm"),
         ),
         ("CONFIGURING vm gpu None", QueueEntry(QueueState.PENDING, "", "gpu", "None")),
-        ("COMPLETED vm interactive None", QueueEntry(QueueState.GONE)),
+        (
+            "COMPLETED vm interactive None",
+            QueueEntry(QueueState.GONE, "vm", "interactive", ended="COMPLETED"),
+        ),
+        (
+            "NODE_FAIL hpcb-c1 interactive-multi NodeDown",
+            QueueEntry(QueueState.GONE, "hpcb-c1", "interactive-multi", ended="NODE_FAIL"),
+        ),
         ("", QueueEntry(QueueState.GONE)),  # squeue no longer lists it
     ],
 )
 def test_squeue_lines_are_read_as_states(line: str, entry: QueueEntry) -> None:
-    slurm = Replies(ok(line + "\n"))
+    slurm = Replies(ok(f"4242 {line}\n" if line else ""))
     assert SlurmCLI(slurm).queue_entry("4242", user="alice") == entry
-    assert slurm.calls[0][:2] == (("squeue", "-h", "-o", "%T %B %P %r", "-j", "4242"), "alice")
+    argv = ("squeue", "-h", "--states=all", "-o", "%i %T %B %P %r", "--jobs", "4242")
+    assert slurm.calls[0][:2] == (argv, "alice")
+
+
+def test_one_squeue_answers_for_many_jobs_and_one_it_omits_is_gone() -> None:
+    lines = "4243 PENDING n/a batch Priority\n4242 RUNNING hpcb-c2 interactive None\n"
+    slurm = Replies(ok(lines + "99 RUNNING vm interactive None\n"))  # not asked: ignored
+    entries = SlurmCLI(slurm).queue_entries(["4242", "4243", "4244", "1;id"])
+    assert entries == {
+        "4242": QueueEntry(QueueState.RUNNING, "hpcb-c2", "interactive"),
+        "4243": QueueEntry(QueueState.PENDING, "", "batch", "Priority"),
+        "4244": QueueEntry(QueueState.GONE),
+        "1;id": QueueEntry(QueueState.GONE),  # never asked
+    }
+    assert slurm.calls[0][0][-1] == "4242,4243,4244"
 
 
 def test_version_is_sinfos_line_or_empty() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -177,6 +178,37 @@ def test_poll_on_a_gone_job_returns_an_exit_status_and_forgets_it(tmp_path: Path
     assert asyncio.run(spawner.poll()) == 1
     assert spawner.job_id == ""
     assert asyncio.run(spawner.poll()) == 1  # and without a job at all
+
+
+def test_a_server_whose_node_is_lost_stops_saying_which_node_and_where_its_files_are(
+    tmp_path: Path,
+) -> None:
+    lost = (0, "NODE_FAIL hpcb-c1 interactive-multi NodeDown\n", "")
+    spawner = spawner_for(tmp_path, ScriptedSlurm([(0, "RUNNING hpcb-c1 p None\n", ""), lost]))
+    spawner.job_id = JOB
+    assert asyncio.run(spawner.poll()) is None
+    time.sleep(0.02)  # past startup_poll_interval: the hub's answer is asked anew
+    assert asyncio.run(spawner.poll()) == 1
+    assert spawner.job_id == ""
+    assert spawner.stop_reason.startswith(
+        f"Your server's Slurm job {JOB} ended NODE_FAIL on node hpcb-c1 (the node was lost). "
+        "Your files are kept in "
+    )
+    assert spawner.stop_reason.endswith(
+        "/default; start the server again to run it on another node."
+    )
+    # It outlives this object (the hub makes the page's spawner from the stored state)...
+    again = spawner_for(tmp_path, ScriptedSlurm([ON_THIS_HOST]))
+    again.load_state(spawner.get_state())
+    assert again.stop_reason == spawner.stop_reason
+    # ...until the next start.
+    asyncio.run(started(again))
+    assert again.stop_reason == "" and "stop_reason" not in again.get_state()
+    # A server the researcher stops says nothing of the kind.
+    stopped = spawner_for(tmp_path, ScriptedSlurm([ON_THIS_HOST]))
+    stopped.job_id = JOB
+    asyncio.run(asyncio.wait_for(stopped.stop(), 2))
+    assert asyncio.run(stopped.poll()) == 1 and stopped.stop_reason == ""
 
 
 def test_stop_cancels_the_job_as_the_researcher(tmp_path: Path) -> None:

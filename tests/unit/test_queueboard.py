@@ -1,0 +1,205 @@
+"""One squeue for all of a hub's server jobs (hpcbinder.jobs.queueboard):
+many spawners asking at once are answered by one squeue a round, as the
+service account where Slurm shows it every job and per researcher (through
+the sudo rule) where it does not; a job asked about while a round runs is
+never answered "gone" by that round; failures reach every asker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hpcbinder.jobs.queueboard import QueueBoard
+from hpcbinder.jobs.servers import ServerJobs, ServerJobState
+from hpcbinder.seams.proc import CommandResult, LocalRunner
+from hpcbinder.seams.slurm import QueueEntry, QueueState, SlurmCLI, SlurmError
+
+
+class Queue(LocalRunner):
+    """Slurm's answers on this host: each job's squeue line by id (a job
+    not in ``lines`` is not listed), PrivateData, and a pause in squeue."""
+
+    def __init__(self, lines: dict[str, str], *, private_data: str = "none") -> None:
+        self.lines = lines
+        self.private_data = private_data
+        self.squeues: list[tuple[list[str], str | None]] = []
+        self.pause = 0.0
+        self.fail = False
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        user: str | None = None,
+        input_text: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 60.0,
+    ) -> CommandResult:
+        if argv[0] == "scontrol":
+            return CommandResult(argv, 0, f"PrivateData = {self.private_data}\n", "")
+        if argv[0] == "sacctmgr":
+            return CommandResult(argv, 0, "None\n", "")
+        assert argv[0] == "squeue" and "--states=all" in argv
+        if self.pause:
+            time.sleep(self.pause)
+        ids = argv[-1].split(",")
+        self.squeues.append((ids, user))
+        if self.fail:
+            return CommandResult(argv, 1, "", "squeue: error: Unable to contact slurm controller\n")
+        out = "".join(f"{i} {self.lines[i]}\n" for i in ids if i in self.lines)
+        return CommandResult(argv, 0, out, "")
+
+
+def jobs_of(count: int) -> dict[str, str]:
+    return {
+        str(1000 + n): f"RUNNING hpcb-c{1 + n % 2} interactive-multi None" for n in range(count)
+    }
+
+
+def test_forty_spawners_asking_at_once_make_one_squeue_as_the_service_account() -> None:
+    queue = Queue(jobs_of(40))
+    board = QueueBoard(SlurmCLI(queue), interval=0.5)
+
+    async def everyone() -> list[QueueEntry]:
+        users = ["alice", "bob"]
+        return await asyncio.gather(
+            *(board.entry(job, users[n % 2]) for n, job in enumerate(queue.lines))
+        )
+
+    entries = asyncio.run(everyone())
+    assert [e.node for e in entries] == [f"hpcb-c{1 + n % 2}" for n in range(40)]
+    assert all(e.state is QueueState.RUNNING for e in entries)
+    [(ids, user)] = queue.squeues
+    assert sorted(ids) == sorted(queue.lines) and user is None  # no sudo
+
+
+def test_where_slurm_hides_jobs_each_researcher_is_asked_for_as_themself() -> None:
+    queue = Queue(jobs_of(6), private_data="jobs,usage")
+    board = QueueBoard(SlurmCLI(queue), interval=0.5, account="hpcbinder")
+
+    async def everyone() -> list[QueueEntry]:
+        return await asyncio.gather(
+            *(board.entry(job, ["alice", "bob"][n % 2]) for n, job in enumerate(queue.lines))
+        )
+
+    asyncio.run(everyone())
+    asked = {user: sorted(ids) for ids, user in queue.squeues}
+    assert asked == {"alice": ["1000", "1002", "1004"], "bob": ["1001", "1003", "1005"]}
+
+
+def test_an_answer_is_reused_within_the_interval_and_asked_again_after() -> None:
+    queue = Queue(jobs_of(2))
+    ticks = [0.0]
+    board = QueueBoard(SlurmCLI(queue), interval=0.5, clock=lambda: ticks[0])
+
+    async def ask(job: str) -> QueueEntry:
+        return await board.entry(job, "alice")
+
+    asyncio.run(ask("1000"))
+    ticks[0] = 0.4
+    queue.lines["1001"] = "NODE_FAIL hpcb-c2 interactive-multi NodeDown"
+    assert asyncio.run(ask("1001")).ended == "NODE_FAIL"  # a job not asked about yet: asked now
+    calls = len(queue.squeues)
+    assert asyncio.run(ask("1000")).state is QueueState.RUNNING  # 0.4 s old: reused
+    assert len(queue.squeues) == calls
+    ticks[0] = 1.0
+    queue.lines["1000"] = "NODE_FAIL hpcb-c1 interactive-multi NodeDown"
+    gone = asyncio.run(ask("1000"))
+    assert gone == QueueEntry(QueueState.GONE, "hpcb-c1", "interactive-multi", ended="NODE_FAIL")
+    assert len(queue.squeues) == calls + 1
+
+
+def test_a_job_asked_about_during_a_round_is_answered_by_the_next_not_called_gone() -> None:
+    queue = Queue(jobs_of(1))
+    queue.pause = 0.2
+    board = QueueBoard(SlurmCLI(queue), interval=10)
+
+    async def scenario() -> QueueEntry:
+        first = asyncio.create_task(board.entry("1000", "alice"))
+        await asyncio.sleep(0.05)  # the round for 1000 is under way
+        queue.lines["2000"] = "PENDING n/a interactive-multi Priority"
+        late = await board.entry("2000", "bob")
+        await first
+        return late
+
+    assert asyncio.run(scenario()).state is QueueState.PENDING
+    assert [ids for ids, _ in queue.squeues] == [["1000"], ["1000", "2000"]]
+
+
+def test_a_failed_squeue_reaches_every_asker_and_the_next_question_asks_again() -> None:
+    queue = Queue(jobs_of(2))
+    queue.fail = True
+    board = QueueBoard(SlurmCLI(queue), interval=10)
+
+    async def everyone() -> list[object]:
+        return await asyncio.gather(
+            *(board.entry(job, "alice") for job in queue.lines), return_exceptions=True
+        )
+
+    assert all(isinstance(r, SlurmError) for r in asyncio.run(everyone()))
+    assert len(queue.squeues) == 1
+    queue.fail = False
+    assert asyncio.run(board.entry("1000", "alice")).state is QueueState.RUNNING
+    # ServerJobs retries through the board and reports a lasting failure as UNKNOWN.
+    queue.fail = True
+    jobs = ServerJobs(
+        "alice",
+        SlurmCLI(queue),
+        retries=1,
+        backoff=0,
+        board=QueueBoard(SlurmCLI(queue), interval=0),
+    )
+    assert asyncio.run(jobs.status("1000")).state is ServerJobState.UNKNOWN
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["alice", "bob", "carol"]), st.integers(1, 60), st.booleans()),
+        min_size=1,
+        max_size=30,
+    ),
+    st.booleans(),
+)
+def test_every_asker_gets_its_own_jobs_answer_whoever_asks_with_it(
+    asks: list[tuple[str, int, bool]], hidden: bool
+) -> None:
+    """Property: whatever mix of researchers, jobs and listed or forgotten
+    jobs ask at once, each gets its own job's line, and where Slurm hides
+    jobs no squeue runs as anyone but the job's owner."""
+    lines = {str(job): f"RUNNING n{job} p None" for _, job, listed in asks if listed}
+    owner = {str(job): user for user, job, _ in asks}
+    queue = Queue(lines, private_data="jobs" if hidden else "none")
+    board = QueueBoard(SlurmCLI(queue), interval=1, account="hpcbinder")
+
+    async def everyone() -> list[QueueEntry]:
+        return await asyncio.gather(*(board.entry(str(job), owner[str(job)]) for _, job, _ in asks))
+
+    for (_, job, _), entry in zip(asks, asyncio.run(everyone()), strict=True):
+        if str(job) in lines:
+            assert (entry.state, entry.node) == (QueueState.RUNNING, f"n{job}")
+        else:
+            assert entry == QueueEntry(QueueState.GONE)
+    for ids, user in queue.squeues:
+        if hidden:
+            assert {owner[i] for i in ids} == {user}
+        else:
+            assert user is None
+    assert len(queue.squeues) <= (len(set(owner.values())) if hidden else 1)
+
+
+@pytest.mark.parametrize("count", [1, 40])
+def test_one_round_for_any_number_of_jobs(count: int) -> None:
+    queue = Queue(jobs_of(count))
+    board = QueueBoard(SlurmCLI(queue), interval=0.5)
+
+    async def everyone() -> None:
+        await asyncio.gather(*(board.entry(job, "alice") for job in queue.lines))
+
+    asyncio.run(everyone())
+    assert board.rounds == 1
