@@ -138,6 +138,11 @@ HOSTS_SITE = Path("/etc/hpcbinder/site-hosts.yaml")
 class HostHub(Hub):
     """A hub started on the hub host (``slurm/devcluster host``)."""
 
+    @property
+    def binder_url(self) -> str:
+        """Its Binder service, on the hub host's address (the hub's port + 3)."""
+        return f"http://{HUB_ADDRESS}:{int(self.url.rsplit(':', 1)[1]) + 3}"
+
     def start(self) -> None:
         account = [f"--reuid={SERVICE_ACCOUNT}", f"--regid={SERVICE_ACCOUNT}", "--init-groups"]
         with self.log.open("a") as handle:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -36,7 +37,10 @@ THEBE = Path(sys.prefix) / "web" / "thebe" / "lib"
 OUTPUT = REPO / "test-output"
 
 
-def node(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+def node(
+    script: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run one of tests/web's scripts; ``env``: variables added for it."""
     if not (WEB / "playwright-core").is_dir():
         pytest.fail(f"the web test clients are missing in {WEB} (make venv installs them)")
     return subprocess.run(
@@ -44,6 +48,7 @@ def node(script: str, *args: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=400,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -92,6 +97,7 @@ def test_a_link_opens_jupyterlab_in_a_browser(binder: Binder) -> None:
     assert "/lab/tree/index.ipynb" in summary["url"]
     assert summary["currentTab"] == "index.ipynb"
     assert summary["firstCell"] == "print('hello from binder')"
+    assert summary["firstOutput"].strip() == "hello from binder"
     assert screenshot.stat().st_size > 10_000
     # No token in any URL the browser asked for, nor in the service's
     # access log: the page sends its XSRF token in a header.

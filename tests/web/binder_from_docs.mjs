@@ -8,18 +8,11 @@
 //    stream with the same login: it must start nothing and read nothing.
 // Prints a JSON summary.
 // Usage: node binder_from_docs.mjs PLAYWRIGHT_DIR BINDER_URL USER PASSWORD DOCS_URL OTHER_URL SCREENSHOT
-import { createRequire } from "node:module";
+import { launchChromium } from "./chromium.mjs";
 
 const [playwrightDir, binderUrl, user, password, docsUrl, otherUrl, screenshot] =
   process.argv.slice(2);
-const { chromium } = createRequire(import.meta.url)(playwrightDir);
-const browser = await chromium.launch({
-  executablePath: "/usr/bin/chromium",
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const browser = await launchChromium(playwrightDir);
 const summary = { console: [] };
 try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });

@@ -1,19 +1,12 @@
 // Opens a Binder link in headless Chromium (Debian's, driven by
-// playwright-core), logs in at the hub, follows the launch page's progress
-// and waits for JupyterLab with the file open; saves a screenshot and
-// prints a JSON summary.
+// playwright-core), logs in at the hub, follows the launch page's progress,
+// waits for JupyterLab with the file open and runs its first cell; saves a
+// screenshot and prints a JSON summary.
 // Usage: node launch_in_browser.mjs PLAYWRIGHT_DIR LINK USER PASSWORD FILE SCREENSHOT
-import { createRequire } from "node:module";
+import { launchChromium } from "./chromium.mjs";
 
 const [playwrightDir, link, user, password, file, screenshot] = process.argv.slice(2);
-const { chromium } = createRequire(import.meta.url)(playwrightDir);
-const browser = await chromium.launch({
-  executablePath: "/usr/bin/chromium",
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const browser = await launchChromium(playwrightDir);
 // phaseStarts: seconds from the click until the page first showed each
 // phase, then until it left for the server ("server") and JupyterLab
 // showed the notebook ("notebook shown").
@@ -73,6 +66,12 @@ try {
     summary.phaseStarts["notebook shown"] = summary.seconds;
     summary.url = page.url();
     summary.currentTab = await page.textContent(".lm-TabBar-tab.jp-mod-current .lm-TabBar-tabLabel");
+    // The notebook runs: its first cell, in the server's kernel.
+    await page.click(".jp-Notebook .jp-Cell .cm-content");
+    await page.keyboard.press("Shift+Enter");
+    const output = ".jp-Notebook .jp-Cell .jp-OutputArea-output";
+    await page.waitForSelector(output, { timeout: 120_000 });
+    summary.firstOutput = await page.textContent(output);
   }
   await page.screenshot({ path: screenshot });
   summary.cookieValues = (await context.cookies()).map((cookie) => cookie.value);

@@ -8,11 +8,10 @@
 // after "cancelled", waits for a line on stdin (the test has checked Slurm)
 // before the second launch. Every wait is bounded.
 // Usage: node queued_launch.mjs PLAYWRIGHT_DIR USER PASSWORD CANCEL_LINK QUEUE_LINK SCREENSHOT
-import { createRequire } from "node:module";
+import { launchChromium } from "./chromium.mjs";
 import { createInterface } from "node:readline";
 
 const [playwrightDir, user, password, cancelLink, queueLink, screenshot] = process.argv.slice(2);
-const { chromium } = createRequire(import.meta.url)(playwrightDir);
 const WAITING = /Waiting in partition /;
 const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 
@@ -47,13 +46,7 @@ async function untilQueued(page) {
   return now;
 }
 
-const browser = await chromium.launch({
-  executablePath: "/usr/bin/chromium",
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const browser = await launchChromium(playwrightDir);
 try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   const page = await context.newPage();

@@ -4,17 +4,10 @@
 // hub pages and the hub's API with the researcher's cookies, and mint a hub
 // token. Prints a JSON summary.
 // Usage: node server_origin.mjs PLAYWRIGHT_DIR HUB_URL LAB_URL USER PASSWORD TOKEN_NOTE
-import { createRequire } from "node:module";
+import { launchChromium } from "./chromium.mjs";
 
 const [playwrightDir, hubUrl, labUrl, user, password, note] = process.argv.slice(2);
-const { chromium } = createRequire(import.meta.url)(playwrightDir);
-const browser = await chromium.launch({
-  executablePath: "/usr/bin/chromium",
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const browser = await launchChromium(playwrightDir);
 const summary = {};
 const page = await browser.newPage();
 try {
