@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     IPvAnyNetwork,
+    PrivateAttr,
     ValidationError,
     model_validator,
 )
@@ -557,6 +558,14 @@ class RepoPolicy(_Strict):
     #: The most files (downloaded and unpacked) one record fetch may make.
     max_fetch_files: int = Field(default=100_000, ge=1)
     records: RecordServices = RecordServices()
+    _ca_bundle: Path | None = PrivateAttr(default=None)
+
+    @property
+    def ca_bundle(self) -> Path | None:
+        """The CA certificates every HTTPS fetch trusts (git's and records'
+        alike): the site's ``network.ca_bundle``, which :class:`Site` gives
+        its ``repos``; None, the system's."""
+        return self._ca_bundle
 
 
 class Mirrors(_Strict):
@@ -706,6 +715,13 @@ class Site(_Strict):
     def base_image_path(self, name: str) -> Path:
         """Where the store keeps the built base image ``name``."""
         return self.image_store / "bases" / f"{name}.sif"
+
+    @model_validator(mode="after")
+    def _fetches_trust_the_sites_ca(self) -> Site:
+        """Fetches on the build host trust the CA bundle its builds do:
+        behind a site's TLS proxy or for its own services' certificates."""
+        self.repos._ca_bundle = self.network.ca_bundle
+        return self
 
     @model_validator(mode="after")
     def _defaults_exist(self) -> Site:

@@ -356,12 +356,16 @@ def _git(
     deadline: float,
     cwd: Path | None = None,
     watch: Sequence[Path] = (),
+    ca_bundle: Path | None = None,
 ) -> proc.CommandResult:
     """git ``args`` in ``cwd``, in its own process group, stopped (the whole
     group) by :class:`FetchLimitExceeded` (``what`` failed: why) once
     ``deadline`` (``time.monotonic``) passes or once its output and the
-    folders in ``watch`` hold more than ``limits.max_mb``."""
-    argv = ["git", *_OPTIONS, *args]
+    folders in ``watch`` hold more than ``limits.max_mb``. ``ca_bundle``:
+    the CA certificates HTTPS trusts (the site's ``network.ca_bundle``),
+    instead of the system's."""
+    trust = ["-c", f"http.sslCAInfo={ca_bundle}"] if ca_bundle is not None else []
+    argv = ["git", *_OPTIONS, *trust, *args]
     with tempfile.TemporaryDirectory(prefix="hpcbinder-git-") as tmp:
         output = Path(tmp)
         with (output / "out").open("w+b") as out, (output / "err").open("w+b") as err:
@@ -480,11 +484,12 @@ def ls_remote(
     protocols: Iterable[str],
     limits: FetchLimits,
     local_repo: Path | None = None,
+    ca_bundle: Path | None = None,
 ) -> dict[str, str]:
     """Every ref the remote advertises, name → commit (peeled tags as ``name^{}``).
 
     ``local_repo``: ``url`` is ``file://`` + this path, checked to be a
-    repository git may read whoever owns it."""
+    repository git may read whoever owns it. ``ca_bundle``: as for :func:`_git`."""
     what = f"cannot list refs of {url}"
     result = _git(
         ["ls-remote", *_upload_pack(local_repo), "--end-of-options", url],
@@ -492,6 +497,7 @@ def ls_remote(
         protocols=protocols,
         limits=limits,
         deadline=time.monotonic() + limits.seconds,
+        ca_bundle=ca_bundle,
     )
     if not result.ok:
         raise _failed(what, result)
@@ -510,10 +516,12 @@ def expand_short_sha(
     protocols: Iterable[str],
     limits: FetchLimits,
     local_repo: Path | None = None,
+    ca_bundle: Path | None = None,
 ) -> str | None:
     """The full commit id that ``short`` abbreviates among the remote's
     branches and tags, or None. Fetches commits only (no trees or blobs)
-    where the server allows it. ``local_repo``: as for :func:`ls_remote`."""
+    where the server allows it. ``local_repo``, ``ca_bundle``: as for
+    :func:`ls_remote`."""
     what = f"cannot fetch {url}"
     deadline = time.monotonic() + limits.seconds
     with tempfile.TemporaryDirectory(prefix="hpcbinder-sha-") as tmp:
@@ -528,6 +536,7 @@ def expand_short_sha(
                 deadline=deadline,
                 cwd=work,
                 watch=[work],
+                ca_bundle=ca_bundle,
             )
 
         proc.check(in_work("init", "-q", "--bare"))
@@ -560,6 +569,7 @@ class _Fetch:
     root: Path  # the whole checkout, measured against the size limit
     policy: UrlPolicy
     origin: str | None  # the repository's (see origin), its submodules' with her rights
+    ca_bundle: Path | None  # see _git
 
     def git(self, args: list[str], what: str, cwd: Path) -> proc.CommandResult:
         return _git(
@@ -570,6 +580,7 @@ class _Fetch:
             deadline=self.deadline,
             cwd=cwd,
             watch=[self.root],
+            ca_bundle=self.ca_bundle,
         )
 
 
@@ -582,18 +593,18 @@ def fetch_commit(
     limits: FetchLimits,
     policy: UrlPolicy,
     local_repo: Path | None = None,
+    ca_bundle: Path | None = None,
 ) -> None:
     """A checkout of exactly ``commit`` in the new directory ``dest``, with
     history depth 1 and its submodules at their pinned commits (each URL
     judged by ``policy`` first); nothing at ``dest`` if it fails. ``limits``
     bound the whole fetch: its time, and what ``dest`` (git objects and
-    checked-out files, submodules' too) holds. ``local_repo``: as for
-    :func:`ls_remote`."""
+    checked-out files, submodules' too) holds. ``local_repo``, ``ca_bundle``:
+    as for :func:`ls_remote`."""
     if not COMMIT.fullmatch(commit):
         raise ValueError(f"not a full commit id: {commit!r}")
-    fetch = _Fetch(
-        list(protocols), limits, time.monotonic() + limits.seconds, dest, policy, origin(url)
-    )
+    deadline = time.monotonic() + limits.seconds
+    fetch = _Fetch(list(protocols), limits, deadline, dest, policy, origin(url), ca_bundle)
     dest.mkdir(parents=True)
     try:
         _fetch_into(fetch, url, commit, dest, local_repo, depth=0)

@@ -281,8 +281,16 @@ class _HTTPHandler(urllib.request.HTTPHandler):
 
 
 class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, guard: _Guard) -> None:
-        super().__init__(context=ssl.create_default_context())
+    def __init__(self, guard: _Guard, ca_bundle: Path | None) -> None:
+        # The site's CA bundle (network.ca_bundle), as git's fetches trust it.
+        try:
+            context = ssl.create_default_context(cafile=ca_bundle)
+        except (OSError, ssl.SSLError) as exc:
+            raise RecordError(
+                f"cannot read the site's CA bundle {ca_bundle} ({_one_line(exc)}): check "
+                "network.ca_bundle"
+            ) from None
+        super().__init__(context=context)
         self.guard = guard
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
@@ -325,7 +333,7 @@ class Session:
         handlers: list[urllib.request.BaseHandler] = [
             urllib.request.ProxyHandler(proxies),
             _HTTPHandler(self._guard),
-            _HTTPSHandler(self._guard),
+            _HTTPSHandler(self._guard, policy.ca_bundle),
         ]
         self._opener = urllib.request.OpenerDirector()
         for handler in handlers:

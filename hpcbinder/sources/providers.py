@@ -401,7 +401,13 @@ class GitRepoProvider(RepoProvider):
             return ResolvedRepo(self.spec, url, self.ref, self.ref)
         protocols = self.protocols()
         try:
-            refs = git.ls_remote(url, protocols=protocols, limits=self.limits(), local_repo=local)
+            refs = git.ls_remote(
+                url,
+                protocols=protocols,
+                limits=self.limits(),
+                local_repo=local,
+                ca_bundle=self.policy.ca_bundle,
+            )
         except git.GitError as exc:
             raise RepoUnreachable(str(exc)) from exc
         for name in (
@@ -415,7 +421,12 @@ class GitRepoProvider(RepoProvider):
         if _SHORT_SHA.fullmatch(self.ref):
             try:
                 commit = git.expand_short_sha(
-                    url, self.ref, protocols=protocols, limits=self.limits(), local_repo=local
+                    url,
+                    self.ref,
+                    protocols=protocols,
+                    limits=self.limits(),
+                    local_repo=local,
+                    ca_bundle=self.policy.ca_bundle,
                 )
             except git.GitError as exc:
                 raise RepoUnreachable(str(exc)) from exc
@@ -444,6 +455,7 @@ class GitRepoProvider(RepoProvider):
                 limits=self.limits(),
                 policy=self.check_submodule,
                 local_repo=local,
+                ca_bundle=self.policy.ca_bundle,
             )
         except NotOpenToAll as exc:
             # A submodule's: this repository was read, so this is a refusal,

@@ -1,0 +1,107 @@
+"""Fetches on the build host trust the site's CA bundle (network.ca_bundle),
+as its builds do: git's and records' HTTPS alike, behind a site's TLS proxy
+or for its own services' certificates. The old code used the system's CA
+store for both, so a site whose services' certificates only its own CA
+signs could fetch nothing over HTTPS."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from hpcbinder.config import Site
+from hpcbinder.errors import RepoUnreachable
+from hpcbinder.sources.archives import Bounds, Budget, RecordError
+from hpcbinder.sources.download import Session
+from hpcbinder.sources.providers import parse_spec
+from tests.githttp import answer_with_git_http_backend
+from tests.loopback import QuietHandler, serving_on_loopback
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """An HTTPS server on loopback whose certificate only its own CA file
+    vouches for: JSON at ``/api``, a git repository at ``/repo.git``."""
+    root = tmp_path_factory.mktemp("trust")
+    cert, key = root / "cert.pem", root / "key.pem"
+    request = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    names = ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+    subprocess.run([*request, *names, "-keyout", str(key), "-out", str(cert)], check=True,
+                   capture_output=True)  # fmt: skip
+    work, project = root / "work", root / "served"
+    identity = ["-c", "user.name=t", "-c", "user.email=t@hpcbinder.invalid"]
+    subprocess.run(["git", "init", "-q", "-b", "main", str(work)], check=True)
+    subprocess.run(["git", "-C", str(work), *identity, "commit", "-q", "--allow-empty", "-m", "x"],
+                   check=True)  # fmt: skip
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(project / "repo.git")],
+                   check=True)  # fmt: skip
+
+    class Handler(QuietHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/repo.git/"):
+                answer_with_git_http_backend(self, project)
+                return
+            body = json.dumps({"ok": True}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_GET
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    with serving_on_loopback(Handler, tls=context) as url:
+        yield url, cert
+
+
+def site(ca_bundle: Path | None) -> Site:
+    settings: dict[str, Any] = {
+        "repos": {"protocols": ["https"], "records": {"internal_networks": ["127.0.0.1/32"]}},
+        "network": {"ca_bundle": str(ca_bundle) if ca_bundle else None},
+    }
+    return Site.model_validate(settings)
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["site CA", "system store"])
+def test_record_downloads_trust_the_sites_ca_bundle(
+    served: tuple[str, Path], trusted: bool
+) -> None:
+    url, cert = served
+    policy = site(cert if trusted else None).repos
+    with Session(policy, Budget(Bounds(1 << 20, 10, 10), "a record"), "the setting") as session:
+        if trusted:
+            assert session.json(f"{url}/api", "a record") == {"ok": True}
+        else:
+            with pytest.raises(RecordError, match="CERTIFICATE_VERIFY_FAILED"):
+                session.json(f"{url}/api", "a record")
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["site CA", "system store"])
+def test_git_fetches_trust_the_sites_ca_bundle(
+    served: tuple[str, Path], trusted: bool, tmp_path: Path
+) -> None:
+    url, cert = served
+    provider = parse_spec(
+        f"git/{quote(f'{url}/repo.git', safe='')}/main", site(cert if trusted else None).repos
+    )
+    if not trusted:
+        with pytest.raises(RepoUnreachable, match="certificate"):
+            provider.resolve()
+        return
+    resolved = provider.resolve()
+    provider.fetch(resolved, tmp_path / "checkout")
+    assert (tmp_path / "checkout" / ".git").is_dir()
+
+
+def test_a_ca_bundle_that_cannot_be_read_is_one_line(tmp_path: Path) -> None:
+    policy = site(tmp_path / "missing.pem").repos
+    with pytest.raises(RecordError, match=r"cannot read the site's CA bundle .*network\.ca_bundle"):
+        Session(policy, Budget(Bounds(1 << 20, 10, 10), "a record"), "the setting")
