@@ -28,7 +28,8 @@ from tests.loopback import QuietHandler, serving_on_loopback
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """An HTTPS server on loopback whose certificate only its own CA file
-    vouches for: JSON at ``/api``, a git repository at ``/repo.git``."""
+    vouches for: JSON at ``/api``, git repositories at ``/repo.git`` and
+    where ``gh/org/repo`` and ``gl/group/project`` links clone them."""
     root = tmp_path_factory.mktemp("trust")
     cert, key = root / "cert.pem", root / "key.pem"
     request = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
@@ -40,12 +41,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     subprocess.run(["git", "init", "-q", "-b", "main", str(work)], check=True)
     subprocess.run(["git", "-C", str(work), *identity, "commit", "-q", "--allow-empty", "-m", "x"],
                    check=True)  # fmt: skip
-    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(project / "repo.git")],
-                   check=True)  # fmt: skip
+    for name in ("repo.git", "org/repo", "group/project"):
+        subprocess.run(["git", "clone", "-q", "--bare", str(work), str(project / name)],
+                       check=True)  # fmt: skip
 
     class Handler(QuietHandler):
         def do_GET(self) -> None:
-            if self.path.startswith("/repo.git/"):
+            if not self.path.startswith("/api"):
                 answer_with_git_http_backend(self, project)
                 return
             body = json.dumps({"ok": True}).encode()
@@ -62,9 +64,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
         yield url, cert
 
 
-def site(ca_bundle: Path | None) -> Site:
+def site(ca_bundle: Path | None, **repos: str) -> Site:
+    records = {"internal_networks": ["127.0.0.1/32"]}
     settings: dict[str, Any] = {
-        "repos": {"protocols": ["https"], "records": {"internal_networks": ["127.0.0.1/32"]}},
+        "repos": {"protocols": ["https"], "records": records, **repos},
         "network": {"ca_bundle": str(ca_bundle) if ca_bundle else None},
     }
     return Site.model_validate(settings)
@@ -105,3 +108,17 @@ def test_a_ca_bundle_that_cannot_be_read_is_one_line(tmp_path: Path) -> None:
     policy = site(tmp_path / "missing.pem").repos
     with pytest.raises(RecordError, match=r"cannot read the site's CA bundle .*network\.ca_bundle"):
         Session(policy, Budget(Bounds(1 << 20, 10, 10), "a record"), "the setting")
+
+
+@pytest.mark.parametrize("spec", ["gh/org/repo/main", "gl/group%2Fproject/main"])
+def test_gh_and_gl_links_clone_from_the_sites_git_hosts(
+    served: tuple[str, Path], spec: str, tmp_path: Path
+) -> None:
+    """gh/ and gl/ links against a loopback HTTPS git host (the site's
+    github_host and gitlab_host), the stand-in the e2e test lacks."""
+    url, cert = served
+    host = url.removeprefix("https://")
+    provider = parse_spec(spec, site(cert, github_host=host, gitlab_host=host).repos)
+    resolved = provider.resolve()
+    provider.fetch(resolved, tmp_path / "checkout")
+    assert (tmp_path / "checkout" / ".git").is_dir()
