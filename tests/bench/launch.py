@@ -12,7 +12,12 @@ until Python runs, the port sent to the hub, Python's imports until the
 server's first log line, the server until it listens, and the hub's
 seeing it ready.
 
-The quick mode: one launch (no warm-up) and each floor once.
+The same again across the dev cluster's hosts: the shipped hub on the hub
+host, servers on the compute hosts (``across_hosts``), against a floor whose
+Slurm part is a job on the compute hosts' partition (Apptainer and Jupyter
+run from the same shared filesystem on the same cores either way).
+
+The quick mode: one launch of each kind (no warm-up) and each floor once.
 
 Run: sudo .venv/bin/python -m tests.bench.launch [--quick]
 """
@@ -34,7 +39,7 @@ from hpcbinder.seams.proc import LocalRunner
 from hpcbinder.seams.slurm import SlurmCLI, SubmitOptions
 from tests.bench.common import quick, report, timed
 from tests.conftest import free_port
-from tests.hubhelpers import close_hub, new_hub, stop_server, wait_ready
+from tests.hubhelpers import HOSTS_SITE, close_hub, new_hub, stop_server, wait_ready
 
 USER = "alice"
 
@@ -90,9 +95,10 @@ def phases(found: dict[str, float]) -> dict[str, float]:
     return spans
 
 
-def launches(count: int, warm_ups: int) -> list[dict[str, float]]:
-    """``count`` warm launches, each as its phases' seconds."""
-    hub = new_hub()
+def launches(count: int, warm_ups: int, *, on_hub_host: bool) -> list[dict[str, float]]:
+    """``count`` warm launches, each as its phases' seconds; ``on_hub_host``:
+    through the hub on the hub host, onto the compute hosts."""
+    hub = new_hub(on_hub_host=on_hub_host)
     try:
         options = {"image": "base:default", "profile": "small"}
         measured = []
@@ -109,14 +115,15 @@ def launches(count: int, warm_ups: int) -> list[dict[str, float]]:
         close_hub(hub)
 
 
-def sbatch_to_script(slurm: SlurmCLI) -> float:
+def sbatch_to_script(slurm: SlurmCLI, partition: str | None = None) -> float:
     """sbatch (as the launches submit, for the researcher) until the job's
     script runs: what a launch's Slurm phase covers (Slurm says RUNNING
     earlier, before the node has started the script)."""
     marker = Path("/tmp") / f"hpcbinder-bench-{uuid.uuid4().hex}"
     script = f'#!/bin/bash\necho "$EPOCHREALTIME" > {marker}\nsleep 60\n'
     start = time.time()
-    job_id = slurm.submit(script, SubmitOptions(output="/dev/null", chdir="/tmp"), user=USER)
+    options = SubmitOptions(partition=partition, output="/dev/null", chdir="/tmp")
+    job_id = slurm.submit(script, options, user=USER)
     try:
         for _ in range(3000):  # at most 60 s
             if marker.is_file() and (text := marker.read_text().strip()):
@@ -181,25 +188,36 @@ def main() -> None:
         ),
         "jupyter_start": min(jupyter_start(image) for _ in range(repeats)),
     }
-    measured = launches(count, warm_ups)
+    hosts_site = load_site(HOSTS_SITE)
+    hosts_floors = {
+        **floors,
+        "sbatch_to_script": min(
+            sbatch_to_script(slurm, hosts_site.default_partition) for _ in range(repeats)
+        ),
+    }
+    figures = summary(launches(count, warm_ups, on_hub_host=False), floors)
+    across_hosts = summary(launches(count, warm_ups, on_hub_host=True), hosts_floors)
+    report("launch", **figures, across_hosts=across_hosts, target_p50_over_floor=1.3)
+
+
+def summary(measured: list[dict[str, float]], floors: dict[str, float]) -> dict[str, object]:
+    """p50/p90 of the launches next to the sum of the floors, and each
+    phase's median."""
     seconds = sorted(sum(launch.values()) for launch in measured)
     floor = sum(floors.values())
     p50 = statistics.median(seconds)
-    p90 = seconds[max(0, round(0.9 * len(seconds)) - 1)]
-    report(
-        "launch",
-        p50_seconds=round(p50, 2),
-        p90_seconds=round(p90, 2),
-        floor_seconds=round(floor, 2),
-        p50_over_floor=round(p50 / floor, 2),
-        floors={name: round(value, 2) for name, value in floors.items()},
-        phases_p50={
+    return {
+        "p50_seconds": round(p50, 2),
+        "p90_seconds": round(seconds[max(0, round(0.9 * len(seconds)) - 1)], 2),
+        "floor_seconds": round(floor, 2),
+        "p50_over_floor": round(p50 / floor, 2),
+        "floors": {name: round(value, 2) for name, value in floors.items()},
+        "phases_p50": {
             phase: round(statistics.median(launch[phase] for launch in measured), 3)
             for phase, _ in PHASES
         },
-        launches=[round(s, 2) for s in seconds],
-        target_p50_over_floor=1.3,
-    )
+        "launches": [round(s, 2) for s in seconds],
+    }
 
 
 if __name__ == "__main__":
