@@ -108,14 +108,17 @@ class PrivateOutcome:
             outcome = cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
         except (ValueError, TypeError) as exc:
             raise PrivateJobError(f"not a private build's outcome: {exc}") from None
+        texts = (outcome.job, outcome.env_key, outcome.commit, outcome.run_job, outcome.run_dir)
+        if not all(isinstance(text, str) for text in (*texts, outcome.error)):
+            raise PrivateJobError("a private build's outcome has a field that is not text")
         checks = [
             JOB_ID.fullmatch(outcome.job),
             not outcome.env_key or ENV_KEY.fullmatch(outcome.env_key),
             not outcome.commit or COMMIT.fullmatch(outcome.commit),
             isinstance(outcome.from_image, bool),
             not outcome.run_job or JOB_ID.fullmatch(outcome.run_job),
-            isinstance(outcome.run_dir, str) and outcome.run_dir.isprintable(),
-            isinstance(outcome.error, str) and outcome.error.isprintable(),
+            outcome.run_dir.isprintable(),
+            outcome.error.isprintable(),
             outcome.error or (outcome.env_key and outcome.commit),
         ]
         if not all(checks):

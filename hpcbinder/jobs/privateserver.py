@@ -172,6 +172,10 @@ def _script_file(site: Site, text: str, job_id: str) -> Path:
     folder.mkdir(mode=0o700, exist_ok=True)
     _own(folder, stat.S_IFDIR, "folder")
     path = folder / f"server-{job_id}.sh"
+    # Earlier launches' scripts: each bash holds its own open, so they go now.
+    for old in folder.glob("server-*.sh"):
+        if old != path:
+            old.unlink(missing_ok=True)
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
     with os.fdopen(os.open(path, flags, 0o600), "w") as handle:
         handle.write(text)

@@ -18,6 +18,7 @@ import asyncio
 import math
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,10 @@ class PrivateBuilds:
         self.slurm = cluster_slurm(site) if slurm is None else slurm
         self.runner = cluster_runner(site) if runner is None else runner
         self.python = python
+        #: Her jobs in flight, by researcher: at most build.max_builds_per_user
+        #: (as the build server's own), so that no one fills the build
+        #: partition with jobs by asking for many repositories they cannot read.
+        self._running: Counter[str] = Counter()
 
     def _state(self, job: str, user: str) -> tuple[str, str] | None:
         """Her job's state and comment; None once Slurm has forgotten it
@@ -111,6 +116,24 @@ class PrivateBuilds:
     ) -> PrivateOutcome:
         """Her job for ``request``, followed to its end; its outcome, or
         :class:`PrivateBuildFailed` with the one line she is told."""
+        limit = self.site.build.max_builds_per_user
+        if self._running[user] >= limit:
+            raise PrivateBuildFailed(
+                f"{user} has {limit} builds in progress, this site's limit "
+                "(site file: build.max_builds_per_user); try again when one ends"
+            )
+        self._running[user] += 1
+        try:
+            return await self._run(request, user, emit)
+        finally:
+            self._running[user] -= 1
+
+    async def _run(
+        self,
+        request: PrivateJobRequest,
+        user: str,
+        emit: Callable[[Event], Awaitable[None]],
+    ) -> PrivateOutcome:
         build = self.site.build
         partition = build.private_partition or build.partition
         limit = build.timeout_minutes * 60 + self.site.launch.max_queue_minutes * 60

@@ -1,8 +1,10 @@
-"""A private repository through the Binder link, after login: bob's build
-stream ends with the line it ends with for a repository that does not
-exist, so the Binder service tells him nothing of alice's (the old build
-server said "is mode 700" of hers and "is not a git repository" of the
-missing one); nothing is built or launched for him."""
+"""Private repositories through the Binder link, after login: alice's are
+fetched and built by her own Slurm job, into her own store, and launched
+from there (as servers and as a batch run); bob's build stream for any of
+them is the one he gets for a repository that does not exist (the old
+build server said "is mode 700" of a mode-700 repository in a folder he
+may pass through, and "is not a git repository" of a missing one), and
+nothing is built or launched for him."""
 
 from __future__ import annotations
 
@@ -47,53 +49,6 @@ K = TypeVar("K")
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def passable(devcluster: DevCluster) -> Iterator[Path]:
-    """A folder of alice's that others may pass through but not list (711),
-    holding her mode-700 repository ``analysis``."""
-    folder = Path("/home/alice") / f"hpcbinder-binder-{uuid.uuid4().hex[:8]}"
-
-    def as_alice(*argv: str) -> None:
-        proc.check(proc.run(list(argv), user="alice", cwd=Path("/home/alice"), timeout=60))
-
-    as_alice("mkdir", "-m", "711", str(folder))
-    as_alice("git", "init", "-q", "-b", "main", str(folder / "analysis"))
-    identity = ["-c", "user.name=a", "-c", "user.email=a@hpcbinder.invalid"]
-    as_alice(
-        "git",
-        "-C",
-        str(folder / "analysis"),
-        *identity,
-        "commit",
-        "-q",
-        "--allow-empty",
-        "-m",
-        "one",
-    )
-    as_alice("chmod", "700", str(folder / "analysis"))
-    try:
-        yield folder
-    finally:
-        proc.run(["rm", "-rf", str(folder)], user="alice", timeout=60)
-
-
-def test_bob_learns_nothing_of_alices_private_repository_through_the_binder_link(
-    passable: Path,
-) -> None:
-    repos = {"local_roots": [str(passable)], "protocols": ["https", "file"]}
-    with running_binder({"repos": repos}) as binder:
-        bob = user_token(binder.hub, "bob")
-        answers = []
-        for name in ("analysis", "nothing"):
-            events = build_events(binder.url, local_spec(passable / name, "main"), bob)
-            assert events[-1]["phase"] == "failed", events
-            readable = f"{passable.name}/{name} @ main"
-            assert events[-1]["message"].strip() == str(NoAccess.about(readable)), events
-            answers.append([(e["phase"], e["message"].replace(readable, "NAME")) for e in events])
-        assert answers[0] == answers[1]
-        assert binder.hub.api("GET", "/users/bob")["servers"] == {}
-
-
 # --- alice's private repositories through the Binder link ---------------------------
 #
 # Three real private servers: a mode-700 repository in alice's home, a git
@@ -113,7 +68,8 @@ class Privates:
     binder: Binder
     site: Site
     specs: dict[str, str]  # by kind: alice's repository
-    missing: dict[str, str]  # by kind: one that is not there
+    #: What bob asks for, by kind: alice's repository, and one that is not there.
+    bobs: dict[str, tuple[str, str]]
     urls: frozenset[str]
     stores: dict[str, Path]
     launched: dict[str, str]  # kind -> image key alice launched (filled by the launch test)
@@ -166,6 +122,11 @@ def privates(devcluster: DevCluster) -> Iterator[Privates]:
     _as("alice", "git", *IDENTITY, "add", "-A", cwd=repo)
     _as("alice", "git", *IDENTITY, "commit", "-q", "-m", "one", cwd=repo)
     _as("alice", "git", "clone", "-q", "--bare", str(repo), str(folder / "served.git"))
+    # A folder others may pass through but not list, holding a mode-700 repository.
+    passable = Path("/home/alice") / f"hpcbinder-pbinder-{tag}-711"
+    _as("alice", "mkdir", "-m", "711", str(passable))
+    _as("alice", "cp", "-a", str(repo), str(passable / "analysis"))
+    _as("alice", "chmod", "700", str(passable / "analysis"))
     scratch = SHARED_SCRATCH / f"pbinder-{tag}"
     served = scratch / "http"  # root's: the HTTP server reads it, no one else
     served.mkdir(parents=True, mode=0o700)
@@ -174,7 +135,11 @@ def privates(devcluster: DevCluster) -> Iterator[Privates]:
     token = f"tok-{uuid.uuid4().hex}"
     stores = {u: Path(f"/home/{u}/.cache/hpcbinder-pbinder-{tag}") for u in ("alice", "bob")}
     dev = yaml.safe_load(DEV_SITE.read_text())
-    build = {**dev.get("build", {}), "private_store": f"{{home}}/.cache/hpcbinder-pbinder-{tag}"}
+    build = {
+        **dev.get("build", {}),
+        "private_store": f"{{home}}/.cache/hpcbinder-pbinder-{tag}",
+        "max_builds_per_user": 3,  # her three at once
+    }
     try:
         with (
             running_sshd(["alice"], key_owner="alice") as ssh,
@@ -192,14 +157,26 @@ def privates(devcluster: DevCluster) -> Iterator[Privates]:
                 "ssh": f"git/{quote(f'{base}/nothing.git', safe='')}/main",
                 "http": f"git/{quote(f'{http}/nothing.git', safe='')}/main",
             }
-            repos = {"local_roots": [str(folder)], "protocols": ["https", "http", "ssh", "file"]}
+            repos = {
+                "local_roots": [str(folder), str(passable)],
+                "protocols": ["https", "http", "ssh", "file"],
+            }
             limits = {"max_parallel_builds": 3, "max_launches_per_user": 3}
             with running_binder({"repos": repos, "build": build, "binder": limits}) as binder:
                 site = load_site(Path(binder.hub.env["HPCBINDER_SITE"]))
                 urls = frozenset({f"file://{repo}", f"{base}/served.git", f"{http}/served.git"})
-                yield Privates(binder, site, specs, missing, urls, stores, {})
+                bobs = {
+                    **{kind: (specs[kind], missing[kind]) for kind in specs},
+                    "passable": (
+                        local_spec(passable / "analysis", "main"),
+                        local_spec(passable / "nothing", "main"),
+                    ),
+                }
+                yield Privates(binder, site, specs, bobs, urls, stores, {})
     finally:
-        subprocess.run(["rm", "-rf", str(folder), str(scratch), *map(str, stores.values())])
+        subprocess.run(
+            ["rm", "-rf", str(folder), str(passable), str(scratch), *map(str, stores.values())]
+        )
 
 
 def _shared_images_of(privates: Privates) -> list[str]:
@@ -278,11 +255,11 @@ def test_bob_is_answered_as_for_a_repository_that_does_not_exist(privates: Priva
     bob = user_token(binder.hub, "bob")
     asked = {
         (kind, which): spec
-        for kind in privates.specs
-        for which, spec in (("alices", privates.specs[kind]), ("missing", privates.missing[kind]))
+        for kind, pair in privates.bobs.items()
+        for which, spec in zip(("alices", "missing"), pair, strict=True)
     }
     answers: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for kind in privates.specs:  # two at a time: the build server's limit per researcher
+    for kind in privates.bobs:  # two at a time: the build server's limit per researcher
         pair = {key: spec for key, spec in asked.items() if key[0] == kind}
         answers |= _concurrently(
             {
@@ -290,7 +267,7 @@ def test_bob_is_answered_as_for_a_repository_that_does_not_exist(privates: Priva
                 for key, spec in pair.items()
             }
         )
-    for kind in privates.specs:
+    for kind in privates.bobs:
         normalised = []
         for which in ("alices", "missing"):
             events = answers[(kind, which)]
@@ -329,6 +306,19 @@ def test_bob_cannot_launch_alices_private_image_by_its_key(privates: Privates) -
         time.sleep(0.5)
     else:
         pytest.fail("bob's launch of alice's key did not end")
+    # His job looked in his own store, and said so in its one line.
+    refused = subprocess.run(
+        [
+            "sh",
+            "-c",
+            'grep -lF "$1" /home/bob/.hpcbinder-server-*.log',
+            "sh",
+            f"image {key} is not",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert refused.stdout.strip(), "bob's server job did not refuse alice's key"
     # As a shared image: the build server has no such image for him.
     assert _spawn(hub, "bob", "stolen2", {"image": key}) == 403
     # Never a path, a base or anything else as a private image.
