@@ -57,6 +57,7 @@ from hpcbinder.errors import UserError
 from hpcbinder.hub.options import LaunchOptions, LaunchOptionsError
 from hpcbinder.images.client import BuildServerClient, BuildServerError, LaunchRefused
 from hpcbinder.images.launch import launch_image
+from hpcbinder.images.store import image_store
 from hpcbinder.jobs.privateserver import private_server_job
 from hpcbinder.jobs.queueboard import board_for
 from hpcbinder.jobs.request import request_for
@@ -196,19 +197,40 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
     async def _admit_image(self, key: str) -> None:
         """Launch image ``key`` only if the build server, the store's owner,
         says this researcher may (and so records the use): a 403 with its
-        reason if not, a 503 if it cannot be asked; never a job either way."""
+        reason if not; never a job then.
+
+        A build node that is down stops builds, not launches of images
+        built: where the build server cannot be asked, the same rule
+        (:meth:`~hpcbinder.images.store.ImageStore.may_launch`) is read from
+        the store's records, which the hub reads anyway to launch; the use
+        goes unrecorded (the job's comment keeps the image from gc while it
+        runs). A 503 only if the store cannot be read either."""
         client = BuildServerClient(self.site) if self.build_server is None else self.build_server
         user = self.user.name
         try:
             await asyncio.to_thread(client.record_use, key, user)
+            return
         except LaunchRefused as exc:
             self.log.warning("Refused image %s to %s: %s", key, user, exc)
             raise web.HTTPError(403, str(exc)) from exc
         except BuildServerError as exc:
-            self.log.error("Cannot check image %s for %s: %s", key, user, exc)
+            unreachable = exc
+        try:
+            allowed = await asyncio.to_thread(image_store(self.site).may_launch, key, user)
+        except (OSError, ValueError) as exc:
+            self.log.error("Cannot check image %s for %s: %s; %s", key, user, unreachable, exc)
             raise web.HTTPError(
-                503, f"cannot check that {user} may launch image {key}, so it is not started: {exc}"
+                503,
+                f"cannot check that {user} may launch image {key}, so it is not started: "
+                f"{unreachable}",
             ) from exc
+        if not allowed:
+            self.log.warning("Refused image %s to %s (store records): %s", key, user, unreachable)
+            raise web.HTTPError(403, f"image: no image {key} that {user} may launch")
+        self.log.warning(
+            "Image %s admitted for %s by the store's records, its use not recorded: %s",
+            key, user, unreachable,
+        )  # fmt: skip
 
     def server_job(self) -> ServerJob:
         """The job for the current user_options, every value checked (a

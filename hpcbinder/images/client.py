@@ -45,6 +45,9 @@ from hpcbinder.seams import munge, proc
 READ_TIMEOUT = 120
 #: Seconds a use report may take: it must never hold up a launch for long.
 USE_TIMEOUT = 5
+#: Seconds to connect: a build node that is down (no answer at all) is said
+#: so in this time, not after the kernel's SYN retries (about two minutes).
+CONNECT_TIMEOUT = 5
 
 
 class BuildServerError(RuntimeError):
@@ -230,9 +233,14 @@ class BuildServerClient:
         except (munge.MungeError, KeyError, proc.CommandError) as exc:
             raise BuildServerError(f"cannot sign the {what} with MUNGE: {exc}") from exc
         connection = http.client.HTTPConnection(
-            self.url.hostname or "127.0.0.1", self.url.port or 80, timeout=timeout
+            self.url.hostname or "127.0.0.1",
+            self.url.port or 80,
+            timeout=min(timeout, CONNECT_TIMEOUT),
         )
         try:
+            connection.connect()
+            if connection.sock is not None:
+                connection.sock.settimeout(timeout)
             connection.request(
                 "POST", path, body=credential, headers={"Content-Type": "text/plain"}
             )

@@ -21,6 +21,7 @@ import pytest
 import yaml
 from tornado.httpclient import HTTPClientError
 
+from tests.binderhelpers import build_events, user_token
 from tests.conftest import DEVCLUSTER, SHARED_SCRATCH, DevCluster
 from tests.hubhelpers import HOSTS_SITE, HUB_ADDRESS, Hub, new_hub, wait_ready
 
@@ -29,6 +30,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slurm, pytest.mark.apptainer]
 COMPUTE = {"hpcb-c1": "10.79.13.21", "hpcb-c2": "10.79.13.22"}
 SERVERS = ("mh1", "mh2")
 LOST = "lost"  # the server whose node is lost
+BUILT = "built"  # the server of an image built, launched with the build node down
 
 
 #: The hosts' site with a profile for each compute host (its name is a
@@ -85,7 +87,7 @@ def servers(host_hub: Hub) -> Iterator[Hub]:
     try:
         yield host_hub
     finally:
-        _delete_servers(host_hub, (*SERVERS, LOST))
+        _delete_servers(host_hub, (*SERVERS, LOST, BUILT))
 
 
 def test_servers_run_on_compute_hosts_not_the_hubs_and_outlive_a_hub_restart(
@@ -222,3 +224,58 @@ def test_a_compute_node_lost_mid_session(servers: Hub, shared_dir: Path) -> None
     finally:
         subprocess.run([str(DEVCLUSTER), "link", lost, "up"], check=True, timeout=90)
         subprocess.run(["scancel", job_id], check=False)
+
+
+BUILD_NODE, BUILD_URL = "hpcb-build", "http://hpcb-build:8590"
+
+
+def test_with_the_build_node_down_built_images_launch_and_builds_fail_in_one_line(
+    servers: Hub, shared_dir: Path
+) -> None:
+    """The build node's link goes down: a server of an image already built
+    starts through the hub; a build from the login node and one through the
+    Binder service each fail in one line naming build.server_url, with no
+    traceback, no 500 and no job left. The link is back after."""
+    hub = servers
+    spec = _code_only_repo(shared_dir)
+    built = _as_alice_on_login(hub, ["hpcbinder", "build", spec], shared_dir)
+    assert built.returncode == 0, built.stderr
+    key = Path(built.stdout.split()[-1]).parent.name
+    other = shared_dir / "other"
+    other.mkdir()
+    unbuilt = _code_only_repo(other)
+    token = user_token(hub, "alice")
+    binder = f"http://{HUB_ADDRESS}:{int(hub.url.rsplit(':', 1)[1]) + 3}"
+    one_line = f"cannot reach the build server at {BUILD_URL} (site file: build.server_url)"
+    since = time.time()
+    subprocess.run([str(DEVCLUSTER), "link", BUILD_NODE, "down"], check=True, timeout=30)
+    try:
+        hub.api("POST", f"/users/alice/servers/{BUILT}", {"image": key})
+        # While the server starts, alice tries two builds.
+        cli = _as_alice_on_login(hub, ["hpcbinder", "build", unbuilt], shared_dir)
+        assert cli.returncode == 1 and cli.stdout == "", cli.stdout
+        [line] = cli.stderr.splitlines()
+        assert one_line in line
+        events = build_events(binder, unbuilt, token, timeout=120)
+        assert [e["phase"] for e in events][-1] == "failed", events
+        message = events[-1]["message"].strip()
+        assert "\n" not in message and "Traceback" not in message and one_line in message
+
+        server = wait_ready(hub, "alice", BUILT)
+        assert _node_of(server) in COMPUTE
+        assert f"Image {key} admitted for alice by the store's records" in hub.log.read_text()
+    finally:
+        subprocess.run([str(DEVCLUSTER), "link", BUILD_NODE, "up"], check=True, timeout=30)
+    # No job was submitted for the failed builds (a private build job, say),
+    # from the hub host or the login node (other hubs submit from this machine).
+    left = subprocess.run(
+        ["squeue", "-h", "-u", "alice", "-p", "build", "--states=all",
+         "-O", "JobID:12,AllocNodes:24,SubmitTime:24"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    ours = [
+        line for line in left.splitlines()
+        if line.split()[1] in ("hpcb-hub", "hpcb-login")
+        and time.mktime(time.strptime(line.split()[2], "%Y-%m-%dT%H:%M:%S")) >= since - 1
+    ]  # fmt: skip
+    assert not ours, left

@@ -493,14 +493,18 @@ def test_use_reports_carry_only_an_image_key() -> None:
             UseRequest.from_json(json.dumps(payload))
 
 
-def test_a_launch_is_refused_at_once_when_the_build_server_cannot_be_asked(
+def test_a_launch_is_ruled_at_once_when_the_build_server_cannot_be_asked(
     caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
 ) -> None:
     """The spawner asks a build server that is down whether alice may
-    launch an image: a 503 that says so, at once, and logged."""
+    launch an image: at once, the store's records rule (here: an image it
+    does not have, a 403), and the unreachable server is logged."""
     from hpcbinder.hub.spawner import ApptainerSlurmSpawner
 
-    site = Site.model_validate({"build": {"server_url": "http://127.0.0.1:9"}})
+    site = Site.model_validate(
+        {"build": {"server_url": "http://127.0.0.1:9"}, "image_store": str(tmp_path)}
+    )
     spawner = SimpleNamespace(
         site=site,
         user=SimpleNamespace(name="alice"),
@@ -514,6 +518,6 @@ def test_a_launch_is_refused_at_once_when_the_build_server_cannot_be_asked(
     ):
         asyncio.run(ApptainerSlurmSpawner._admit_image(spawner, KEY))
     assert time.monotonic() - started < 10
-    assert refused.value.status_code == 503
-    assert "cannot reach the build server at http://127.0.0.1:9" in str(refused.value)
-    assert f"Cannot check image {KEY} for alice" in caplog.text
+    assert refused.value.status_code == 403
+    assert "cannot reach the build server at http://127.0.0.1:9" in caplog.text
+    assert f"Refused image {KEY} to alice (store records)" in caplog.text

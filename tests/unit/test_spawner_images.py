@@ -1,7 +1,8 @@
 """The spawner launches an image of the store only when the build server
 says the researcher may (the store's one rule, ``ImageStore.may_launch``):
-another researcher's image of a repository on this host is a 403, a
-build server that cannot be asked a 503, and neither submits a job. With
+another researcher's image of a repository on this host is a 403, and
+submits no job; a build server that cannot be asked leaves the same rule
+to the store's records. With
 Slurm a scripted command runner and the build server a fake over a real
 store."""
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from tornado import web
 
-from hpcbinder.images.store import ImageStore
+from hpcbinder.images.store import META, ImageStore
 from tests.unit.fakes import BuildServerUses, ScriptedSlurm, publish_fake_image
 from tests.unit.test_spawner import ON_THIS_HOST, USER, spawner_for, started
 
@@ -54,17 +55,36 @@ def test_an_image_the_researcher_used_starts_and_its_use_is_recorded(tmp_path: P
     assert str(tmp_path / "images" / "envs" / KEY) in submission.script
 
 
-def test_an_unreachable_build_server_is_a_503_that_says_so_before_any_job(
+def test_with_the_build_server_down_the_stores_records_rule_on_launches(
     tmp_path: Path,
 ) -> None:
+    """A build node that is down stops builds, not launches of images
+    built: the store's rule, read from its records, admits the researcher's
+    image and refuses another's (no job); an unreadable record is a 503."""
     uses = BuildServerUses(store_with_image(tmp_path, used_by=USER), reachable=False)
     slurm = ScriptedSlurm([ON_THIS_HOST])
     spawner = spawner_for(tmp_path, slurm, {"image": KEY})
     spawner.build_server = uses
+    asyncio.run(started(spawner))
+    assert uses.reports == [(KEY, USER)] and len(slurm.submissions) == 1
+
+    others = tmp_path / "others"
+    others.mkdir()
+    uses = BuildServerUses(store_with_image(others, used_by="alice"), reachable=False)
+    slurm = ScriptedSlurm([ON_THIS_HOST])
+    spawner = spawner_for(others, slurm, {"image": KEY})
+    spawner.build_server = uses
     with pytest.raises(web.HTTPError) as refused:
         asyncio.run(spawner.start())
-    assert refused.value.status_code == 503
-    message = str(refused.value.log_message)
+    assert refused.value.status_code == 403
+    assert refused.value.log_message == f"image: no image {KEY} that {USER} may launch"
+    assert slurm.calls == []
+
+    (others / "images" / "envs" / KEY / META).write_text("{not json")
+    with pytest.raises(web.HTTPError) as unreadable:
+        asyncio.run(spawner._admit_image(KEY))
+    assert unreadable.value.status_code == 503
+    message = str(unreadable.value.log_message)
     assert message.startswith(f"cannot check that {USER} may launch image {KEY}")
     assert "cannot reach the build server" in message and "build.server_url" in message
     assert "\n" not in message
