@@ -497,7 +497,9 @@ class GitLabRepoProvider(GitRepoProvider):
         path = unquote(quoted_path).removesuffix(".git")
         if not _GL_PATH.fullmatch(path) or ".." in path.split("/"):
             raise SpecError(f"invalid GitLab project path {echo(path)}")
-        return f"https://{self.policy.gitlab_host}/{path}", ref
+        # With .git, as BinderHub clones it: GitLab redirects a path
+        # without it there, and git follows no redirect (seams/git._OPTIONS).
+        return f"https://{self.policy.gitlab_host}/{path}.git", ref
 
 
 class GistRepoProvider(GitRepoProvider):

@@ -90,7 +90,7 @@ def ref_url(repo: providers.RepoProvider, commit: str) -> str:
     version launched (a forge's tree view); for other providers, the
     repository's own URL, as BinderHub gives for git URLs."""
     if isinstance(repo, providers.GitHubRepoProvider | providers.GitLabRepoProvider):
-        return f"{repo.url}/tree/{commit}"
+        return f"{repo.url.removesuffix('.git')}/tree/{commit}"
     return repo.url
 
 

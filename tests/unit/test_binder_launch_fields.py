@@ -37,7 +37,7 @@ POLICY = RepoPolicy(protocols=["https", "file"], local_roots=[Path("/srv/repos")
         ),
         (
             "gl/group%2Fsub%2Fproject/v1.0",
-            "https://gitlab.com/group/sub/project",
+            "https://gitlab.com/group/sub/project.git",  # BinderHub's repo_url
             f"https://gitlab.com/group/sub/project/tree/{COMMIT}",
             f"v2/gl/group%2Fsub%2Fproject/{COMMIT}",
         ),

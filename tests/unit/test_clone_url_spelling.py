@@ -182,7 +182,7 @@ def test_no_part_of_a_url_starts_like_an_option(url: str) -> None:
     ("spec", "url"),
     [
         ("gh/our-centre/repo.x/main", "https://github.com/our-centre/repo.x"),
-        ("gl/a%2Fb.c%2Fd/v1", "https://gitlab.com/a/b.c/d"),
+        ("gl/a%2Fb.c%2Fd/v1", "https://gitlab.com/a/b.c/d.git"),
         (_git_spec("https://example.org/a/b.git"), "https://example.org/a/b.git"),
         (_git_spec("git@example.org:org/repo.git"), "git@example.org:org/repo.git"),
         (_git_spec("git@example.org:/srv/git/repo"), "git@example.org:/srv/git/repo"),

@@ -41,7 +41,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     subprocess.run(["git", "init", "-q", "-b", "main", str(work)], check=True)
     subprocess.run(["git", "-C", str(work), *identity, "commit", "-q", "--allow-empty", "-m", "x"],
                    check=True)  # fmt: skip
-    for name in ("repo.git", "org/repo", "group/project"):
+    for name in ("repo.git", "org/repo", "group/project.git"):
         subprocess.run(["git", "clone", "-q", "--bare", str(work), str(project / name)],
                        check=True)  # fmt: skip
 

@@ -52,7 +52,7 @@ def file_spec(repo: Path, ref: str) -> str:
         ("gh/jupyterhub/binderhub/HEAD", "https://github.com/jupyterhub/binderhub", "HEAD"),
         ("gh/org/repo.git/feature/x", "https://github.com/org/repo", "feature/x"),
         ("gh/org/repo/feature%2Fx", "https://github.com/org/repo", "feature/x"),
-        ("gl/group%2Fsub%2Fproject/v1.0", "https://gitlab.com/group/sub/project", "v1.0"),
+        ("gl/group%2Fsub%2Fproject/v1.0", "https://gitlab.com/group/sub/project.git", "v1.0"),
         ("git/https%3A%2F%2Fexample.org%2Fa%2Fb.git/main", "https://example.org/a/b.git", "main"),
     ],
 )
