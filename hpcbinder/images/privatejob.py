@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from hpcbinder.config import load_site
+from hpcbinder.config import Site, load_site
 from hpcbinder.errors import UserError
 from hpcbinder.images import private
 from hpcbinder.images.builder import ImageBuildError
@@ -162,9 +162,7 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())[:REASON_CHARS]
 
 
-def _run(request: PrivateJobRequest, job_id: str, log: TextIO) -> PrivateOutcome:
-    site = load_site(Path(request.site_file) if request.site_file else None)
-
+def _run(site: Site, request: PrivateJobRequest, job_id: str, log: TextIO) -> PrivateOutcome:
     def emit(event: BuildEvent) -> None:
         log.write(f"[{event.elapsed:6.1f}s] {event.phase}: {event.message}\n")
         log.flush()
@@ -228,7 +226,7 @@ def main(stdin: TextIO = sys.stdin) -> int:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
         with os.fdopen(os.open(log_path(store.root, job_id), flags, 0o600), "w") as log:
             try:
-                outcome = _run(request, job_id, log)
+                outcome = _run(site, request, job_id, log)
             except Exception:  # her log has the detail, her page one line
                 traceback.print_exc(file=log)
                 outcome = PrivateOutcome(job_id, error="internal error: see the build's log")

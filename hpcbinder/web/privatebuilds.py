@@ -181,6 +181,10 @@ class PrivateBuilds:
                 await asyncio.to_thread(self.slurm.cancel, job, user=user)
                 raise PrivateBuildFailed(f"your build job {job} ran too long and was cancelled")
             await asyncio.sleep(POLL_SECONDS)
+        if not comment.startswith("MUNGE:"):  # cancelled, killed, out of time
+            raise PrivateBuildFailed(
+                f"your build job {job} ended {state} before it said how it went; log: {log}"
+            )
         try:
             outcome = await asyncio.to_thread(privatejob.read_outcome, comment, user, job)
         except PrivateJobError as exc:
