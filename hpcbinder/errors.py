@@ -33,8 +33,9 @@ class NoAccess(UserError):
     def about(cls, name: str) -> NoAccess:
         return cls(
             f"{name}: repository not found, or you have no access to it (a private "
-            "repository is built by hpcbinder build or sbatch, as you, with your own SSH "
-            "key or agent, git credential helper or HPCBINDER_GIT_TOKEN)"
+            "repository is fetched as you, with your own SSH key and ssh config, git "
+            "credential helper, or for hpcbinder build and sbatch your agent or "
+            "HPCBINDER_GIT_TOKEN)"
         )
 
 
