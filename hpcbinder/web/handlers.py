@@ -287,16 +287,19 @@ class ConfirmHandler(BaseHandler):
 
 class CancelHandler(BaseHandler):
     """``POST /cancel/<provider>/<spec>``: the launch page's "cancel": the
-    researcher's server of that repository goes, its queued job with it."""
+    researcher's server of that repository goes, its queued job with it,
+    and her own build job of a private repository."""
 
     @web.authenticated
     async def post(self, provider: str, spec: str) -> None:
+        full = self.raw_spec("cancel")
         try:
-            repo = providers.parse_spec(self.raw_spec("cancel"), self.service.site.repos)
+            repo = providers.parse_spec(full, self.service.site.repos)
             stopped = await self.service.launcher.cancel(self.user_name, server_name(repo.url))
         except UserError as exc:
             raise web.HTTPError(400, str(exc)) from exc
-        self.finish({"cancelled": stopped})
+        built = await self.service.private_builds.cancel(self.user_name, full)
+        self.finish({"cancelled": stopped or built})
 
 
 class BuildHandler(BaseHandler):

@@ -82,6 +82,19 @@ class PrivateBuilds:
         #: (as the build server's own), so that no one fills the build
         #: partition with jobs by asking for many repositories they cannot read.
         self._running: Counter[str] = Counter()
+        #: Her build jobs in flight, by (researcher, spec): the launch page's cancel.
+        self._builds: dict[tuple[str, str], str] = {}
+
+    async def cancel(self, user: str, spec: str) -> bool:
+        """Cancel ``user``'s build job of ``spec`` (as her), if one runs."""
+        job = self._builds.get((user, spec))
+        if job is None:
+            return False
+        try:
+            await asyncio.to_thread(self.slurm.cancel, job, user=user)
+        except (SlurmError, proc.CommandError):
+            return False  # ended meanwhile: its own outcome stands
+        return True
 
     def _state(self, job: str, user: str) -> tuple[str, str] | None:
         """Her job's state and comment; None once Slurm has forgotten it
@@ -151,6 +164,22 @@ class PrivateBuilds:
             job = await asyncio.to_thread(self.slurm.submit, script, options, user=user)
         except SlurmError as exc:
             raise PrivateBuildFailed(f"cannot submit your build job: {exc}") from exc
+        if request.kind == "build":
+            self._builds[(user, request.spec)] = job
+        try:
+            return await self._follow(job, partition, limit, user, emit)
+        finally:
+            if self._builds.get((user, request.spec)) == job:
+                del self._builds[(user, request.spec)]
+
+    async def _follow(
+        self,
+        job: str,
+        partition: str,
+        limit: float,
+        user: str,
+        emit: Callable[[Event], Awaitable[None]],
+    ) -> PrivateOutcome:
         log = privatejob.log_path(private.private_root(self.site, user), job)
         await emit(
             Event(

@@ -268,3 +268,37 @@ def test_her_private_jobs_in_flight_are_limited_as_her_builds_are(
     events, outcome = _follow(jobs, builds)
     assert isinstance(outcome, PrivateBuildFailed) and "build.max_builds_per_user" in str(outcome)
     assert jobs.submitted == [] and events == []
+
+
+def test_the_launch_pages_cancel_ends_her_build_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(privatebuilds, "POLL_SECONDS", 0.01)
+    jobs = _Jobs(["RUNNING|"])
+    cancelled: list[tuple[str, str | None]] = []
+
+    def cancel(job: str, *, user: str | None = None) -> None:
+        cancelled.append((job, user))
+        jobs.answers[:] = ["CANCELLED|(null)"]
+
+    jobs.cancel = cancel  # type: ignore[attr-defined]
+    builds = PrivateBuilds(SITE, None, slurm=jobs, runner=jobs)  # type: ignore[arg-type]
+
+    async def run() -> tuple[bool, bool, Any]:
+        async def emit(_: Event) -> None:
+            return None
+
+        follow = asyncio.ensure_future(
+            builds.run(builds.request("build", "gh/a/b/HEAD"), "alice", emit)
+        )
+        await asyncio.sleep(0.1)
+        others = await builds.cancel("bob", "gh/a/b/HEAD")  # hers only
+        mine = await builds.cancel("alice", "gh/a/b/HEAD")
+        try:
+            await follow
+        except PrivateBuildFailed as exc:
+            return others, mine, exc
+        return others, mine, None
+
+    others, mine, failure = asyncio.run(run())
+    assert (others, mine) == (False, True) and cancelled == [("42", "alice")]
+    assert "ended CANCELLED" in str(failure)
+    assert asyncio.run(builds.cancel("alice", "gh/a/b/HEAD")) is False  # none left
