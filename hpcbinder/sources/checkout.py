@@ -10,9 +10,11 @@ image. So a checkout whose links lead outside it is refused, naming the
 link, before detection and before any build; links that stay inside the
 repository are ordinary repository content and stay allowed.
 
-The check runs on every prepare, also for a cached checkout (a cache filled
-by an older hpcbinder was never checked), and it costs one ``lstat`` per
-file.
+The check runs before a fetched checkout is renamed into the cache
+(:func:`hpcbinder.sources.providers.checkout`), so a refused tree is never
+kept, and again on every prepare, also for a cached checkout (a cache
+filled by an older hpcbinder was never checked); it costs one ``lstat``
+per file.
 """
 
 from __future__ import annotations
