@@ -2,8 +2,9 @@
 hub host (slurm/devcluster's hosts), landing on its two compute hosts; then
 the same on one compute host (the other drained in Slurm for the run). Each
 reports the time until all are ready, p50/p90 per server and how many were
-lost (never ready), and where they ran. The floor is one server started
-alone through the same hub.
+lost (never ready), where they ran, and the RPCs slurmctld served the
+hub's accounts meanwhile (``sdiag``; the hub asks Slurm once a round for
+all its servers). The floor is one server started alone through the same hub.
 
 Servers are split between alice and bob (each may run all of theirs: the
 benchmark's own site file, the hosts' site with ``quotas`` raised and each
@@ -28,7 +29,7 @@ import yaml
 
 from tests.bench.common import quick, report
 from tests.conftest import SHARED_SCRATCH
-from tests.hubhelpers import HOSTS_SITE, Hub, close_hub, new_hub
+from tests.hubhelpers import HOSTS_SITE, Hub, new_hub
 
 USERS = ("alice", "bob")
 COMPUTE = ("hpcb-c1", "hpcb-c2")
@@ -102,6 +103,30 @@ def start_at_once(hub: Hub, count: int) -> dict[str, Any]:
     }
 
 
+def slurm_rpcs() -> dict[str, int]:
+    """slurmctld's RPC count per account since it started (``sdiag``)."""
+    out = subprocess.run(["sdiag"], capture_output=True, text=True, check=False).stdout
+    counts = {}
+    for line in out.split("statistics by user", 1)[-1].splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[-3].startswith("count:"):
+            counts[fields[0]] = int(fields[-3].removeprefix("count:"))
+    return counts
+
+
+def measured(hub: Hub, count: int) -> dict[str, Any]:
+    """:func:`start_at_once` with the RPCs slurmctld served the hub's
+    accounts meanwhile: the service account's (its one squeue a round) and
+    the researchers' (sbatch, scancel; squeue where Slurm hides jobs)."""
+    before = slurm_rpcs()
+    figures = start_at_once(hub, count)
+    after = slurm_rpcs()
+    figures["slurm_rpcs"] = {
+        name: after.get(name, 0) - before.get(name, 0) for name in ("hpcbinder", *USERS)
+    }
+    return figures
+
+
 def drained(node: str, drain: bool) -> None:
     state = ["State=DRAIN", "Reason=bench-scale"] if drain else ["State=RESUME"]
     subprocess.run(["scontrol", "update", f"NodeName={node}", *state], check=True)
@@ -113,14 +138,17 @@ def main() -> None:
     hub = new_hub(site, on_hub_host=True)
     try:
         one = start_at_once(hub, 1)
-        across = start_at_once(hub, count)
+        across = measured(hub, count)
         drained(COMPUTE[1], True)
         try:
-            one_node = start_at_once(hub, count)
+            one_node = measured(hub, count)
         finally:
             drained(COMPUTE[1], False)
     finally:
-        close_hub(hub)
+        hub.stop()  # the hub stops its proxy and services
+        # Any job left, by its name (other tests' jobs of alice and bob stay).
+        names = ",".join(f"hpcbinder-{user}-scale{n}" for user in USERS for n in range(count))
+        subprocess.run(["scancel", f"--name={names}"], check=False)
         site.unlink(missing_ok=True)
     report(
         "scale",
