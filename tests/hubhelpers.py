@@ -200,18 +200,21 @@ def new_hub(site: Path | None = None, *, on_hub_host: bool = False) -> Hub:
 
 
 def close_hub(hub: Hub) -> None:
-    """Stop every server, the hub and its proxy."""
+    """Stop every server, the hub and its proxy, and cancel the servers'
+    jobs it knew of (only its own: another test's hub may run at once)."""
+    jobs = []
     for user in ("alice", "bob"):
         try:
-            for name in hub.api("GET", f"/users/{user}")["servers"]:
+            for name, server in hub.api("GET", f"/users/{user}")["servers"].items():
+                jobs.append(str(server.get("state", {}).get("job_id", "")))
                 hub.api("DELETE", f"/users/{user}/servers/{name}")
         except (HTTPClientError, OSError):
             pass
     hub.stop()
     port = hub.url.rsplit(":", 1)[1]
     subprocess.run(["pkill", "-f", f"configurable-http-proxy.*{port}"], check=False)
-    for user in ("alice", "bob"):
-        subprocess.run(["scancel", f"--user={user}"], check=False)
+    if ids := [job for job in jobs if job.isdigit()]:
+        subprocess.run(["scancel", *ids], check=False)
 
 
 def wait_ready(hub: Hub, user: str, name: str, poll: float = 1.0) -> dict[str, Any]:

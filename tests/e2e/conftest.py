@@ -11,7 +11,7 @@ import pytest
 
 from tests.binderhelpers import Binder, user_token
 from tests.conftest import SHARED_SCRATCH, DevCluster, running_build_server
-from tests.hubhelpers import Hub, close_hub, new_hub, site_with
+from tests.hubhelpers import Hub, close_hub, new_hub, site_with, stop_server
 
 
 @contextmanager
@@ -49,7 +49,18 @@ def hub(devcluster: DevCluster) -> Iterator[Hub]:
         close_hub(hub)
 
 
-@pytest.fixture
-def binder(devcluster: DevCluster) -> Iterator[Binder]:
+@pytest.fixture(scope="module")
+def module_binder(devcluster: DevCluster) -> Iterator[Binder]:
+    """One Binder service of the dev site (its hub, proxy and build server)
+    for a module's tests: starting them takes 10-15 s."""
     with running_binder() as service:
         yield service
+
+
+@pytest.fixture
+def binder(module_binder: Binder) -> Iterator[Binder]:
+    """The module's Binder service; each test leaves no server running."""
+    yield module_binder
+    for user in ("alice", "bob"):
+        for name in module_binder.hub.api("GET", f"/users/{user}")["servers"]:
+            stop_server(module_binder.hub, user, name)

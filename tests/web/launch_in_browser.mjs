@@ -70,8 +70,14 @@ try {
     await page.click(".jp-Notebook .jp-Cell .cm-content");
     await page.keyboard.press("Shift+Enter");
     const output = ".jp-Notebook .jp-Cell .jp-OutputArea-output";
-    await page.waitForSelector(output, { timeout: 120_000 });
-    summary.firstOutput = await page.textContent(output);
+    try {
+      await page.waitForSelector(output, { timeout: 120_000 });
+      summary.firstOutput = await page.textContent(output);
+    } catch (error) {
+      summary.firstOutput = null;
+      summary.kernelStatus = await page.textContent(".jp-StatusBar-Widget, #jp-main-statusbar").catch(() => null);
+      summary.dialog = await page.textContent(".jp-Dialog").catch(() => null);
+    }
   }
   await page.screenshot({ path: screenshot });
   summary.cookieValues = (await context.cookies()).map((cookie) => cookie.value);
