@@ -1,8 +1,10 @@
-"""A git server over plain HTTP on loopback for tests: ``git http-backend``
-(smart HTTP, as a CGI program) behind a small HTTP server that asks for
-basic authentication and lets one user in with one password (a token).
+"""Git servers on loopback for tests: ``git http-backend`` (smart HTTP, as
+a CGI program) behind a small HTTP server that asks for basic
+authentication and lets one user in with one password (a token), or
+anonymously over HTTPS (the site's own git hosts, such as its GitHub or
+GitLab stand-in, trusted through ``network.ca_bundle``).
 
-Plain HTTP, not HTTPS: git's credential handling (the helper, the 401
+Basic authentication over plain HTTP, not HTTPS: git's credential handling (the helper, the 401
 exchange, basic authentication) is the same over both, and a certificate
 the test would have to make and every account's git to trust adds nothing
 hpcbinder does."""
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import base64
 import hmac
+import json
+import ssl
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -87,3 +91,38 @@ def git_http_server(project_root: Path, user: str, token: str) -> Iterator[str]:
 
     with serving_on_loopback(Handler) as url:
         yield url
+
+
+@contextmanager
+def git_https_server(
+    project_root: Path, keys: Path, documents: dict[str, object] | None = None
+) -> Iterator[tuple[str, Path]]:
+    """Serves the repositories below ``project_root`` anonymously over
+    HTTPS, and each of ``documents`` as JSON at its path, with a
+    certificate made in ``keys`` that only its own file vouches for (a
+    site's own CA, for ``network.ca_bundle``); yields the base URL
+    (``https://127.0.0.1:PORT``) and that certificate's file."""
+    cert, key = keys / "git-https-cert.pem", keys / "git-https-key.pem"
+    request = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    names = ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+    subprocess.run([*request, *names, "-keyout", str(key), "-out", str(cert)], check=True,
+                   capture_output=True)  # fmt: skip
+
+    class Handler(QuietHandler):
+        def _serve(self) -> None:
+            if self.path not in (documents or {}):
+                answer_with_git_http_backend(self, project_root)
+                return
+            body = json.dumps((documents or {})[self.path]).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = _serve
+        do_POST = _serve
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    with serving_on_loopback(Handler, tls=context) as url:
+        yield url, cert

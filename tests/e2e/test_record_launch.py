@@ -5,18 +5,16 @@ through the Binder service, the build server, the hub, Slurm and
 Apptainer: the DOI resolver, Zenodo, Figshare, Dataverse, HydroShare, CKAN,
 Software Heritage and a git host (the gist host's ``git http-backend``,
 which also serves a ``git/`` link's repository) are loopback stand-ins
-speaking their APIs (:mod:`tests.recordservices`). Every record holds the
+speaking their APIs (:mod:`tests.recordservices`); the site's GitHub and
+GitLab (``repos.github_host``, ``repos.gitlab_host``, which ``gh/`` and
+``gl/`` links clone over HTTPS) are one loopback HTTPS git host whose
+certificate the site's CA bundle (``network.ca_bundle``) holds, as a site's
+own GitLab's would be. Every record holds the
 same tiny repository without environment files, so every build is
 code-only on one environment image, and all links launch at once, as
 alice's named servers, each with 1 GB so that all fit on the one
 interactive host. Each server must serve its record's file to the ready
 event's token.
-
-``gh/`` and ``gl/`` clone ``https://`` URLs on the site's GitHub and GitLab
-hosts: there is no stand-in for them (a loopback HTTPS git host would need
-its certificate in the site's CA bundle, which is part of every image's
-key); they share :class:`~hpcbinder.sources.providers.GitRepoProvider`
-with ``git/`` and ``gist/``, launched here over HTTP.
 """
 
 from __future__ import annotations
@@ -27,6 +25,7 @@ import shutil
 import subprocess
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -35,9 +34,11 @@ from tornado.httpclient import HTTPClient, HTTPRequest
 from tests.binderhelpers import build_events, phases
 from tests.conftest import SHARED_SCRATCH, DevCluster
 from tests.e2e.conftest import running_binder
+from tests.githttp import git_https_server
 from tests.hubhelpers import execute
 from tests.recordservices import CONTENT, GIST, ZENODO_CONCEPT, record_services
 
+SYSTEM_CAS = Path("/etc/ssl/certs/ca-certificates.crt")
 #: Each server's memory: the small profile's 2 GB would not let all of them
 #: share the interactive partition's one host (18 GB).
 LINK_QUERY = "labpath=hello.py&mem=1G"
@@ -70,12 +71,26 @@ def test_every_providers_link_launches_from_its_loopback_service(devcluster: Dev
         )
         specs = services.specs()
         specs["git"] = f"git/{quote(f'{services.gist.url}/{GIT_REPO}', safe='')}/HEAD"
+        hosted = scratch / "git-hosts"
+        for name in ("org/repo", "group/project.git"):  # gh/'s and gl/'s clone URLs
+            subprocess.run(
+                ["git", "clone", "-q", "--bare", str(gists / f"{GIST}.git"), str(hosted / name)],
+                check=True,
+            )
+        git_host, cert = cleanup.enter_context(git_https_server(hosted, scratch))
+        ca_bundle = scratch / "ca-bundle.pem"  # the system's CAs and the site's own
+        ca_bundle.write_bytes(SYSTEM_CAS.read_bytes() + cert.read_bytes())
+        ca_bundle.chmod(0o644)
+        specs["gh"], specs["gl"] = "gh/org/repo/HEAD", "gl/group%2Fproject/HEAD"
         settings = {
             "repos": {
                 "protocols": ["https", "http", "file"],
                 "local_roots": [str(SHARED_SCRATCH)],
                 "records": services.records_setting(),
+                "github_host": git_host.removeprefix("https://"),
+                "gitlab_host": git_host.removeprefix("https://"),
             },
+            "network": {"ca_bundle": str(ca_bundle)},
             "binder": {
                 "max_parallel_builds": 3,
                 "max_launches_per_user": len(specs),

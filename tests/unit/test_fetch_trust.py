@@ -6,8 +6,6 @@ signs could fetch nothing over HTTPS."""
 
 from __future__ import annotations
 
-import json
-import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +19,7 @@ from hpcbinder.errors import RepoUnreachable
 from hpcbinder.sources.archives import Bounds, Budget, RecordError
 from hpcbinder.sources.download import Session
 from hpcbinder.sources.providers import parse_spec
-from tests.githttp import answer_with_git_http_backend
-from tests.loopback import QuietHandler, serving_on_loopback
+from tests.githttp import git_https_server
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +28,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     vouches for: JSON at ``/api``, git repositories at ``/repo.git`` and
     where ``gh/org/repo`` and ``gl/group/project`` links clone them."""
     root = tmp_path_factory.mktemp("trust")
-    cert, key = root / "cert.pem", root / "key.pem"
-    request = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
-    names = ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
-    subprocess.run([*request, *names, "-keyout", str(key), "-out", str(cert)], check=True,
-                   capture_output=True)  # fmt: skip
     work, project = root / "work", root / "served"
     identity = ["-c", "user.name=t", "-c", "user.email=t@hpcbinder.invalid"]
     subprocess.run(["git", "init", "-q", "-b", "main", str(work)], check=True)
@@ -44,24 +36,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     for name in ("repo.git", "org/repo", "group/project.git"):
         subprocess.run(["git", "clone", "-q", "--bare", str(work), str(project / name)],
                        check=True)  # fmt: skip
-
-    class Handler(QuietHandler):
-        def do_GET(self) -> None:
-            if not self.path.startswith("/api"):
-                answer_with_git_http_backend(self, project)
-                return
-            body = json.dumps({"ok": True}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        do_POST = do_GET
-
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    with serving_on_loopback(Handler, tls=context) as url:
-        yield url, cert
+    with git_https_server(project, root, {"/api": {"ok": True}}) as served:
+        yield served
 
 
 def site(ca_bundle: Path | None, **repos: str) -> Site:
