@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hpcbinder.seams import proc
-from hpcbinder.seams.slurm import QueueEntry, SlurmCLI
+from hpcbinder.seams.slurm import QueueEntry, QueueState, SlurmCLI
 
 #: A job nobody asked about for this long is left out of the next squeue.
 FORGET_SECONDS = 120.0
@@ -106,6 +106,9 @@ class QueueBoard:
                 answer.entries.update(
                     await asyncio.to_thread(self.slurm.queue_entries, job_ids, user=account)
                 )
+            for job_id, entry in answer.entries.items():
+                if entry.state is QueueState.GONE:  # never back: left out of the next rounds
+                    self._asked.pop(job_id, None)
             self._answer = answer
             return answer
         finally:
