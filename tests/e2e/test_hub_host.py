@@ -1,8 +1,10 @@
 """The shipped hub config on the dev cluster's hub host (``hpcb-hub``, its
 own network namespace, ``slurm/devcluster up``): JupyterHub, its proxy and
 the Binder service listen on the hub host's address from the site file's
-``hub`` section, a researcher's servers run on the compute hosts, call the
-hub back across the bridge, and the proxy on the hub host reaches them."""
+``hub`` section, its Slurm commands go through the login node
+(``cluster.login``), a researcher's servers run on the compute hosts, call
+the hub back across the bridge, and the proxy on the hub host reaches them.
+A compute node lost under a server, and the build node down."""
 
 from __future__ import annotations
 
@@ -24,10 +26,12 @@ from tornado.httpclient import HTTPClientError
 from tests.binderhelpers import build_events, user_token
 from tests.conftest import DEVCLUSTER, SHARED_SCRATCH, DevCluster
 from tests.hubhelpers import HOSTS_SITE, HUB_ADDRESS, Hub, new_hub, wait_ready
+from tests.sshhelpers import running_sshd
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm, pytest.mark.apptainer]
 
 COMPUTE = {"hpcb-c1": "10.79.13.21", "hpcb-c2": "10.79.13.22"}
+HOSTS = {"hpcb-hub": "10.79.13.10", "hpcb-login": "10.79.13.11"}
 SERVERS = ("mh1", "mh2")
 LOST = "lost"  # the server whose node is lost
 BUILT = "built"  # the server of an image built, launched with the build node down
@@ -39,23 +43,40 @@ PINNED = {f"on-{host}": {"partition": "interactive-multi", "constraint": host} f
 
 
 @pytest.fixture(scope="module")
-def host_hub(devcluster: DevCluster) -> Iterator[Hub]:
-    """configs/jupyterhub_config.py as the service account on the hub host,
-    with the site file the dev cluster writes for its hosts (and
-    :data:`PINNED`), shared by this module's tests."""
+def hosts_site() -> Iterator[Path]:
+    """The hosts' site file with :data:`PINNED`, as researchers on the login
+    node use it."""
     site = yaml.safe_load(HOSTS_SITE.read_text())
     site["profiles"].update(PINNED)
-    site_file = SHARED_SCRATCH / f"site-hosts-{uuid.uuid4().hex[:8]}.yaml"
-    site_file.write_text(yaml.safe_dump(site))
-    site_file.chmod(0o644)
-    hub = new_hub(site_file, on_hub_host=True)
-    hub.env["HPCBINDER_SITE"] = str(site_file)
-    try:
-        yield hub
-    finally:
-        hub.stop()  # the hub stops its proxy and services
-        shutil.rmtree(hub.state, ignore_errors=True)
-        site_file.unlink(missing_ok=True)
+    path = SHARED_SCRATCH / f"site-hosts-{uuid.uuid4().hex[:8]}.yaml"
+    path.write_text(yaml.safe_dump(site))
+    path.chmod(0o644)
+    yield path
+    path.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def host_hub(devcluster: DevCluster, hosts_site: Path) -> Iterator[Hub]:
+    """configs/jupyterhub_config.py as the service account on the hub host,
+    with :func:`hosts_site`, shared by this module's tests. The hub host is
+    not a submit host here: its Slurm commands go over SSH to the login node
+    (``cluster.login``, an sshd on hpcb-login's address letting the hub's
+    key in as each researcher); the servers it reaches directly."""
+    with running_sshd(
+        ["alice", "bob"], address=HOSTS["hpcb-login"], netns="hpcb-login", key_owner="hpcbinder"
+    ) as login:
+        site = yaml.safe_load(hosts_site.read_text())
+        site["cluster"] = {"login": login}
+        hub_site = hosts_site.with_name(f"site-hub-{uuid.uuid4().hex[:8]}.yaml")
+        hub_site.write_text(yaml.safe_dump(site))
+        hub_site.chmod(0o644)
+        hub = new_hub(hub_site, on_hub_host=True)
+        try:
+            yield hub
+        finally:
+            hub.stop()  # the hub stops its proxy and services
+            shutil.rmtree(hub.state, ignore_errors=True)
+            hub_site.unlink(missing_ok=True)
 
 
 def _delete_servers(hub: Hub, names: tuple[str, ...]) -> None:
@@ -115,6 +136,13 @@ def test_servers_run_on_compute_hosts_not_the_hubs_and_outlive_a_hub_restart(
         # ...and the hub reaches its server there, not on its own address.
         assert re.search(rf"Server of alice is up at {node}:\d+", log)
     assert f"Starting proxy @ http://{HUB_ADDRESS}:" in log
+    # The hub host submitted nothing itself: the jobs came from the login node.
+    submitted = subprocess.run(
+        ["squeue", "-h", "-u", "alice", "-n", ",".join(f"hpcbinder-alice-{n}" for n in SERVERS),
+         "-O", "AllocNodes:40"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert len(submitted) == 2 and "hpcb-hub" not in submitted, submitted
 
     # The hub host restarts (hub, proxy, Binder service): both servers stay.
     hub.stop()
@@ -126,11 +154,11 @@ def test_servers_run_on_compute_hosts_not_the_hubs_and_outlive_a_hub_restart(
 
 
 #: alice on the login node, with the module's site file.
-def _as_alice_on_login(hub: Hub, argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def _as_alice_on_login(site: Path, argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     alice = ["setpriv", "--reuid=alice", "--regid=alice", "--init-groups", "env", "-i"]
     env = [
         "HOME=/home/alice", "USER=alice", "LOGNAME=alice", "LANG=C.UTF-8",
-        "PATH=/opt/hpcbinder/venv/bin:/usr/bin:/bin", f"HPCBINDER_SITE={hub.env['HPCBINDER_SITE']}",
+        "PATH=/opt/hpcbinder/venv/bin:/usr/bin:/bin", f"HPCBINDER_SITE={site}",
     ]  # fmt: skip
     return subprocess.run(
         [str(DEVCLUSTER), "host", "hpcb-login", *alice, *env, *argv],
@@ -159,7 +187,7 @@ def _node_of(server: dict[str, object]) -> str:
     return str(state["job_status"]).split()[-1]
 
 
-def test_a_compute_node_lost_mid_session(servers: Hub, shared_dir: Path) -> None:
+def test_a_compute_node_lost_mid_session(servers: Hub, hosts_site: Path, shared_dir: Path) -> None:
     """A compute host's link goes down under a running server and a batch
     run: within a minute the hub has the server stopped, its page and
     `jobs ls` name the node, the workspace is intact and the next launch
@@ -170,7 +198,7 @@ def test_a_compute_node_lost_mid_session(servers: Hub, shared_dir: Path) -> None
     )
     spec = _code_only_repo(shared_dir)
     batch = _as_alice_on_login(
-        hub,
+        hosts_site,
         ["hpcbinder", "sbatch", spec, "--run", "sleep.py", "--profile", f"on-{lost}"],
         shared_dir,
     )
@@ -185,7 +213,7 @@ def test_a_compute_node_lost_mid_session(servers: Hub, shared_dir: Path) -> None
         body = json.dumps({"type": "file", "format": "text", "content": "kept"})
         _through_proxy(hub, url, "-X", "PUT", "--data", body)
         for _ in range(120):  # the batch run has started on the same host
-            listed = _as_alice_on_login(hub, ["hpcbinder", "jobs", "ls"], shared_dir).stdout
+            listed = _as_alice_on_login(hosts_site, ["hpcbinder", "jobs", "ls"], shared_dir).stdout
             if re.search(rf"^{job_id}\s+RUNNING\b", listed, re.M):
                 break
             time.sleep(0.5)
@@ -212,7 +240,7 @@ def test_a_compute_node_lost_mid_session(servers: Hub, shared_dir: Path) -> None
         assert f"ended NODE_FAIL on node {lost} (the node was lost)" in reason.group(1)
         workspace = Path(re.search(r"kept in (/\S+);", reason.group(1)).group(1))  # type: ignore[union-attr]
         assert (workspace / "lost-node.txt").read_text() == "kept"
-        listed = _as_alice_on_login(hub, ["hpcbinder", "jobs", "ls"], shared_dir).stdout
+        listed = _as_alice_on_login(hosts_site, ["hpcbinder", "jobs", "ls"], shared_dir).stdout
         assert re.search(rf"^{job_id}\s+NODE_FAIL on {lost}\b", listed, re.M), listed
 
         # The next launch runs on the other node, on the same files.
@@ -230,7 +258,7 @@ BUILD_NODE, BUILD_URL = "hpcb-build", "http://hpcb-build:8590"
 
 
 def test_with_the_build_node_down_built_images_launch_and_builds_fail_in_one_line(
-    servers: Hub, shared_dir: Path
+    servers: Hub, hosts_site: Path, shared_dir: Path
 ) -> None:
     """The build node's link goes down: a server of an image already built
     starts through the hub; a build from the login node and one through the
@@ -238,7 +266,7 @@ def test_with_the_build_node_down_built_images_launch_and_builds_fail_in_one_lin
     traceback, no 500 and no job left. The link is back after."""
     hub = servers
     spec = _code_only_repo(shared_dir)
-    built = _as_alice_on_login(hub, ["hpcbinder", "build", spec], shared_dir)
+    built = _as_alice_on_login(hosts_site, ["hpcbinder", "build", spec], shared_dir)
     assert built.returncode == 0, built.stderr
     key = Path(built.stdout.split()[-1]).parent.name
     other = shared_dir / "other"
@@ -252,7 +280,7 @@ def test_with_the_build_node_down_built_images_launch_and_builds_fail_in_one_lin
     try:
         hub.api("POST", f"/users/alice/servers/{BUILT}", {"image": key})
         # While the server starts, alice tries two builds.
-        cli = _as_alice_on_login(hub, ["hpcbinder", "build", unbuilt], shared_dir)
+        cli = _as_alice_on_login(hosts_site, ["hpcbinder", "build", unbuilt], shared_dir)
         assert cli.returncode == 1 and cli.stdout == "", cli.stdout
         [line] = cli.stderr.splitlines()
         assert one_line in line
