@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hpcbinder.seams import proc
-from hpcbinder.seams.slurm import QueueEntry, QueueState, SlurmCLI
+from hpcbinder.seams.slurm import QueueEntry, QueueState, SlurmCLI, SlurmError
 
 #: A job nobody asked about for this long is left out of the next squeue.
 FORGET_SECONDS = 120.0
@@ -35,6 +35,10 @@ class _Answer:
 
     taken: float
     entries: dict[str, QueueEntry] = field(default_factory=dict)
+    #: Jobs whose account's squeue gave no definite answer, and why: one
+    #: researcher's failing squeue (a locked account, a rate limit) leaves
+    #: the others' answers definite.
+    failures: dict[str, Exception] = field(default_factory=dict)
 
 
 class QueueBoard:
@@ -72,9 +76,11 @@ class QueueBoard:
         (or a :class:`~hpcbinder.seams.proc.CommandError`) when this round's
         squeue gave no definite answer."""
         asked = self._now()
-        self._asked[job_id] = (user, asked)
         while True:
-            answer = self._answer
+            # Asked again each pass: a round too old for this question may
+            # have found the job gone and left it out of the next rounds.
+            self._asked[job_id] = (user, asked)
+            answer = self._answer  # a failure is never reused: asking again asks Slurm
             if (
                 answer is not None
                 and job_id in answer.entries
@@ -86,8 +92,11 @@ class QueueBoard:
             current = self._round
             # shield: one caller cancelled (its spawn timed out) ends no one else's round.
             result = await asyncio.shield(current)
-            if job_id in result.entries and result.taken >= asked - self.interval:
-                return result.entries[job_id]
+            if result.taken >= asked - self.interval:
+                if job_id in result.failures:
+                    raise result.failures[job_id]
+                if job_id in result.entries:
+                    return result.entries[job_id]
             # The round had started before this job was asked about: the next covers it.
 
     async def _query(self) -> _Answer:
@@ -103,9 +112,12 @@ class QueueBoard:
             answer = _Answer(taken)
             for account, job_ids in by_account.items():
                 self.rounds += 1
-                answer.entries.update(
-                    await asyncio.to_thread(self.slurm.queue_entries, job_ids, user=account)
-                )
+                try:
+                    answer.entries.update(
+                        await asyncio.to_thread(self.slurm.queue_entries, job_ids, user=account)
+                    )
+                except (SlurmError, proc.CommandError) as exc:
+                    answer.failures.update(dict.fromkeys(job_ids, exc))
             for job_id, entry in answer.entries.items():
                 if entry.state is QueueState.GONE:  # never back: left out of the next rounds
                     self._asked.pop(job_id, None)

@@ -2,7 +2,8 @@
 many spawners asking at once are answered by one squeue a round, as the
 service account where Slurm shows it every job and per researcher (through
 the sudo rule) where it does not; a job asked about while a round runs is
-never answered "gone" by that round; failures reach every asker."""
+never answered "gone" by that round, nor left unasked after it; one
+account's failing squeue reaches its own askers only."""
 
 from __future__ import annotations
 
@@ -203,3 +204,67 @@ def test_one_round_for_any_number_of_jobs(count: int) -> None:
 
     asyncio.run(everyone())
     assert board.rounds == 1
+
+
+@pytest.mark.parametrize("others", [True, False], ids=["with another job", "alone"])
+def test_a_job_found_gone_by_a_round_too_old_for_its_question_is_asked_again(
+    others: bool,
+) -> None:
+    """Review finding (HIGH): a round that began more than ``interval``
+    before alice's poll found her job gone and dropped it from the next
+    rounds; her poll then waited forever (squeue after squeue, or a busy
+    loop with none), so a lost node's server was never marked stopped."""
+    queue = Queue(jobs_of(2))
+    board = QueueBoard(SlurmCLI(queue), interval=0.2)
+    hers, others_job = sorted(queue.lines)
+
+    async def scenario() -> QueueEntry:
+        await board.entry(hers, "alice")
+        if others:
+            await board.entry(others_job, "bob")
+        del queue.lines[hers]  # her node is lost: squeue no longer lists her job
+        await asyncio.sleep(0.3)  # the last answer is too old now
+        queue.pause = 0.5  # a slow squeue
+        first = asyncio.ensure_future(board.entry(others_job if others else hers, "bob"))
+        await asyncio.sleep(0.3)  # her poll comes 0.3 s into that round
+        answer = await asyncio.wait_for(board.entry(hers, "alice"), 10)
+        await first
+        return answer
+
+    assert asyncio.run(scenario()).state is QueueState.GONE
+    assert len(queue.squeues) <= 5
+
+
+def test_one_researchers_failing_squeue_leaves_the_others_answers_definite() -> None:
+    """Review finding: with one squeue per researcher (PrivateData=jobs),
+    bob's failing squeue (a locked account, a rate limit) made every
+    researcher's state unknown, so alice's lost node went unnoticed."""
+
+    class BobLocked(Queue):
+        def run(
+            self,
+            argv: Sequence[str],
+            *,
+            user: str | None = None,
+            input_text: str | None = None,
+            env: Mapping[str, str] | None = None,
+            timeout: float = 60.0,
+        ) -> CommandResult:
+            if argv[0] == "squeue" and user == "bob":
+                return CommandResult(argv, 1, "", "sudo: unable to change to runas uid\n")
+            return super().run(argv, user=user)
+
+    queue = BobLocked(
+        {"100": "NODE_FAIL hpcb-c1 interactive None", "200": "RUNNING hpcb-c2 interactive None"},
+        private_data="jobs",
+    )
+    board = QueueBoard(SlurmCLI(queue), interval=0.2, account="hpcbinder")
+
+    async def both() -> list[object]:
+        return await asyncio.gather(
+            board.entry("100", "alice"), board.entry("200", "bob"), return_exceptions=True
+        )
+
+    hers, his = asyncio.run(both())
+    assert isinstance(hers, QueueEntry) and hers.state is QueueState.GONE, hers
+    assert isinstance(his, SlurmError), his
