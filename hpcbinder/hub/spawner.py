@@ -55,7 +55,12 @@ from hpcbinder import textpatterns
 from hpcbinder.config import Site, load_site, site_file_in_force
 from hpcbinder.errors import UserError
 from hpcbinder.hub.options import LaunchOptions, LaunchOptionsError
-from hpcbinder.images.client import BuildServerClient, BuildServerError, LaunchRefused
+from hpcbinder.images.client import (
+    BuildServerClient,
+    BuildServerError,
+    BuildServerUnreachable,
+    LaunchRefused,
+)
 from hpcbinder.images.launch import launch_image
 from hpcbinder.images.store import image_store
 from hpcbinder.jobs.privateserver import private_server_job
@@ -213,8 +218,13 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
         except LaunchRefused as exc:
             self.log.warning("Refused image %s to %s: %s", key, user, exc)
             raise web.HTTPError(403, str(exc)) from exc
-        except BuildServerError as exc:
+        except BuildServerUnreachable as exc:
             unreachable = exc
+        except BuildServerError as exc:  # its own refusal or failure stands
+            self.log.error("Cannot check image %s for %s: %s", key, user, exc)
+            raise web.HTTPError(
+                503, f"cannot check that {user} may launch image {key}, so it is not started: {exc}"
+            ) from exc
         try:
             allowed = await asyncio.to_thread(image_store(self.site).may_launch, key, user)
         except (OSError, ValueError) as exc:

@@ -54,6 +54,11 @@ class BuildServerError(RuntimeError):
     """The build server could not be reached, refused the request, or failed."""
 
 
+class BuildServerUnreachable(BuildServerError):
+    """The build server could not be asked at all (down, no route, no
+    answer in time): unlike its refusals and failures, which are its word."""
+
+
 class LaunchRefused(UserError):
     """The build server answered that the researcher may not launch the
     image (:meth:`~hpcbinder.images.store.ImageStore.may_launch`), or that
@@ -249,8 +254,8 @@ class BuildServerClient:
             connection.close()
             raise self._unreachable(exc) from exc
 
-    def _unreachable(self, exc: Exception) -> BuildServerError:
-        return BuildServerError(
+    def _unreachable(self, exc: Exception) -> BuildServerUnreachable:
+        return BuildServerUnreachable(
             f"cannot reach the build server at {self.site.build.server_url} "
             f"(site file: build.server_url): {exc}"
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from hpcbinder.images.client import BuildServerError, LaunchRefused
+from hpcbinder.images.client import BuildServerError, BuildServerUnreachable, LaunchRefused
 from hpcbinder.images.store import IMAGE, ImageMeta, ImageStore
 from hpcbinder.seams.proc import CommandResult
 
@@ -152,15 +152,20 @@ class BuildServerUses:
     recorded; every report kept as (key, for_user). ``reachable=False``: a
     build server that is down."""
 
-    def __init__(self, store: ImageStore, *, reachable: bool = True) -> None:
+    def __init__(
+        self, store: ImageStore, *, reachable: bool = True, failure: str | None = None
+    ) -> None:
         self.store = store
         self.reachable = reachable
+        self.failure = failure  # the build server's own error answer
         self.reports: list[tuple[str, str | None]] = []
 
     def record_use(self, key: str, for_user: str | None = None) -> None:
         self.reports.append((key, for_user))
+        if self.failure is not None:
+            raise BuildServerError(self.failure)
         if not self.reachable:
-            raise BuildServerError(
+            raise BuildServerUnreachable(
                 "cannot reach the build server at http://127.0.0.1:9 "
                 "(site file: build.server_url): [Errno 111] Connection refused"
             )

@@ -98,3 +98,20 @@ def test_a_site_base_needs_no_ruling(tmp_path: Path) -> None:
     spawner.build_server = uses
     asyncio.run(started(spawner))
     assert uses.reports == [] and len(slurm.submissions) == 1
+
+
+def test_the_build_servers_own_refusal_is_not_overruled_by_the_store(tmp_path: Path) -> None:
+    """Review finding: only a build server that cannot be asked leaves the
+    ruling to the store's records; its own refusals and failures (a 403
+    for an account it does not serve, a MUNGE credential that does not
+    verify, a 5xx) stand: a 503 naming them, no job."""
+    failure = "the build server did not record the use of " + KEY + ": 403: not an account"
+    uses = BuildServerUses(store_with_image(tmp_path, used_by=USER), failure=failure)
+    slurm = ScriptedSlurm([ON_THIS_HOST])
+    spawner = spawner_for(tmp_path, slurm, {"image": KEY})
+    spawner.build_server = uses
+    with pytest.raises(web.HTTPError) as refused:
+        asyncio.run(spawner.start())
+    assert refused.value.status_code == 503
+    assert str(refused.value.log_message).endswith(failure)
+    assert slurm.calls == []
