@@ -426,7 +426,14 @@ class SlurmCLI:
             return QueueEntry(QueueState.RUNNING, node, partition)
         if self.dialect.squeue_pending.match(state):
             return QueueEntry(QueueState.PENDING, "", partition, reason)
-        return QueueEntry(QueueState.GONE, node, partition, ended=state)
+        if state in TERMINAL_STATES:
+            return QueueEntry(QueueState.GONE, node, partition, ended=state)
+        # Not over (SUSPENDED, STOPPED, SIGNALING, STAGE_OUT on its node;
+        # REQUEUE_HOLD, SPECIAL_EXIT, RESV_DEL_HOLD without one): a job the
+        # hub forgot now would run on with no server entry or route.
+        if node:
+            return QueueEntry(QueueState.RUNNING, node, partition)
+        return QueueEntry(QueueState.PENDING, "", partition, reason)
 
     def expected_start(self, job_id: str, *, user: str | None = None) -> datetime | None:
         """When the scheduler expects the pending job to start (its local

@@ -133,6 +133,13 @@ def test_wait_returns_the_finished_record_and_gives_up_on_a_forgotten_job() -> N
             QueueEntry(QueueState.PENDING, "", "gpu", "ReqNodeNotAvail,_UnavailableNodes:vm"),
         ),
         ("CONFIGURING vm gpu None", QueueEntry(QueueState.PENDING, "", "gpu", "None")),
+        # Not over: an admin's suspend, preemption by suspension, a held requeue.
+        ("SUSPENDED hpcb-c1 p None", QueueEntry(QueueState.RUNNING, "hpcb-c1", "p")),
+        ("STOPPED hpcb-c1 p None", QueueEntry(QueueState.RUNNING, "hpcb-c1", "p")),
+        (
+            "REQUEUE_HOLD n/a p JobHeldAdmin",
+            QueueEntry(QueueState.PENDING, "", "p", "JobHeldAdmin"),
+        ),
         (
             "COMPLETED vm interactive None",
             QueueEntry(QueueState.GONE, "vm", "interactive", ended="COMPLETED"),
