@@ -342,10 +342,11 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
 
     def _stopped_because(self, status: ServerJobStatus, host: str) -> None:
         node = status.node or host
-        ended = status.ended or "ended"
-        lost = ended == "NODE_FAIL"
+        lost = status.ended == "NODE_FAIL"
+        # Slurm may have forgotten the job (no final state), or never said its node.
+        ended = f"ended {status.ended}" if status.ended else "ended"
         self.stop_reason = (
-            f"Your server's Slurm job {self.job_id} ended {ended} on node {node}"
+            f"Your server's Slurm job {self.job_id} {ended}{f' on node {node}' if node else ''}"
             f"{' (the node was lost)' if lost else ''}. "
             f"Your files are kept in {self._workspace_path()}; start the server again"
             f"{' to run it on another node' if lost else ''}."

@@ -209,6 +209,15 @@ def test_a_server_whose_node_is_lost_stops_saying_which_node_and_where_its_files
     stopped.job_id = JOB
     asyncio.run(asyncio.wait_for(stopped.stop(), 2))
     assert asyncio.run(stopped.poll()) == 1 and stopped.stop_reason == ""
+    # A job Slurm has forgotten (the hub was down past MinJobAge): no final state.
+    forgotten = spawner_for(
+        tmp_path, ScriptedSlurm([(0, "RUNNING hpcb-c2 p None\n", ""), (0, "", "")])
+    )
+    forgotten.job_id = JOB
+    assert asyncio.run(forgotten.poll()) is None
+    time.sleep(0.02)
+    assert asyncio.run(forgotten.poll()) == 1
+    assert forgotten.stop_reason.startswith(f"Your server's Slurm job {JOB} ended on node hpcb-c2.")
 
 
 def test_stop_cancels_the_job_as_the_researcher(tmp_path: Path) -> None:
