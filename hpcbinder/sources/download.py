@@ -19,11 +19,14 @@ would become a file in a world-readable checkout. Each host name is
 resolved once and the connection made to the address checked
 (no second lookup to rebind); an address that is not global is refused
 unless it is in ``repos.records.internal_networks`` (a university's own
-Dataverse). Behind a proxy (the host's ``*_proxy`` variables) the proxy
-connects, and decides; only a request urllib sends through the proxy,
-to the proxy's own host and port, skips the check. Every other
-connection is checked, also one to a host ``no_proxy`` names, which
-urllib reaches directly.
+Dataverse). An IPv6 address that embeds an IPv4 one (mapped, 6to4,
+Teredo, NAT64, compatible) is judged by the IPv4 address it reaches.
+Behind a proxy (the host's ``*_proxy`` variables) the proxy connects,
+but the target is judged first all the same (defence in depth: an
+address refused, a name whose answers here are not all public refused,
+though the proxy resolves it again); only the connection to the proxy's
+own host and port is unchecked. A connection to a host ``no_proxy``
+names is direct, and checked as any other.
 
 Requests carry no credentials and no cookies, and only this module's
 handlers run: no ``file:``, ``ftp:`` or ``data:`` opener, no netrc, no
@@ -182,15 +185,40 @@ class _Guard:
         """The checked address to connect to for ``host``."""
         found = _resolve(host, port, self.deadline)
         for *_rest, sockaddr in found:
-            address = ipaddress.ip_address(str(sockaddr[0]))
-            if address.is_global or any(address in net for net in self.networks):
-                return str(address)
-            raise RepoNotAllowed(
-                f"{host} is at {address}, not a public address: the build server connects "
-                "to other networks only where the site lists them "
-                "(repos.records.internal_networks)"
-            )
+            return str(self._checked(host, ipaddress.ip_address(str(sockaddr[0]))))
         raise OSError(f"cannot resolve {host}")
+
+    def judge_target(self, host: str, port: int) -> None:
+        """RepoNotAllowed if a proxied request's target is not public: an
+        address literal judged as is, a name by every answer it has here (a
+        name that does not resolve here is left to the proxy, which may see
+        other DNS; one that does cannot reach an internal host through it)."""
+        try:
+            addresses = [ipaddress.ip_address(host.strip("[]"))]
+        except ValueError:
+            try:
+                found = _resolve(host, port, self.deadline)
+            except TimeoutError:
+                raise
+            except OSError:
+                return
+            addresses = [ipaddress.ip_address(str(sockaddr[0])) for *_r, sockaddr in found]
+        for address in addresses:
+            self._checked(host, address)
+
+    def _checked(
+        self, host: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    ) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        if any(address in net for net in self.networks) or all(
+            reached.is_global or any(reached in net for net in self.networks)
+            for reached in _reached(address)
+        ):
+            return address
+        raise RepoNotAllowed(
+            f"{host} is at {address}, not a public address: the build server connects "
+            "to other networks only where the site lists them "
+            "(repos.records.internal_networks)"
+        )
 
     def connected(self, sock: socket.socket) -> socket.socket:
         with self.lock:
@@ -207,6 +235,31 @@ class _Guard:
             if self.current is not None:
                 with contextlib.suppress(OSError):
                     self.current.shutdown(socket.SHUT_RDWR)
+
+
+#: NAT64's well-known prefix (RFC 6052): its last 32 bits are the IPv4 address reached.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+#: IPv4-compatible addresses (RFC 4291, deprecated), as some stacks still route them.
+_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def _reached(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The addresses a connection to ``address`` reaches: the IPv4 ones an
+    IPv6 address embeds (``is_global`` calls ``64:ff9b::7f00:1`` and
+    ``::127.0.0.1`` public, though they lead to loopback), else itself."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return [address]
+    if address.ipv4_mapped is not None:
+        return [address.ipv4_mapped]
+    if address.sixtofour is not None:
+        return [address.sixtofour]
+    if address.teredo is not None:
+        return list(address.teredo)
+    if address in _NAT64 or address in _COMPATIBLE:
+        return [ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)]
+    return [address]
 
 
 def _resolve(host: str, port: int, deadline: float) -> list[Any]:
@@ -239,15 +292,31 @@ class _HTTPConnection(http.client.HTTPConnection):
     decides), and shut at the fetch's deadline. HTTPS inherits this
     connect and only secures the socket."""
 
-    def __init__(self, host: str, *, guard: _Guard, via_proxy: bool, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        host: str,
+        *,
+        guard: _Guard,
+        via_proxy: bool,
+        target: tuple[str, int],
+        **kwargs: Any,
+    ) -> None:
         super().__init__(host, **kwargs)
         self.guard = guard
         self.via_proxy = via_proxy
+        self.target = target
 
     def connect(self) -> None:
         if self.guard.is_proxy(self.host, self.port, self.via_proxy):
-            super().connect()
-            self.guard.connected(self.sock)
+            # The target judged although the proxy connects; the socket
+            # watched from the start: CONNECT and the TLS handshake run
+            # under the deadline as a direct connection's do.
+            self.guard.judge_target(*self.target)
+            sock = socket.create_connection((self.host, self.port), self.timeout)
+            self.sock = self.guard.connected(sock)
+            if self._tunnel_host:  # type: ignore[attr-defined]
+                self._tunnel()  # type: ignore[attr-defined]
+            self.sock = self.secured(self.sock)
             return
         address = self.guard.address(self.host, self.port)
         sock = socket.create_connection((address, self.port), self.timeout)
@@ -260,9 +329,11 @@ class _HTTPConnection(http.client.HTTPConnection):
 
 class _HTTPSConnection(_HTTPConnection, http.client.HTTPSConnection):
     def secured(self, sock: socket.socket) -> socket.socket:
-        """TLS to the host by its name, on a socket to its checked address."""
+        """TLS to the host by its name (the tunnel's, through a proxy), on
+        a socket to its checked address."""
         return self._context.wrap_socket(  # type: ignore[attr-defined, no-any-return]
-            sock, server_hostname=self.host
+            sock,
+            server_hostname=self._tunnel_host or self.host,  # type: ignore[attr-defined]
         )
 
 
@@ -277,6 +348,7 @@ class _HTTPHandler(urllib.request.HTTPHandler):
             req,
             guard=self.guard,
             via_proxy=_via_proxy(req),
+            target=_target(req),
         )
 
 
@@ -299,6 +371,7 @@ class _HTTPSHandler(urllib.request.HTTPSHandler):
             req,
             guard=self.guard,
             via_proxy=_via_proxy(req),
+            target=_target(req),
             context=self._context,  # type: ignore[attr-defined]
         )
 
@@ -307,6 +380,13 @@ def _via_proxy(req: urllib.request.Request) -> bool:
     """Whether urllib's ProxyHandler routed ``req`` through a proxy: an
     absolute URL sent to it (HTTP) or a CONNECT tunnel (HTTPS)."""
     return req.has_proxy() or bool(getattr(req, "_tunnel_host", None))
+
+
+def _target(req: urllib.request.Request) -> tuple[str, int]:
+    """The host and port ``req``'s URL names (the proxy's, once routed
+    through it, are in ``req.host``)."""
+    parts = urlsplit(req.full_url)
+    return parts.hostname or "", parts.port or int(_DEFAULT_PORTS.get(parts.scheme, "80"))
 
 
 def _host_port(proxy: str) -> tuple[str, int]:
