@@ -461,6 +461,10 @@ class BuildSettings(_Strict):
     requesters: list[Account] = ["hpcbinder"]
     #: Builds one researcher may have in progress at once.
     max_builds_per_user: int = Field(default=2, ge=1)
+    #: Repositories the build server fetches at once, site-wide: each holds
+    #: a thread of its fetch pool for up to ``repos.fetch_timeout_seconds``;
+    #: more wait (and hear so), never the server's other requests.
+    max_parallel_fetches: int = Field(default=4, ge=1)
     #: Disk one researcher's builds and checkouts may take (the images built
     #: and the repositories fetched at their request, while kept): a new
     #: request over it is refused.

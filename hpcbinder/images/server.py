@@ -29,6 +29,7 @@ checkout whenever it prepares a repository or starts a build from it;
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import hmac
@@ -38,7 +39,7 @@ import pwd
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from tornado import web
@@ -144,13 +145,27 @@ def _on_behalf(site: Site, sender: str, for_user: str | None) -> str:
 
 
 class BuildQueue:
-    """Starts, shares, queues and limits builds."""
+    """Starts, shares, queues and limits builds.
+
+    Fetches and builds hold a thread for minutes (``repos.fetch_timeout_seconds``,
+    ``build.timeout_minutes``): each runs in a pool of its own, as large as
+    its site-wide limit, so that asyncio's default executor, which every
+    request's MUNGE check and store lookups use, never waits behind them
+    (a few hostile record services stalling their answers held all its
+    threads, and every request waited)."""
 
     def __init__(self, site: Site) -> None:
         self.site = site
         self._streams: dict[tuple[str, str], BuildStream] = {}  # by (spec, researcher)
         self._images: dict[str, BuildStream] = {}  # env key -> the request building it
         self._slots = asyncio.Semaphore(site.binder.max_parallel_builds)
+        self._builds = concurrent.futures.ThreadPoolExecutor(
+            site.binder.max_parallel_builds, thread_name_prefix="build"
+        )
+        self._fetch_slots = asyncio.Semaphore(site.build.max_parallel_fetches)
+        self._fetches = concurrent.futures.ThreadPoolExecutor(
+            site.build.max_parallel_fetches, thread_name_prefix="fetch"
+        )
         self._queue: list[BuildStream] = []
         self._preparing: Counter[str] = Counter()  # fetch-only requests, by researcher
 
@@ -217,6 +232,24 @@ class BuildQueue:
         ledger.add(user, f"checkout:{prepared.checkout}", size)
         return prepared
 
+    async def fetch(
+        self, spec: str, user: str, notify: Callable[[ServerEvent], Awaitable[None]]
+    ) -> pipeline.Prepared:
+        """:meth:`prepare` in the fetch pool, at most ``build.max_parallel_fetches``
+        at once; a request over the limit is told (``notify``) that it waits."""
+        limit = self.site.build.max_parallel_fetches
+        if self._fetch_slots.locked():
+            await notify(
+                ServerEvent(
+                    "waiting",
+                    f"Waiting to fetch: {limit} fetches in progress, this site's limit "
+                    "(site file: build.max_parallel_fetches)",
+                )
+            )
+        async with self._fetch_slots:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._fetches, self.prepare, spec, user)
+
     def _count_image(self, key: str, user: str) -> None:
         store = image_store(self.site)
         record = store.lookup(key)
@@ -228,7 +261,7 @@ class BuildQueue:
         try:
             name = await asyncio.to_thread(self._readable_name, stream.key)
             await stream.publish(ServerEvent("fetching", f"Fetching {name}…"))
-            prepared = await asyncio.to_thread(self.prepare, stream.key, user)
+            prepared = await self.fetch(stream.key, user, stream.publish)
             for warning in prepared.rendered.warnings:
                 await stream.publish(ServerEvent("fetching", f"warning: {warning}"))
             store = image_store(self.site)
@@ -319,7 +352,8 @@ class BuildQueue:
                 line = ServerEvent("log", event.message.rstrip("\n"))
                 asyncio.run_coroutine_threadsafe(stream.publish(line), loop)
 
-        await asyncio.to_thread(builder.Builder(self.site).build_image, prepared, emit, user)
+        build_image = builder.Builder(self.site).build_image
+        await loop.run_in_executor(self._builds, build_image, prepared, emit, user)
 
 
 class BuildRequestHandler(web.RequestHandler):
@@ -383,7 +417,7 @@ class BuildRequestHandler(web.RequestHandler):
                 return None
             try:
                 with queue.preparing(user):
-                    prepared = await asyncio.to_thread(queue.prepare, request.spec, user)
+                    prepared = await queue.fetch(request.spec, user, self._send)
             except (UserError, OSError) as exc:
                 await self._send(_failure(request.spec, self.site.repos, exc))
                 return None
