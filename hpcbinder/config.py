@@ -149,7 +149,16 @@ def _origin(value: str) -> str:
     return value
 
 
+def _absolute(value: Path) -> Path:
+    """A path every process reads alike: a relative one would be read
+    from each one's own working folder (the build server's, a job's)."""
+    if not value.is_absolute():
+        raise ValueError("expected an absolute path (starting with /)")
+    return value
+
+
 SlurmTime = Annotated[str, AfterValidator(_slurm_time)]
+AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
 Origin = Annotated[str, AfterValidator(_origin)]
 Regex = Annotated[str, AfterValidator(_regex)]
 Url = Annotated[str, AfterValidator(_url)]
@@ -600,7 +609,7 @@ class Mirrors(_Strict):
 class Network(_Strict):
     """What every build needs to reach the outside through the site's network."""
 
-    ca_bundle: Path | None = None
+    ca_bundle: AbsolutePath | None = None
     http_proxy: Url | None = None
     https_proxy: Url | None = None
     no_proxy: Annotated[str, Field(pattern=r"^[A-Za-z0-9.,*:/-]*$")] | None = None

@@ -216,6 +216,37 @@ def check_image_store(site: Site) -> CheckResult:
     return _ok(name, f"{store} written only by {account}")
 
 
+def check_ca_bundle(site: Site) -> CheckResult:
+    """The site's ``network.ca_bundle`` decides which servers every fetch
+    and build trusts: whoever may change it (or a folder above it) may
+    stand in for any HTTPS host the build server reaches."""
+    name = "CA bundle"
+    bundle = site.network.ca_bundle
+    if bundle is None:
+        return _ok(name, "none set: fetches and builds trust the system's CA store")
+    try:
+        real = bundle.resolve(strict=True)
+        info = real.stat()
+    except OSError as exc:
+        return _fail(name, f"{bundle}: {exc.strerror}", "check network.ca_bundle in the site file")
+    problems = []
+    if info.st_uid != 0 or stat.S_IMODE(info.st_mode) & 0o022:
+        problems.append(f"{real} is uid {info.st_uid}'s, mode {stat.S_IMODE(info.st_mode):o}")
+    for folder in real.parents:
+        above = folder.stat()
+        if above.st_uid != 0 or (above.st_mode & 0o022 and not above.st_mode & stat.S_ISVTX):
+            problems.append(
+                f"its folder {folder} is uid {above.st_uid}'s, mode {stat.S_IMODE(above.st_mode):o}"
+            )
+    if problems:
+        return _warn(
+            name,
+            f"network.ca_bundle: {'; '.join(problems)}: others could change whom fetches trust",
+            f"chown root {real} and chmod go-w it and its folders",
+        )
+    return _ok(name, f"{bundle} written only by root")
+
+
 def check_base_images(site: Site) -> CheckResult:
     """Every base of the site file is built, from the definition the site
     file gives it now: runtime.txt may pick any of them, and a base left
@@ -404,6 +435,7 @@ def run_checks(site: Site, slurm: SlurmCLI, job_user: str | None = None) -> list
         lambda: check_fakeroot(site),
         check_fuse,
         lambda: check_image_store(site),
+        lambda: check_ca_bundle(site),
         lambda: check_base_images(site),
         check_jupyter,
         check_python,
