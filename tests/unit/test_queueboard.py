@@ -31,6 +31,7 @@ class Queue(LocalRunner):
         self.squeues: list[tuple[list[str], str | None]] = []
         self.pause = 0.0
         self.fail = False
+        self.refused: set[str] = set()  # accounts whose squeue sudo refuses
 
     def run(
         self,
@@ -52,6 +53,8 @@ class Queue(LocalRunner):
         self.squeues.append((ids, user))
         if self.fail:
             return CommandResult(argv, 1, "", "squeue: error: Unable to contact slurm controller\n")
+        if user in self.refused:
+            return CommandResult(argv, 1, "", "sudo: unable to change to runas uid\n")
         out = "".join(f"{i} {self.lines[i]}\n" for i in ids if i in self.lines)
         return CommandResult(argv, 0, out, "")
 
@@ -240,24 +243,11 @@ def test_one_researchers_failing_squeue_leaves_the_others_answers_definite() -> 
     bob's failing squeue (a locked account, a rate limit) made every
     researcher's state unknown, so alice's lost node went unnoticed."""
 
-    class BobLocked(Queue):
-        def run(
-            self,
-            argv: Sequence[str],
-            *,
-            user: str | None = None,
-            input_text: str | None = None,
-            env: Mapping[str, str] | None = None,
-            timeout: float = 60.0,
-        ) -> CommandResult:
-            if argv[0] == "squeue" and user == "bob":
-                return CommandResult(argv, 1, "", "sudo: unable to change to runas uid\n")
-            return super().run(argv, user=user)
-
-    queue = BobLocked(
+    queue = Queue(
         {"100": "NODE_FAIL hpcb-c1 interactive None", "200": "RUNNING hpcb-c2 interactive None"},
         private_data="jobs",
     )
+    queue.refused = {"bob"}  # sudo cannot run his squeue
     board = QueueBoard(SlurmCLI(queue), interval=0.2, account="hpcbinder")
 
     async def both() -> list[object]:
