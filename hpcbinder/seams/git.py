@@ -150,8 +150,10 @@ _SSH = f"ssh -F /dev/null {_SSH_OPTIONS} -o IdentityFile=none"
 #: follows a server's redirects on its first request (``initial``), to any
 #: host: past the site's allow and ban patterns, which judged only the URL
 #: asked for, and to this host's loopback or the cluster's internal hosts.
-#: repo2docker and BinderHub run git with that default; a moved repository
-#: fails here instead, naming the redirect, and is linked by its new URL.
+#: repo2docker and BinderHub run git with that default. Here a caller
+#: follows an HTTP(S) repository's redirects before git runs, judging each
+#: hop by the site's policy (:mod:`hpcbinder.sources.redirects`), and gives
+#: git the URL they end at; one git still meets fails, naming the redirect.
 #: ``-c`` outranks every config file, a researcher's own included.
 _OPTIONS = ("-c", "http.followRedirects=false")
 
@@ -454,7 +456,7 @@ def _upload_pack(local_repo: Path | None) -> list[str]:
 def _failed(what: str, result: proc.CommandResult) -> GitError:
     message = error_message(result)
     if _REDIRECTED.search(message):  # see _OPTIONS
-        message += " (a redirect, which hpcbinder does not follow: link the URL it leads to)"
+        message += " (a redirect, which git does not follow here: link the URL it leads to)"
     return GitError(f"{what}: {message}")
 
 

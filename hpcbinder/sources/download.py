@@ -49,7 +49,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from http.client import HTTPException, HTTPResponse
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,16 @@ def check_fetch_url(url: str, policy: RepoPolicy) -> None:
         textpatterns.compile(pattern).fullmatch(url) for pattern in policy.allow
     ):
         raise RepoNotAllowed(f"{url} is not on this site's allow list (repos.allow)")
+
+
+def spelling_problem(url: str) -> str | None:
+    """What gives the HTTP(S) ``url`` another spelling that the site's
+    patterns would not match (see the module's docstring), or None."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "is not a URL"
+    return _spelling_problem(url, parts.hostname or "", parts.netloc, parts.path, parts.query)
 
 
 def _spelling_problem(url: str, host: str, netloc: str, path: str, query: str) -> str | None:
@@ -404,12 +414,26 @@ class Session:
     ``policy``, every byte and second counted by ``budget``. ``setting``
     names the site setting for the service (for unreachable hosts)."""
 
-    def __init__(self, policy: RepoPolicy, budget: Budget, setting: str) -> None:
+    def __init__(
+        self,
+        policy: RepoPolicy,
+        budget: Budget,
+        setting: str,
+        *,
+        judge: Callable[[str], object] | None = None,
+        networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] | None = None,
+    ) -> None:
+        """``judge`` raises unless a request's URL may be sent (by default
+        :func:`check_fetch_url`); ``networks``: the non-public addresses
+        connections may go to (by default ``repos.records.internal_networks``)."""
         self.policy = policy
         self.budget = budget
         self.setting = setting
+        self._judge = judge or (lambda url: check_fetch_url(url, policy))
         proxies = urllib.request.getproxies()  # the host's, as git keeps them
-        self._guard = _Guard(list(policy.records.internal_networks), proxies, budget.deadline)
+        if networks is None:
+            networks = policy.records.internal_networks
+        self._guard = _Guard(list(networks), proxies, budget.deadline)
         handlers: list[urllib.request.BaseHandler] = [
             urllib.request.ProxyHandler(proxies),
             _HTTPHandler(self._guard),
@@ -454,7 +478,7 @@ class Session:
         return urljoin(url, location)
 
     def _request(self, url: str, method: str, accept: str) -> HTTPResponse:
-        check_fetch_url(url, self.policy)
+        self._judge(url)
         request = urllib.request.Request(  # noqa: S310 (judged above; http(s) openers only)
             url, method=method, headers={"User-Agent": "hpcbinder", "Accept": accept}
         )
@@ -490,6 +514,15 @@ class Session:
         landing = self._next_hop(url, location)
         check_fetch_url(landing, self.policy)
         return landing
+
+    def redirect(self, url: str) -> str | None:
+        """The Location of ``url``'s answer if it is a redirect (as sent:
+        neither followed nor judged here), else None; its body unread."""
+        response = self._request(url, "GET", "*/*")
+        with response:
+            if response.status not in _REDIRECTS:
+                return None
+            return response.getheader("Location") or ""
 
     def final_url(self, url: str) -> str:
         """The URL ``url``'s redirects (each judged) end at, its body unread."""

@@ -394,15 +394,27 @@ class GitRepoProvider(RepoProvider):
             raise RepoNotAllowed(f"{url} is not on this site's allow list")
         return path
 
+    def git_url(self, url: str) -> str:
+        """What git is given for ``url`` (judged already): for HTTP(S),
+        where its redirects lead, each hop judged by :meth:`check_allowed`
+        (:mod:`hpcbinder.sources.redirects`). A :class:`ResolvedRepo` and
+        the checkout cache keep ``url`` as the link named it: a commit id
+        names its tree wherever it is fetched from, and a pinned commit's
+        cached checkout is then found without asking the server anything."""
+        from hpcbinder.sources import redirects  # it imports this module
+
+        return redirects.final_url(url, self.policy, self.check_allowed)
+
     def resolve(self) -> ResolvedRepo:
         local = self.check_allowed()
         url = self.url if local is None else f"{_FILE_URL}{local}"
         if COMMIT.fullmatch(self.ref):
             return ResolvedRepo(self.spec, url, self.ref, self.ref)
         protocols = self.protocols()
+        fetched = self.git_url(url)
         try:
             refs = git.ls_remote(
-                url,
+                fetched,
                 protocols=protocols,
                 limits=self.limits(),
                 local_repo=local,
@@ -421,7 +433,7 @@ class GitRepoProvider(RepoProvider):
         if _SHORT_SHA.fullmatch(self.ref):
             try:
                 commit = git.expand_short_sha(
-                    url,
+                    fetched,
                     self.ref,
                     protocols=protocols,
                     limits=self.limits(),
@@ -448,7 +460,7 @@ class GitRepoProvider(RepoProvider):
         local = self.check_allowed(resolved.url)  # a ResolvedRepo may come from elsewhere
         try:
             git.fetch_commit(
-                resolved.url,
+                self.git_url(resolved.url),
                 resolved.commit,
                 dest,
                 protocols=self.protocols(),
@@ -495,7 +507,8 @@ class GitLabRepoProvider(GitRepoProvider):
     def parse(self, body: str) -> tuple[str, str]:
         quoted_path, ref = self._split_last(body, "gl/<url-escaped namespace/project>")
         path = unquote(quoted_path).removesuffix(".git")
-        if not _GL_PATH.fullmatch(path) or ".." in path.split("/"):
+        # A . part too: with .git appended it would pass for a name (..git).
+        if not _GL_PATH.fullmatch(path) or {".", ".."} & set(path.split("/")):
             raise SpecError(f"invalid GitLab project path {echo(path)}")
         # With .git, as BinderHub clones it: GitLab redirects a path
         # without it there, and git follows no redirect (seams/git._OPTIONS).

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hpcbinder.config import RepoPolicy
-from hpcbinder.errors import RepoUnreachable, SpecError, UserError
+from hpcbinder.errors import RepoNotAllowed, SpecError, UserError
 from hpcbinder.sources import providers
 from hpcbinder.sources.providers import parse_spec
 from tests.repohelpers import git
@@ -233,9 +233,10 @@ def redirecting_server() -> Iterator[int]:
 
 def test_a_redirect_to_a_url_with_credentials_shows_none(redirecting_server: int) -> None:
     """A server's redirect may name credentials: git's message, which the
-    researcher sees and the store may keep, does not carry them."""
+    researcher sees and the store may keep, does not carry them (the
+    redirect is refused before git runs: sources/redirects.py)."""
     url = f"http://127.0.0.1:{redirecting_server}/moved/data.git"
     provider = parse_spec(f"git/{quote(url, safe='')}/main", POLICY)
-    with pytest.raises(RepoUnreachable) as caught:
+    with pytest.raises(RepoNotAllowed) as caught:
         provider.resolve()
     assert "S3CRET" not in str(caught.value), str(caught.value)

@@ -55,5 +55,5 @@ def test_git_follows_no_redirect(hosts: tuple[str, str], status: str) -> None:
         assert git.ls_remote(f"{served}/repo.git", protocols=["http"], limits=LIMITS)
         return
     # The old code listed the refs of the host the redirect named.
-    with pytest.raises(git.GitError, match=r"302 \(a redirect, which hpcbinder does not follow"):
+    with pytest.raises(git.GitError, match=r"302 \(a redirect, which git does not follow here"):
         git.ls_remote(f"{redirecting}/repo.git", protocols=["http"], limits=LIMITS)
