@@ -254,9 +254,7 @@ class ApptainerSlurmSpawner(SlurmSpawner):  # type: ignore[misc]
         job_name = f"hpcbinder-{self.user.name}-{self.name or 'default'}"
         if options.private:  # her store's image: her job finds it there, or refuses
             site_file = site_file_in_force(Path(self.site_file) if self.site_file else None)
-            return private_server_job(
-                site_file, self.user.name, home, request, options, command, job_name
-            )
+            return private_server_job(site_file, self.user.name, home, request, options, command)
         workspace = seed = None
         if options.workspace is not None:
             spec = options.workspace

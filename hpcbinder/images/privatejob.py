@@ -17,15 +17,25 @@ job's Slurm state only.
 
 The outcome goes back as a MUNGE credential of hers that only the
 service's account can decode, set as her job's comment (which the job's
-owner may update): :class:`PrivateOutcome` (the image key, the commit and
-whether the repository is read from the image; or a batch run's job and
-folder; or one line saying why not). MUNGE's encryption keeps it from
-everyone else who lists the queue, its signature tells the service that
-her account said it, and munged decodes it only once.
+owner may update; scontrol reads the update on stdin, so no argv shows
+it): :class:`PrivateOutcome` (the image key, the commit and whether the
+repository is read from the image; or a batch run's job and folder; or
+one line saying why not). MUNGE's encryption keeps it from everyone else
+who lists the queue, and its signature tells the service that her account
+said it. Others can still copy her comment onto a job of their own: so
+validity never rests on munged decoding a credential only once (whoever
+decodes a copy first would spend it, and her build would fail). The
+service accepts a replayed credential, and believes an outcome only for
+the job it was read from, from that job's owner, carrying the random
+``nonce`` the service put in that job's request (on its stdin, which
+only she and Slurm read), each (job, nonce) once: a copy is of use to no
+one but the service, for that one job.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hmac
 import json
 import os
 import sys
@@ -34,6 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from hpcbinder import textpatterns
 from hpcbinder.config import Site, load_site
 from hpcbinder.errors import UserError
 from hpcbinder.images import private
@@ -49,6 +60,8 @@ from hpcbinder.seams.slurm import JOB_ID
 LOGS = "logs"
 #: Longest line of an outcome's reason: one line, for a page.
 REASON_CHARS = 500
+#: A credential as munge prints it (base64 between "MUNGE:" and ":").
+_CREDENTIAL = textpatterns.compile(r"MUNGE:[A-Za-z0-9+/=]+:")
 
 
 class PrivateJobError(UserError):
@@ -62,12 +75,14 @@ class PrivateJobRequest:
     or build it and submit a batch run of ``path`` (``kind`` "batch", with
     the launch page's parameters, profile and resource overrides, checked
     again as her against the same site file). ``reader``: the service's
-    account, the one that may decode the outcome."""
+    account, the one that may decode the outcome; ``nonce``: the service's
+    secret for this one request, which the outcome must carry back."""
 
     kind: str
     spec: str
     site_file: str
     reader: str
+    nonce: str = ""
     path: str = ""
     parameters: dict[str, str] = field(default_factory=dict)
     profile: str = ""
@@ -95,6 +110,7 @@ class PrivateOutcome:
     run_job: str = ""
     run_dir: str = ""
     error: str = ""
+    nonce: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -108,7 +124,16 @@ class PrivateOutcome:
             outcome = cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
         except (ValueError, TypeError) as exc:
             raise PrivateJobError(f"not a private build's outcome: {exc}") from None
-        texts = (outcome.job, outcome.env_key, outcome.commit, outcome.run_job, outcome.run_dir)
+        except RecursionError:  # JSON nested deeper than Python recurses
+            raise PrivateJobError("not a private build's outcome: nested too deep") from None
+        texts = (
+            outcome.job,
+            outcome.env_key,
+            outcome.commit,
+            outcome.run_job,
+            outcome.run_dir,
+            outcome.nonce,
+        )
         if not all(isinstance(text, str) for text in (*texts, outcome.error)):
             raise PrivateJobError("a private build's outcome has a field that is not text")
         checks = [
@@ -139,12 +164,14 @@ def render_script(python: str, request: PrivateJobRequest) -> str:
     )
 
 
-def read_outcome(comment: str, user: str, job_id: str) -> PrivateOutcome:
+def read_outcome(comment: str, user: str, job_id: str, nonce: str) -> PrivateOutcome:
     """The outcome in job ``job_id``'s comment, if ``user`` (its owner)
-    made it for this account and for this job; :class:`PrivateJobError`
-    otherwise."""
+    made it for this account, for this job and for the request that
+    carried ``nonce``; :class:`PrivateJobError` otherwise. A credential
+    decoded before (a copy on another's job, decoded first) still counts:
+    see the module's docstring."""
     try:
-        verified = munge.verify(comment.strip())
+        verified = munge.verify(comment.strip(), replayed_ok=True)
     except munge.MungeError as exc:
         raise PrivateJobError(f"job {job_id} left no outcome: {exc}") from None
     if verified.user != user:
@@ -152,6 +179,8 @@ def read_outcome(comment: str, user: str, job_id: str) -> PrivateOutcome:
     outcome = PrivateOutcome.from_json(verified.payload)
     if outcome.job != job_id:
         raise PrivateJobError(f"job {job_id}'s outcome is that of job {outcome.job}")
+    if not nonce or not hmac.compare_digest(outcome.nonce.encode(), nonce.encode()):
+        raise PrivateJobError(f"job {job_id}'s outcome is not for this request")
     return outcome
 
 
@@ -234,11 +263,22 @@ def main(stdin: TextIO = sys.stdin) -> int:
         outcome = PrivateOutcome(job_id, error=_one_line(str(exc)))
     except OSError as exc:
         outcome = PrivateOutcome(job_id, error=_one_line(f"cannot write the build's log: {exc}"))
-    credential = munge.sign(outcome.to_json(), request.reader)
-    proc.check(
-        proc.run(["scontrol", "update", f"JobId={job_id}", f"Comment={credential}"], timeout=60)
-    )
+    outcome = dataclasses.replace(outcome, nonce=request.nonce)
+    set_comment(job_id, munge.sign(outcome.to_json(), request.reader))
     return 0 if not outcome.error else 1
+
+
+def set_comment(job_id: str, credential: str) -> None:
+    """Her job's comment set to ``credential``, by scontrol reading the
+    update on stdin (its argv, which other jobs on the node may list,
+    names neither)."""
+    if not _CREDENTIAL.fullmatch(credential):  # one word for scontrol's parser
+        raise munge.MungeError("munge gave a credential of an unexpected form")
+    result = proc.run(
+        ["scontrol"], input_text=f"update JobId={job_id} Comment={credential}\n", timeout=60
+    )
+    if not result.ok:  # scontrol echoes its input: only its error is said
+        raise proc.CommandError(["scontrol"], "could not set the job's comment", result.stderr)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from hpcbinder.jobs.serverscript import (
     PrivateLaunch,
     Seed,
     ServerJob,
+    private_job_name,
     render_server_script,
     workspace_for,
 )
@@ -95,10 +96,11 @@ def private_server_job(
     request: JobRequest,
     options: LaunchOptions,
     command: Sequence[str],
-    job_name: str,
     python: str = sys.executable,
 ) -> ServerJob:
-    """The spawner's side: the job that resolves ``options``' image as ``user``."""
+    """The spawner's side: the job that resolves ``options``' image as
+    ``user``, named for her alone (:func:`private_job_name`)."""
+    job_name = private_job_name(user)
     payload = PrivateServerRequest(
         str(site_file or ""), options.user_options(), list(command), job_name
     )

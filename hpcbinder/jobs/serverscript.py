@@ -156,13 +156,22 @@ def render_server_script(site: Site, job: ServerJob) -> str:
     )
 
 
+def private_job_name(user: str) -> str:
+    """A private launch's Slurm job name, whatever its server's name: every
+    account may list job names (squeue, unless PrivateData=jobs), and a
+    server's name is derived from the repository's URL (an unsalted
+    digest: a guessed private URL would be confirmed against it)."""
+    name = f"hpcbinder-{user}-private"
+    return name if _SLUG.fullmatch(name) else "hpcbinder-private"
+
+
 def _render_private(job: ServerJob, launch: PrivateLaunch) -> str:
     """A private launch's job: its resources, and as the researcher, the
     server's script for the image in her own store (slurm/private-server.sbatch.j2)."""
     return templating.render_text(
         "slurm",
         "private-server.sbatch.j2",
-        job_name=job.job_name if _SLUG.fullmatch(job.job_name) else "hpcbinder-server",
+        job_name=private_job_name(job.user),
         job_comment=job_comment(None, None, private=True),
         request=job.request,
         output=f"{safe_path(job.home, 'home')}/.hpcbinder-server-%j.log",

@@ -15,7 +15,9 @@ it (:func:`hpcbinder.seams.proc.account_env`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import secrets
 import sys
 import time
 from collections import Counter
@@ -84,6 +86,9 @@ class PrivateBuilds:
         self._running: Counter[str] = Counter()
         #: Her build jobs in flight, by (researcher, spec): the launch page's cancel.
         self._builds: dict[tuple[str, str], str] = {}
+        #: The nonce of each job submitted and not yet read: an outcome counts
+        #: only for its job's request, once (privatejob's docstring).
+        self._nonces: dict[str, str] = {}
 
     async def cancel(self, user: str, spec: str) -> bool:
         """Cancel ``user``'s build job of ``spec`` (as her), if one runs."""
@@ -118,6 +123,7 @@ class PrivateBuilds:
             spec=spec,
             site_file=str(self.site_file or ""),
             reader=proc.current_user(),
+            nonce=secrets.token_hex(16),
             **batch,  # type: ignore[arg-type]
         )
 
@@ -166,9 +172,11 @@ class PrivateBuilds:
             raise PrivateBuildFailed(f"cannot submit your build job: {exc}") from exc
         if request.kind == "build":
             self._builds[(user, request.spec)] = job
+        self._nonces[job] = request.nonce
         try:
             return await self._follow(job, partition, limit, user, emit)
         finally:
+            self._nonces.pop(job, None)
             if self._builds.get((user, request.spec)) == job:
                 del self._builds[(user, request.spec)]
 
@@ -207,7 +215,8 @@ class PrivateBuilds:
             if state in TERMINAL_STATES:
                 break
             if time.monotonic() > deadline:
-                await asyncio.to_thread(self.slurm.cancel, job, user=user)
+                with contextlib.suppress(SlurmError, proc.CommandError):  # ended meanwhile
+                    await asyncio.to_thread(self.slurm.cancel, job, user=user)
                 raise PrivateBuildFailed(f"your build job {job} ran too long and was cancelled")
             await asyncio.sleep(POLL_SECONDS)
         if not comment.startswith("MUNGE:"):  # cancelled, killed, out of time
@@ -215,7 +224,8 @@ class PrivateBuilds:
                 f"your build job {job} ended {state} before it said how it went; log: {log}"
             )
         try:
-            outcome = await asyncio.to_thread(privatejob.read_outcome, comment, user, job)
+            nonce = self._nonces.pop(job, "")  # each (job, nonce) read once
+            outcome = await asyncio.to_thread(privatejob.read_outcome, comment, user, job, nonce)
         except PrivateJobError as exc:
             raise PrivateBuildFailed(
                 f"your build job {job} ended {state}: {exc}; log: {log}"
