@@ -19,11 +19,13 @@ which the job's log and the hub's page give.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
 import stat
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +51,9 @@ from hpcbinder.sources.providers import served_checkout
 
 #: Her store's folder of the scripts these jobs run (``server-JOB.sh``).
 RUN = "run"
+#: Age after which another launch's script is removed: its bash opened it
+#: long since (a younger one may be a concurrent launch's, not yet opened).
+STALE_SECONDS = 600
 
 
 class PrivateLaunchError(UserError):
@@ -174,10 +179,13 @@ def _script_file(site: Site, text: str, job_id: str) -> Path:
     folder.mkdir(mode=0o700, exist_ok=True)
     _own(folder, stat.S_IFDIR, "folder")
     path = folder / f"server-{job_id}.sh"
-    # Earlier launches' scripts: each bash holds its own open, so they go now.
+    # Earlier launches' scripts: each bash holds its own open, so they go
+    # once stale (removing a concurrent launch's before its bash opened it
+    # ended that launch: "No such file or directory").
     for old in folder.glob("server-*.sh"):
-        if old != path:
-            old.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if old != path and time.time() - old.lstat().st_mtime > STALE_SECONDS:
+                old.unlink()
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
     with os.fdopen(os.open(path, flags, 0o600), "w") as handle:
         handle.write(text)

@@ -34,7 +34,7 @@ from hpcbinder.images.store import image_store
 from hpcbinder.jobs.serverscript import workspace_for
 from hpcbinder.seams import proc
 from hpcbinder.sources import providers
-from hpcbinder.web.launcher import workspace_slug
+from hpcbinder.web.launcher import server_name, workspace_slug
 from tests.binderhelpers import Binder, build_events, phases, user_token
 from tests.conftest import SHARED_SCRATCH, DevCluster
 from tests.e2e.conftest import running_binder
@@ -200,6 +200,7 @@ def test_alice_launches_her_three_private_repositories_through_the_binder_link(
         }
     )
     home = Path("/home/alice")
+    names = set()
     for kind, events in answers.items():
         assert events[-1]["phase"] == "ready", (kind, events)
         assert phases(events)[-5:] == ["waiting", "building", "built", "launching", "ready"], (
@@ -211,11 +212,22 @@ def test_alice_launches_her_three_private_repositories_through_the_binder_link(
         # Her image, in her store; the server's workspace holds her repository's file.
         assert (privates.stores["alice"] / "envs").is_dir()
         repo_url = providers.parse_spec(privates.specs[kind], privates.site.repos).url
+        names.add(server_name(repo_url))
         workspace = workspace_for(privates.site, "alice", home, workspace_slug(repo_url))
         assert MARKER in (workspace / "run.py").read_text(), kind
     # The container itself sees it (one kernel: the three start alike).
     ready = answers["ssh"][-1]["message"].removeprefix("Server ready at ").strip()
     assert MARKER in execute(binder.hub, ready, "print(open('run.py').read())")
+    # What every account lists of her jobs (squeue's names and comments)
+    # names nothing derived from the URLs (a server's name is a digest of one).
+    listed = subprocess.run(
+        ["squeue", "-h", "--states=all", "-u", "alice", "-o", "%j|%k"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "hpcbinder-alice-private|hpcbinder\n" in listed, listed
+    assert not any(name.split("-")[-1] in listed for name in names), (names, listed)
     assert privates.stores["alice"].stat().st_mode & 0o777 == 0o700
     assert _shared_images_of(privates) == []
 

@@ -477,3 +477,17 @@ def test_her_private_jobs_are_never_requeued(tmp_path: Path) -> None:
     server = _private_server_script(tmp_path, "default")
     for script in (build, server):
         assert "#SBATCH --no-requeue" in _sbatch_lines(script), script
+
+
+def test_concurrent_private_launches_keep_each_others_scripts(tmp_path: Path) -> None:
+    """Three launches at once: each job's script stays until its bash has
+    surely opened it (removing it ended that launch: 'No such file or
+    directory'); a stale one goes. Fails on the old code."""
+    site = Site.model_validate({"build": {"private_store": f"{tmp_path}/{{user}}"}})
+    first = privateserver._script_file(site, "echo 1\n", "41")
+    stale = first.with_name("server-7.sh")
+    stale.write_text("echo 7\n")
+    os.utime(stale, (0, 0))
+    second = privateserver._script_file(site, "echo 2\n", "42")
+    assert first.read_text() == "echo 1\n" and second.read_text() == "echo 2\n"
+    assert not stale.exists()
