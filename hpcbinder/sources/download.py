@@ -130,8 +130,12 @@ def _spelling_problem(url: str, host: str, netloc: str, path: str, query: str) -
     name, colon, port = netloc.partition(":")
     if name != host or not _HOST.fullmatch(name) or name.endswith("."):
         return "has a host that is not a lower-case name"
-    if colon and (not _PORT.fullmatch(port) or port == _DEFAULT_PORTS.get(urlsplit(url).scheme)):
-        return "has a port that is empty, zero-padded or the scheme's default"
+    if colon and (
+        not _PORT.fullmatch(port)
+        or int(port) > 65535
+        or port == _DEFAULT_PORTS.get(urlsplit(url).scheme)
+    ):
+        return "has a port that is empty, zero-padded, over 65535 or the scheme's default"
     if _ipv4_notation(name) and not _dotted_quad(name):
         return "has an IP address in a form other than a.b.c.d"
     inner = path.split("/")[1:-1] if path.endswith("/") else path.split("/")[1:]

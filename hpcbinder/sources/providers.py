@@ -403,7 +403,22 @@ class GitRepoProvider(RepoProvider):
         cached checkout is then found without asking the server anything."""
         from hpcbinder.sources import redirects  # it imports this module
 
-        return redirects.final_url(url, self.policy, self.check_allowed)
+        if not git.fetching_as_self():
+            return redirects.final_url(url, self.policy, self.check_allowed)
+        # With the researcher's own credentials a redirect stays on the link's
+        # host: another would choose where her token, helpers and ssh config
+        # are offered, and which host her submodules count as her own.
+        own = git.origin(url)
+
+        def same_host(new: str) -> object:
+            if git.origin(new) != own:
+                raise RepoNotAllowed(
+                    f"it leaves {own} for another host, which a fetch with your own "
+                    "credentials does not follow: link the repository's own URL"
+                )
+            return self.check_allowed(new)
+
+        return redirects.final_url(url, self.policy, same_host)
 
     def resolve(self) -> ResolvedRepo:
         local = self.check_allowed()

@@ -25,7 +25,7 @@ ends resolution at the URL asked for, and so does a host that cannot be
 reached: git then contacts it as it would have, and its own message (or
 the researcher's credentials, :func:`hpcbinder.seams.git.own_credentials`)
 takes over. The requests are :class:`~hpcbinder.sources.download.Session`'s:
-bounded by ``repos.fetch_timeout_seconds``, trusting ``network.ca_bundle``,
+bounded by :data:`RESOLVE_SECONDS` (git's fetch has its own), trusting ``network.ca_bundle``,
 through the host's proxies, and carrying no credentials, cookies or
 ``Authorization`` whoever runs them. They may reach any address, as git
 may: the policy that judged the URL decides, not the address.
@@ -47,6 +47,9 @@ from hpcbinder.sources.providers import may_hold_credentials
 INFO_REFS = "/info/refs?service=git-upload-pack"
 #: Redirects followed (each judged) before the URL is refused.
 MAX_HOPS = 5
+#: Seconds all of a URL's redirects may take (at most repos.fetch_timeout_seconds):
+#: a host that answers nothing in time is left to git, whose fetch has its own.
+RESOLVE_SECONDS = 30.0
 #: git connects to whatever address an allowed URL names; so may its resolver.
 _ANY_ADDRESS = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 _SETTINGS = "repos.allow, repos.ban, repos.protocols"
@@ -68,7 +71,9 @@ def final_url(url: str, policy: RepoPolicy, judge: Callable[[str], object]) -> s
             raise RepoNotAllowed(f"not a git request: {_shown(request)}")
         judge(request.removesuffix(INFO_REFS))
 
-    bounds = Bounds(max_bytes=0, max_files=0, seconds=policy.fetch_timeout_seconds)
+    # Its own short deadline: git's fetch that follows has the whole setting.
+    seconds = min(RESOLVE_SECONDS, policy.fetch_timeout_seconds)
+    bounds = Bounds(max_bytes=0, max_files=0, seconds=seconds)
     budget = Budget(bounds, f"following the redirects of {url}")
     current = url
     try:

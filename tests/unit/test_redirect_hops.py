@@ -160,6 +160,28 @@ def test_a_401_ends_resolution_and_the_resolver_sends_no_credentials(
     assert main.seen == [(asked, None)]
 
 
+def test_a_fetch_with_her_own_credentials_follows_no_redirect_to_another_host(
+    served: tuple[Host, Host, str],
+) -> None:
+    """Review finding (MEDIUM): a redirect chose where her rights reach. A
+    hostile link's host redirected her private retry to another forge's
+    bait repository, whose relative submodules then counted as her own
+    origin's and were fetched with her token. With her credentials only
+    hops within the link's host are followed; anonymously, as before,
+    any hop the site allows."""
+    main, other, commit = served
+    main.location = f"{other.url}/new/repo.git/info/refs?service=git-upload-pack"
+    url = f"{main.url}/start/repo.git"
+    mine = git.OwnCredentials(token="s3cret-token", user="alice", token_origin=main.url)  # noqa: S106
+    other.seen.clear()
+    with git.own_credentials(mine), pytest.raises(RepoNotAllowed) as refused:
+        provider(url).resolve()
+    assert "for another host" in str(refused.value) and other.seen == []
+    with git.own_credentials(mine):  # within her link's host: followed
+        assert provider(f"{main.url}/old/repo.git").resolve().commit == commit
+    assert provider(url).resolve().commit == commit  # anonymously: the site's policy rules
+
+
 _LOCATIONS = st.sampled_from(
     [
         "/new/repo.git",
