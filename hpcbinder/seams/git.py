@@ -171,7 +171,8 @@ TOKEN_ORIGIN_VARIABLE = "HPCBINDER_GIT_TOKEN_HOST"  # noqa: S105 (a name)
 #: variables, holds no value (git runs ``!`` helpers through the shell).
 _TOKEN_HELPER = (
     '!f() { test "$1" = get || exit 0; '
-    f'echo "username=${{{TOKEN_USER_VARIABLE}}}"; echo "password=${{{TOKEN_VARIABLE}}}"; }}; f'
+    "printf 'username=%s\\npassword=%s\\n' "
+    f'"${TOKEN_USER_VARIABLE}" "${TOKEN_VARIABLE}"; }}; f'
 )
 #: What git keeps of a researcher's own environment when it fetches for her:
 #: where her keys, agent, config and ssh command are.

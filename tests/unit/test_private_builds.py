@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from hpcbinder.config import RepoPolicy, Site
@@ -37,6 +37,8 @@ TOKENS = st.text(
 
 @settings(max_examples=40, deadline=None)
 @given(token=TOKENS)
+@example(token="\\0")  # noqa: S106 - dash's echo read it as a NUL
+@example(token="a\\nb\\c")  # noqa: S106
 def test_a_token_reaches_git_only_through_its_helpers_variable(token: str) -> None:
     """git's credential helper (a constant: it holds no value) answers
     with exactly the token, and nothing the token spells runs."""
