@@ -41,6 +41,7 @@ from hpcbinder.web.launcher import LaunchFailed, server_name, workspace_slug
 from hpcbinder.web.metrics import is_scrape_token
 from hpcbinder.web.privatebuilds import PrivateBuildFailed, PrivateBuilt
 from hpcbinder.web.service import Service
+from hpcbinder.web.trust import credential_host
 
 #: Seconds of silence after which the stream sends a keepalive comment.
 KEEPALIVE_SECONDS = 10.0
@@ -244,6 +245,7 @@ class LaunchPageHandler(BaseHandler):
                 spec=full,
                 repo_name=repo.readable_name(),
                 clone_url=repo.url,
+                credential_host=credential_host(repo.url),
                 confirm_url=f"{self.service.base_url}confirm/{full}{query}",
                 xsrf=self.xsrf_token.decode(),
                 user=self.user_name,

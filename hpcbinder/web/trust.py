@@ -13,6 +13,12 @@ account's, mode 700): nobody else can confirm for a researcher, and a
 link cannot skip the question (the ``/build`` stream a
 browser opens with the hub's cookie is refused until confirmed; clients
 that present the researcher's own token ask explicitly and are not).
+
+The page also names the host her own credentials would answer
+(:func:`credential_host`): a repository the site cannot fetch is fetched
+as her (:mod:`hpcbinder.web.privatebuilds`), and a git credential helper
+that is not limited to certain hosts gives its password or token to
+whichever host the link names.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from pathlib import Path
 from hpcbinder import textpatterns
 from hpcbinder.config import BinderService
 from hpcbinder.errors import SpecError
+from hpcbinder.seams.git import origin
 from hpcbinder.sources.providers import check_clone_url
 
 #: A branch or tag, by name or full ref; not another ref namespace.
@@ -35,6 +42,17 @@ _NAMED_REF = textpatterns.compile(r"[^/].*")
 _FULL_NAMED_REF = textpatterns.compile(r"refs/(?:heads|tags)/.+")
 #: What git may read as a commit id (a full or abbreviated SHA).
 _COMMIT_LIKE = textpatterns.compile(r"[0-9a-fA-F]{7,64}")
+
+
+def credential_host(clone_url: str) -> str:
+    """``scheme://host[:port]`` that her SSH key, ssh config or git
+    credential helper would answer if ``clone_url`` is fetched as her; ""
+    for a repository on this cluster's filesystem (her file permissions
+    only, lent to no host)."""
+    host = origin(clone_url)
+    if host == "file://":
+        return ""
+    return host or clone_url
 
 
 def _named_ref(ref: str) -> bool:

@@ -4,9 +4,11 @@ for: asked once per repository, per researcher, kept across restarts."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 from hpcbinder.config import BinderService
-from hpcbinder.web.trust import Confirmations
+from hpcbinder.web.service import page_environment
+from hpcbinder.web.trust import Confirmations, credential_host
 
 REPO = "https://github.com/someone/analysis"
 
@@ -81,3 +83,33 @@ def test_a_trusted_name_spelled_to_reach_another_repository_asks(tmp_path: Path)
         "https://github.com/our-centre/x?y",
     ):
         assert confirmations.needs_confirmation("alice", url, "main"), url
+
+
+def _confirm_page(clone_url: str) -> str:
+    return (
+        page_environment()
+        .get_template("confirm.html")
+        .render(
+            service=SimpleNamespace(base_url="/services/binder/"),
+            repo_name="x",
+            clone_url=clone_url,
+            credential_host=credential_host(clone_url),
+            confirm_url="/services/binder/confirm/x",
+            xsrf="t",
+            user="alice",
+        )
+    )
+
+
+def test_the_confirm_page_names_the_host_her_credentials_would_answer() -> None:
+    """A repository the site cannot fetch is fetched as her, and a git
+    credential helper not limited to hosts answers whichever host a link
+    names: the page she confirms on says which. Fails on the old code."""
+    for url, host in (
+        ("https://evil.example:8443/x/y.git", "https://evil.example:8443"),
+        ("git@Evil.Example:x/y.git", "ssh://evil.example"),
+        ("ssh://alice@evil.example/x.git", "ssh://evil.example"),
+    ):
+        assert f'<code id="credential-host">{host}</code>' in _confirm_page(url), url
+    # Her own files on the cluster: no host gets anything.
+    assert "credential-host" not in _confirm_page("file:///home/alice/repo")
