@@ -168,7 +168,7 @@ class PrivateBuilds:
         script = privatejob.render_script(self.python, request)
         try:
             job = await asyncio.to_thread(self.slurm.submit, script, options, user=user)
-        except SlurmError as exc:
+        except (SlurmError, proc.CommandError) as exc:  # refused, or sbatch timed out
             raise PrivateBuildFailed(f"cannot submit your build job: {exc}") from exc
         if request.kind == "build":
             self._builds[(user, request.spec)] = job

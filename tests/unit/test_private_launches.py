@@ -491,3 +491,17 @@ def test_concurrent_private_launches_keep_each_others_scripts(tmp_path: Path) ->
     second = privateserver._script_file(site, "echo 2\n", "42")
     assert first.read_text() == "echo 1\n" and second.read_text() == "echo 2\n"
     assert not stale.exists()
+
+
+def test_an_sbatch_that_times_out_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """sudo sbatch as her that does not answer in time: her page's one
+    line, not a 500. Fails on the old code."""
+    jobs = _Jobs(["RUNNING|"])
+
+    def submit(*_: Any, **__: Any) -> str:
+        raise proc.CommandError(["sbatch"], "timed out after 30 s")
+
+    jobs.submit = submit  # type: ignore[method-assign]
+    _, outcome = _follow(jobs)
+    assert isinstance(outcome, PrivateBuildFailed)
+    assert str(outcome) == "cannot submit your build job: sbatch timed out after 30 s"
