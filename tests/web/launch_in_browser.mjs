@@ -66,7 +66,11 @@ try {
     summary.phaseStarts["notebook shown"] = summary.seconds;
     summary.url = page.url();
     summary.currentTab = await page.textContent(".lm-TabBar-tab.jp-mod-current .lm-TabBar-tabLabel");
-    // The notebook runs: its first cell, in the server's kernel.
+    // The notebook runs: its first cell, in the server's kernel, once the
+    // notebook's toolbar says the kernel is idle (a cell run while it still
+    // connects may never be sent).
+    const idle = '.jp-Notebook-ExecutionIndicator[data-status="idle"]';
+    await page.waitForSelector(idle, { timeout: 120_000 }).catch(() => null);
     await page.click(".jp-Notebook .jp-Cell .cm-content");
     await page.keyboard.press("Shift+Enter");
     const output = ".jp-Notebook .jp-Cell .jp-OutputArea-output";
