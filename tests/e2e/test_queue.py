@@ -78,7 +78,7 @@ def test_a_queued_spawn_says_where_and_why_it_waits_then_starts(hub: Hub) -> Non
         )
         # Its place among the partition's pending jobs (other tests' may be there too).
         assert re.search(r"; position [1-9]\d* of [1-9]\d* pending jobs there", waiting), waiting
-        # Slurm's backfill pass (every 30 s) estimates the start: the blocker's end.
+        # Slurm's backfill pass (every 5 s here) estimates the start: the blocker's end.
         stream.wait_for(r"; expected to start at \d\d:\d\d$", seconds=75)
         assert job_states("alice", "hpcbinder-alice-queued") == ["PENDING"]
         subprocess.run(["scancel", blocker], check=True)
