@@ -75,7 +75,12 @@ try {
     await page.keyboard.press("Shift+Enter");
     const output = ".jp-Notebook .jp-Cell .jp-OutputArea-output";
     try {
-      await page.waitForSelector(output, { timeout: 120_000 });
+      // The output's element comes before its text is rendered into it.
+      await page.waitForFunction(
+        (selector) => (document.querySelector(selector)?.textContent ?? "").trim() !== "",
+        output,
+        { timeout: 120_000 },
+      );
       summary.firstOutput = await page.textContent(output);
     } catch (error) {
       summary.firstOutput = null;
