@@ -105,19 +105,14 @@ class QueueBoard:
             for job_id, (_, last) in list(self._asked.items()):
                 if taken - last > FORGET_SECONDS:
                     del self._asked[job_id]
-            by_account: dict[str | None, list[str]] = {}
-            sees_all = await self._sees_every_job()
-            for job_id, (user, _) in self._asked.items():
-                by_account.setdefault(None if sees_all else user, []).append(job_id)
+            owners = {job_id: user for job_id, (user, _) in self._asked.items()}
             answer = _Answer(taken)
-            for account, job_ids in by_account.items():
-                self.rounds += 1
-                try:
-                    answer.entries.update(
-                        await asyncio.to_thread(self.slurm.queue_entries, job_ids, user=account)
-                    )
-                except (SlurmError, proc.CommandError) as exc:
-                    answer.failures.update(dict.fromkeys(job_ids, exc))
+            if await self._sees_every_job():
+                await self._ask(answer, owners, None)
+                await self._confirm_unlisted(answer, owners)
+            else:
+                for user in dict.fromkeys(owners.values()):
+                    await self._ask(answer, _of(owners, user), user)
             for job_id, entry in answer.entries.items():
                 if entry.state is QueueState.GONE:  # never back: left out of the next rounds
                     self._asked.pop(job_id, None)
@@ -125,6 +120,37 @@ class QueueBoard:
             return answer
         finally:
             self._round = None
+
+    async def _ask(self, answer: _Answer, owners: dict[str, str], account: str | None) -> None:
+        """One squeue as ``account`` (None: this process's) for ``owners``' jobs."""
+        self.rounds += 1
+        try:
+            answer.entries.update(
+                await asyncio.to_thread(self.slurm.queue_entries, owners, user=account)
+            )
+        except (SlurmError, proc.CommandError) as exc:
+            for job_id in owners:
+                answer.entries.pop(job_id, None)  # not even an earlier squeue's "gone"
+                answer.failures[job_id] = exc
+
+    async def _confirm_unlisted(self, answer: _Answer, owners: dict[str, str]) -> None:
+        """A job the shared squeue did not list is gone only if its owner's
+        own squeue agrees: a site that sets ``PrivateData=jobs`` while the
+        hub runs hides every job from the service account at once, and
+        the hub would stop every server. Rare (a job is unlisted once Slurm
+        forgot it), so one squeue per owner with such a job."""
+        unlisted = {
+            job_id: owners[job_id]
+            for job_id, entry in answer.entries.items()
+            if entry.state is QueueState.GONE and not entry.ended
+        }
+        for user in dict.fromkeys(unlisted.values()):
+            await self._ask(answer, _of(unlisted, user), user)
+        if any(
+            job_id in answer.entries and answer.entries[job_id].state is not QueueState.GONE
+            for job_id in unlisted
+        ):
+            self._sees_all = None  # Slurm hides jobs from this account now: asked again
 
     async def _sees_every_job(self) -> bool:
         """Whether one squeue as this process's account answers for every
@@ -141,6 +167,11 @@ class QueueBoard:
             else:
                 self._sees_all = False
         return self._sees_all
+
+
+def _of(owners: dict[str, str], user: str) -> dict[str, str]:
+    """The jobs of ``owners`` that are ``user``'s."""
+    return {job_id: owner for job_id, owner in owners.items() if owner == user}
 
 
 _BOARDS: dict[object, QueueBoard] = {}

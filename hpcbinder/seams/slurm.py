@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -62,11 +62,13 @@ class SlurmDialect:
     sinfo: tuple[str, ...] = ("sinfo",)
     scancel: tuple[str, ...] = ("scancel",)
     sacctmgr: tuple[str, ...] = ("sacctmgr",)
-    #: Jobs' id, state, node, partition and pending reason, in every state
-    #: Slurm still remembers (a lost node's NODE_FAIL for MinJobAge), for
-    #: the frequent queries of the hub's servers, many jobs at once
+    #: Jobs' id, owner, state, node, partition and pending reason, in every
+    #: state Slurm still remembers (a lost node's NODE_FAIL for MinJobAge),
+    #: for the frequent queries of the hub's servers, many jobs at once
     #: (``--jobs=ID,ID``; :attr:`squeue_fields` reads each line).
-    squeue: tuple[str, ...] = ("squeue", "-h", "--states=all", "-o", "%i %T %B %P %r", "--jobs")
+    squeue: tuple[str, ...] = (
+        "squeue", "-h", "--states=all", "-o", "%i %u %T %B %P %r", "--jobs",
+    )  # fmt: skip
     #: A pending job's expected start (``N/A`` until the scheduler has one).
     squeue_start: tuple[str, ...] = ("squeue", "-h", "--start", "-o", "%S", "-j")
     #: A partition's pending jobs, the next to start first.
@@ -90,7 +92,8 @@ class SlurmDialect:
     )
     squeue_running: textpatterns.Pattern = textpatterns.compile(r"(?:RUNNING|COMPLETING)\b")
     squeue_fields: textpatterns.Pattern = textpatterns.compile(
-        r"\s*(?P<job>\S+)\s+(?P<state>\S+)(?:\s+(?P<node>\S+))?(?:\s+(?P<partition>\S+))?"
+        r"\s*(?P<job>\S+)\s+(?P<owner>\S+)\s+(?P<state>\S+)(?:\s+(?P<node>\S+))?"
+        r"(?:\s+(?P<partition>\S+))?"
         r"(?:\s+(?P<reason>.*\S))?\s*"
     )
     squeue_no_node: frozenset[str] = frozenset({"n/a", "(null)"})
@@ -386,24 +389,24 @@ class SlurmCLI:
             stdout_path=values["StdOut"],
         )
 
-    def queue_state(self, job_id: str, *, user: str | None = None) -> tuple[QueueState, str]:
-        """The job's state and (when running) its node: :meth:`queue_entry`'s."""
-        entry = self.queue_entry(job_id, user=user)
-        return entry.state, entry.node
-
-    def queue_entry(self, job_id: str, *, user: str | None = None) -> QueueEntry:
-        """The job as ``squeue`` lists it: :meth:`queue_entries` for one."""
-        return self.queue_entries([job_id], user=user)[job_id]
+    def queue_entry(self, job_id: str, *, user: str) -> QueueEntry:
+        """``user``'s job as ``squeue`` run as ``user`` lists it:
+        :meth:`queue_entries` for one."""
+        return self.queue_entries({job_id: user}, user=user)[job_id]
 
     def queue_entries(
-        self, job_ids: Iterable[str], *, user: str | None = None
+        self, owners: Mapping[str, str], *, user: str | None = None
     ) -> dict[str, QueueEntry]:
-        """Each job as one ``squeue`` lists them (as ``user``, who must see
-        them all); a job it does not list is gone; :class:`SlurmError`
-        when Slurm gives no definite answer."""
-        wanted = list(dict.fromkeys(job_ids))
-        entries = {job_id: QueueEntry(QueueState.GONE) for job_id in wanted}
-        asked = [job_id for job_id in wanted if JOB_ID.fullmatch(job_id)]
+        """Each job of ``owners`` (job id -> the account whose job it is)
+        as one ``squeue`` run as ``user`` lists them (who must see them
+        all); :class:`SlurmError` when Slurm gives no definite answer.
+
+        A job it does not list is gone, and so is one it lists as another
+        account's: that id is not the job asked about any more (Slurm
+        forgot it and gave its id to a new job, as after its state was
+        reset), and its state, node and port are someone else's."""
+        entries = {job_id: QueueEntry(QueueState.GONE) for job_id in owners}
+        asked = [job_id for job_id in owners if JOB_ID.fullmatch(job_id)]
         if not asked:
             return entries
         result = self._run([*self.dialect.squeue, ",".join(asked)], user=user)
@@ -413,7 +416,7 @@ class SlurmCLI:
             raise SlurmError(f"squeue did not answer: {(result.stderr or result.stdout).strip()}")
         for line in result.stdout.splitlines():
             fields = self.dialect.squeue_fields.fullmatch(line)
-            if fields is not None and fields.group("job") in entries:
+            if fields is not None and owners.get(fields.group("job")) == fields.group("owner"):
                 entries[fields.group("job")] = self._entry(
                     *(fields.group(name) or "" for name in ("state", "node", "partition", "reason"))
                 )

@@ -88,7 +88,7 @@ def server_job_using(devcluster: DevCluster, site: Site, busybox_image: Path, ke
     )
     job_id = devcluster.slurm.submit(render_server_script(site, job), SubmitOptions(), user="alice")
     for _ in range(300):
-        state, _ = devcluster.slurm.queue_state(job_id)
+        state = devcluster.slurm.queue_entry(job_id, user="alice").state
         if state is QueueState.RUNNING:
             return job_id
         assert state is not QueueState.GONE, f"server job {job_id} ended"
@@ -169,7 +169,7 @@ def test_gc_keeps_images_jobs_and_recent_launches_use(
         Path(f"/home/alice/.hpcbinder-server-{job_id}.log").unlink(missing_ok=True)
 
     for _ in range(100):  # the job is gone: nothing keeps its image any more
-        if devcluster.slurm.queue_state(job_id)[0] is QueueState.GONE:
+        if devcluster.slurm.queue_entry(job_id, user="alice").state is QueueState.GONE:
             break
         time.sleep(0.2)
     gc = hpcbinder("hpcbuild", site_file, "images", "gc", "--older-than", "2")

@@ -6,6 +6,7 @@ ruling on launches of the store's images."""
 
 from __future__ import annotations
 
+import getpass
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -37,7 +38,7 @@ class Submission:
 
 class ScriptedSlurm:
     """A :class:`hpcbinder.seams.proc.CommandRunner`: each ``squeue --jobs``
-    answers for job :data:`JOB` with the next of ``states`` (the last
+    answers for job :data:`JOB` (the submitter's) with the next of ``states`` (the last
     repeats) until ``scancel``, then the job is gone; sbatch submits job
     :data:`JOB`; other commands have fixed answers. Every argv is recorded, and every submission."""
 
@@ -50,6 +51,7 @@ class ScriptedSlurm:
         private_data: str = "none",
     ) -> None:
         self.states = states
+        self.owner: str | None = None  # the submitter; else whoever asks
         self.start = start
         self.pending = pending
         self.private_data = private_data
@@ -70,6 +72,7 @@ class ScriptedSlurm:
         self.calls.append(argv)
         if argv[0] == "sbatch":
             self.submissions.append(Submission(user, input_text or "", dict(env or {})))
+            self.owner = user or getpass.getuser()
             return CommandResult(argv, 0, f"{JOB}\n", "")
         if argv[0] == "scontrol":
             return CommandResult(argv, 0, f"PrivateData             = {self.private_data}\n", "")
@@ -85,8 +88,9 @@ class ScriptedSlurm:
         if self.cancelled:
             return CommandResult(argv, *GONE)
         code, out, err = self.states[0] if len(self.states) == 1 else self.states.pop(0)
+        owner = self.owner or user or getpass.getuser()
         return CommandResult(
-            argv, code, "".join(f"{JOB} {line}\n" for line in out.splitlines()), err
+            argv, code, "".join(f"{JOB} {owner} {line}\n" for line in out.splitlines()), err
         )
 
     def squeue_queries(self) -> int:

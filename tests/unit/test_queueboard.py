@@ -23,10 +23,19 @@ from hpcbinder.seams.slurm import QueueEntry, QueueState, SlurmCLI, SlurmError
 
 class Queue(LocalRunner):
     """Slurm's answers on this host: each job's squeue line by id (a job
-    not in ``lines`` is not listed), PrivateData, and a pause in squeue."""
+    not in ``lines`` is not listed) and owner (alice unless ``owners``
+    says), PrivateData (with ``jobs``, squeue as a researcher lists only
+    her jobs, and as the service account none), and a pause in squeue."""
 
-    def __init__(self, lines: dict[str, str], *, private_data: str = "none") -> None:
+    def __init__(
+        self,
+        lines: dict[str, str],
+        *,
+        owners: dict[str, str] | None = None,
+        private_data: str = "none",
+    ) -> None:
         self.lines = lines
+        self.owners = owners or {}
         self.private_data = private_data
         self.squeues: list[tuple[list[str], str | None]] = []
         self.pause = 0.0
@@ -55,8 +64,19 @@ class Queue(LocalRunner):
             return CommandResult(argv, 1, "", "squeue: error: Unable to contact slurm controller\n")
         if user in self.refused:
             return CommandResult(argv, 1, "", "sudo: unable to change to runas uid\n")
-        out = "".join(f"{i} {self.lines[i]}\n" for i in ids if i in self.lines)
+        listed = [i for i in ids if i in self.lines]
+        if "jobs" in self.private_data:
+            listed = [i for i in listed if self.owner(i) == user]
+        out = "".join(f"{i} {self.owner(i)} {self.lines[i]}\n" for i in listed)
         return CommandResult(argv, 0, out, "")
+
+    def owner(self, job_id: str) -> str:
+        return self.owners.get(job_id, "alice")
+
+
+def alternating(lines: dict[str, str]) -> dict[str, str]:
+    """alice's, bob's, alice's... job, in ``lines``' order."""
+    return {job: ["alice", "bob"][n % 2] for n, job in enumerate(lines)}
 
 
 def jobs_of(count: int) -> dict[str, str]:
@@ -66,7 +86,7 @@ def jobs_of(count: int) -> dict[str, str]:
 
 
 def test_forty_spawners_asking_at_once_make_one_squeue_as_the_service_account() -> None:
-    queue = Queue(jobs_of(40))
+    queue = Queue(jobs_of(40), owners=alternating(jobs_of(40)))
     board = QueueBoard(SlurmCLI(queue), interval=0.5)
 
     async def everyone() -> list[QueueEntry]:
@@ -83,7 +103,7 @@ def test_forty_spawners_asking_at_once_make_one_squeue_as_the_service_account() 
 
 
 def test_where_slurm_hides_jobs_each_researcher_is_asked_for_as_themself() -> None:
-    queue = Queue(jobs_of(6), private_data="jobs,usage")
+    queue = Queue(jobs_of(6), owners=alternating(jobs_of(6)), private_data="jobs,usage")
     board = QueueBoard(SlurmCLI(queue), interval=0.5, account="hpcbinder")
 
     async def everyone() -> list[QueueEntry]:
@@ -119,7 +139,7 @@ def test_an_answer_is_reused_within_the_interval_and_asked_again_after() -> None
 
 
 def test_a_job_asked_about_during_a_round_is_answered_by_the_next_not_called_gone() -> None:
-    queue = Queue(jobs_of(1))
+    queue = Queue(jobs_of(1), owners={"2000": "bob"})
     queue.pause = 0.2
     board = QueueBoard(SlurmCLI(queue), interval=10)
 
@@ -178,7 +198,7 @@ def test_every_asker_gets_its_own_jobs_answer_whoever_asks_with_it(
     jobs no squeue runs as anyone but the job's owner."""
     lines = {str(job): f"RUNNING n{job} p None" for _, job, listed in asks if listed}
     owner = {str(job): user for user, job, _ in asks}
-    queue = Queue(lines, private_data="jobs" if hidden else "none")
+    queue = Queue(lines, owners=owner, private_data="jobs" if hidden else "none")
     board = QueueBoard(SlurmCLI(queue), interval=1, account="hpcbinder")
 
     async def everyone() -> list[QueueEntry]:
@@ -189,12 +209,14 @@ def test_every_asker_gets_its_own_jobs_answer_whoever_asks_with_it(
             assert (entry.state, entry.node) == (QueueState.RUNNING, f"n{job}")
         else:
             assert entry == QueueEntry(QueueState.GONE)
+    unlisted_owners = {owner[job] for job in owner if job not in lines}
     for ids, user in queue.squeues:
-        if hidden:
+        if hidden or user is not None:  # a shared squeue's unlisted jobs, asked as their owner
             assert {owner[i] for i in ids} == {user}
-        else:
-            assert user is None
-    assert len(queue.squeues) <= (len(set(owner.values())) if hidden else 1)
+        if not hidden and user is not None:
+            assert not set(ids) & set(lines)
+    bound = len(set(owner.values())) if hidden else 1 + len(unlisted_owners)
+    assert len(queue.squeues) <= bound
 
 
 @pytest.mark.parametrize("count", [1, 40])
@@ -217,7 +239,7 @@ def test_a_job_found_gone_by_a_round_too_old_for_its_question_is_asked_again(
     before alice's poll found her job gone and dropped it from the next
     rounds; her poll then waited forever (squeue after squeue, or a busy
     loop with none), so a lost node's server was never marked stopped."""
-    queue = Queue(jobs_of(2))
+    queue = Queue(jobs_of(2), owners={"1001": "bob"})
     board = QueueBoard(SlurmCLI(queue), interval=0.2)
     hers, others_job = sorted(queue.lines)
 
@@ -235,7 +257,7 @@ def test_a_job_found_gone_by_a_round_too_old_for_its_question_is_asked_again(
         return answer
 
     assert asyncio.run(scenario()).state is QueueState.GONE
-    assert len(queue.squeues) <= 5
+    assert len(queue.squeues) <= 7  # 5 rounds, 2 of which confirm her unlisted job as her
 
 
 def test_one_researchers_failing_squeue_leaves_the_others_answers_definite() -> None:
@@ -245,6 +267,7 @@ def test_one_researchers_failing_squeue_leaves_the_others_answers_definite() -> 
 
     queue = Queue(
         {"100": "NODE_FAIL hpcb-c1 interactive None", "200": "RUNNING hpcb-c2 interactive None"},
+        owners={"200": "bob"},
         private_data="jobs",
     )
     queue.refused = {"bob"}  # sudo cannot run his squeue
@@ -258,3 +281,39 @@ def test_one_researchers_failing_squeue_leaves_the_others_answers_definite() -> 
     hers, his = asyncio.run(both())
     assert isinstance(hers, QueueEntry) and hers.state is QueueState.GONE, hers
     assert isinstance(his, SlurmError), his
+
+
+def test_a_job_listed_as_another_accounts_is_gone_for_the_asker() -> None:
+    """Review finding (MEDIUM): the shared squeue never said whose job it
+    listed, so an id of hers that Slurm gave again to bob's job (its state
+    reset) read as her server running on bob's node."""
+    queue = Queue({"1000": "RUNNING hpcb-c2 interactive None"}, owners={"1000": "bob"})
+    board = QueueBoard(SlurmCLI(queue), interval=0.5)
+    assert asyncio.run(board.entry("1000", "alice")) == QueueEntry(QueueState.GONE)
+
+
+def test_slurm_hiding_jobs_mid_run_stops_no_server() -> None:
+    """Review finding (MEDIUM): once the board had found that the service
+    account sees every job, a site setting ``PrivateData=jobs`` while the
+    hub ran made the shared squeue list none, and every server read as
+    gone (the hub would stop them all). A job it does not list is asked
+    for as its owner before it is called gone, and the board asks again
+    whether it sees every job."""
+    lines = jobs_of(4)
+    queue = Queue(lines, owners=alternating(lines))
+    board = QueueBoard(SlurmCLI(queue), interval=0, account="hpcbinder")
+
+    async def everyone() -> list[QueueEntry]:
+        owners = alternating(lines)
+        return await asyncio.gather(*(board.entry(job, owners[job]) for job in lines))
+
+    assert all(e.state is QueueState.RUNNING for e in asyncio.run(everyone()))
+    assert [user for _, user in queue.squeues] == [None]
+    queue.private_data = "jobs"  # slurm.conf changed and reconfigured
+    queue.squeues.clear()
+    assert all(e.state is QueueState.RUNNING for e in asyncio.run(everyone()))
+    queue.squeues.clear()
+    assert all(e.state is QueueState.RUNNING for e in asyncio.run(everyone()))
+    assert sorted(user or "" for _, user in queue.squeues) == ["alice", "bob"]  # as each owner now
+    del lines["1000"]  # her job ends and Slurm forgets it: gone, as before
+    assert asyncio.run(board.entry("1000", "alice")) == QueueEntry(QueueState.GONE)

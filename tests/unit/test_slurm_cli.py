@@ -152,16 +152,17 @@ def test_wait_returns_the_finished_record_and_gives_up_on_a_forgotten_job() -> N
     ],
 )
 def test_squeue_lines_are_read_as_states(line: str, entry: QueueEntry) -> None:
-    slurm = Replies(ok(f"4242 {line}\n" if line else ""))
+    slurm = Replies(ok(f"4242 alice {line}\n" if line else ""))
     assert SlurmCLI(slurm).queue_entry("4242", user="alice") == entry
-    argv = ("squeue", "-h", "--states=all", "-o", "%i %T %B %P %r", "--jobs", "4242")
+    argv = ("squeue", "-h", "--states=all", "-o", "%i %u %T %B %P %r", "--jobs", "4242")
     assert slurm.calls[0][:2] == (argv, "alice")
 
 
 def test_one_squeue_answers_for_many_jobs_and_one_it_omits_is_gone() -> None:
-    lines = "4243 PENDING n/a batch Priority\n4242 RUNNING hpcb-c2 interactive None\n"
-    slurm = Replies(ok(lines + "99 RUNNING vm interactive None\n"))  # not asked: ignored
-    entries = SlurmCLI(slurm).queue_entries(["4242", "4243", "4244", "1;id"])
+    lines = "4243 bob PENDING n/a batch Priority\n4242 alice RUNNING hpcb-c2 interactive None\n"
+    slurm = Replies(ok(lines + "99 alice RUNNING vm interactive None\n"))  # not asked: ignored
+    owners = {"4242": "alice", "4243": "bob", "4244": "alice", "1;id": "alice"}
+    entries = SlurmCLI(slurm).queue_entries(owners)
     assert entries == {
         "4242": QueueEntry(QueueState.RUNNING, "hpcb-c2", "interactive"),
         "4243": QueueEntry(QueueState.PENDING, "", "batch", "Priority"),
@@ -169,6 +170,16 @@ def test_one_squeue_answers_for_many_jobs_and_one_it_omits_is_gone() -> None:
         "1;id": QueueEntry(QueueState.GONE),  # never asked
     }
     assert slurm.calls[0][0][-1] == "4242,4243,4244"
+
+
+@pytest.mark.parametrize("state", ["RUNNING vm interactive None", "PENDING n/a batch Priority"])
+def test_a_job_squeue_lists_as_another_accounts_is_not_hers(state: str) -> None:
+    """Her recorded job id now names bob's job (Slurm forgot hers and gave
+    the id again, as after its state was reset): hers is gone, and bob's
+    node and state are never taken for her server's."""
+    slurm = Replies(ok(f"4242 bob {state}\n"), ok(f"4242 bob {state}\n"))
+    assert SlurmCLI(slurm).queue_entry("4242", user="alice") == QueueEntry(QueueState.GONE)
+    assert SlurmCLI(slurm).queue_entries({"4242": "alice"}) == {"4242": QueueEntry(QueueState.GONE)}
 
 
 def test_version_is_sinfos_line_or_empty() -> None:
@@ -181,10 +192,10 @@ def test_version_is_sinfos_line_or_empty() -> None:
 def test_squeue_without_an_answer_is_an_error_not_a_gone_job() -> None:
     failing = Replies((1, "", "squeue: error: Unable to contact slurm controller\n"))
     with pytest.raises(SlurmError, match="Unable to contact"):
-        SlurmCLI(failing).queue_entry("4242")
-    assert SlurmCLI(Replies(GONE)).queue_entry("4242") == QueueEntry(QueueState.GONE)
+        SlurmCLI(failing).queue_entry("4242", user="alice")
+    assert SlurmCLI(Replies(GONE)).queue_entry("4242", user="alice") == QueueEntry(QueueState.GONE)
     never_asked = Replies()
-    assert SlurmCLI(never_asked).queue_entry("1;id") == QueueEntry(QueueState.GONE)
+    assert SlurmCLI(never_asked).queue_entry("1;id", user="alice") == QueueEntry(QueueState.GONE)
     assert never_asked.calls == []
 
 
