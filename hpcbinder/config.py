@@ -323,7 +323,7 @@ class BinderService(_Strict):
     #: A file holding the bearer token Prometheus sends for ``/metrics`` and
     #: ``/versions`` (which otherwise answer the hub's admins only), readable
     #: by the service account and by no other account; never the token here.
-    metrics_token_file: Path | None = None
+    metrics_token_file: AbsolutePath | None = None
     #: Other sites' pages (e.g. the centre's documentation, with Thebe or
     #: launch buttons) whose scripts may use the Binder API with the
     #: researcher's login: CORS with credentials for exactly these origins,
@@ -351,8 +351,8 @@ class SSHHost(_Strict):
     host: Hostname
     port: int = Field(default=22, ge=1, le=65535)
     user: Account = "hpcbuild"
-    key_file: Path
-    known_hosts: Path
+    key_file: AbsolutePath
+    known_hosts: AbsolutePath
 
 
 LOGIN_AS_USER = "{user}"
@@ -460,7 +460,7 @@ class BuildSettings(_Strict):
     #: Download caches on the build node, one per env key (and one for the
     #: site's bases), so that no build can change what a build of another
     #: key installs (None: no cache).
-    cache_dir: Path | None = Path("/var/cache/hpcbinder/build")
+    cache_dir: AbsolutePath | None = Path("/var/cache/hpcbinder/build")
     #: The build server (``hpcbinder build-server``, run as ``account``) that
     #: every image request goes to; requests are authenticated with MUNGE.
     server_url: Annotated[str, Field(pattern=r"^http://[A-Za-z0-9.-]+:\d{1,5}/?$")] = (
@@ -492,7 +492,7 @@ class BuildSettings(_Strict):
     #: for: a file that only root writes and only the build account (its
     #: group) reads; the build server fetches with them, into the shared
     #: store (see hpcbinder.images.deploy). None: none.
-    deploy_credentials: Path | None = None
+    deploy_credentials: AbsolutePath | None = None
 
 
 class BaseImage(_Strict):
@@ -560,8 +560,8 @@ class RepoPolicy(_Strict):
     protocols: list[Literal["https", "http", "git", "ssh", "file"]] = ["https", "git"]
     allow: list[Regex] = []
     ban: list[Regex] = []
-    local_roots: list[Path] = []
-    cache_dir: Path | None = None
+    local_roots: list[AbsolutePath] = []
+    cache_dir: AbsolutePath | None = None
     github_host: Hostname = "github.com"
     gitlab_host: Hostname = "gitlab.com"
     #: The most disk (git objects and checked-out files) and time one fetch
@@ -700,7 +700,7 @@ class Site(_Strict):
     Without any, no job may name an account (Slurm's default is used).
     """
 
-    image_store: Path = Path("/var/lib/hpcbinder/images")
+    image_store: AbsolutePath = Path("/var/lib/hpcbinder/images")
     build: BuildSettings = BuildSettings()
     partitions: dict[Name, Partition] = Field(default_factory=_default_partitions)
     default_partition: Name = "interactive"

@@ -1,5 +1,5 @@
-"""``network.ca_bundle`` decides whom every fetch and build trusts: it must
-name one file for every process (an absolute path), and doctor warns when
+"""Path settings name one place for every process (an absolute path);
+``network.ca_bundle`` decides whom every fetch and build trusts, and doctor warns when
 anyone but root could change it or a folder above it (review of issue 23)."""
 
 from __future__ import annotations
@@ -14,12 +14,29 @@ from hpcbinder.config import SiteConfigError, parse_site
 from tests.repohelpers import site_for_tests
 
 
-def test_a_relative_bundle_is_one_line_naming_the_setting() -> None:
+@pytest.mark.parametrize(
+    ("yaml", "setting"),
+    [
+        ("network: {ca_bundle: certs/site-ca.pem}", "network.ca_bundle"),
+        ("image_store: images", "image_store"),
+        ("build: {cache_dir: cache}", "build.cache_dir"),
+        ("build: {deploy_credentials: ./deploy.yaml}", "build.deploy_credentials"),
+        ("repos: {cache_dir: ../checkouts}", "repos.cache_dir"),
+        ("repos: {local_roots: [/srv/repos, srv/more]}", "repos.local_roots.1"),
+        ("binder: {metrics_token_file: metrics.token}", "binder.metrics_token_file"),
+        (
+            "build: {backend: ssh, ssh: {host: b1, key_file: id, known_hosts: /k}}",
+            "build.ssh.key_file",
+        ),
+    ],
+)
+def test_a_relative_path_setting_is_one_line_naming_it(yaml: str, setting: str) -> None:
+    """Review (session 11): only the bundle had to be absolute; a relative
+    store or cache was read from each process's own working folder (the
+    build server's, a job's), so they silently used different places."""
     with pytest.raises(SiteConfigError) as caught:
-        parse_site("network: {ca_bundle: certs/site-ca.pem}\n", "site.yaml")
-    assert caught.value.problems == [
-        "network.ca_bundle: expected an absolute path (starting with /)"
-    ]
+        parse_site(yaml + "\n", "site.yaml")
+    assert caught.value.problems == [f"{setting}: expected an absolute path (starting with /)"]
 
 
 def _check(tmp_path: Path, bundle: Path | None) -> doctor.CheckResult:
