@@ -14,31 +14,64 @@ Whose squeue: where the account the hub runs commands as sees every job
 no sudo; where Slurm hides other users' jobs from it, one squeue per
 researcher with jobs, through the sudo rule the service already has
 (``squeue`` as ``%hpcusers``): never a wider right than today's.
+
+Whose job: a question is a job id *and* the researcher the hub knows it
+for, and squeue says each job's owner (uid): a job is hers only if Slurm
+lists it as hers (:func:`~hpcbinder.seams.slurm.owned_entry`), and one
+the shared squeue does not list is asked for as her before it is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hpcbinder.seams import proc
-from hpcbinder.seams.slurm import QueueEntry, QueueState, SlurmCLI, SlurmError
+from hpcbinder.seams.slurm import (
+    QueueEntry,
+    QueueListing,
+    QueueState,
+    SlurmCLI,
+    SlurmError,
+    owned_entry,
+)
 
 #: A job nobody asked about for this long is left out of the next squeue.
 FORGET_SECONDS = 120.0
+#: How long the answer to "does this account see every job" stands: a
+#: site may set ``PrivateData=jobs`` while the hub runs.
+SEES_ALL_SECONDS = 60.0
+
+#: A question: a job id and the researcher whose job the hub knows it as
+#: (the same id may be asked about for two researchers, one of them with a
+#: stale record, as after Slurm's state was reset).
+Question = tuple[str, str]
 
 
 @dataclass
 class _Answer:
-    """One squeue round: when it started, the jobs it asked about, their entries."""
+    """One squeue round: when it started, the questions it answers, what
+    squeue listed of their jobs (whoever's they are)."""
 
     taken: float
-    entries: dict[str, QueueEntry] = field(default_factory=dict)
-    #: Jobs whose account's squeue gave no definite answer, and why: one
-    #: researcher's failing squeue (a locked account, a rate limit) leaves
-    #: the others' answers definite.
-    failures: dict[str, Exception] = field(default_factory=dict)
+    asked: set[Question] = field(default_factory=set)
+    listings: dict[str, QueueListing] = field(default_factory=dict)
+    #: Questions whose account's squeue gave no definite answer, and why:
+    #: one researcher's failing squeue (a locked account, a rate limit)
+    #: leaves the others' answers definite.
+    failures: dict[Question, Exception] = field(default_factory=dict)
+
+    def answers(self, question: Question) -> bool:
+        return question in self.asked and question not in self.failures
+
+    def entry(self, question: Question) -> QueueEntry:
+        """The job as the researcher's: :func:`~hpcbinder.seams.slurm.owned_entry`."""
+        if question in self.failures:
+            raise self.failures[question]
+        job_id, user = question
+        return owned_entry(self.listings.get(job_id), user)
 
 
 class QueueBoard:
@@ -60,10 +93,10 @@ class QueueBoard:
         self.account = account or proc.current_user()
         self.interval = interval
         self._clock = clock
-        self._asked: dict[str, tuple[str, float]] = {}  # job id -> (user, last asked)
+        self._asked: dict[Question, float] = {}  # -> when last asked
         self._answer: _Answer | None = None
         self._round: asyncio.Future[_Answer] | None = None
-        self._sees_all: bool | None = None
+        self._sees_all: tuple[bool, float] | None = None  # the answer, when found
         #: squeue calls made, for tests and the benchmark's log line.
         self.rounds = 0
 
@@ -75,103 +108,87 @@ class QueueBoard:
         ``interval`` seconds; :class:`~hpcbinder.seams.slurm.SlurmError`
         (or a :class:`~hpcbinder.seams.proc.CommandError`) when this round's
         squeue gave no definite answer."""
+        question = (job_id, user)
         asked = self._now()
         while True:
             # Asked again each pass: a round too old for this question may
             # have found the job gone and left it out of the next rounds.
-            self._asked[job_id] = (user, asked)
+            self._asked[question] = asked
             answer = self._answer  # a failure is never reused: asking again asks Slurm
-            if (
-                answer is not None
-                and job_id in answer.entries
-                and answer.taken >= asked - self.interval
-            ):
-                return answer.entries[job_id]
+            fresh = answer is not None and answer.taken >= asked - self.interval
+            if answer is not None and fresh and answer.answers(question):
+                return answer.entry(question)
             if self._round is None:
                 self._round = asyncio.ensure_future(self._query())
             current = self._round
             # shield: one caller cancelled (its spawn timed out) ends no one else's round.
             result = await asyncio.shield(current)
-            if result.taken >= asked - self.interval:
-                if job_id in result.failures:
-                    raise result.failures[job_id]
-                if job_id in result.entries:
-                    return result.entries[job_id]
+            if result.taken >= asked - self.interval and question in result.asked:
+                return result.entry(question)
             # The round had started before this job was asked about: the next covers it.
 
     async def _query(self) -> _Answer:
         taken = self._now()
         try:
-            for job_id, (_, last) in list(self._asked.items()):
+            for question, last in list(self._asked.items()):
                 if taken - last > FORGET_SECONDS:
-                    del self._asked[job_id]
-            owners = {job_id: user for job_id, (user, _) in self._asked.items()}
-            answer = _Answer(taken)
-            if await self._sees_every_job():
-                await self._ask(answer, owners, None)
-                await self._confirm_unlisted(answer, owners)
+                    del self._asked[question]
+            answer = _Answer(taken, set(self._asked))
+            if await self._sees_every_job(taken):
+                await self._ask(answer, answer.asked, None)
+                # A job the shared squeue did not list is gone only if its
+                # owner's own squeue agrees: Slurm may hide it from this
+                # account now. Rare (Slurm forgot it), so cheap.
+                await self._ask_each_owner(
+                    answer,
+                    {
+                        question
+                        for question in answer.asked
+                        if question[0] not in answer.listings and question not in answer.failures
+                    },
+                )
             else:
-                for user in dict.fromkeys(owners.values()):
-                    await self._ask(answer, _of(owners, user), user)
-            for job_id, entry in answer.entries.items():
-                if entry.state is QueueState.GONE:  # never back: left out of the next rounds
-                    self._asked.pop(job_id, None)
+                await self._ask_each_owner(answer, answer.asked)
+            for question in answer.asked:
+                if answer.answers(question):
+                    with contextlib.suppress(SlurmError):
+                        if answer.entry(question).state is QueueState.GONE:
+                            self._asked.pop(question, None)  # never back: not asked again
             self._answer = answer
             return answer
         finally:
             self._round = None
 
-    async def _ask(self, answer: _Answer, owners: dict[str, str], account: str | None) -> None:
-        """One squeue as ``account`` (None: this process's) for ``owners``' jobs."""
+    async def _ask_each_owner(self, answer: _Answer, questions: set[Question]) -> None:
+        """One squeue per researcher, as her, for her questions."""
+        for user in sorted({user for _, user in questions}):
+            await self._ask(answer, {q for q in questions if q[1] == user}, user)
+
+    async def _ask(self, answer: _Answer, questions: set[Question], account: str | None) -> None:
+        """One squeue as ``account`` (None: this process's) for ``questions``' jobs."""
         self.rounds += 1
+        job_ids = sorted({job_id for job_id, _ in questions})
         try:
-            answer.entries.update(
-                await asyncio.to_thread(self.slurm.queue_entries, owners, user=account)
+            answer.listings.update(
+                await asyncio.to_thread(self.slurm.queue_listings, job_ids, user=account)
             )
         except (SlurmError, proc.CommandError) as exc:
-            for job_id in owners:
-                answer.entries.pop(job_id, None)  # not even an earlier squeue's "gone"
-                answer.failures[job_id] = exc
+            answer.failures.update(dict.fromkeys(questions, exc))
 
-    async def _confirm_unlisted(self, answer: _Answer, owners: dict[str, str]) -> None:
-        """A job the shared squeue did not list is gone only if its owner's
-        own squeue agrees: a site that sets ``PrivateData=jobs`` while the
-        hub runs hides every job from the service account at once, and
-        the hub would stop every server. Rare (a job is unlisted once Slurm
-        forgot it), so one squeue per owner with such a job."""
-        unlisted = {
-            job_id: owners[job_id]
-            for job_id, entry in answer.entries.items()
-            if entry.state is QueueState.GONE and not entry.ended
-        }
-        for user in dict.fromkeys(unlisted.values()):
-            await self._ask(answer, _of(unlisted, user), user)
-        if any(
-            job_id in answer.entries and answer.entries[job_id].state is not QueueState.GONE
-            for job_id in unlisted
-        ):
-            self._sees_all = None  # Slurm hides jobs from this account now: asked again
-
-    async def _sees_every_job(self) -> bool:
+    async def _sees_every_job(self, now: float) -> bool:
         """Whether one squeue as this process's account answers for every
-        researcher: asked once. Only for commands run here: on a login node
-        (``cluster.login``) the account is the site's, so each researcher's own."""
-        if self._sees_all is None:
-            if isinstance(self.slurm.runner, proc.LocalRunner):
-                try:
-                    self._sees_all = await asyncio.to_thread(
-                        self.slurm.sees_every_job, self.account
-                    )
-                except proc.CommandError:
-                    return False  # asked again next round
-            else:
-                self._sees_all = False
-        return self._sees_all
-
-
-def _of(owners: dict[str, str], user: str) -> dict[str, str]:
-    """The jobs of ``owners`` that are ``user``'s."""
-    return {job_id: owner for job_id, owner in owners.items() if owner == user}
+        researcher: asked again every ``SEES_ALL_SECONDS``. Only for commands
+        run here: on a login node (``cluster.login``) the account is the
+        site's, so each researcher's own."""
+        if not isinstance(self.slurm.runner, proc.LocalRunner):
+            return False
+        if self._sees_all is None or now - self._sees_all[1] > SEES_ALL_SECONDS:
+            try:
+                sees = await asyncio.to_thread(self.slurm.sees_every_job, self.account)
+            except proc.CommandError:
+                return False  # asked again next round
+            self._sees_all = (sees, now)
+        return self._sees_all[0]
 
 
 _BOARDS: dict[object, QueueBoard] = {}

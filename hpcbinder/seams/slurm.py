@@ -11,8 +11,9 @@ unusual version changes data, not code.
 from __future__ import annotations
 
 import enum
+import pwd
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -62,12 +63,15 @@ class SlurmDialect:
     sinfo: tuple[str, ...] = ("sinfo",)
     scancel: tuple[str, ...] = ("scancel",)
     sacctmgr: tuple[str, ...] = ("sacctmgr",)
-    #: Jobs' id, owner, state, node, partition and pending reason, in every
-    #: state Slurm still remembers (a lost node's NODE_FAIL for MinJobAge),
-    #: for the frequent queries of the hub's servers, many jobs at once
-    #: (``--jobs=ID,ID``; :attr:`squeue_fields` reads each line).
+    #: Jobs' id, owner's uid, state, node, partition and pending reason, in
+    #: every state Slurm still remembers (a lost node's NODE_FAIL for
+    #: MinJobAge) and every partition (``-a``: hidden ones too), for the
+    #: frequent queries of the hub's servers, many jobs at once
+    #: (``--jobs=ID,ID``; :attr:`squeue_fields` reads each line). The uid,
+    #: not the name: a name squeue could not look up prints as a number or
+    #: ``nobody``.
     squeue: tuple[str, ...] = (
-        "squeue", "-h", "--states=all", "-o", "%i %u %T %B %P %r", "--jobs",
+        "squeue", "-h", "-a", "--states=all", "-o", "%i|%U|%T|%B|%P|%r", "--jobs",
     )  # fmt: skip
     #: A pending job's expected start (``N/A`` until the scheduler has one).
     squeue_start: tuple[str, ...] = ("squeue", "-h", "--start", "-o", "%S", "-j")
@@ -92,9 +96,8 @@ class SlurmDialect:
     )
     squeue_running: textpatterns.Pattern = textpatterns.compile(r"(?:RUNNING|COMPLETING)\b")
     squeue_fields: textpatterns.Pattern = textpatterns.compile(
-        r"\s*(?P<job>\S+)\s+(?P<owner>\S+)\s+(?P<state>\S+)(?:\s+(?P<node>\S+))?"
-        r"(?:\s+(?P<partition>\S+))?"
-        r"(?:\s+(?P<reason>.*\S))?\s*"
+        r"(?P<job>[^|]+)\|(?P<uid>\d+)\|(?P<state>[^|]+)\|(?P<node>[^|]*)\|"
+        r"(?P<partition>[^|]*)\|(?P<reason>.*)"
     )
     squeue_no_node: frozenset[str] = frozenset({"n/a", "(null)"})
     ping_up: textpatterns.Pattern = textpatterns.compile(
@@ -228,6 +231,33 @@ class QueueEntry:
     #: A gone job's last state while Slurm remembers it (``NODE_FAIL``,
     #: ``COMPLETED``...), with ``node`` the node it ran on; "" once forgotten.
     ended: str = ""
+
+
+@dataclass(frozen=True)
+class QueueListing:
+    """One job as ``squeue`` lists it, with its owner's uid."""
+
+    uid: int
+    entry: QueueEntry
+
+
+_ENTRY_FIELDS = ("state", "node", "partition", "reason")
+
+
+def owned_entry(listing: QueueListing | None, user: str) -> QueueEntry:
+    """The job ``listing`` shows (None: one squeue did not list) as
+    ``user``'s job: gone when not listed, and gone when listed as another
+    account's, as that id is not her job any more (Slurm forgot hers and
+    gave the id to a new job, as after its state was reset) and its state
+    and node are someone else's. :class:`SlurmError` when this host cannot
+    tell ``user``'s uid (a directory service down): no answer, not "gone"."""
+    if listing is None:
+        return QueueEntry(QueueState.GONE)
+    try:
+        uid = pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise SlurmError(f"cannot tell whose job {user}'s is: no account {user} here") from None
+    return listing.entry if listing.uid == uid else QueueEntry(QueueState.GONE)
 
 
 @dataclass(frozen=True)
@@ -390,37 +420,31 @@ class SlurmCLI:
         )
 
     def queue_entry(self, job_id: str, *, user: str) -> QueueEntry:
-        """``user``'s job as ``squeue`` run as ``user`` lists it:
-        :meth:`queue_entries` for one."""
-        return self.queue_entries({job_id: user}, user=user)[job_id]
+        """``user``'s job as ``squeue`` run as ``user`` lists it."""
+        return owned_entry(self.queue_listings([job_id], user=user).get(job_id), user)
 
-    def queue_entries(
-        self, owners: Mapping[str, str], *, user: str | None = None
-    ) -> dict[str, QueueEntry]:
-        """Each job of ``owners`` (job id -> the account whose job it is)
-        as one ``squeue`` run as ``user`` lists them (who must see them
-        all); :class:`SlurmError` when Slurm gives no definite answer.
-
-        A job it does not list is gone, and so is one it lists as another
-        account's: that id is not the job asked about any more (Slurm
-        forgot it and gave its id to a new job, as after its state was
-        reset), and its state, node and port are someone else's."""
-        entries = {job_id: QueueEntry(QueueState.GONE) for job_id in owners}
-        asked = [job_id for job_id in owners if JOB_ID.fullmatch(job_id)]
+    def queue_listings(
+        self, job_ids: Iterable[str], *, user: str | None = None
+    ) -> dict[str, QueueListing]:
+        """The jobs of ``job_ids`` one ``squeue`` run as ``user`` lists (who
+        must see them all), whoever's they are: :func:`owned_entry` says
+        what each is to the researcher who asks. :class:`SlurmError` when
+        Slurm gives no definite answer."""
+        asked = [job_id for job_id in dict.fromkeys(job_ids) if JOB_ID.fullmatch(job_id)]
         if not asked:
-            return entries
+            return {}
         result = self._run([*self.dialect.squeue, ",".join(asked)], user=user)
         if self.dialect.job_gone.search(result.stderr + result.stdout):
-            return entries  # squeue says so only when none of them is known
+            return {}  # squeue says so only when none of them is known
         if not result.ok:
             raise SlurmError(f"squeue did not answer: {(result.stderr or result.stdout).strip()}")
+        listings = {}
         for line in result.stdout.splitlines():
             fields = self.dialect.squeue_fields.fullmatch(line)
-            if fields is not None and owners.get(fields.group("job")) == fields.group("owner"):
-                entries[fields.group("job")] = self._entry(
-                    *(fields.group(name) or "" for name in ("state", "node", "partition", "reason"))
-                )
-        return entries
+            if fields is not None and fields.group("job") in asked:
+                entry = self._entry(*(fields.group(name) for name in _ENTRY_FIELDS))
+                listings[fields.group("job")] = QueueListing(int(fields.group("uid")), entry)
+        return listings
 
     def _entry(self, state: str, node: str, partition: str, reason: str) -> QueueEntry:
         if node.lower() in self.dialect.squeue_no_node:

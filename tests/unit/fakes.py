@@ -7,6 +7,7 @@ ruling on launches of the store's images."""
 from __future__ import annotations
 
 import getpass
+import pwd
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -34,6 +35,13 @@ class Submission:
     user: str | None
     script: str
     env: dict[str, str]
+
+
+def squeue_line(job_id: str, owner: str, spaced: str) -> str:
+    """The line hpcbinder's squeue prints for ``owner``'s job ``job_id``
+    in ``spaced``: "STATE NODE PARTITION REASON" (a reason may have spaces)."""
+    state, node, partition, reason = [*spaced.split(" ", 3), "", "", ""][:4]
+    return f"{job_id}|{pwd.getpwnam(owner).pw_uid}|{state}|{node}|{partition}|{reason}\n"
 
 
 class ScriptedSlurm:
@@ -90,7 +98,7 @@ class ScriptedSlurm:
         code, out, err = self.states[0] if len(self.states) == 1 else self.states.pop(0)
         owner = self.owner or user or getpass.getuser()
         return CommandResult(
-            argv, code, "".join(f"{JOB} {owner} {line}\n" for line in out.splitlines()), err
+            argv, code, "".join(squeue_line(JOB, owner, line) for line in out.splitlines()), err
         )
 
     def squeue_queries(self) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
@@ -19,6 +20,7 @@ from hpcbinder.jobs.queueboard import QueueBoard
 from hpcbinder.jobs.servers import ServerJobs, ServerJobState
 from hpcbinder.seams.proc import CommandResult, LocalRunner
 from hpcbinder.seams.slurm import QueueEntry, QueueState, SlurmCLI, SlurmError
+from tests.unit.fakes import squeue_line
 
 
 class Queue(LocalRunner):
@@ -55,7 +57,7 @@ class Queue(LocalRunner):
             return CommandResult(argv, 0, f"PrivateData = {self.private_data}\n", "")
         if argv[0] == "sacctmgr":
             return CommandResult(argv, 0, "None\n", "")
-        assert argv[0] == "squeue" and "--states=all" in argv
+        assert argv[0] == "squeue" and "--states=all" in argv and "-a" in argv
         if self.pause:
             time.sleep(self.pause)
         ids = argv[-1].split(",")
@@ -67,7 +69,7 @@ class Queue(LocalRunner):
         listed = [i for i in ids if i in self.lines]
         if "jobs" in self.private_data:
             listed = [i for i in listed if self.owner(i) == user]
-        out = "".join(f"{i} {self.owner(i)} {self.lines[i]}\n" for i in listed)
+        out = "".join(squeue_line(i, self.owner(i), self.lines[i]) for i in listed)
         return CommandResult(argv, 0, out, "")
 
     def owner(self, job_id: str) -> str:
@@ -184,7 +186,7 @@ def test_a_failed_squeue_reaches_every_asker_and_the_next_question_asks_again() 
 @settings(max_examples=30, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.sampled_from(["alice", "bob", "carol"]), st.integers(1, 60), st.booleans()),
+        st.tuples(st.sampled_from(["alice", "bob", "hpcbuild"]), st.integers(1, 60), st.booleans()),
         min_size=1,
         max_size=30,
     ),
@@ -297,23 +299,74 @@ def test_slurm_hiding_jobs_mid_run_stops_no_server() -> None:
     account sees every job, a site setting ``PrivateData=jobs`` while the
     hub ran made the shared squeue list none, and every server read as
     gone (the hub would stop them all). A job it does not list is asked
-    for as its owner before it is called gone, and the board asks again
-    whether it sees every job."""
+    for as its owner before it is called gone, and whether the board sees
+    every job is asked again every minute."""
     lines = jobs_of(4)
-    queue = Queue(lines, owners=alternating(lines))
-    board = QueueBoard(SlurmCLI(queue), interval=0, account="hpcbinder")
+    owners = alternating(lines)
+    queue = Queue(lines, owners=owners)
+    ticks = [0.0]
+    board = QueueBoard(SlurmCLI(queue), interval=0, account="hpcbinder", clock=lambda: ticks[0])
 
-    async def everyone() -> list[QueueEntry]:
-        owners = alternating(lines)
-        return await asyncio.gather(*(board.entry(job, owners[job]) for job in lines))
+    def everyone() -> list[QueueEntry]:
+        async def ask() -> list[QueueEntry]:
+            return await asyncio.gather(*(board.entry(job, owners[job]) for job in lines))
 
-    assert all(e.state is QueueState.RUNNING for e in asyncio.run(everyone()))
+        ticks[0] += 1
+        queue.squeues.clear()
+        return asyncio.run(ask())
+
+    assert all(e.state is QueueState.RUNNING for e in everyone())
     assert [user for _, user in queue.squeues] == [None]
     queue.private_data = "jobs"  # slurm.conf changed and reconfigured
-    queue.squeues.clear()
-    assert all(e.state is QueueState.RUNNING for e in asyncio.run(everyone()))
-    queue.squeues.clear()
-    assert all(e.state is QueueState.RUNNING for e in asyncio.run(everyone()))
-    assert sorted(user or "" for _, user in queue.squeues) == ["alice", "bob"]  # as each owner now
+    assert all(e.state is QueueState.RUNNING for e in everyone())
+    assert [user for _, user in queue.squeues] == [None, "alice", "bob"]
+    ticks[0] += 60
+    assert all(e.state is QueueState.RUNNING for e in everyone())
+    assert [user for _, user in queue.squeues] == ["alice", "bob"]  # as each owner now
     del lines["1000"]  # her job ends and Slurm forgets it: gone, as before
+    ticks[0] += 1
     assert asyncio.run(board.entry("1000", "alice")) == QueueEntry(QueueState.GONE)
+
+
+@pytest.mark.parametrize("stale_first", [True, False], ids=["her record first", "his first"])
+def test_one_id_asked_for_two_researchers_is_only_its_owners(stale_first: bool) -> None:
+    """Review finding (MEDIUM): Slurm's state reset, her record's id 1000
+    is bob's new server now. Whoever asked last decided whose job the
+    round checked, and the answer went to both: she read his server as
+    hers, or his read as gone (and the hub dropped it, running on)."""
+    queue = Queue({"1000": "RUNNING hpcb-c2 interactive None"}, owners={"1000": "bob"})
+    board = QueueBoard(SlurmCLI(queue), interval=10)
+    order = [("1000", "alice"), ("1000", "bob")]
+
+    async def both() -> dict[str, QueueEntry]:
+        asks = order if stale_first else order[::-1]
+        entries = await asyncio.gather(*(board.entry(job, user) for job, user in asks))
+        return {user: entry for (_, user), entry in zip(asks, entries, strict=True)}
+
+    entries = asyncio.run(both())
+    assert entries["alice"] == QueueEntry(QueueState.GONE)
+    assert entries["bob"] == QueueEntry(QueueState.RUNNING, "hpcb-c2", "interactive")
+    # Asked again within the interval: the same, from the same round.
+    assert asyncio.run(board.entry("1000", "bob")).state is QueueState.RUNNING
+    assert len(queue.squeues) == 1
+
+
+def test_an_owner_this_host_cannot_look_up_is_no_answer_not_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review finding (MEDIUM): with names compared, a directory service
+    down read every server as another account's, so gone: the hub would
+    stop them all. squeue prints the uid; the hub's own failing lookup
+    leaves the state unknown, and the server is kept."""
+    queue = Queue(jobs_of(1))
+    board = QueueBoard(SlurmCLI(queue), interval=0)
+    assert asyncio.run(board.entry("1000", "alice")).state is QueueState.RUNNING
+
+    def no_directory(name: str) -> object:
+        raise KeyError(name)
+
+    monkeypatch.setattr("hpcbinder.seams.slurm.pwd", SimpleNamespace(getpwnam=no_directory))
+    with pytest.raises(SlurmError, match="no account alice here"):
+        asyncio.run(board.entry("1000", "alice"))
+    jobs = ServerJobs("alice", SlurmCLI(queue), retries=0, backoff=0, board=board)
+    assert asyncio.run(jobs.status("1000")).state is ServerJobState.UNKNOWN

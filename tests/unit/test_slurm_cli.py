@@ -16,8 +16,9 @@ from hpcbinder.seams.slurm import (
     SlurmCLI,
     SlurmError,
     SubmitOptions,
+    owned_entry,
 )
-from tests.unit.fakes import Replies
+from tests.unit.fakes import Replies, squeue_line
 
 
 def test_each_option_is_one_argument_whatever_its_value() -> None:
@@ -152,24 +153,28 @@ def test_wait_returns_the_finished_record_and_gives_up_on_a_forgotten_job() -> N
     ],
 )
 def test_squeue_lines_are_read_as_states(line: str, entry: QueueEntry) -> None:
-    slurm = Replies(ok(f"4242 alice {line}\n" if line else ""))
+    slurm = Replies(ok(squeue_line("4242", "alice", line) if line else ""))
     assert SlurmCLI(slurm).queue_entry("4242", user="alice") == entry
-    argv = ("squeue", "-h", "--states=all", "-o", "%i %u %T %B %P %r", "--jobs", "4242")
+    argv = ("squeue", "-h", "-a", "--states=all", "-o", "%i|%U|%T|%B|%P|%r", "--jobs", "4242")
     assert slurm.calls[0][:2] == (argv, "alice")
 
 
 def test_one_squeue_answers_for_many_jobs_and_one_it_omits_is_gone() -> None:
-    lines = "4243 bob PENDING n/a batch Priority\n4242 alice RUNNING hpcb-c2 interactive None\n"
-    slurm = Replies(ok(lines + "99 alice RUNNING vm interactive None\n"))  # not asked: ignored
-    owners = {"4242": "alice", "4243": "bob", "4244": "alice", "1;id": "alice"}
-    entries = SlurmCLI(slurm).queue_entries(owners)
-    assert entries == {
+    lines = squeue_line("4243", "bob", "PENDING n/a batch Priority") + squeue_line(
+        "4242", "alice", "RUNNING hpcb-c2 interactive None"
+    )
+    # A line for a job not asked about, and lines squeue could not print whole: ignored.
+    others = squeue_line("99", "alice", "RUNNING vm interactive None") + "4244|1002|RUNNING\n"
+    slurm = Replies(ok(lines + others))
+    listings = SlurmCLI(slurm).queue_listings(["4242", "4243", "4244", "1;id"])
+    assert {job: owned_entry(listings.get(job), "alice") for job in ["4242", "4244"]} == {
         "4242": QueueEntry(QueueState.RUNNING, "hpcb-c2", "interactive"),
-        "4243": QueueEntry(QueueState.PENDING, "", "batch", "Priority"),
         "4244": QueueEntry(QueueState.GONE),
-        "1;id": QueueEntry(QueueState.GONE),  # never asked
     }
-    assert slurm.calls[0][0][-1] == "4242,4243,4244"
+    assert owned_entry(listings["4243"], "bob") == QueueEntry(
+        QueueState.PENDING, "", "batch", "Priority"
+    )
+    assert slurm.calls[0][0][-1] == "4242,4243,4244"  # never "1;id"
 
 
 @pytest.mark.parametrize("state", ["RUNNING vm interactive None", "PENDING n/a batch Priority"])
@@ -177,9 +182,8 @@ def test_a_job_squeue_lists_as_another_accounts_is_not_hers(state: str) -> None:
     """Her recorded job id now names bob's job (Slurm forgot hers and gave
     the id again, as after its state was reset): hers is gone, and bob's
     node and state are never taken for her server's."""
-    slurm = Replies(ok(f"4242 bob {state}\n"), ok(f"4242 bob {state}\n"))
+    slurm = Replies(ok(squeue_line("4242", "bob", state)))
     assert SlurmCLI(slurm).queue_entry("4242", user="alice") == QueueEntry(QueueState.GONE)
-    assert SlurmCLI(slurm).queue_entries({"4242": "alice"}) == {"4242": QueueEntry(QueueState.GONE)}
 
 
 def test_version_is_sinfos_line_or_empty() -> None:
