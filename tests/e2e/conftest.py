@@ -50,6 +50,17 @@ def hub(devcluster: DevCluster) -> Iterator[Hub]:
 
 
 @pytest.fixture(scope="module")
+def module_hub(devcluster: DevCluster) -> Iterator[Hub]:
+    """One hub of the dev site for a module's tests that start no server
+    (refusals, pages): starting one takes 5-7 s."""
+    hub = new_hub()
+    try:
+        yield hub
+    finally:
+        close_hub(hub)
+
+
+@pytest.fixture(scope="module")
 def module_binder(devcluster: DevCluster) -> Iterator[Binder]:
     """One Binder service of the dev site (its hub, proxy and build server)
     for a module's tests: starting them takes 10-15 s."""

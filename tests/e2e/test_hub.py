@@ -179,12 +179,12 @@ def test_hub_restart_keeps_servers_reachable(hub: Hub) -> None:
     ],
 )
 def test_bad_launch_options_are_refused_before_a_job(
-    hub: Hub, options: dict[str, object], reason: str
+    module_hub: Hub, options: dict[str, object], reason: str
 ) -> None:
     """Options a client of the hub's API sends are checked before anything
     is submitted: a 400 naming the bad one (not the hub's 500)."""
     with pytest.raises(HTTPClientError) as caught:
-        hub.api("POST", "/users/alice/servers/bad", {"image": "base:default", **options})
+        module_hub.api("POST", "/users/alice/servers/bad", {"image": "base:default", **options})
     assert caught.value.code == 400
     assert caught.value.response is not None
     assert reason in json.loads(caught.value.response.body)["message"]
@@ -246,7 +246,8 @@ def test_an_image_only_another_researcher_may_launch_is_refused_before_a_job(
                 close_hub(hub)
 
 
-def test_spawn_page_offers_the_site_profiles(hub: Hub) -> None:
+def test_spawn_page_offers_the_site_profiles(module_hub: Hub) -> None:
+    hub = module_hub
     session = HTTPClient()
     login = session.fetch(f"{hub.url}/hub/login", follow_redirects=False)
     cookies = "; ".join(c.split(";", 1)[0] for c in login.headers.get_list("Set-Cookie"))
