@@ -16,6 +16,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,13 +56,16 @@ class BatchRepo:
     site: Path
     output_dir: Path
 
+    def sbatch_argv(self, *args: str, wait: bool = True) -> list[str]:
+        """``hpcbinder sbatch``, from the site-wide install, for this repository."""
+        argv = [str(HPCBINDER), "--site", str(self.site), "sbatch", self.spec]
+        return [*argv, "--output-dir", str(self.output_dir), *(["--wait"] if wait else []), *args]
+
     def sbatch(
         self, *args: str, wait: bool = True, user: str = USER
     ) -> subprocess.CompletedProcess[str]:
-        """``hpcbinder sbatch`` as the researcher, from the site-wide install."""
-        argv = [str(HPCBINDER), "--site", str(self.site), "sbatch", self.spec]
-        argv += ["--output-dir", str(self.output_dir), *(["--wait"] if wait else []), *args]
-        return as_account(user, argv, timeout=600)
+        """``hpcbinder sbatch`` as the researcher."""
+        return as_account(user, self.sbatch_argv(*args, wait=wait), timeout=600)
 
     def jobs(self, *args: str, user: str = USER) -> subprocess.CompletedProcess[str]:
         argv = [str(HPCBINDER), "--site", str(self.site), "jobs", *args]
@@ -71,8 +75,19 @@ class BatchRepo:
         return self.output_dir / f"job-{job_id}" / f"task-{index}"
 
 
-@pytest.fixture
-def batch_repo(devcluster: DevCluster) -> Iterator[BatchRepo]:
+def alices_jobs() -> set[str]:
+    """The ids of the researcher's jobs Slurm has now."""
+    listed = subprocess.run(
+        ["squeue", "-h", "-u", USER, "-o", "%i"], capture_output=True, text=True, check=True
+    )
+    return set(listed.stdout.split())
+
+
+@contextmanager
+def new_batch_repo() -> Iterator[BatchRepo]:
+    """A copy of tests/batchrepo below a local root of its own site file;
+    at the end, the jobs of the researcher's that came meanwhile are
+    cancelled (only those: the module's over-time run goes on)."""
     root = SHARED_SCRATCH / f"batch-{uuid.uuid4().hex[:8]}"
     repo = root / "repo"
     shutil.copytree(REPO / "tests" / "batchrepo", repo)
@@ -84,11 +99,59 @@ def batch_repo(devcluster: DevCluster) -> Iterator[BatchRepo]:
     (root / "site.yaml").write_text(yaml.safe_dump(site))
     home = Path(f"/home/{USER}")
     output_dir = home / "hpcbinder-runs" / f"test-{uuid.uuid4().hex[:8]}"
-    yield BatchRepo(
-        local_spec(repo), git(repo, "rev-parse", "HEAD"), root / "site.yaml", output_dir
-    )
-    subprocess.run(["scancel", f"--user={USER}"], check=False)
-    subprocess.run(["rm", "-rf", str(root), str(output_dir)], check=False)
+    before = alices_jobs()
+    try:
+        yield BatchRepo(
+            local_spec(repo), git(repo, "rev-parse", "HEAD"), root / "site.yaml", output_dir
+        )
+    finally:
+        if came := alices_jobs() - before:
+            subprocess.run(["scancel", *sorted(came)], check=False)
+        subprocess.run(["rm", "-rf", str(root), str(output_dir)], check=False)
+
+
+@pytest.fixture
+def batch_repo(devcluster: DevCluster) -> Iterator[BatchRepo]:
+    with new_batch_repo() as repo:
+        yield repo
+
+
+@dataclass
+class OverTimeRun:
+    """A run of ``slow.ipynb`` (300 s) with a 1-minute time limit."""
+
+    repo: BatchRepo
+    process: subprocess.Popen[str]
+    job_id: str
+
+    def finished(self) -> tuple[int, str]:
+        """Its ``hpcbinder sbatch --wait``'s exit status and stderr."""
+        _, stderr = self.process.communicate(timeout=600)
+        return self.process.returncode, stderr
+
+
+@pytest.fixture(scope="module", autouse=True)
+def over_time_run(devcluster: DevCluster) -> Iterator[OverTimeRun]:
+    """The researcher's run over its time limit, submitted before the
+    module's first test: Slurm ends it 60-90 s later (it checks limits
+    every 30 s, and a limit is in minutes), while the other tests run."""
+    with new_batch_repo() as repo:
+        argv = repo.sbatch_argv("--run", "slow.ipynb", "--time", "00:01:00")
+        process = subprocess.Popen(
+            ["sudo", "-n", "-u", USER, "--", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd="/",
+        )
+        try:
+            assert process.stdout is not None
+            # Submitted (its id printed) before any test's snapshot of her jobs.
+            yield OverTimeRun(repo, process, process.stdout.readline().strip())
+        finally:
+            if process.poll() is None:
+                process.terminate()
+    process.communicate(timeout=120)
 
 
 def submitted(result: subprocess.CompletedProcess[str]) -> str:
@@ -224,15 +287,14 @@ def test_the_emitted_script_resubmitted_by_hand_gives_the_same_result(
     ],
 )
 def test_bad_requests_are_refused_before_anything_is_submitted(
-    batch_repo: BatchRepo, args: list[str], message: str
+    batch_repo: BatchRepo, over_time_run: OverTimeRun, args: list[str], message: str
 ) -> None:
     grid = str(batch_repo.site.parent / "repo" / "grid.csv")
     result = batch_repo.sbatch(*[grid if a == "GRID" else a for a in args])
     assert result.returncode == 2, result.stdout + result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
-    queue = subprocess.run(["squeue", "-h", "-u", USER], capture_output=True, text=True)
-    assert queue.stdout.strip() == ""
+    assert alices_jobs() <= {over_time_run.job_id}
     assert not batch_repo.output_dir.exists()
 
 
@@ -357,16 +419,6 @@ def test_a_cancelled_job_keeps_its_partial_outputs_marked_incomplete(
     assert "task-0: INCOMPLETE: killed by Slurm" in outputs.stdout
 
 
-def test_a_job_over_its_time_limit_is_reported_as_such(batch_repo: BatchRepo) -> None:
-    result = batch_repo.sbatch("--run", "slow.ipynb", "--time", "00:01:00")
-    assert result.returncode == 124, result.stderr
-    job_id = submitted(result)
-    task = batch_repo.task(job_id)
-    assert f"job {job_id}: TIMEOUT (exit 124); partial outputs kept in {task}" in result.stderr
-    assert (task / "INCOMPLETE").exists()
-    assert provenance(task)["complete"] is False
-
-
 def test_a_researcher_runs_a_repository_whose_image_is_not_built_yet(
     batch_repo: BatchRepo,
 ) -> None:
@@ -462,3 +514,15 @@ def bound_run(devcluster: DevCluster, checkout: Path, run_dir: Path, code: str) 
     script = batch.render_batch_script(dataclasses.replace(run, launch=launch))
     job_id = devcluster.slurm.submit(script, SubmitOptions(), user=USER)
     return job_id, devcluster.slurm.wait(job_id, timeout=180).state
+
+
+def test_a_job_over_its_time_limit_is_reported_as_such(over_time_run: OverTimeRun) -> None:
+    """Last in the module: the run began with it (:func:`over_time_run`)."""
+    returncode, stderr = over_time_run.finished()
+    assert returncode == 124, stderr
+    job_id = over_time_run.job_id
+    assert job_id.isdigit(), stderr
+    task = over_time_run.repo.task(job_id)
+    assert f"job {job_id}: TIMEOUT (exit 124); partial outputs kept in {task}" in stderr
+    assert (task / "INCOMPLETE").exists()
+    assert provenance(task)["complete"] is False
