@@ -542,10 +542,6 @@ class RecordServices(_Strict):
     #: CKAN portals a ``ckan/`` link may name; empty: any the allow list admits.
     ckan: list[ServiceUrl] = []
     software_heritage: ServiceUrl = "https://archive.softwareheritage.org"
-    #: Networks that are not public (a university's own Dataverse at
-    #: 10.1.2.0/24) that the build server may fetch records from; loopback,
-    #: private and link-local addresses are refused otherwise.
-    internal_networks: list[IPvAnyNetwork] = []
 
 
 class RepoPolicy(_Strict):
@@ -570,6 +566,12 @@ class RepoPolicy(_Strict):
     fetch_timeout_seconds: float = Field(default=600, gt=0)
     #: The most files (downloaded and unpacked) one record fetch may make.
     max_fetch_files: int = Field(default=100_000, ge=1)
+    #: Networks that are not public (the centre's own forge or Dataverse at
+    #: 10.1.2.0/24) that the build server may fetch repositories and records
+    #: from; loopback, private and link-local addresses are refused
+    #: otherwise, wherever a link, redirect or submodule points
+    #: (:mod:`hpcbinder.seams.addresses`).
+    internal_networks: list[IPvAnyNetwork] = []
     records: RecordServices = RecordServices()
     _ca_bundle: Path | None = PrivateAttr(default=None)
 

@@ -10,6 +10,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+#: ``repos.internal_networks`` of a test site whose git hosts and record
+#: services are stand-ins on loopback: the build account may fetch only
+#: public addresses and those the site lists.
+LOOPBACK_NETWORKS = ["127.0.0.1/32"]
+
 
 class QuietHandler(BaseHTTPRequestHandler):
     """A request handler that does not log: requests are not the test's output."""
@@ -20,21 +25,25 @@ class QuietHandler(BaseHTTPRequestHandler):
 
 @contextmanager
 def serving_on_loopback(
-    handler: Callable[..., BaseHTTPRequestHandler], tls: ssl.SSLContext | None = None
+    handler: Callable[..., BaseHTTPRequestHandler],
+    tls: ssl.SSLContext | None = None,
+    address: tuple[str, int] = ("127.0.0.1", 0),
 ) -> Iterator[str]:
-    """``handler`` answering on a free loopback port, each request in its
-    own thread (a client may hold one connection while it opens another);
-    yields the base URL, ``http://127.0.0.1:PORT`` (``https://`` with
-    ``tls``, a server context holding the certificate). The server is
-    stopped and its socket closed when the block ends, so that a stand-in
-    outlives neither its test nor its port."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    """``handler`` answering on ``address`` (by default a free port of
+    127.0.0.1), each request in its own thread (a client may hold one
+    connection while it opens another); yields the base URL,
+    ``http://ADDRESS:PORT`` (``https://`` with ``tls``, a server context
+    holding the certificate). The server is stopped and its socket closed
+    when the block ends, so that a stand-in outlives neither its test nor
+    its port."""
+    server = ThreadingHTTPServer(address, handler)
     if tls is not None:
         server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}"
+        host, port = server.server_address[:2]
+        yield f"{'https' if tls else 'http'}://{host!s}:{port}"
     finally:
         server.shutdown()
         server.server_close()

@@ -44,7 +44,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from tests.githttp import answer_with_git_http_backend
-from tests.loopback import QuietHandler, serving_on_loopback
+from tests.loopback import LOOPBACK_NETWORKS, QuietHandler, serving_on_loopback
 
 #: The repository every record holds.
 CONTENT = {
@@ -197,8 +197,12 @@ class Services:
             "hydroshare": self.hydroshare.url,
             "ckan": [self.ckan.url],
             "software_heritage": self.swh.url,
-            "internal_networks": ["127.0.0.1/32"],  # the stand-ins' loopback
         }
+
+    def repos_setting(self) -> dict[str, Any]:
+        """The ``repos`` settings that reach the stand-ins: their services,
+        and their loopback listed as the site's own network."""
+        return {"records": self.records_setting(), "internal_networks": LOOPBACK_NETWORKS}
 
     def specs(self) -> dict[str, str]:
         """A mybinder.org-style spec of each provider's record."""

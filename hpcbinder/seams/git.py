@@ -60,16 +60,17 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from hpcbinder import textpatterns
 from hpcbinder.patterns import COMMIT, LOCAL_PATH
-from hpcbinder.seams import proc
+from hpcbinder.seams import addresses, connect, proc
 
 _LS_REMOTE_LINE = textpatterns.compile(rf"({COMMIT.pattern})\t(\S+)")
 #: A line of git's stderr that starts a new message (``fatal: ...``).
@@ -350,6 +351,62 @@ def _env(protocols: Iterable[str], home: Path) -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class _Route:
+    """How one git call reaches its remote: its ``-c`` options, the
+    variables it adds, and whether ssh connects through the helper."""
+
+    options: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    ssh_proxy: bool = False
+
+
+def _route(
+    remote: str, networks: Sequence[addresses.Network], what: str, deadline: float
+) -> _Route:
+    """Where the build account's git connects for ``remote``: the one
+    address :class:`~hpcbinder.seams.addresses.AddressRule` checked (public,
+    or in ``networks``), pinned so that git and ssh cannot look the name up
+    again: curl's resolve list for HTTP(S), :mod:`hpcbinder.seams.connect`
+    as the proxy command of ``git://`` and ``ssh://``. A repository on this
+    host has no connection to judge; a researcher fetching as herself
+    connects where her own account may (:func:`fetching_as_self`)."""
+    where = origin(remote)
+    if where == "file://" or fetching_as_self():
+        return _Route()
+    if where is None:
+        raise GitError(f"{what}: cannot tell which host the URL names")
+    scheme, _, authority = where.partition("://")
+    if authority.startswith("["):
+        host, _, rest = authority[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    else:
+        host, _, port_text = authority.partition(":")
+    port = int(port_text) if port_text else _DEFAULT_PORTS[scheme]
+    try:
+        address = addresses.AddressRule(networks).address(host, port, deadline)
+    except OSError as exc:  # TimeoutError too: a resolver that stalls
+        raise GitError(f"{what}: {exc}") from None
+    if scheme in ("http", "https"):
+        if host == str(address):  # an address literal: curl connects to it as judged
+            return _Route()
+        shown = str(address) if address.version == 4 else f"[{address}]"
+        return _Route(options=("-c", f"http.curloptResolve={host}:{port}:{shown}"))
+    env = {connect.ADDRESS: str(address), connect.PORT: str(port)}
+    if scheme == "git":
+        return _Route(options=("-c", f"core.gitProxy={_connect_helper()}"), env=env)
+    return _Route(env=env, ssh_proxy=True)
+
+
+def _connect_helper() -> str:
+    """The path of ``hpcbinder-git-connect``, installed beside this Python
+    (a console script of hpcbinder's own, never one found on ``PATH``)."""
+    helper = Path(sys.executable).parent / "hpcbinder-git-connect"
+    if not LOCAL_PATH.fullmatch(str(helper)) or not os.access(helper, os.X_OK):
+        raise GitError(f"hpcbinder is not installed whole: {helper} is missing")
+    return str(helper)
+
+
 def _git(
     args: list[str],
     what: str,
@@ -360,17 +417,25 @@ def _git(
     cwd: Path | None = None,
     watch: Sequence[Path] = (),
     ca_bundle: Path | None = None,
+    remote: str | None = None,
+    networks: Sequence[addresses.Network] = (),
 ) -> proc.CommandResult:
     """git ``args`` in ``cwd``, in its own process group, stopped (the whole
     group) by :class:`FetchLimitExceeded` (``what`` failed: why) once
     ``deadline`` (``time.monotonic``) passes or once its output and the
     folders in ``watch`` hold more than ``limits.max_mb``. ``ca_bundle``:
     the CA certificates HTTPS trusts (the site's ``network.ca_bundle``),
-    instead of the system's."""
+    instead of the system's. ``remote``: the URL the call contacts, whose
+    connection goes only to an address :func:`_route` checked against
+    ``networks`` (the site's ``repos.internal_networks``)."""
     trust = ["-c", f"http.sslCAInfo={ca_bundle}"] if ca_bundle is not None else []
-    argv = ["git", *_OPTIONS, *trust, *args]
+    route = _route(remote, networks, what, deadline) if remote is not None else _Route()
+    argv = ["git", *_OPTIONS, *trust, *route.options, *args]
     with tempfile.TemporaryDirectory(prefix="hpcbinder-git-") as tmp:
         output = Path(tmp)
+        env = {**_env(protocols, output), **route.env}
+        if route.ssh_proxy:
+            env["GIT_SSH_COMMAND"] += f" -o ProxyCommand={_connect_helper()}"
         with (output / "out").open("w+b") as out, (output / "err").open("w+b") as err:
             try:
                 child = subprocess.Popen(
@@ -379,7 +444,7 @@ def _git(
                     stdout=out,
                     stderr=err,
                     cwd=cwd,
-                    env=_env(protocols, output),
+                    env=env,
                     start_new_session=True,
                 )
             except FileNotFoundError as exc:
@@ -488,11 +553,13 @@ def ls_remote(
     limits: FetchLimits,
     local_repo: Path | None = None,
     ca_bundle: Path | None = None,
+    networks: Sequence[addresses.Network] = (),
 ) -> dict[str, str]:
     """Every ref the remote advertises, name → commit (peeled tags as ``name^{}``).
 
     ``local_repo``: ``url`` is ``file://`` + this path, checked to be a
-    repository git may read whoever owns it. ``ca_bundle``: as for :func:`_git`."""
+    repository git may read whoever owns it. ``ca_bundle``, ``networks``:
+    as for :func:`_git` (no network: public addresses only)."""
     what = f"cannot list refs of {url}"
     result = _git(
         ["ls-remote", *_upload_pack(local_repo), "--end-of-options", url],
@@ -501,6 +568,8 @@ def ls_remote(
         limits=limits,
         deadline=time.monotonic() + limits.seconds,
         ca_bundle=ca_bundle,
+        remote=url,
+        networks=networks,
     )
     if not result.ok:
         raise _failed(what, result)
@@ -520,17 +589,18 @@ def expand_short_sha(
     limits: FetchLimits,
     local_repo: Path | None = None,
     ca_bundle: Path | None = None,
+    networks: Sequence[addresses.Network] = (),
 ) -> str | None:
     """The full commit id that ``short`` abbreviates among the remote's
     branches and tags, or None. Fetches commits only (no trees or blobs)
-    where the server allows it. ``local_repo``, ``ca_bundle``: as for
-    :func:`ls_remote`."""
+    where the server allows it. ``local_repo``, ``ca_bundle``, ``networks``:
+    as for :func:`ls_remote`."""
     what = f"cannot fetch {url}"
     deadline = time.monotonic() + limits.seconds
     with tempfile.TemporaryDirectory(prefix="hpcbinder-sha-") as tmp:
         work = Path(tmp)
 
-        def in_work(*args: str) -> proc.CommandResult:
+        def in_work(*args: str, remote: str | None = None) -> proc.CommandResult:
             return _git(
                 list(args),
                 what,
@@ -540,6 +610,8 @@ def expand_short_sha(
                 cwd=work,
                 watch=[work],
                 ca_bundle=ca_bundle,
+                remote=remote,
+                networks=networks,
             )
 
         proc.check(in_work("init", "-q", "--bare"))
@@ -552,6 +624,7 @@ def expand_short_sha(
             url,
             "+refs/heads/*:refs/heads/*",
             "+refs/tags/*:refs/tags/*",
+            remote=url,
         )
         if not fetched.ok:
             raise _failed(what, fetched)
@@ -573,8 +646,11 @@ class _Fetch:
     policy: UrlPolicy
     origin: str | None  # the repository's (see origin), its submodules' with her rights
     ca_bundle: Path | None  # see _git
+    networks: Sequence[addresses.Network]  # see _git
 
-    def git(self, args: list[str], what: str, cwd: Path) -> proc.CommandResult:
+    def git(
+        self, args: list[str], what: str, cwd: Path, remote: str | None = None
+    ) -> proc.CommandResult:
         return _git(
             args,
             what,
@@ -584,6 +660,8 @@ class _Fetch:
             cwd=cwd,
             watch=[self.root],
             ca_bundle=self.ca_bundle,
+            remote=remote,
+            networks=self.networks,
         )
 
 
@@ -597,17 +675,20 @@ def fetch_commit(
     policy: UrlPolicy,
     local_repo: Path | None = None,
     ca_bundle: Path | None = None,
+    networks: Sequence[addresses.Network] = (),
 ) -> None:
     """A checkout of exactly ``commit`` in the new directory ``dest``, with
     history depth 1 and its submodules at their pinned commits (each URL
     judged by ``policy`` first); nothing at ``dest`` if it fails. ``limits``
     bound the whole fetch: its time, and what ``dest`` (git objects and
-    checked-out files, submodules' too) holds. ``local_repo``, ``ca_bundle``:
-    as for :func:`ls_remote`."""
+    checked-out files, submodules' too) holds. ``local_repo``, ``ca_bundle``,
+    ``networks``: as for :func:`ls_remote`, for every submodule too."""
     if not COMMIT.fullmatch(commit):
         raise ValueError(f"not a full commit id: {commit!r}")
     deadline = time.monotonic() + limits.seconds
-    fetch = _Fetch(list(protocols), limits, deadline, dest, policy, origin(url), ca_bundle)
+    fetch = _Fetch(
+        list(protocols), limits, deadline, dest, policy, origin(url), ca_bundle, networks
+    )
     dest.mkdir(parents=True)
     try:
         _fetch_into(fetch, url, commit, dest, local_repo, depth=0)
@@ -623,13 +704,24 @@ def _fetch_into(
     then its submodules."""
     what = f"cannot fetch commit {commit} of {url}"
     steps = [
-        ["init", "-q"],
-        ["fetch", "-q", "--depth=1", *_upload_pack(local_repo), "--end-of-options", url, commit],
+        (["init", "-q"], None),
+        (
+            [
+                "fetch",
+                "-q",
+                "--depth=1",
+                *_upload_pack(local_repo),
+                "--end-of-options",
+                url,
+                commit,
+            ],
+            url,
+        ),
         # not checkout: git 2.39's takes --end-of-options for a path
-        ["switch", "-q", "--detach", "--end-of-options", commit],
+        (["switch", "-q", "--detach", "--end-of-options", commit], None),
     ]
-    for args in steps:
-        result = fetch.git(args, what, folder)
+    for args, remote in steps:
+        result = fetch.git(args, what, folder, remote)
         if not result.ok:
             raise _failed(what, result)
     for path, pinned, sub_url in _submodules(fetch, folder, url, what):

@@ -11,16 +11,14 @@ IP address in another notation, a ``.`` or ``..`` part, or a %-escape a
 server would decode to another path is refused, not normalised), not
 banned (``repos.ban``), and on ``repos.allow`` where the site keeps one.
 
-The build account's connections go only to public addresses: a service's
-JSON names its download URLs, so a hostile (or a site's misconfigured)
-service could otherwise send the build server to its own loopback, the
-cloud's metadata address or the cluster's internal hosts, and the answer
-would become a file in a world-readable checkout. Each host name is
-resolved once and the connection made to the address checked
-(no second lookup to rebind); an address that is not global is refused
-unless it is in ``repos.records.internal_networks`` (a university's own
-Dataverse). An IPv6 address that embeds an IPv4 one (mapped, 6to4,
-Teredo, NAT64, compatible) is judged by the IPv4 address it reaches.
+The build account's connections go only where
+:mod:`hpcbinder.seams.addresses` allows (public addresses, and
+``repos.internal_networks``): a service's JSON names its download URLs,
+so a hostile (or a site's misconfigured) service could otherwise send the
+build server to its own loopback, the cloud's metadata address or the
+cluster's internal hosts, and the answer would become a file in a
+world-readable checkout. Each host name is resolved once and the
+connection made to the address checked (no second lookup to rebind).
 Behind a proxy (the host's ``*_proxy`` variables) the proxy connects,
 but the target is judged first all the same (defence in depth: an
 address refused, a name whose answers here are not all public refused,
@@ -58,6 +56,7 @@ from urllib.parse import urljoin, urlsplit
 from hpcbinder import textpatterns
 from hpcbinder.config import RepoPolicy
 from hpcbinder.errors import RepoNotAllowed, SpecError
+from hpcbinder.seams import addresses
 from hpcbinder.sources.archives import CHUNK, Budget, RecordError
 from hpcbinder.sources.providers import refuse_credentials
 
@@ -177,12 +176,9 @@ class _Guard:
     """Where a session's connections may go, and until when."""
 
     def __init__(
-        self,
-        networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
-        proxies: dict[str, str],
-        deadline: float,
+        self, rule: addresses.AddressRule, proxies: dict[str, str], deadline: float
     ) -> None:
-        self.networks = networks
+        self.rule = rule
         self.deadline = deadline
         self.proxies = {_host_port(url) for scheme, url in proxies.items() if scheme != "no"}
         self.lock = threading.Lock()
@@ -197,10 +193,7 @@ class _Guard:
 
     def address(self, host: str, port: int) -> str:
         """The checked address to connect to for ``host``."""
-        found = _resolve(host, port, self.deadline)
-        for *_rest, sockaddr in found:
-            return str(self._checked(host, ipaddress.ip_address(str(sockaddr[0]))))
-        raise OSError(f"cannot resolve {host}")
+        return str(self.rule.address(host, port, self.deadline))
 
     def judge_target(self, host: str, port: int) -> None:
         """RepoNotAllowed if a proxied request's target is not public: an
@@ -208,31 +201,17 @@ class _Guard:
         name that does not resolve here is left to the proxy, which may see
         other DNS; one that does cannot reach an internal host through it)."""
         try:
-            addresses = [ipaddress.ip_address(host.strip("[]"))]
+            found = [ipaddress.ip_address(host.strip("[]"))]
         except ValueError:
             try:
-                found = _resolve(host, port, self.deadline)
+                answers = addresses.resolve(host, port, self.deadline)
             except TimeoutError:
                 raise
             except OSError:
                 return
-            addresses = [ipaddress.ip_address(str(sockaddr[0])) for *_r, sockaddr in found]
-        for address in addresses:
-            self._checked(host, address)
-
-    def _checked(
-        self, host: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address
-    ) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-        if any(address in net for net in self.networks) or all(
-            reached.is_global or any(reached in net for net in self.networks)
-            for reached in _reached(address)
-        ):
-            return address
-        raise RepoNotAllowed(
-            f"{host} is at {address}, not a public address: the build server connects "
-            "to other networks only where the site lists them "
-            "(repos.records.internal_networks)"
-        )
+            found = [ipaddress.ip_address(str(sockaddr[0])) for *_r, sockaddr in answers]
+        for address in found:
+            self.rule.checked(host, address)
 
     def connected(self, sock: socket.socket) -> socket.socket:
         with self.lock:
@@ -249,55 +228,6 @@ class _Guard:
             if self.current is not None:
                 with contextlib.suppress(OSError):
                     self.current.shutdown(socket.SHUT_RDWR)
-
-
-#: NAT64's well-known prefix (RFC 6052): its last 32 bits are the IPv4 address reached.
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-#: IPv4-compatible addresses (RFC 4291, deprecated), as some stacks still route them.
-_COMPATIBLE = ipaddress.ip_network("::/96")
-
-
-def _reached(
-    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
-) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    """The addresses a connection to ``address`` reaches: the IPv4 ones an
-    IPv6 address embeds (``is_global`` calls ``64:ff9b::7f00:1`` and
-    ``::127.0.0.1`` public, though they lead to loopback), else itself."""
-    if isinstance(address, ipaddress.IPv4Address):
-        return [address]
-    if address.ipv4_mapped is not None:
-        return [address.ipv4_mapped]
-    if address.sixtofour is not None:
-        return [address.sixtofour]
-    if address.teredo is not None:
-        return list(address.teredo)
-    if address in _NAT64 or address in _COMPATIBLE:
-        return [ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)]
-    return [address]
-
-
-def _resolve(host: str, port: int, deadline: float) -> list[Any]:
-    """``host``'s addresses, or OSError once ``deadline`` (``time.monotonic``)
-    passes: a resolver that stalls does not hold the fetch past its bound
-    (``getaddrinfo`` takes no timeout, and the watchdog shuts sockets only,
-    so it runs in a thread of its own, left to end on its own)."""
-    found: list[Any] = []
-    failed: list[OSError] = []
-
-    def lookup() -> None:
-        try:
-            found.extend(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
-        except OSError as exc:
-            failed.append(exc)
-
-    thread = threading.Thread(target=lookup, name=f"resolve {host}", daemon=True)
-    thread.start()
-    thread.join(max(deadline - time.monotonic(), 0))
-    if thread.is_alive():
-        raise TimeoutError(f"resolving {host} did not end before the fetch's deadline")
-    if failed:
-        raise OSError(f"cannot resolve {host}: {_one_line(failed[0])}")
-    return found
 
 
 class _HTTPConnection(http.client.HTTPConnection):
@@ -425,19 +355,19 @@ class Session:
         setting: str,
         *,
         judge: Callable[[str], object] | None = None,
-        networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] | None = None,
+        networks: Sequence[addresses.Network] | None = None,
     ) -> None:
         """``judge`` raises unless a request's URL may be sent (by default
         :func:`check_fetch_url`); ``networks``: the non-public addresses
-        connections may go to (by default ``repos.records.internal_networks``)."""
+        connections may go to (by default ``repos.internal_networks``)."""
         self.policy = policy
         self.budget = budget
         self.setting = setting
         self._judge = judge or (lambda url: check_fetch_url(url, policy))
         proxies = urllib.request.getproxies()  # the host's, as git keeps them
         if networks is None:
-            networks = policy.records.internal_networks
-        self._guard = _Guard(list(networks), proxies, budget.deadline)
+            networks = policy.internal_networks
+        self._guard = _Guard(addresses.AddressRule(networks), proxies, budget.deadline)
         handlers: list[urllib.request.BaseHandler] = [
             urllib.request.ProxyHandler(proxies),
             _HTTPHandler(self._guard),

@@ -434,6 +434,7 @@ class GitRepoProvider(RepoProvider):
                 limits=self.limits(),
                 local_repo=local,
                 ca_bundle=self.policy.ca_bundle,
+                networks=self.policy.internal_networks,
             )
         except git.GitError as exc:
             raise RepoUnreachable(str(exc)) from exc
@@ -454,6 +455,7 @@ class GitRepoProvider(RepoProvider):
                     limits=self.limits(),
                     local_repo=local,
                     ca_bundle=self.policy.ca_bundle,
+                    networks=self.policy.internal_networks,
                 )
             except git.GitError as exc:
                 raise RepoUnreachable(str(exc)) from exc
@@ -483,6 +485,7 @@ class GitRepoProvider(RepoProvider):
                 policy=self.check_submodule,
                 local_repo=local,
                 ca_bundle=self.policy.ca_bundle,
+                networks=self.policy.internal_networks,
             )
         except NotOpenToAll as exc:
             # A submodule's: this repository was read, so this is a refusal,

@@ -27,8 +27,10 @@ the researcher's credentials, :func:`hpcbinder.seams.git.own_credentials`)
 takes over. The requests are :class:`~hpcbinder.sources.download.Session`'s:
 bounded by :data:`RESOLVE_SECONDS` (git's fetch has its own), trusting ``network.ca_bundle``,
 through the host's proxies, and carrying no credentials, cookies or
-``Authorization`` whoever runs them. They may reach any address, as git
-may: the policy that judged the URL decides, not the address.
+``Authorization`` whoever runs them. They reach the addresses git may
+(:mod:`hpcbinder.seams.addresses`): for the build account, public ones
+and ``repos.internal_networks``; for a researcher fetching as herself,
+any her own account reaches.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from urllib.parse import urljoin, urlsplit
 
 from hpcbinder.config import RepoPolicy
 from hpcbinder.errors import RepoNotAllowed, SpecError
+from hpcbinder.seams import git
 from hpcbinder.sources.archives import Bounds, Budget, RecordError
 from hpcbinder.sources.download import Session, spelling_problem
 from hpcbinder.sources.providers import may_hold_credentials
@@ -50,7 +53,8 @@ MAX_HOPS = 5
 #: Seconds all of a URL's redirects may take (at most repos.fetch_timeout_seconds):
 #: a host that answers nothing in time is left to git, whose fetch has its own.
 RESOLVE_SECONDS = 30.0
-#: git connects to whatever address an allowed URL names; so may its resolver.
+#: A researcher's own fetch connects to whatever address an allowed URL
+#: names, as she could; so may its resolver.
 _ANY_ADDRESS = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 _SETTINGS = "repos.allow, repos.ban, repos.protocols"
 _SHOWN_CHARS = 200
@@ -77,7 +81,8 @@ def final_url(url: str, policy: RepoPolicy, judge: Callable[[str], object]) -> s
     budget = Budget(bounds, f"following the redirects of {url}")
     current = url
     try:
-        session = Session(policy, budget, _SETTINGS, judge=judge_request, networks=_ANY_ADDRESS)
+        networks = _ANY_ADDRESS if git.fetching_as_self() else None  # None: the site's
+        session = Session(policy, budget, _SETTINGS, judge=judge_request, networks=networks)
     except RecordError:  # the CA bundle unreadable: git says so for its own fetch
         return url
     with session:

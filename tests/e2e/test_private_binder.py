@@ -40,6 +40,7 @@ from tests.conftest import SHARED_SCRATCH, DevCluster
 from tests.e2e.conftest import running_binder
 from tests.githttp import git_http_server
 from tests.hubhelpers import DEV_SITE, Hub, execute
+from tests.loopback import LOOPBACK_NETWORKS
 from tests.repohelpers import local_spec
 from tests.sshhelpers import running_sshd
 
@@ -160,6 +161,7 @@ def privates(devcluster: DevCluster) -> Iterator[Privates]:
             repos = {
                 "local_roots": [str(folder), str(passable)],
                 "protocols": ["https", "http", "ssh", "file"],
+                "internal_networks": LOOPBACK_NETWORKS,  # the git servers: the site's forges
             }
             limits = {"max_parallel_builds": 3, "max_launches_per_user": 3}
             with running_binder({"repos": repos, "build": build, "binder": limits}) as binder:

@@ -86,7 +86,7 @@ def test_every_providers_link_launches_from_its_loopback_service(devcluster: Dev
             "repos": {
                 "protocols": ["https", "http", "file"],
                 "local_roots": [str(SHARED_SCRATCH)],
-                "records": services.records_setting(),
+                **services.repos_setting(),
                 "github_host": git_host.removeprefix("https://"),
                 "gitlab_host": git_host.removeprefix("https://"),
             },

@@ -30,6 +30,7 @@ from hpcbinder.images.store import image_store
 from hpcbinder.seams import proc
 from tests.conftest import SHARED_SCRATCH, SITE_BIN, DevCluster, running_build_server
 from tests.githttp import git_http_server
+from tests.loopback import LOOPBACK_NETWORKS
 from tests.repohelpers import local_spec
 from tests.sshhelpers import running_sshd
 
@@ -117,6 +118,7 @@ def world(devcluster: DevCluster) -> Iterator[World]:
         "protocols": ["https", "http", "ssh", "file"],
         "local_roots": [str(folder), str(passable)],
         "cache_dir": str(scratch / "checkouts"),
+        "internal_networks": LOOPBACK_NETWORKS,  # the git servers: the site's own forges
     }
     site.setdefault("build", {})["private_store"] = f"{{home}}/.cache/hpcbinder-test-{tag}"
     site_file = scratch / "site.yaml"

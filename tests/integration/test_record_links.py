@@ -31,7 +31,7 @@ def test_a_records_link_builds_and_runs_as_a_batch_job() -> None:
     ):
         settings = workspace_site(workspace).model_dump(mode="json")
         settings["repos"]["protocols"] = ["https", "http", "file"]
-        settings["repos"]["records"] = services.records_setting()
+        settings["repos"].update(services.repos_setting())
         site_file = workspace / "site.yaml"
         site_file.write_text(json.dumps(settings))
         site_file.chmod(0o644)
@@ -61,9 +61,7 @@ def test_a_record_over_the_sites_bound_is_refused_by_the_build_server() -> None:
         record_services(workspace / "services") as services,
     ):
         settings = workspace_site(workspace).model_dump(mode="json")
-        settings["repos"].update(
-            protocols=["http"], records=services.records_setting(), max_fetch_files=1
-        )
+        settings["repos"].update(protocols=["http"], max_fetch_files=1, **services.repos_setting())
         site_file = workspace / "site.yaml"
         site_file.write_text(json.dumps(settings))
         site_file.chmod(0o644)

@@ -41,9 +41,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
 
 
 def site(ca_bundle: Path | None, **repos: str) -> Site:
-    records = {"internal_networks": ["127.0.0.1/32"]}
     settings: dict[str, Any] = {
-        "repos": {"protocols": ["https"], "records": records, **repos},
+        "repos": {"protocols": ["https"], "internal_networks": ["127.0.0.1/32"], **repos},
         "network": {"ca_bundle": str(ca_bundle) if ca_bundle else None},
     }
     return Site.model_validate(settings)

@@ -140,7 +140,7 @@ def test_https_connects_to_the_checked_address_and_verifies_the_host(
     https_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url, cert = https_server
-    policy = RepoPolicy(protocols=["https"], records={"internal_networks": ["127.0.0.1/32"]})
+    policy = RepoPolicy(protocols=["https"], internal_networks=["127.0.0.1/32"])
 
     def ask() -> object:
         with Session(policy, Budget(Bounds(1 << 20, 10, 10), "a record"), "the setting") as s:

@@ -5,6 +5,7 @@ which judged only the URL a link named."""
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,8 @@ import pytest
 from hpcbinder.seams import git
 from tests.githttp import answer_with_git_http_backend
 from tests.loopback import QuietHandler, serving_on_loopback
+
+LOOPBACK = [ipaddress.ip_network("127.0.0.1/32")]
 
 LIMITS = git.FetchLimits(10, 30.0, "repos.max_fetch_mb", "repos.fetch_timeout_seconds")
 
@@ -52,8 +55,12 @@ def hosts(tmp_path: Path) -> Iterator[tuple[str, str]]:
 def test_git_follows_no_redirect(hosts: tuple[str, str], status: str) -> None:
     served, redirecting = hosts
     if status == "control":  # the repository itself is there to be read
-        assert git.ls_remote(f"{served}/repo.git", protocols=["http"], limits=LIMITS)
+        assert git.ls_remote(
+            f"{served}/repo.git", protocols=["http"], limits=LIMITS, networks=LOOPBACK
+        )
         return
     # The old code listed the refs of the host the redirect named.
     with pytest.raises(git.GitError, match=r"302 \(a redirect, which git does not follow here"):
-        git.ls_remote(f"{redirecting}/repo.git", protocols=["http"], limits=LIMITS)
+        git.ls_remote(
+            f"{redirecting}/repo.git", protocols=["http"], limits=LIMITS, networks=LOOPBACK
+        )

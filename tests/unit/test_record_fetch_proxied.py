@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from hpcbinder.config import RepoPolicy
 from hpcbinder.errors import RepoNotAllowed
+from hpcbinder.seams.addresses import AddressRule
 from hpcbinder.sources.archives import Bounds, Budget, RecordError
 from hpcbinder.sources.download import Session, _Guard
 from tests.loopback import QuietHandler, serving_on_loopback
@@ -176,12 +177,12 @@ def test_an_ipv6_address_embedding_an_internal_ipv4_one_is_refused(
     """``is_global`` called ``64:ff9b::7f00:1`` and ``::127.0.0.1`` public:
     a name whose AAAA answer embeds an internal IPv4 address (the resolver
     answers such a literal as a name's record would) is refused."""
-    guard = _Guard([], {}, time.monotonic() + 30)
+    guard = _Guard(AddressRule([]), {}, time.monotonic() + 30)
     with pytest.raises(RepoNotAllowed, match=r"not a public address"):
         guard.address(_embedded(form, v4), 80)
 
 
 def test_an_embedded_address_the_site_lists_is_allowed() -> None:
-    guard = _Guard([ipaddress.ip_network("10.0.0.0/8")], {}, time.monotonic() + 30)
+    guard = _Guard(AddressRule([ipaddress.ip_network("10.0.0.0/8")]), {}, time.monotonic() + 30)
     assert guard.address("64:ff9b::10.1.2.3", 80) == "64:ff9b::a01:203"
     assert guard.address("::ffff:8.8.8.8", 80) == "::ffff:808:808"

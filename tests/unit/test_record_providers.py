@@ -22,6 +22,7 @@ import pytest
 
 from hpcbinder.config import RepoPolicy
 from hpcbinder.errors import RepoConfigError, RepoNotAllowed, SpecError, UserError
+from hpcbinder.seams.addresses import AddressRule
 from hpcbinder.sources import providers
 from hpcbinder.sources.archives import FetchBoundExceeded, RecordError
 from hpcbinder.sources.checkout import tree_id
@@ -61,7 +62,7 @@ def _fresh_records(services: Services) -> Iterator[None]:
 def policy_for(services: Services, tmp_path: Path, **changes: Any) -> RepoPolicy:
     settings: dict[str, Any] = {
         "protocols": ["http"],
-        "records": services.records_setting(),
+        **services.repos_setting(),
         "cache_dir": str(tmp_path / "cache"),
         **changes,
     }
@@ -352,9 +353,8 @@ def test_the_build_server_connects_to_no_internal_address_unless_the_site_lists_
     """A service's JSON names its downloads: a hostile one could send the
     build account to its own loopback or the cloud's metadata address, and
     the answer would become a file of a world-readable checkout."""
-    records = {**services.records_setting(), "internal_networks": []}
-    with pytest.raises(RepoNotAllowed, match=r"127\.0\.0\.1.*repos\.records\.internal_networks"):
-        fetched(services.specs()["zenodo"], policy_for(services, tmp_path, records=records))
+    with pytest.raises(RepoNotAllowed, match=r"127\.0\.0\.1.*repos\.internal_networks"):
+        fetched(services.specs()["zenodo"], policy_for(services, tmp_path, internal_networks=[]))
     # A download redirected to another internal address is refused before
     # any connection (the site lists 127.0.0.1 only).
     zenodo_id = ZENODO_DOI.rpartition(".")[2]
@@ -369,9 +369,8 @@ def test_the_build_server_connects_to_no_internal_address_unless_the_site_lists_
     assert not any(r.endswith("/secret") for r in services.zenodo.requests)
     # A name is judged by the address it resolves to, not its text.
     with pytest.raises(RepoNotAllowed, match=r"localhost is at .*internal_networks"):
-        _Guard([ipaddress.ip_network("10.0.0.0/8")], {}, time.monotonic() + 30).address(
-            "localhost", 80
-        )
+        rule = AddressRule([ipaddress.ip_network("10.0.0.0/8")])
+        _Guard(rule, {}, time.monotonic() + 30).address("localhost", 80)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from hpcbinder.seams import git
 from hpcbinder.sources import redirects
 from hpcbinder.sources.providers import GitRepoProvider, parse_spec
 from tests.githttp import answer_with_git_http_backend
-from tests.loopback import QuietHandler, serving_on_loopback
+from tests.loopback import LOOPBACK_NETWORKS, QuietHandler, serving_on_loopback
 
 PROTOCOLS: list[Literal["https", "http", "git", "ssh", "file"]] = [
     "http",
@@ -104,7 +104,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Host, Hos
 
 
 def provider(url: str, allow: tuple[str, ...] = (), ban: tuple[str, ...] = ()) -> GitRepoProvider:
-    policy = RepoPolicy(protocols=PROTOCOLS, allow=list(allow), ban=list(ban))
+    policy = RepoPolicy(
+        protocols=PROTOCOLS,
+        allow=list(allow),
+        ban=list(ban),
+        internal_networks=LOOPBACK_NETWORKS,
+    )
     found = parse_spec(f"git/{quote(url, safe='')}/main", policy)
     assert isinstance(found, GitRepoProvider)
     return found

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
+from ipaddress import ip_network
 from pathlib import Path
 from urllib.parse import quote
 
@@ -210,7 +211,10 @@ def git_daemon(repo: Path) -> Iterator[str]:
 
 def test_git_protocol_over_loopback(git_daemon: str, repo: Path, tmp_path: Path) -> None:
     spec = f"git/{quote(git_daemon, safe='')}/feature%2Fx"
-    provider = parse_spec(spec, POLICY)
+    with pytest.raises(RepoNotAllowed, match=r"not a public address.*repos\.internal_networks"):
+        parse_spec(spec, POLICY).resolve()  # loopback, which this site does not list
+    listed = POLICY.model_copy(update={"internal_networks": [ip_network("127.0.0.1/32")]})
+    provider = parse_spec(spec, listed)
     resolved = provider.resolve()
     assert resolved.commit == git(repo, "rev-parse", "feature/x")
     checkout = providers.checkout(provider, resolved, tmp_path / "cache")

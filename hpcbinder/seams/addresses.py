@@ -1,0 +1,125 @@
+"""Which addresses the build account may connect to, for every fetch.
+
+The build server fetches for any logged-in researcher, from where it runs:
+a build node inside the cluster, which reaches hosts she may not (the
+node's own loopback services, the management network, the cloud's
+metadata address, an internal forge that serves repositories without a
+login to anyone inside). A link she chose, a redirect, a repository's
+submodule or a record service's JSON names the host, so any of them could
+otherwise send it there, and what came back would become files in a
+world-readable checkout and image. So every connection the build account
+makes for a fetch (git's and records' alike) goes to a public address, or
+to one in the networks the site lists in ``repos.internal_networks`` (its
+own forge, its own Dataverse).
+
+The rule is judged on the address connected to, not the name: a name is
+resolved once (:func:`resolve`, bounded, as a resolver can stall), the
+answer judged (:meth:`AddressRule.checked`) and the connection then made to
+that address, so a second lookup cannot rebind the name elsewhere. An IPv6
+address that embeds an IPv4 one (mapped, 6to4, Teredo, NAT64, compatible)
+is judged by the IPv4 address it reaches (:func:`reached`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from hpcbinder.errors import RepoNotAllowed
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: The setting that lists the non-public networks fetches may reach.
+SETTING = "repos.internal_networks"
+#: NAT64's well-known prefix (RFC 6052): its last 32 bits are the IPv4 address reached.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+#: IPv4-compatible addresses (RFC 4291, deprecated), as some stacks still route them.
+_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+class AddressRule:
+    """The addresses a fetch may connect to: public ones, and those in
+    ``networks`` (the site's ``repos.internal_networks``)."""
+
+    def __init__(self, networks: Sequence[Network]) -> None:
+        self.networks = list(networks)
+
+    def allows(self, address: Address) -> bool:
+        listed = any(address in net for net in self.networks)
+        return listed or all(
+            reached_address.is_global or any(reached_address in net for net in self.networks)
+            for reached_address in reached(address)
+        )
+
+    def checked(self, host: str, address: Address) -> Address:
+        """``address`` (where ``host`` is) if the rule allows it, else
+        :class:`RepoNotAllowed`, one line naming the setting."""
+        if self.allows(address):
+            return address
+        raise RepoNotAllowed(
+            f"{_shown(host)} is at {address}, not a public address: the build server "
+            f"connects to other networks only where the site lists them ({SETTING})"
+        )
+
+    def address(self, host: str, port: int, deadline: float) -> Address:
+        """The checked address to connect to for ``host`` (a name, resolved
+        once by :func:`resolve`, or an address literal, with or without
+        IPv6's brackets)."""
+        try:
+            return self.checked(host, ipaddress.ip_address(host.strip("[]")))
+        except ValueError:
+            pass
+        for *_rest, sockaddr in resolve(host, port, deadline):
+            return self.checked(host, ipaddress.ip_address(str(sockaddr[0]).partition("%")[0]))
+        raise OSError(f"cannot resolve {_shown(host)}")
+
+
+def reached(address: Address) -> list[Address]:
+    """The addresses a connection to ``address`` reaches: the IPv4 ones an
+    IPv6 address embeds (``is_global`` calls ``64:ff9b::7f00:1`` and
+    ``::127.0.0.1`` public, though they lead to loopback), else itself."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return [address]
+    if address.ipv4_mapped is not None:
+        return [address.ipv4_mapped]
+    if address.sixtofour is not None:
+        return [address.sixtofour]
+    if address.teredo is not None:
+        return list(address.teredo)
+    if address in _NAT64 or address in _COMPATIBLE:
+        return [ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)]
+    return [address]
+
+
+def resolve(host: str, port: int, deadline: float) -> list[Any]:
+    """``host``'s addresses (``getaddrinfo``'s answers), or OSError once
+    ``deadline`` (``time.monotonic``) passes: a resolver that stalls does
+    not hold the fetch past its bound (``getaddrinfo`` takes no timeout, so
+    it runs in a thread of its own, left to end on its own)."""
+    found: list[Any] = []
+    failed: list[OSError] = []
+
+    def lookup() -> None:
+        try:
+            found.extend(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=lookup, name="resolve", daemon=True)
+    thread.start()
+    thread.join(max(deadline - time.monotonic(), 0))
+    if thread.is_alive():
+        raise TimeoutError(f"resolving {_shown(host)} did not end before the fetch's deadline")
+    if failed:
+        reason = str(failed[0]).splitlines()[0] if str(failed[0]) else type(failed[0]).__name__
+        raise OSError(f"cannot resolve {_shown(host)}: {reason}")
+    return found
+
+
+def _shown(host: str) -> str:
+    return host if host.isprintable() and len(host) < 100 else "its host"

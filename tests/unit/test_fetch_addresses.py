@@ -1,0 +1,265 @@
+"""The build account's git reaches public addresses and the site's
+``repos.internal_networks`` only, at the address that was checked: real git
+against real servers (git http-backend, git daemon, sshd) on loopback
+addresses, which a test site lists or does not.
+
+The attack: a researcher's link, a redirect or a public repository's
+submodule names a host inside the cluster (the build node's loopback, an
+internal forge that serves anyone inside without a login), and what git
+fetched from there became a world-readable checkout and image. Before,
+git connected to any address an allowed URL named, and looked the name up
+itself after hpcbinder had judged it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hpcbinder.config import RepoPolicy
+from hpcbinder.errors import RepoNotAllowed
+from hpcbinder.seams import addresses, git
+from hpcbinder.sources import providers
+from tests.conftest import wait_for_port
+from tests.githttp import answer_with_git_http_backend
+from tests.loopback import QuietHandler, serving_on_loopback
+from tests.repohelpers import git as run_git
+from tests.sshhelpers import running_sshd, sshd_log
+
+#: Where the "internal" host listens, and the one address a site lists.
+INTERNAL, LISTED = "127.0.0.1", "127.0.0.2"
+REFUSED = r"is at 127\.0\.0\.1, not a public address.*\(repos\.internal_networks\)"
+
+
+def policy(
+    *networks: str, protocols: tuple[str, ...] = ("http", "git", "ssh", "file")
+) -> RepoPolicy:
+    return RepoPolicy(
+        protocols=list(protocols),
+        local_roots=[Path("/tmp")],
+        internal_networks=[ipaddress.ip_network(n) for n in networks],
+    )
+
+
+def served_repo(root: Path, name: str, content: str) -> Path:
+    """A bare repository ``root/name`` whose one commit holds ``which.txt``."""
+    work = root / f"{name}-work"
+    work.mkdir(parents=True)
+    run_git(work, "init", "-q", "-b", "main")
+    (work / "which.txt").write_text(content)
+    run_git(work, "add", "-A")
+    run_git(work, "commit", "-q", "-m", content)
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(root / name)], check=True)
+    return root / name
+
+
+@contextmanager
+def http_git(root: Path, address: str, port: int = 0) -> Iterator[tuple[str, list[str]]]:
+    """git's smart HTTP for the repositories below ``root`` on ``address``;
+    yields its base URL and the paths asked for."""
+    asked: list[str] = []
+
+    class Handler(QuietHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            answer_with_git_http_backend(self, root)
+
+        do_POST = do_GET
+
+    with serving_on_loopback(Handler, address=(address, port)) as url:
+        yield url, asked
+
+
+@contextmanager
+def git_daemon(root: Path, address: str, port: int) -> Iterator[str]:
+    daemon = subprocess.Popen(
+        ["git", "daemon", "--export-all", "--reuseaddr", f"--listen={address}",
+         f"--port={port}", f"--base-path={root}", str(root)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for_port(port, "git daemon", host=address)
+        yield f"git://{address}:{port}"
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=10)
+
+
+def port_free_on_both() -> int:
+    """A port nothing listens on at 127.0.0.1 nor at 127.0.0.2."""
+    for _ in range(50):
+        with socket.socket() as first, socket.socket() as second:
+            first.bind((INTERNAL, 0))
+            port = int(first.getsockname()[1])
+            try:
+                second.bind((LISTED, port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no port free on both loopback addresses")
+
+
+def checkout(spec: str, site: RepoPolicy, cache: Path) -> str:
+    provider = providers.parse_spec(spec, site)
+    resolved = provider.resolve()
+    return (providers.checkout(provider, resolved, cache) / "which.txt").read_text()
+
+
+def link(url: str) -> str:
+    return f"git/{quote(url, safe='')}/main"
+
+
+def test_a_link_to_an_internal_http_host_is_refused_before_any_request(tmp_path: Path) -> None:
+    root = tmp_path / "served"
+    served_repo(root, "secret.git", "internal")
+    with http_git(root, INTERNAL) as (url, asked):
+        with pytest.raises(RepoNotAllowed, match=REFUSED):
+            checkout(link(f"{url}/secret.git"), policy(), tmp_path / "cache")
+        assert asked == []  # not even the redirect check reached it
+        # Listed by the site (its own forge): fetched as any other.
+        assert checkout(link(f"{url}/secret.git"), policy(f"{INTERNAL}/32"), tmp_path / "c2") == (
+            "internal"
+        )
+
+
+def test_a_public_repositorys_submodule_on_an_internal_host_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "served"
+    served_repo(root, "secret.git", "internal")
+    with git_daemon(root, INTERNAL, port_free_on_both()) as daemon:
+        parent = tmp_path / "parent"
+        parent.mkdir()
+        run_git(parent, "init", "-q", "-b", "main")
+        (parent / "which.txt").write_text("parent")
+        subprocess.run(
+            ["git", "-c", "protocol.git.allow=always", "submodule", "add", "-q",
+             f"{daemon}/secret.git", "lib"],
+            cwd=parent, check=True, capture_output=True,
+        )  # fmt: skip
+        run_git(parent, "add", "-A")
+        run_git(parent, "commit", "-q", "-m", "with a submodule")
+        spec = link(f"file://{parent}")
+        with pytest.raises(RepoNotAllowed, match=REFUSED):
+            checkout(spec, policy(), tmp_path / "cache")
+        assert not list((tmp_path / "cache").rglob("which.txt"))  # nothing kept
+        assert checkout(spec, policy(f"{INTERNAL}/32"), tmp_path / "c2") == "parent"
+
+
+@contextmanager
+def answering(address: str) -> Iterator[None]:
+    """hpcbinder's one lookup of ``localhost`` answers ``address``; git's
+    own lookup, if it made one, would answer 127.0.0.1 (/etc/hosts): the
+    name rebound between the check and the connection."""
+    real = addresses.resolve
+
+    def lookup(host: str, port: int, deadline: float) -> list[Any]:
+        if host != "localhost":
+            return real(host, port, deadline)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(addresses, "resolve", lookup)
+        yield
+
+
+@pytest.mark.parametrize("scheme", ["http", "git"])
+def test_git_connects_to_the_checked_address_not_to_a_second_lookup(
+    tmp_path: Path, scheme: str
+) -> None:
+    """The internal host (127.0.0.1) and the listed one (127.0.0.2) serve
+    on the same port; ``localhost`` was checked at 127.0.0.2. Before, git
+    looked the name up again and fetched the internal host's repository."""
+    port = port_free_on_both()
+    internal, listed = tmp_path / "internal", tmp_path / "listed"
+    served_repo(internal, "repo.git", "internal")
+    served_repo(listed, "repo.git", "listed")
+    site = policy(f"{LISTED}/32")
+    url = f"{scheme}://localhost:{port}/repo.git"
+    serve = http_git if scheme == "http" else git_daemon
+    with serve(internal, INTERNAL, port), serve(listed, LISTED, port), answering(LISTED):
+        assert checkout(link(url), site, tmp_path / "cache") == "listed"
+    with (
+        serve(internal, INTERNAL, port),
+        answering(INTERNAL),  # the check sees 127.0.0.1
+        pytest.raises(RepoNotAllowed, match=r"localhost is at 127\.0\.0\.1"),
+    ):
+        checkout(link(url), site, tmp_path / "c2")
+
+
+def test_an_ssh_fetch_with_a_deploy_key_reaches_listed_addresses_only(tmp_path: Path) -> None:
+    """ssh connects through hpcbinder's helper to the checked address (its
+    host key still checked against the name in the URL)."""
+    root = tmp_path / "served"
+    repo = served_repo(root, "repo.git", "over ssh")
+    with running_sshd(["root"], address=LISTED) as host:
+        key = git.DeployCredential(
+            LISTED, ssh_key=Path(host["key_file"]), known_hosts=Path(host["known_hosts"])
+        )
+        url = f"ssh://root@{LISTED}:{host['port']}{repo}"
+        with git.deploy_credentials([key]):
+            with pytest.raises(RepoNotAllowed, match=r"127\.0\.0\.2, not a public address"):
+                checkout(link(url), policy(), tmp_path / "cache")
+            assert "Accepted publickey" not in sshd_log(host)
+            assert checkout(link(url), policy(f"{LISTED}/32"), tmp_path / "c2") == "over ssh"
+        assert "Accepted publickey for root" in sshd_log(host)
+
+
+_V4 = st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address)
+_EMBEDDINGS = {
+    "mapped": lambda v4: ipaddress.IPv6Address(f"::ffff:{v4}"),
+    "nat64": lambda v4: ipaddress.IPv6Address(f"64:ff9b::{v4}"),
+    "compatible": lambda v4: ipaddress.IPv6Address(int(v4)),
+    "6to4": lambda v4: ipaddress.IPv6Address((0x2002 << 112) | (int(v4) << 80)),
+}
+
+
+@given(
+    v4=_V4,
+    form=st.sampled_from(sorted(_EMBEDDINGS)),
+    listed=st.lists(
+        st.tuples(_V4, st.integers(8, 32)).map(
+            lambda net: ipaddress.ip_network(f"{net[0]}/{net[1]}", strict=False)
+        ),
+        max_size=3,
+    ),
+)
+def test_an_address_is_allowed_exactly_when_what_it_reaches_is_public_or_listed(
+    v4: ipaddress.IPv4Address, form: str, listed: list[ipaddress.IPv4Network]
+) -> None:
+    """Over every IPv4 address and the IPv6 forms that lead to it: allowed
+    if and only if it is public or in a listed network, whichever spelling
+    a resolver answers with."""
+    rule = addresses.AddressRule(listed)
+    expected = v4.is_global or any(v4 in net for net in listed)
+    assert rule.allows(v4) == expected
+    assert rule.allows(_EMBEDDINGS[form](v4)) == expected
+    if not expected:
+        with pytest.raises(RepoNotAllowed, match=r"\(repos\.internal_networks\)$"):
+            rule.checked("h", _EMBEDDINGS[form](v4))
+
+
+def test_a_host_that_does_not_resolve_fails_in_one_line(tmp_path: Path) -> None:
+    """A name that does not resolve fails as unreachable, in one line, not
+    as a traceback."""
+    with pytest.raises(Exception, match=r"cannot resolve nowhere\.invalid") as failed:
+        checkout(link("git://nowhere.invalid/repo.git"), policy(), tmp_path / "cache")
+    assert "\n" not in str(failed.value)
+
+
+def test_the_build_accounts_git_is_pinned_but_her_own_fetch_is_hers(tmp_path: Path) -> None:
+    """A researcher fetching as herself connects where her account may
+    (her own rights): no address rule, no pinning helper."""
+    root = tmp_path / "served"
+    served_repo(root, "repo.git", "hers")
+    with http_git(root, INTERNAL) as (url, _asked), git.own_credentials(git.OwnCredentials()):
+        assert checkout(link(f"{url}/repo.git"), policy(), tmp_path / "cache") == "hers"
