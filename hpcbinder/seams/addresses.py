@@ -38,6 +38,21 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 SETTING = "repos.internal_networks"
 #: NAT64's well-known prefix (RFC 6052): its last 32 bits are the IPv4 address reached.
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+#: Not public, though Python's ``is_global`` says so (3.11): multicast,
+#: IPv6's deprecated site-local, IPv4-translated addresses (SIIT), NAT64's
+#: local-use prefix (RFC 8215, where a site's translator reaches its own
+#: IPv4 networks) and 6to4's anycast relays.
+_NOT_PUBLIC = tuple(
+    ipaddress.ip_network(net)
+    for net in (
+        "224.0.0.0/4",
+        "ff00::/8",
+        "fec0::/10",
+        "::ffff:0:0:0/96",
+        "64:ff9b:1::/48",
+        "192.88.99.0/24",
+    )
+)
 #: IPv4-compatible addresses (RFC 4291, deprecated), as some stacks still route them.
 _COMPATIBLE = ipaddress.ip_network("::/96")
 
@@ -50,11 +65,13 @@ class AddressRule:
         self.networks = list(networks)
 
     def allows(self, address: Address) -> bool:
-        listed = any(address in net for net in self.networks)
-        return listed or all(
-            reached_address.is_global or any(reached_address in net for net in self.networks)
-            for reached_address in reached(address)
+        return self._listed(address) or all(
+            self._listed(each) or (each.is_global and not any(each in n for n in _NOT_PUBLIC))
+            for each in reached(address)
         )
+
+    def _listed(self, address: Address) -> bool:
+        return any(address in net for net in self.networks)
 
     def checked(self, host: str, address: Address) -> Address:
         """``address`` (where ``host`` is) if the rule allows it, else
@@ -77,6 +94,28 @@ class AddressRule:
         for *_rest, sockaddr in resolve(host, port, deadline):
             return self.checked(host, ipaddress.ip_address(str(sockaddr[0]).partition("%")[0]))
         raise OSError(f"cannot resolve {_shown(host)}")
+
+    def judge_proxied(self, host: str, port: int, deadline: float) -> None:
+        """:class:`RepoNotAllowed` unless every address ``host`` has here is
+        allowed: for a request a proxy makes, which looks the name up itself
+        (no address can be pinned), so every answer is judged. A name that
+        does not resolve here is left to the proxy, which may see other DNS
+        (a site's proxy must refuse its internal hosts itself)."""
+        try:
+            found = [ipaddress.ip_address(host.strip("[]"))]
+        except ValueError:
+            try:
+                answers = resolve(host, port, deadline)
+            except TimeoutError:
+                raise
+            except OSError:
+                return
+            found = [
+                ipaddress.ip_address(str(sockaddr[0]).partition("%")[0])
+                for *_r, sockaddr in answers
+            ]
+        for address in found:
+            self.checked(host, address)
 
 
 def reached(address: Address) -> list[Address]:
@@ -109,6 +148,8 @@ def resolve(host: str, port: int, deadline: float) -> list[Any]:
             found.extend(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
         except OSError as exc:
             failed.append(exc)
+        except UnicodeError:  # the idna codec's, for an empty or overlong label
+            failed.append(OSError("not a host name"))
 
     thread = threading.Thread(target=lookup, name="resolve", daemon=True)
     thread.start()

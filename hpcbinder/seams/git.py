@@ -63,6 +63,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -383,8 +384,12 @@ def _route(
     else:
         host, _, port_text = authority.partition(":")
     port = int(port_text) if port_text else _DEFAULT_PORTS[scheme]
+    rule = addresses.AddressRule(networks)
     try:
-        address = addresses.AddressRule(networks).address(host, port, deadline)
+        if scheme in ("http", "https") and _proxied(scheme, host):
+            rule.judge_proxied(host, port, deadline)  # the proxy looks it up: no pin
+            return _Route()
+        address = rule.address(host, port, deadline)
     except OSError as exc:  # TimeoutError too: a resolver that stalls
         raise GitError(f"{what}: {exc}") from None
     if scheme in ("http", "https"):
@@ -393,9 +398,22 @@ def _route(
         shown = str(address) if address.version == 4 else f"[{address}]"
         return _Route(options=("-c", f"http.curloptResolve={host}:{port}:{shown}"))
     env = {connect.ADDRESS: str(address), connect.PORT: str(port)}
-    if scheme == "git":
-        return _Route(options=("-c", f"core.gitProxy={_connect_helper()}"), env=env)
+    if scheme == "git":  # the variable outranks core.gitProxy in any config
+        return _Route(env={**env, "GIT_PROXY_COMMAND": _connect_helper()})
     return _Route(env=env, ssh_proxy=True)
+
+
+def _proxied(scheme: str, host: str) -> bool:
+    """Whether curl reaches ``host`` through a proxy of the environment
+    git keeps (:data:`_KEPT_ENV`): one set for ``scheme`` that ``no_proxy``
+    does not exempt the host from."""
+    proxies = urllib.request.getproxies_environment()
+    if scheme not in proxies:
+        return False
+    exempt = [name.strip().lstrip(".").lower() for name in proxies.get("no", "").split(",")]
+    return not any(
+        name == "*" or host == name or host.endswith(f".{name}") for name in exempt if name
+    )
 
 
 def _connect_helper() -> str:
@@ -434,6 +452,9 @@ def _git(
     with tempfile.TemporaryDirectory(prefix="hpcbinder-git-") as tmp:
         output = Path(tmp)
         env = {**_env(protocols, output), **route.env}
+        if cwd is None:  # no repository around git's working folder: its config is nobody's
+            cwd = output
+            env["GIT_CEILING_DIRECTORIES"] = str(output.parent)
         if route.ssh_proxy:
             env["GIT_SSH_COMMAND"] += f" -o ProxyCommand={_connect_helper()}"
         with (output / "out").open("w+b") as out, (output / "err").open("w+b") as err:
@@ -592,9 +613,12 @@ def expand_short_sha(
     networks: Sequence[addresses.Network] = (),
 ) -> str | None:
     """The full commit id that ``short`` abbreviates among the remote's
-    branches and tags, or None. Fetches commits only (no trees or blobs)
-    where the server allows it. ``local_repo``, ``ca_bundle``, ``networks``:
-    as for :func:`ls_remote`."""
+    branches and tags, or None, from a fetch of all of them (within
+    ``limits``). Not a partial fetch (``--filter``): git would make the
+    folder a promisor of ``url`` and fetch any object it then misses, in
+    calls that have no route (:func:`_route`) to pin, and a dumb-HTTP
+    server's answer starts such fetches without end. ``local_repo``,
+    ``ca_bundle``, ``networks``: as for :func:`ls_remote`."""
     what = f"cannot fetch {url}"
     deadline = time.monotonic() + limits.seconds
     with tempfile.TemporaryDirectory(prefix="hpcbinder-sha-") as tmp:
@@ -618,7 +642,6 @@ def expand_short_sha(
         fetched = in_work(
             "fetch",
             "-q",
-            "--filter=tree:0",
             *_upload_pack(local_repo),
             "--end-of-options",
             url,

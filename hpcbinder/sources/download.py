@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import ipaddress
 import json
 import socket
 import ssl
@@ -196,22 +195,9 @@ class _Guard:
         return str(self.rule.address(host, port, self.deadline))
 
     def judge_target(self, host: str, port: int) -> None:
-        """RepoNotAllowed if a proxied request's target is not public: an
-        address literal judged as is, a name by every answer it has here (a
-        name that does not resolve here is left to the proxy, which may see
-        other DNS; one that does cannot reach an internal host through it)."""
-        try:
-            found = [ipaddress.ip_address(host.strip("[]"))]
-        except ValueError:
-            try:
-                answers = addresses.resolve(host, port, self.deadline)
-            except TimeoutError:
-                raise
-            except OSError:
-                return
-            found = [ipaddress.ip_address(str(sockaddr[0])) for *_r, sockaddr in answers]
-        for address in found:
-            self.rule.checked(host, address)
+        """RepoNotAllowed if a proxied request's target is not public (see
+        :meth:`~hpcbinder.seams.addresses.AddressRule.judge_proxied`)."""
+        self.rule.judge_proxied(host, port, self.deadline)
 
     def connected(self, sock: socket.socket) -> socket.socket:
         with self.lock:

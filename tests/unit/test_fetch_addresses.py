@@ -14,10 +14,12 @@ itself after hpcbinder had judged it.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -27,7 +29,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hpcbinder.config import RepoPolicy
-from hpcbinder.errors import RepoNotAllowed
+from hpcbinder.errors import RepoNotAllowed, RepoUnreachable
 from hpcbinder.seams import addresses, git
 from hpcbinder.sources import providers
 from tests.conftest import wait_for_port
@@ -156,8 +158,8 @@ def test_a_public_repositorys_submodule_on_an_internal_host_is_refused(tmp_path:
 
 
 @contextmanager
-def answering(address: str) -> Iterator[None]:
-    """hpcbinder's one lookup of ``localhost`` answers ``address``; git's
+def answering(*answers: str) -> Iterator[None]:
+    """hpcbinder's one lookup of ``localhost`` gives ``answers``; git's
     own lookup, if it made one, would answer 127.0.0.1 (/etc/hosts): the
     name rebound between the check and the connection."""
     real = addresses.resolve
@@ -165,7 +167,7 @@ def answering(address: str) -> Iterator[None]:
     def lookup(host: str, port: int, deadline: float) -> list[Any]:
         if host != "localhost":
             return real(host, port, deadline)
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (each, port)) for each in answers]
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(addresses, "resolve", lookup)
@@ -248,18 +250,100 @@ def test_an_address_is_allowed_exactly_when_what_it_reaches_is_public_or_listed(
             rule.checked("h", _EMBEDDINGS[form](v4))
 
 
-def test_a_host_that_does_not_resolve_fails_in_one_line(tmp_path: Path) -> None:
-    """A name that does not resolve fails as unreachable, in one line, not
-    as a traceback."""
-    with pytest.raises(Exception, match=r"cannot resolve nowhere\.invalid") as failed:
-        checkout(link("git://nowhere.invalid/repo.git"), policy(), tmp_path / "cache")
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+@pytest.mark.parametrize("host", ["nowhere.invalid", "a..b", f"{'x' * 64}.org"])
+def test_a_host_that_does_not_resolve_fails_in_one_line(tmp_path: Path, host: str) -> None:
+    """A name that does not resolve (or that the resolver's IDNA codec
+    refuses: review finding (LOW), its UnicodeError went unhandled in the
+    lookup's thread, a traceback in the build server's log) fails as
+    unreachable, in one line."""
+    with pytest.raises(RepoUnreachable, match=rf"cannot resolve {re.escape(host)}") as failed:
+        checkout(link(f"git://{host}/repo.git"), policy(), tmp_path / "cache")
     assert "\n" not in str(failed.value)
 
 
-def test_the_build_accounts_git_is_pinned_but_her_own_fetch_is_hers(tmp_path: Path) -> None:
-    """A researcher fetching as herself connects where her account may
-    (her own rights): no address rule, no pinning helper."""
-    root = tmp_path / "served"
-    served_repo(root, "repo.git", "hers")
-    with http_git(root, INTERNAL) as (url, _asked), git.own_credentials(git.OwnCredentials()):
-        assert checkout(link(f"{url}/repo.git"), policy(), tmp_path / "cache") == "hers"
+@pytest.mark.parametrize(
+    "address",
+    ["224.0.0.1", "ff02::1", "fec0::1", "::ffff:0:7f00:1", "64:ff9b:1::a00:1", "192.88.99.1"],
+)
+def test_addresses_python_calls_global_but_are_not_public_are_refused(address: str) -> None:
+    """Review finding (LOW): multicast, site-local, IPv4-translated,
+    NAT64's local-use prefix and 6to4's relays passed ``is_global``."""
+    assert not addresses.AddressRule([]).allows(ipaddress.ip_address(address))
+
+
+def test_a_short_commit_from_a_dumb_http_server_resolves_without_lazy_fetches(
+    tmp_path: Path,
+) -> None:
+    """Review finding: a short commit id was looked up with a partial fetch
+    (``--filter=tree:0``), which made the folder a promisor of the URL.
+    Against a dumb-HTTP server (static files) each missing object started
+    another fetch, which missed objects again: about 1,350 git processes in
+    8 s, until the fetch's deadline; and a promisor's fetches outside the
+    routed call went to whatever a second lookup gave."""
+    root = tmp_path / "static"
+    repo = served_repo(root, "repo.git", "static")
+    subprocess.run(["git", "-C", str(repo), "update-server-info"], check=True)
+    commit = run_git(repo, "rev-parse", "main")
+
+    class Static(SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    site = policy(f"{INTERNAL}/32").model_copy(update={"fetch_timeout_seconds": 20})
+    with serving_on_loopback(Static) as url:
+        spec = f"git/{quote(f'{url}/repo.git', safe='')}/{commit[:8]}"
+        assert providers.parse_spec(spec, site).resolve().commit == commit
+
+
+@contextmanager
+def recording_proxy() -> Iterator[tuple[str, list[str]]]:
+    """An HTTP proxy on 127.0.0.3 that records the URLs it is asked for
+    and answers 502 (it reaches nothing)."""
+    asked: list[str] = []
+
+    class Proxy(QuietHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            self.send_response(502)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_POST = do_GET
+
+    with serving_on_loopback(Proxy, address=("127.0.0.3", 0)) as url:
+        yield url, asked
+
+
+LIMITS = git.FetchLimits(10, 20.0, "repos.max_fetch_mb", "repos.fetch_timeout_seconds")
+
+
+def test_behind_a_proxy_every_answer_of_the_name_is_judged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review finding (MEDIUM): through a proxy curl sends the name, and the
+    proxy looks it up again, so the pin does not hold; git's own calls
+    (a submodule's fetch has no redirect check before it) judged the first
+    answer only. Every answer is judged now, before the proxy is asked;
+    a name that does not resolve here is left to the proxy (before, git's
+    call failed here without asking it)."""
+    for name in ("no_proxy", "NO_PROXY", "HTTP_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    listed = [ipaddress.ip_network(f"{LISTED}/32")]
+
+    def ls_remote(url: str) -> object:
+        return git.ls_remote(url, protocols=["http"], limits=LIMITS, networks=listed)
+
+    with recording_proxy() as (proxy, asked):
+        monkeypatch.setenv("http_proxy", proxy)
+        with answering(LISTED, INTERNAL), pytest.raises(RepoNotAllowed, match=REFUSED):
+            ls_remote("http://localhost:8080/repo.git")
+        assert asked == []
+        with pytest.raises(git.GitError, match="502"):  # only the proxy's DNS knows it
+            ls_remote("http://only-the-proxy-knows.invalid/r.git")
+        assert asked == [
+            "http://only-the-proxy-knows.invalid/r.git/info/refs?service=git-upload-pack"
+        ]
