@@ -34,6 +34,12 @@ within the same limits and deadline. So git's ``protocol.file.allow``
 (which ``git submodule`` needs relaxed for ``file://``) stays as it is, and
 no submodule URL reaches git unchecked.
 
+Where it connects: the build account's git reaches a remote only at an
+address :mod:`hpcbinder.seams.addresses` judged (public, or in the site's
+``repos.internal_networks``), pinned for the call (:func:`_route`): a
+link, a redirect or a submodule cannot send it to the build node's own
+loopback or an internal host, nor can the name be rebound after the check.
+
 Whose credentials: by default none. The build account fetches every
 repository anonymously (:func:`_env`). A researcher's own process fetching
 a private repository for herself (:mod:`hpcbinder.images.private`) runs
