@@ -108,6 +108,9 @@ class Hub:
         pytest.fail(f"the hub API did not answer; log:\n{self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
+        """The hub stopped, and its proxy, which the hub stops only if it
+        ends in time (with many servers it may not, and a proxy left
+        behind keeps its port and its host's network)."""
         if self.process is None:
             return
         self.process.terminate()
@@ -115,6 +118,8 @@ class Hub:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.process.kill()
+        port = self.url.rsplit(":", 1)[1]
+        subprocess.run(["pkill", "-f", f"configurable-http-proxy.*--port {port}"], check=False)
 
     def api(self, method: str, path: str, body: Any = None) -> Any:
         request = HTTPRequest(
@@ -211,8 +216,6 @@ def close_hub(hub: Hub) -> None:
         except (HTTPClientError, OSError):
             pass
     hub.stop()
-    port = hub.url.rsplit(":", 1)[1]
-    subprocess.run(["pkill", "-f", f"configurable-http-proxy.*{port}"], check=False)
     if ids := [job for job in jobs if job.isdigit()]:
         subprocess.run(["scancel", *ids], check=False)
 

@@ -41,7 +41,8 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 #: Not public, though Python's ``is_global`` says so (3.11): multicast,
 #: IPv6's deprecated site-local, IPv4-translated addresses (SIIT), NAT64's
 #: local-use prefix (RFC 8215, where a site's translator reaches its own
-#: IPv4 networks) and 6to4's anycast relays.
+#: IPv4 networks), 6to4's anycast relays and IETF protocol assignments
+#: (192.0.0.0/24: a cloud's metadata address has lived there).
 _NOT_PUBLIC = tuple(
     ipaddress.ip_network(net)
     for net in (
@@ -51,6 +52,7 @@ _NOT_PUBLIC = tuple(
         "::ffff:0:0:0/96",
         "64:ff9b:1::/48",
         "192.88.99.0/24",
+        "192.0.0.0/24",
     )
 )
 #: IPv4-compatible addresses (RFC 4291, deprecated), as some stacks still route them.

@@ -132,20 +132,12 @@ class FetchLimits:
     seconds_setting: str
 
 
-#: What git keeps of this process's environment: where programs are, the
-#: locale and the host's proxies. Nothing that names credentials: git runs
-#: as the build account for every researcher, so its own keys, agent,
-#: ~/.netrc, credential helpers and config must never serve a repository.
-_KEPT_ENV = (
-    "PATH",
-    "LANG",
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
-)
+#: What git keeps of this process's environment: where programs are and
+#: the locale. Nothing that names credentials: git runs as the build
+#: account for every researcher, so its own keys, agent, ~/.netrc,
+#: credential helpers and config must never serve a repository. No proxy
+#: variable either: :func:`_route` chooses the proxy and gives it to git.
+_KEPT_ENV = ("PATH", "LANG")
 
 
 #: ssh's options for the build account: no prompt, agent or key of its own
@@ -352,6 +344,9 @@ def _env(protocols: Iterable[str], home: Path) -> dict[str, str]:
         "GIT_TERMINAL_PROMPT": "0",
         "GIT_ASKPASS": "true",
         "SSH_ASKPASS": "true",
+        # No object fetched from a promisor that a local repository's config
+        # names (git 2.39.4 and later set it for upload-pack themselves).
+        "GIT_NO_LAZY_FETCH": "1",
         "GIT_SSH_COMMAND": _SSH,
         "GIT_ALLOW_PROTOCOL": ":".join(protocols),
         **_deploy_env(_DEPLOY.get(), home),
@@ -361,25 +356,40 @@ def _env(protocols: Iterable[str], home: Path) -> dict[str, str]:
 @dataclass(frozen=True)
 class _Route:
     """How one git call reaches its remote: its ``-c`` options, the
-    variables it adds, and whether ssh connects through the helper."""
+    configuration it gets by environment (a proxy's URL may hold a
+    password: never argv), the variables it adds, and whether ssh
+    connects through the helper."""
 
     options: tuple[str, ...] = ()
+    config: tuple[tuple[str, str], ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     ssh_proxy: bool = False
+
+
+#: Proxy schemes whose client resolves the target's name itself (curl's
+#: ``socks4://`` and ``socks5://``): its lookup is pinned as a direct one.
+_LOCAL_LOOKUP_PROXIES = ("socks4://", "socks5://")
 
 
 def _route(
     remote: str, networks: Sequence[addresses.Network], what: str, deadline: float
 ) -> _Route:
-    """Where the build account's git connects for ``remote``: the one
-    address :class:`~hpcbinder.seams.addresses.AddressRule` checked (public,
-    or in ``networks``), pinned so that git and ssh cannot look the name up
+    """Where git connects for ``remote``. The proxy for HTTP(S) is chosen
+    here (:func:`_proxy_for`) and given to git, which sees no proxy
+    variable of its own: curl's rules for them differ from any other's,
+    and the judgement below must hold for the connection curl makes.
+
+    The build account's git connects only to the address
+    :class:`~hpcbinder.seams.addresses.AddressRule` checked (public, or in
+    ``networks``), pinned so that git and ssh cannot look the name up
     again: curl's resolve list for HTTP(S), :mod:`hpcbinder.seams.connect`
-    as the proxy command of ``git://`` and ``ssh://``. A repository on this
-    host has no connection to judge; a researcher fetching as herself
-    connects where her own account may (:func:`fetching_as_self`)."""
+    as the proxy command of ``git://`` and ``ssh://``. Through a proxy that
+    looks the name up itself, every answer the name has here is judged. A
+    repository on this host has no connection to judge; a researcher
+    fetching as herself connects where her own account may
+    (:func:`fetching_as_self`)."""
     where = origin(remote)
-    if where == "file://" or fetching_as_self():
+    if where == "file://":
         return _Route()
     if where is None:
         raise GitError(f"{what}: cannot tell which host the URL names")
@@ -390,36 +400,56 @@ def _route(
     else:
         host, _, port_text = authority.partition(":")
     port = int(port_text) if port_text else _DEFAULT_PORTS[scheme]
+    web = scheme in ("http", "https")
+    proxy = _proxy_for(scheme, host) if web else None
+    config = (("http.proxy", proxy or ""),) if web else ()
+    if fetching_as_self():  # her own git config may name a proxy of hers
+        return _Route(config=config if proxy else ())
     rule = addresses.AddressRule(networks)
     try:
-        if scheme in ("http", "https") and _proxied(scheme, host):
-            rule.judge_proxied(host, port, deadline)  # the proxy looks it up: no pin
-            return _Route()
+        if proxy is not None and not proxy.lower().startswith(_LOCAL_LOOKUP_PROXIES):
+            rule.judge_proxied(host, port, deadline)  # the proxy looks the name up
+            return _Route(config=config)
         address = rule.address(host, port, deadline)
     except OSError as exc:  # TimeoutError too: a resolver that stalls
         raise GitError(f"{what}: {exc}") from None
-    if scheme in ("http", "https"):
+    if web:
         if host == str(address):  # an address literal: curl connects to it as judged
-            return _Route()
+            return _Route(config=config)
         shown = str(address) if address.version == 4 else f"[{address}]"
-        return _Route(options=("-c", f"http.curloptResolve={host}:{port}:{shown}"))
+        pin = ("-c", f"http.curloptResolve={host}:{port}:{shown}")
+        return _Route(options=pin, config=config)
     env = {connect.ADDRESS: str(address), connect.PORT: str(port)}
     if scheme == "git":  # the variable outranks core.gitProxy in any config
         return _Route(env={**env, "GIT_PROXY_COMMAND": _connect_helper()})
     return _Route(env=env, ssh_proxy=True)
 
 
-def _proxied(scheme: str, host: str) -> bool:
-    """Whether curl reaches ``host`` through a proxy of the environment
-    git keeps (:data:`_KEPT_ENV`): one set for ``scheme`` that ``no_proxy``
-    does not exempt the host from."""
+def _proxy_for(scheme: str, host: str) -> str | None:
+    """The proxy of this process's environment through which ``host`` is
+    reached over ``scheme`` (``SCHEME_proxy``, else ``all_proxy``; either
+    spelling, as Python reads them), unless ``no_proxy`` exempts the host
+    (a name, a domain below it, or ``*``); None: directly."""
     proxies = urllib.request.getproxies_environment()
-    if scheme not in proxies:
-        return False
+    proxy = proxies.get(scheme) or proxies.get("all")
+    if not proxy:
+        return None
     exempt = [name.strip().lstrip(".").lower() for name in proxies.get("no", "").split(",")]
-    return not any(
-        name == "*" or host == name or host.endswith(f".{name}") for name in exempt if name
-    )
+    if any(name == "*" or host == name or host.endswith(f".{name}") for name in exempt if name):
+        return None
+    return proxy
+
+
+def _with_config(env: dict[str, str], config: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """``env`` with ``config`` added to the git configuration it gives by
+    environment (``GIT_CONFIG_COUNT``: after what it holds already)."""
+    count = int(env.get("GIT_CONFIG_COUNT", "0"))
+    added = dict(env)
+    for index, (key, value) in enumerate(config, start=count):
+        added[f"GIT_CONFIG_KEY_{index}"], added[f"GIT_CONFIG_VALUE_{index}"] = key, value
+    if config:
+        added["GIT_CONFIG_COUNT"] = str(count + len(config))
+    return added
 
 
 def _connect_helper() -> str:
@@ -457,7 +487,7 @@ def _git(
     argv = ["git", *_OPTIONS, *trust, *route.options, *args]
     with tempfile.TemporaryDirectory(prefix="hpcbinder-git-") as tmp:
         output = Path(tmp)
-        env = {**_env(protocols, output), **route.env}
+        env = _with_config({**_env(protocols, output), **route.env}, route.config)
         if cwd is None:  # no repository around git's working folder: its config is nobody's
             cwd = output
             env["GIT_CEILING_DIRECTORIES"] = str(output.parent)

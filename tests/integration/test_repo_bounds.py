@@ -33,6 +33,7 @@ from hpcbinder.errors import RepoConfigError, RepoUnreachable
 from hpcbinder.render import pipeline
 from hpcbinder.seams import git
 from tests.conftest import SHARED_SCRATCH, SITE_BIN, DevCluster, as_account, running_build_server
+from tests.loopback import LOOPBACK_NETWORKS
 from tests.repohelpers import GIT_IDENTITY, local_spec, site_for_tests
 from tests.storehelpers import build_workspace, dev_cluster_base, workspace_site
 
@@ -241,7 +242,9 @@ def processes_naming(text: str) -> list[int]:
 def test_a_fetch_over_the_time_limit_stops(tmp_path: Path, ref: str) -> None:
     """A branch is listed first (ls-remote), a full commit id fetched at
     once: either way the silent server costs the time limit, no more."""
-    site = site_for_tests(tmp_path, repos={"fetch_timeout_seconds": 2})
+    site = site_for_tests(
+        tmp_path, repos={"fetch_timeout_seconds": 2, "internal_networks": LOOPBACK_NETWORKS}
+    )
     with silent_git_server() as (port, accepted):
         url = f"git://127.0.0.1:{port}/repo.git"
         started = time.monotonic()

@@ -17,6 +17,7 @@ import ipaddress
 import re
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler
@@ -264,11 +265,21 @@ def test_a_host_that_does_not_resolve_fails_in_one_line(tmp_path: Path, host: st
 
 @pytest.mark.parametrize(
     "address",
-    ["224.0.0.1", "ff02::1", "fec0::1", "::ffff:0:7f00:1", "64:ff9b:1::a00:1", "192.88.99.1"],
+    [
+        "224.0.0.1",
+        "ff02::1",
+        "fec0::1",
+        "::ffff:0:7f00:1",
+        "64:ff9b:1::a00:1",
+        "192.88.99.1",
+        "192.0.0.192",
+        "::ffff:192.0.0.192",
+    ],
 )
 def test_addresses_python_calls_global_but_are_not_public_are_refused(address: str) -> None:
-    """Review finding (LOW): multicast, site-local, IPv4-translated,
-    NAT64's local-use prefix and 6to4's relays passed ``is_global``."""
+    """Review findings (LOW): multicast, site-local, IPv4-translated,
+    NAT64's local-use prefix, 6to4's relays and 192.0.0.0/24 (a cloud's
+    metadata address, 192.0.0.192) passed ``is_global``."""
     assert not addresses.AddressRule([]).allows(ipaddress.ip_address(address))
 
 
@@ -347,3 +358,74 @@ def test_behind_a_proxy_every_answer_of_the_name_is_judged(
         assert asked == [
             "http://only-the-proxy-knows.invalid/r.git/info/refs?service=git-upload-pack"
         ]
+
+
+@contextmanager
+def proxy_environment(monkeypatch: pytest.MonkeyPatch, **variables: str) -> Iterator[None]:
+    """Only ``variables`` of the proxy ones set, as the build node's environment."""
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
+                 "ALL_PROXY", "no_proxy", "NO_PROXY", "REQUEST_METHOD"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    yield
+
+
+@pytest.mark.parametrize(
+    ("variables", "proxied"),
+    [
+        ({"HTTP_PROXY": "{proxy}"}, True),  # curl reads http_proxy in lower case only
+        ({"http_proxy": "{proxy}", "no_proxy": "localhost."}, True),  # curl drops the dot
+        ({"http_proxy": "{proxy}", "no_proxy": "example.org localhost"}, True),  # blanks
+        ({"http_proxy": "{proxy}", "no_proxy": "example.org,*"}, False),
+        ({"http_proxy": "{proxy}", "no_proxy": "example.org,localhost"}, False),
+        ({"ALL_PROXY": "{proxy}"}, True),
+    ],
+)
+def test_git_goes_through_the_proxy_hpcbinder_chose_and_judged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], proxied: bool
+) -> None:
+    """Review finding (HIGH): where curl's reading of the proxy variables
+    differed from the check's, git went directly to a name it looked up
+    itself (unpinned), or through a proxy after only the first answer was
+    judged. Now the check's choice is the one git is given, and git sees
+    no proxy variable: the request reaches the proxy exactly when the
+    check judged every answer, and otherwise the pinned address only."""
+    port = port_free_on_both()
+    internal, listed = tmp_path / "internal", tmp_path / "listed"
+    served_repo(internal, "repo.git", "internal")
+    served_repo(listed, "repo.git", "listed")
+    networks = [ipaddress.ip_network(f"{LISTED}/32")]
+    url = f"http://localhost:{port}/repo.git"
+    with (
+        recording_proxy() as (proxy, asked),
+        http_git(internal, INTERNAL, port) as (_url, internal_asked),
+        http_git(listed, LISTED, port) as (_url2, listed_asked),
+    ):
+        values = {name: value.format(proxy=proxy) for name, value in variables.items()}
+        with proxy_environment(monkeypatch, **values), answering(LISTED):
+            if proxied:
+                with pytest.raises(git.GitError, match="502"):
+                    git.ls_remote(url, protocols=["http"], limits=LIMITS, networks=networks)
+                assert asked and not listed_asked
+            else:
+                assert git.ls_remote(url, protocols=["http"], limits=LIMITS, networks=networks)
+                assert listed_asked and not asked
+            assert internal_asked == []
+
+
+def test_a_socks_proxy_that_looks_names_up_here_gets_the_pinned_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review finding: curl resolves the name itself for ``socks4://`` and
+    ``socks5://``; such a proxy gets the checked address pinned, as a
+    direct connection does, and a name that does not resolve here is
+    refused, not left to the proxy."""
+    networks = [ipaddress.ip_network(f"{LISTED}/32")]
+    deadline = time.monotonic() + 10
+    with proxy_environment(monkeypatch, http_proxy="socks5://127.0.0.3:1080"), answering(LISTED):
+        route = git._route("http://localhost:8080/r.git", networks, "x", deadline)
+        assert route.options == ("-c", f"http.curloptResolve=localhost:8080:{LISTED}")
+        assert ("http.proxy", "socks5://127.0.0.3:1080") in route.config
+        with pytest.raises(git.GitError, match="cannot resolve"):
+            git._route("http://only-the-proxy-knows.invalid/r.git", networks, "x", deadline)
