@@ -29,6 +29,13 @@ echo "hostname=$(hostname)"
 echo "addr=$(ip -4 -o addr show dev eth0 | awk '{print $4}')"
 echo "munge=$(munge -n | unmunge | awk '/^ENCODE_HOST/ {print $2, $3}')"
 echo "container=$(apptainer -s exec {image} /bin/busybox hostname)"
+# Hold the host until the other job has started too (at most 60 s): a job
+# that ended at once let the second take the same host, one after the other.
+touch "started-$SLURM_JOB_ID"
+for _ in $(seq 120); do
+  [ "$(ls started-* | wc -l)" -ge 2 ] && exit 0
+  sleep 0.5
+done
 """
 
 
