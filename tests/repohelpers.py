@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -20,6 +22,7 @@ from urllib.parse import quote
 import yaml
 
 from hpcbinder.config import Site
+from tests.conftest import free_port, wait_for_port
 
 REPOS = Path(__file__).resolve().parent / "repos"
 EXPECTED = "expected.yaml"
@@ -79,3 +82,24 @@ def site_for_tests(root: Path, **overrides: Any) -> Site:
         else:
             settings[key] = value
     return Site.model_validate(settings)
+
+
+@contextmanager
+def serving_git_daemon(
+    root: Path, address: str = "127.0.0.1", port: int | None = None
+) -> Iterator[str]:
+    """``git daemon`` serving every repository below ``root`` on ``address``
+    (a free port unless given); yields its ``git://ADDRESS:PORT`` base URL."""
+    port = free_port() if port is None else port
+    daemon = subprocess.Popen(
+        ["git", "daemon", "--export-all", "--reuseaddr", f"--listen={address}",
+         f"--port={port}", f"--base-path={root}", str(root)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for_port(port, "git daemon", host=address)
+        yield f"git://{address}:{port}"
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=10)

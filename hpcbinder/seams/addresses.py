@@ -89,13 +89,10 @@ class AddressRule:
         """The checked address to connect to for ``host`` (a name, resolved
         once by :func:`resolve`, or an address literal, with or without
         IPv6's brackets)."""
-        try:
-            return self.checked(host, ipaddress.ip_address(host.strip("[]")))
-        except ValueError:
-            pass
-        for *_rest, sockaddr in resolve(host, port, deadline):
-            return self.checked(host, ipaddress.ip_address(str(sockaddr[0]).partition("%")[0]))
-        raise OSError(f"cannot resolve {_shown(host)}")
+        found = _addresses(host, port, deadline)
+        if not found:
+            raise OSError(f"cannot resolve {_shown(host)}")
+        return self.checked(host, found[0])
 
     def judge_proxied(self, host: str, port: int, deadline: float) -> None:
         """:class:`RepoNotAllowed` unless every address ``host`` has here is
@@ -104,20 +101,24 @@ class AddressRule:
         does not resolve here is left to the proxy, which may see other DNS
         (a site's proxy must refuse its internal hosts itself)."""
         try:
-            found = [ipaddress.ip_address(host.strip("[]"))]
-        except ValueError:
-            try:
-                answers = resolve(host, port, deadline)
-            except TimeoutError:
-                raise
-            except OSError:
-                return
-            found = [
-                ipaddress.ip_address(str(sockaddr[0]).partition("%")[0])
-                for *_r, sockaddr in answers
-            ]
+            found = _addresses(host, port, deadline)
+        except TimeoutError:
+            raise
+        except OSError:
+            return
         for address in found:
             self.checked(host, address)
+
+
+def _addresses(host: str, port: int, deadline: float) -> list[Address]:
+    """``host`` itself if it is an address literal (with or without IPv6's
+    brackets), else its answers from :func:`resolve`, in their order."""
+    try:
+        return [ipaddress.ip_address(host.strip("[]"))]
+    except ValueError:
+        pass
+    answers = resolve(host, port, deadline)
+    return [ipaddress.ip_address(str(sockaddr[0]).partition("%")[0]) for *_r, sockaddr in answers]
 
 
 def reached(address: Address) -> list[Address]:

@@ -393,13 +393,9 @@ def _route(
         return _Route()
     if where is None:
         raise GitError(f"{what}: cannot tell which host the URL names")
-    scheme, _, authority = where.partition("://")
-    if authority.startswith("["):
-        host, _, rest = authority[1:].partition("]")
-        port_text = rest.removeprefix(":")
-    else:
-        host, _, port_text = authority.partition(":")
-    port = int(port_text) if port_text else _DEFAULT_PORTS[scheme]
+    parts = urlsplit(where)  # origin() checked its port and lower-cased its host
+    scheme, host = parts.scheme, parts.hostname or ""
+    port = _DEFAULT_PORTS[scheme] if parts.port is None else parts.port
     web = scheme in ("http", "https")
     proxy = _proxy_for(scheme, host) if web else None
     config = (("http.proxy", proxy or ""),) if web else ()

@@ -33,10 +33,10 @@ from hpcbinder.config import RepoPolicy
 from hpcbinder.errors import RepoNotAllowed, RepoUnreachable
 from hpcbinder.seams import addresses, git
 from hpcbinder.sources import providers
-from tests.conftest import wait_for_port
 from tests.githttp import answer_with_git_http_backend
 from tests.loopback import QuietHandler, serving_on_loopback
 from tests.repohelpers import git as run_git
+from tests.repohelpers import serving_git_daemon as git_daemon
 from tests.sshhelpers import running_sshd, sshd_log
 
 #: Where the "internal" host listens, and the one address a site lists.
@@ -81,22 +81,6 @@ def http_git(root: Path, address: str, port: int = 0) -> Iterator[tuple[str, lis
 
     with serving_on_loopback(Handler, address=(address, port)) as url:
         yield url, asked
-
-
-@contextmanager
-def git_daemon(root: Path, address: str, port: int) -> Iterator[str]:
-    daemon = subprocess.Popen(
-        ["git", "daemon", "--export-all", "--reuseaddr", f"--listen={address}",
-         f"--port={port}", f"--base-path={root}", str(root)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        wait_for_port(port, "git daemon", host=address)
-        yield f"git://{address}:{port}"
-    finally:
-        daemon.terminate()
-        daemon.wait(timeout=10)
 
 
 def port_free_on_both() -> int:

@@ -3,7 +3,6 @@ git daemon on loopback)."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from ipaddress import ip_network
 from pathlib import Path
@@ -21,8 +20,7 @@ from hpcbinder.errors import (
 )
 from hpcbinder.sources import providers
 from hpcbinder.sources.providers import parse_spec
-from tests.conftest import free_port, wait_for_port
-from tests.repohelpers import git
+from tests.repohelpers import git, serving_git_daemon
 
 POLICY = RepoPolicy(protocols=["https", "git", "file"], local_roots=[Path("/tmp")])
 
@@ -186,27 +184,8 @@ def test_checkout_is_exactly_the_commit_and_cached(repo: Path, tmp_path: Path) -
 @pytest.fixture
 def git_daemon(repo: Path) -> Iterator[str]:
     """``git daemon`` serving ``repo``'s folder on loopback; yields the git:// URL."""
-    port = free_port()
-    daemon = subprocess.Popen(
-        [
-            "git",
-            "daemon",
-            "--export-all",
-            "--reuseaddr",
-            "--listen=127.0.0.1",
-            f"--port={port}",
-            f"--base-path={repo.parent}",
-            str(repo.parent),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port, "git daemon")
-        yield f"git://127.0.0.1:{port}/{repo.name}"
-    finally:
-        daemon.terminate()
-        daemon.wait(timeout=10)
+    with serving_git_daemon(repo.parent) as base:
+        yield f"{base}/{repo.name}"
 
 
 def test_git_protocol_over_loopback(git_daemon: str, repo: Path, tmp_path: Path) -> None:
